@@ -1,0 +1,432 @@
+//! The projection: from row changes to view rows.
+//!
+//! It runs in two pure steps around one look-up of current write-side state:
+//!
+//! 1. [`affected`] says which view rows a batch of changes touches, in terms the store can
+//!    resolve (channels whose member rows change, users whose profile fans out, friend pairs);
+//! 2. the store resolves those into view keys and loads, per key, the current write-side rows
+//!    ([`ConversationInputs`], [`ContactInputs`]);
+//! 3. [`build`] turns the inputs into a [`ViewBatch`] of full rows with versions.
+//!
+//! Rows are built from the state at look-up time, never from the change itself, so a change
+//! that arrives late, twice or out of order cannot make a row wrong: at worst it recomputes a row
+//! that is already right, and the store's version guards reject anything older than what it has.
+//! The same code serves `dual_write` (inside the command's transaction), `async` (the outbox
+//! worker) and `cdc` (the Kafka projectors).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::change::RowChange;
+use crate::rows::{
+    ChannelId, ChannelRow, ChannelType, FriendshipRow, MemberRow, MessageRow, UserId, UserRow,
+};
+use crate::views::{
+    ContactRef, ContactRow, ConversationRef, ConversationRow, LastMessage, ViewBatch,
+};
+
+/// Settings of the projection that change what a row looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectionConfig {
+    /// Characters of a message kept in the conversation preview.
+    pub preview_chars: usize,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        ProjectionConfig { preview_chars: 50 }
+    }
+}
+
+/// What a batch of changes touches, before any look-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Affected {
+    /// Channels whose name/avatar/type changed: every member row, current or former.
+    pub channels_all_members: BTreeSet<ChannelId>,
+    /// Channels with new messages, with the lowest new seq: the rows of members who can see it
+    /// (still members, or left at or after that seq).
+    pub channels_new_messages: BTreeMap<ChannelId, i64>,
+    /// Individual member rows that changed (join, leave, settings, read position).
+    pub conversation_keys: BTreeSet<(UserId, ChannelId)>,
+    /// Users whose profile changed: every row that embeds them, found through the reverse indexes.
+    pub profile_users: BTreeSet<UserId>,
+    /// Friendships `(owner, friend)` that changed: the owner's contact row and the remark in the
+    /// owner's single-chat row.
+    pub friend_pairs: BTreeSet<(UserId, UserId)>,
+}
+
+impl Affected {
+    pub fn is_empty(&self) -> bool {
+        self.channels_all_members.is_empty()
+            && self.channels_new_messages.is_empty()
+            && self.conversation_keys.is_empty()
+            && self.profile_users.is_empty()
+            && self.friend_pairs.is_empty()
+    }
+}
+
+/// Which view rows the changes touch. Deletes of write-side rows do not occur in hermet (leaving,
+/// unfriending and hiding are updates), but a delete is still mapped to its key so a manual
+/// delete makes the projection recompute, and then drop nothing it cannot rebuild.
+pub fn affected(changes: &[RowChange]) -> Affected {
+    let mut a = Affected::default();
+    for change in changes {
+        match change {
+            RowChange::Users(c) => {
+                if let Some(u) = c.row() {
+                    a.profile_users.insert(u.id);
+                }
+            }
+            RowChange::Channels(c) => {
+                // A channel update that only moves `last_seq` comes with its message; the
+                // message says which members can see it, so only info changes fan out to all.
+                let info_changed = match (&c.before, &c.after) {
+                    (Some(b), Some(n)) => {
+                        b.channel_info_ver != n.channel_info_ver
+                            || b.channel_type != n.channel_type
+                    }
+                    _ => true,
+                };
+                if let Some(ch) = c.row() {
+                    if info_changed {
+                        a.channels_all_members.insert(ch.id);
+                    } else {
+                        note_message(&mut a, ch.id, ch.last_seq);
+                    }
+                }
+            }
+            RowChange::ChannelMembers(c) => {
+                if let Some(m) = c.row() {
+                    a.conversation_keys.insert((m.user_id, m.channel_id));
+                }
+            }
+            RowChange::Friendships(c) => {
+                if let Some(f) = c.row() {
+                    a.friend_pairs.insert((f.user_id, f.friend_id));
+                }
+            }
+            RowChange::Messages(c) => {
+                if let Some(m) = c.row() {
+                    note_message(&mut a, m.channel_id, m.seq);
+                }
+            }
+        }
+    }
+    a
+}
+
+fn note_message(a: &mut Affected, channel: ChannelId, seq: i64) {
+    a.channels_new_messages
+        .entry(channel)
+        .and_modify(|s| *s = (*s).min(seq))
+        .or_insert(seq);
+}
+
+/// The write-side state one conversation row is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationInputs {
+    pub member: MemberRow,
+    pub channel: ChannelRow,
+    /// Single chats: the other user.
+    pub peer: Option<UserRow>,
+    /// Single chats: the owner's friendship row towards the peer (for the remark name).
+    pub friendship: Option<FriendshipRow>,
+    /// The message at [`visible_seq`] if there is one.
+    pub last_message: Option<MessageRow>,
+}
+
+/// The seq of the last message a member can see: the channel's last, or the last before they left.
+pub fn visible_seq(member: &MemberRow, channel: &ChannelRow) -> i64 {
+    match member.left_seq {
+        Some(left) if member.left_at.is_some() => left.min(channel.last_seq),
+        _ => channel.last_seq,
+    }
+}
+
+/// The write-side state one contact row is computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactInputs {
+    pub friendship: FriendshipRow,
+    pub contact: UserRow,
+}
+
+/// The first `max_chars` characters of `content`, never splitting a character.
+pub fn preview(content: &str, max_chars: usize) -> String {
+    match content.char_indices().nth(max_chars) {
+        Some((end, _)) => content[..end].to_owned(),
+        None => content.to_owned(),
+    }
+}
+
+pub fn conversation_row(inp: &ConversationInputs, cfg: &ProjectionConfig) -> ConversationRow {
+    let m = &inp.member;
+    let ch = &inp.channel;
+    let single = ch.channel_type == ChannelType::Single;
+    let last_message = inp
+        .last_message
+        .as_ref()
+        .filter(|msg| msg.seq == visible_seq(m, ch) && msg.channel_id == ch.id)
+        .map(|msg| LastMessage {
+            id: msg.id,
+            seq: msg.seq,
+            msg_type: msg.msg_type.clone(),
+            content: preview(&msg.content, cfg.preview_chars),
+            sender_id: msg.sender_id,
+            sender_name: msg.sender_name.clone(),
+            created_at: msg.created_at,
+        });
+    let peer = inp.peer.as_ref().filter(|_| single);
+    let friendship = inp.friendship.as_ref().filter(|_| single);
+    ConversationRow {
+        user_id: m.user_id,
+        channel_id: ch.id,
+        conversation_type: ch.channel_type,
+        channel_name: if single { String::new() } else { ch.name.clone() },
+        channel_avatar: if single { String::new() } else { ch.avatar.clone() },
+        channel_info_ver: ch.channel_info_ver,
+        peer_user_id: peer.map(|p| p.id),
+        peer_nickname: peer.map(|p| p.nickname.clone()),
+        peer_avatar: peer.map(|p| p.avatar.clone()),
+        peer_profile_ver: peer.map_or(0, |p| p.profile_ver),
+        remark_name: friendship.map_or_else(String::new, |f| f.remark_name.clone()),
+        remark_ver: friendship.map_or(0, |f| f.ver),
+        last_message_seq: last_message.as_ref().map_or(0, |l| l.seq),
+        last_message,
+        read_seq: m.read_seq,
+        is_pinned: m.pinned,
+        is_muted: m.muted,
+        hidden_at_seq: m.hidden_at_seq,
+        opened_at: m.joined_at,
+        closed_at: m.left_at.unwrap_or(0),
+        settings_ver: m.settings_ver,
+    }
+}
+
+pub fn contact_row(inp: &ContactInputs) -> ContactRow {
+    let f = &inp.friendship;
+    ContactRow {
+        user_id: f.user_id,
+        contact_id: f.friend_id,
+        contact_nickname: inp.contact.nickname.clone(),
+        contact_avatar: inp.contact.avatar.clone(),
+        contact_info_ver: inp.contact.profile_ver,
+        remark_name: f.remark_name.clone(),
+        group_name: f.group_name.clone(),
+        is_starred: f.starred,
+        deleted_at: f.deleted_at.unwrap_or(0),
+        friendship_ver: f.ver,
+    }
+}
+
+/// Builds the rows, and the reverse-index entries they need, from the looked-up state.
+pub fn build(
+    conversations: &[ConversationInputs],
+    contacts: &[ContactInputs],
+    cfg: &ProjectionConfig,
+) -> ViewBatch {
+    let mut conv: BTreeMap<(UserId, ChannelId), ConversationRow> = BTreeMap::new();
+    let mut conv_refs = BTreeSet::new();
+    for inp in conversations {
+        let row = conversation_row(inp, cfg);
+        if let Some(peer) = row.peer_user_id {
+            conv_refs.insert(ConversationRef {
+                peer_user_id: peer,
+                owner_user_id: row.user_id,
+                channel_id: row.channel_id,
+            });
+        }
+        conv.insert(row.key(), row);
+    }
+    let mut cont: BTreeMap<(UserId, UserId), ContactRow> = BTreeMap::new();
+    let mut cont_refs = BTreeSet::new();
+    for inp in contacts {
+        let row = contact_row(inp);
+        cont_refs.insert(ContactRef { contact_user_id: row.contact_id, owner_user_id: row.user_id });
+        cont.insert(row.key(), row);
+    }
+    ViewBatch {
+        conversations: conv.into_values().collect(),
+        contacts: cont.into_values().collect(),
+        conversation_refs: conv_refs.into_iter().collect(),
+        contact_refs: cont_refs.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Change;
+
+    fn channel(id: i64, t: ChannelType, last_seq: i64) -> ChannelRow {
+        ChannelRow {
+            id,
+            channel_type: t,
+            name: if t == ChannelType::Group { "g".into() } else { String::new() },
+            avatar: String::new(),
+            channel_status: "active".into(),
+            channel_info_ver: 1,
+            member_count: 2,
+            creator_id: 1,
+            last_seq,
+            pair_low: (t == ChannelType::Single).then_some(1),
+            pair_high: (t == ChannelType::Single).then_some(2),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn member(channel_id: i64, user_id: i64) -> MemberRow {
+        MemberRow {
+            channel_id,
+            user_id,
+            role: "member".into(),
+            joined_at: 5,
+            left_at: None,
+            left_seq: None,
+            read_seq: 0,
+            pinned: false,
+            muted: false,
+            hidden_at_seq: None,
+            settings_ver: 1,
+        }
+    }
+
+    fn message(channel_id: i64, seq: i64, content: &str) -> MessageRow {
+        MessageRow {
+            id: 100 + seq,
+            channel_id,
+            seq,
+            sender_id: 2,
+            sender_name: "bob".into(),
+            msg_type: "text".into(),
+            content: content.into(),
+            created_at: 10 * seq,
+        }
+    }
+
+    #[test]
+    fn preview_keeps_whole_characters() {
+        assert_eq!(preview("héllo", 2), "hé");
+        assert_eq!(preview("日本語テキスト", 3), "日本語");
+        assert_eq!(preview("short", 50), "short");
+        assert_eq!(preview("", 3), "");
+        assert_eq!(preview("👍👍", 1), "👍");
+    }
+
+    #[test]
+    fn message_changes_touch_members_from_the_lowest_seq() {
+        let changes = vec![
+            RowChange::Messages(Change::inserted(message(7, 4, "a"))),
+            RowChange::Messages(Change::inserted(message(7, 3, "b"))),
+            RowChange::Messages(Change::inserted(message(8, 1, "c"))),
+        ];
+        let a = affected(&changes);
+        assert_eq!(a.channels_new_messages.get(&7), Some(&3));
+        assert_eq!(a.channels_new_messages.get(&8), Some(&1));
+        assert!(a.channels_all_members.is_empty());
+    }
+
+    #[test]
+    fn channel_info_change_fans_out_to_all_members() {
+        let before = channel(7, ChannelType::Group, 3);
+        let mut after = before.clone();
+        after.channel_info_ver = 2;
+        after.name = "renamed".into();
+        let changes = vec![RowChange::Channels(Change {
+            op: crate::change::Op::Update,
+            before: Some(before.clone()),
+            after: Some(after),
+        })];
+        assert!(affected(&changes).channels_all_members.contains(&7));
+        let mut seq_only = before.clone();
+        seq_only.last_seq = 4;
+        let changes = vec![RowChange::Channels(Change {
+            op: crate::change::Op::Update,
+            before: Some(before),
+            after: Some(seq_only),
+        })];
+        let a = affected(&changes);
+        assert!(a.channels_all_members.is_empty());
+        assert_eq!(a.channels_new_messages.get(&7), Some(&4));
+    }
+
+    #[test]
+    fn a_member_who_left_sees_the_last_message_before_leaving() {
+        let ch = channel(7, ChannelType::Group, 9);
+        let mut m = member(7, 1);
+        m.left_at = Some(50);
+        m.left_seq = Some(4);
+        assert_eq!(visible_seq(&m, &ch), 4);
+        let inp = ConversationInputs {
+            member: m,
+            channel: ch,
+            peer: None,
+            friendship: None,
+            last_message: Some(message(7, 4, "bye")),
+        };
+        let row = conversation_row(&inp, &ProjectionConfig::default());
+        assert_eq!(row.last_message_seq, 4);
+        assert_eq!(row.closed_at, 50);
+        assert_eq!(row.last_message.unwrap().content, "bye");
+    }
+
+    #[test]
+    fn a_message_that_is_not_the_visible_one_is_ignored() {
+        let inp = ConversationInputs {
+            member: member(7, 1),
+            channel: channel(7, ChannelType::Group, 9),
+            peer: None,
+            friendship: None,
+            last_message: Some(message(7, 8, "old")),
+        };
+        let row = conversation_row(&inp, &ProjectionConfig::default());
+        assert_eq!(row.last_message_seq, 0);
+        assert!(row.last_message.is_none());
+    }
+
+    #[test]
+    fn single_chat_rows_embed_peer_and_remark_and_index_them() {
+        let peer = UserRow {
+            id: 2,
+            nickname: "bob".into(),
+            avatar: "a".into(),
+            profile_ver: 3,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let f = FriendshipRow {
+            user_id: 1,
+            friend_id: 2,
+            remark_name: "Bobby".into(),
+            group_name: String::new(),
+            starred: false,
+            status: "active".into(),
+            ver: 2,
+            created_at: 0,
+            deleted_at: None,
+        };
+        let conv = ConversationInputs {
+            member: member(7, 1),
+            channel: channel(7, ChannelType::Single, 0),
+            peer: Some(peer.clone()),
+            friendship: Some(f.clone()),
+            last_message: None,
+        };
+        let batch = build(
+            &[conv.clone(), conv],
+            &[ContactInputs { friendship: f, contact: peer }],
+            &ProjectionConfig::default(),
+        );
+        assert_eq!(batch.conversations.len(), 1, "same key built twice is one row");
+        let row = &batch.conversations[0];
+        assert_eq!(row.peer_nickname.as_deref(), Some("bob"));
+        assert_eq!(row.peer_profile_ver, 3);
+        assert_eq!(row.remark_name, "Bobby");
+        assert_eq!(row.remark_ver, 2);
+        assert_eq!(
+            batch.conversation_refs,
+            vec![ConversationRef { peer_user_id: 2, owner_user_id: 1, channel_id: 7 }]
+        );
+        assert_eq!(batch.contacts[0].contact_info_ver, 3);
+        assert_eq!(batch.contact_refs, vec![ContactRef { contact_user_id: 2, owner_user_id: 1 }]);
+    }
+}

@@ -1,0 +1,128 @@
+//! Write-side rows, one struct per table, with the columns the projection reads.
+//!
+//! Timestamps are Unix milliseconds. Versions (`profile_ver`, `channel_info_ver`, `settings_ver`,
+//! `ver`) grow by one on every change of the fields they cover; the projection relies on that.
+
+use serde::{Deserialize, Serialize};
+
+pub type UserId = i64;
+pub type ChannelId = i64;
+pub type MessageId = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelType {
+    Single,
+    Group,
+}
+
+impl ChannelType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelType::Single => "single",
+            ChannelType::Group => "group",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "single" => Some(ChannelType::Single),
+            "group" => Some(ChannelType::Group),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRow {
+    pub id: UserId,
+    pub nickname: String,
+    pub avatar: String,
+    pub profile_ver: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRow {
+    pub id: ChannelId,
+    pub channel_type: ChannelType,
+    pub name: String,
+    pub avatar: String,
+    pub channel_status: String,
+    pub channel_info_ver: i64,
+    pub member_count: i32,
+    pub creator_id: UserId,
+    pub last_seq: i64,
+    /// Single chats only: the two users, smaller id first (a pair has one channel for life).
+    pub pair_low: Option<UserId>,
+    pub pair_high: Option<UserId>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl ChannelRow {
+    /// In a single chat, the other user of the pair.
+    pub fn peer_of(&self, user: UserId) -> Option<UserId> {
+        match (self.channel_type, self.pair_low, self.pair_high) {
+            (ChannelType::Single, Some(lo), Some(hi)) if lo == user => Some(hi),
+            (ChannelType::Single, Some(lo), Some(hi)) if hi == user => Some(lo),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub channel_id: ChannelId,
+    pub user_id: UserId,
+    pub role: String,
+    pub joined_at: i64,
+    /// Set while the user is not a member (left or removed).
+    pub left_at: Option<i64>,
+    /// The channel's `last_seq` when the user left: the last message they saw.
+    pub left_seq: Option<i64>,
+    pub read_seq: i64,
+    pub pinned: bool,
+    pub muted: bool,
+    /// Hidden while the conversation's last seq is `<=` this.
+    pub hidden_at_seq: Option<i64>,
+    pub settings_ver: i64,
+}
+
+impl MemberRow {
+    pub fn is_active(&self) -> bool {
+        self.left_at.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendshipRow {
+    pub user_id: UserId,
+    pub friend_id: UserId,
+    pub remark_name: String,
+    pub group_name: String,
+    pub starred: bool,
+    pub status: String,
+    pub ver: i64,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+impl FriendshipRow {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRow {
+    pub id: MessageId,
+    pub channel_id: ChannelId,
+    pub seq: i64,
+    pub sender_id: UserId,
+    pub sender_name: String,
+    pub msg_type: String,
+    pub content: String,
+    pub created_at: i64,
+}

@@ -1,0 +1,252 @@
+//! Input parsed into types that only hold valid values ("parse, don't validate").
+//!
+//! The API turns request fields into these at the boundary; the store takes only these types, so
+//! nothing past the boundary re-checks a nickname or a content length.
+
+use serde::Deserialize;
+
+/// Why an input was refused. The message is safe to show to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Invalid { field, reason: reason.into() }
+    }
+}
+
+/// Input limits, from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Nicknames and group names, in characters after trimming.
+    pub max_name_chars: usize,
+    /// Remark and contact-group names, in characters.
+    pub max_remark_chars: usize,
+    /// Avatar URLs, in bytes.
+    pub max_avatar_bytes: usize,
+    /// Message content, in characters.
+    pub max_content_chars: usize,
+    /// Members of a group, owner included.
+    pub max_group_members: usize,
+    /// Message types are short identifiers.
+    pub max_type_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_name_chars: 64,
+            max_remark_chars: 64,
+            max_avatar_bytes: 512,
+            max_content_chars: 4000,
+            max_group_members: 500,
+            max_type_chars: 32,
+        }
+    }
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// A nickname or group name: 1–`max_name_chars` characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name(String);
+
+impl Name {
+    pub fn parse(field: &'static str, raw: &str, limits: &Limits) -> Result<Self, Invalid> {
+        let s = raw.trim();
+        let n = s.chars().count();
+        if n == 0 {
+            return Err(Invalid::new(field, "must not be empty"));
+        }
+        if n > limits.max_name_chars {
+            return Err(Invalid::new(
+                field,
+                format!("must be at most {} characters", limits.max_name_chars),
+            ));
+        }
+        if has_control(s) {
+            return Err(Invalid::new(field, "must not contain control characters"));
+        }
+        Ok(Name(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An avatar URL: empty (no avatar) or an `http(s)://` URL without spaces or control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Avatar(String);
+
+impl Avatar {
+    pub fn parse(raw: &str, limits: &Limits) -> Result<Self, Invalid> {
+        let s = raw.trim();
+        if s.is_empty() {
+            return Ok(Avatar(String::new()));
+        }
+        if s.len() > limits.max_avatar_bytes {
+            return Err(Invalid::new(
+                "avatar",
+                format!("must be at most {} bytes", limits.max_avatar_bytes),
+            ));
+        }
+        let lower = s.to_ascii_lowercase();
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+            return Err(Invalid::new("avatar", "must be an http or https URL"));
+        }
+        if has_control(s) || s.chars().any(char::is_whitespace) {
+            return Err(Invalid::new("avatar", "must not contain spaces or control characters"));
+        }
+        Ok(Avatar(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A remark or contact-group name: empty clears it; otherwise at most `max_remark_chars`
+/// characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Label(String);
+
+impl Label {
+    pub fn parse(field: &'static str, raw: &str, limits: &Limits) -> Result<Self, Invalid> {
+        let s = raw.trim();
+        if s.chars().count() > limits.max_remark_chars {
+            return Err(Invalid::new(
+                field,
+                format!("must be at most {} characters", limits.max_remark_chars),
+            ));
+        }
+        if has_control(s) {
+            return Err(Invalid::new(field, "must not contain control characters"));
+        }
+        Ok(Label(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Message content: 1–`max_content_chars` characters, not only whitespace. Line breaks and tabs
+/// are allowed; other control characters are not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content(String);
+
+impl Content {
+    pub fn parse(raw: &str, limits: &Limits) -> Result<Self, Invalid> {
+        if raw.trim().is_empty() {
+            return Err(Invalid::new("content", "must not be empty"));
+        }
+        if raw.chars().count() > limits.max_content_chars {
+            return Err(Invalid::new(
+                "content",
+                format!("must be at most {} characters", limits.max_content_chars),
+            ));
+        }
+        if raw.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+            return Err(Invalid::new("content", "must not contain control characters"));
+        }
+        Ok(Content(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A message type: a short lowercase identifier (`text`, `image`, `file`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageType(String);
+
+impl MessageType {
+    pub fn parse(raw: &str, limits: &Limits) -> Result<Self, Invalid> {
+        let ok = !raw.is_empty()
+            && raw.len() <= limits.max_type_chars
+            && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(MessageType(raw.to_owned()))
+        } else {
+            Err(Invalid::new(
+                "type",
+                format!(
+                    "must be 1-{} characters of a-z, 0-9 and _",
+                    limits.max_type_chars
+                ),
+            ))
+        }
+    }
+
+    pub fn text() -> Self {
+        MessageType("text".to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A positive 64-bit id.
+pub fn id(field: &'static str, raw: i64) -> Result<i64, Invalid> {
+    if raw > 0 {
+        Ok(raw)
+    } else {
+        Err(Invalid::new(field, "must be a positive id"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let l = Limits::default();
+        assert_eq!(Name::parse("nickname", "  Ann ", &l).unwrap().as_str(), "Ann");
+        assert!(Name::parse("nickname", "   ", &l).is_err());
+        assert!(Name::parse("nickname", "a\u{0007}b", &l).is_err());
+        assert!(Name::parse("nickname", &"x".repeat(64), &l).is_ok());
+        assert!(Name::parse("nickname", &"x".repeat(65), &l).is_err());
+        assert!(Name::parse("nickname", &"字".repeat(64), &l).is_ok(), "characters, not bytes");
+    }
+
+    #[test]
+    fn avatars() {
+        let l = Limits::default();
+        assert_eq!(Avatar::parse("", &l).unwrap().as_str(), "");
+        assert!(Avatar::parse("https://x.example/a.png", &l).is_ok());
+        assert!(Avatar::parse("javascript:alert(1)", &l).is_err());
+        assert!(Avatar::parse("https://x/a b", &l).is_err());
+        assert!(Avatar::parse(&format!("https://{}", "a".repeat(600)), &l).is_err());
+    }
+
+    #[test]
+    fn content_and_types() {
+        let l = Limits::default();
+        assert!(Content::parse("hi\nthere", &l).is_ok());
+        assert!(Content::parse(" \n", &l).is_err());
+        assert!(Content::parse("a\u{0000}", &l).is_err());
+        assert!(Content::parse(&"é".repeat(4000), &l).is_ok());
+        assert!(Content::parse(&"é".repeat(4001), &l).is_err());
+        assert!(MessageType::parse("image", &l).is_ok());
+        assert!(MessageType::parse("Image", &l).is_err());
+        assert!(MessageType::parse("", &l).is_err());
+    }
+
+    #[test]
+    fn labels_may_be_empty() {
+        let l = Limits::default();
+        assert_eq!(Label::parse("remark_name", "  ", &l).unwrap().as_str(), "");
+        assert!(Label::parse("remark_name", &"r".repeat(65), &l).is_err());
+    }
+}

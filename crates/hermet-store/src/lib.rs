@@ -1,0 +1,118 @@
+//! hermet-store: the PostgreSQL adapter.
+//!
+//! - [`migrate`]: versioned migrations and shard creation;
+//! - [`Store`] commands ([`commands`]): each write-side command is one transaction that also
+//!   hands its row changes to the configured sync path — in `dual_write` the projection runs in
+//!   that same transaction ([`project`]);
+//! - [`project`]: resolves what a batch of changes affects, looks up current write-side state,
+//!   runs the pure projection of `hermet-core`, and applies the result set-based ([`views`]);
+//! - [`views`]: the guarded batch upserts and the list queries of the read side;
+//! - [`oracle`]: the read side recomputed from the write side in SQL, and a diff against it.
+//!
+//! All SQL binds its values; batches use `UNNEST` arrays.
+
+pub mod commands;
+mod error;
+pub mod migrate;
+pub mod oracle;
+pub mod project;
+mod rows;
+pub mod views;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use hermet_core::projection::ProjectionConfig;
+use hermet_core::validate::Limits;
+use hermet_core::Lsn;
+use tokio_postgres::NoTls;
+
+pub use error::StoreError;
+
+/// How the read side is kept in sync with the write side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// View updates run in the command's own transaction: reads are always fresh.
+    DualWrite,
+    /// The command writes a durable outbox row; a worker applies it.
+    Async,
+    /// The WAL is streamed to Kafka; projectors apply it.
+    Cdc,
+}
+
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::DualWrite => "dual_write",
+            SyncMode::Async => "async",
+            SyncMode::Cdc => "cdc",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub sync_mode: SyncMode,
+    pub projection: ProjectionConfig,
+    pub limits: Limits,
+}
+
+/// A command's result with the WAL position at or after its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written<T> {
+    pub value: T,
+    pub lsn: Lsn,
+}
+
+/// The PostgreSQL side of hermet: write-side commands and read-side queries on one pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    cfg: StoreConfig,
+}
+
+/// Opens a connection pool. Connections are made lazily; [`Store::ping`] checks one.
+pub fn connect_pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
+    let pg: tokio_postgres::Config =
+        url.parse().map_err(|e| StoreError::Config(format!("database url: {e}")))?;
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Pool::builder(mgr)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StoreError::Config(format!("database pool: {e}")))
+}
+
+impl Store {
+    pub fn new(pool: Pool, cfg: StoreConfig) -> Self {
+        Store { pool, cfg }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

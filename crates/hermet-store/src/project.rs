@@ -1,0 +1,230 @@
+//! Applying row changes to the read side: the I/O half of the projection.
+//!
+//! Contract:
+//! - **Idempotent and order-independent.** Rows are recomputed from the write-side state at
+//!   look-up time and merged with per-group version guards, so applying a batch twice, or an old
+//!   batch after a newer one, changes nothing.
+//! - **Same transaction as the caller.** [`apply_changes`] runs in the caller's transaction:
+//!   the command's own in `dual_write`, the worker's in `async` and `cdc`, where the progress
+//!   marker (outbox row, offset, LSN) must move in that same transaction or after its commit.
+//! - **Embedded profiles are read `FOR SHARE`.** A row that copies a user's profile locks that
+//!   user's row until commit, so a concurrent profile change either is seen by this look-up or
+//!   waits and then finds the new reverse-index entry when it fans out. Without the lock, a row
+//!   created concurrently with a profile change could keep the old nickname forever.
+//! - Rows are written in key order, so concurrent batches cannot deadlock on view rows.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use deadpool_postgres::Transaction;
+use hermet_core::change::RowChange;
+use hermet_core::projection::{
+    self, Affected, ContactInputs, ConversationInputs, ProjectionConfig,
+};
+use hermet_core::rows::{ChannelId, FriendshipRow, MemberRow, MessageRow, UserId, UserRow};
+use hermet_core::views::ViewBatch;
+
+use crate::rows::{self, CHANNEL_WIDTH, FRIEND_COLS, MEMBER_WIDTH, MESSAGE_COLS, USER_COLS};
+use crate::{views, StoreError};
+
+/// What one apply did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// View rows computed (both views and both indexes).
+    pub rows: usize,
+}
+
+/// Projects `changes` onto the read side inside `tx`.
+pub async fn apply_changes(
+    tx: &Transaction<'_>,
+    changes: &[RowChange],
+    cfg: &ProjectionConfig,
+) -> Result<ApplyStats, StoreError> {
+    let affected = projection::affected(changes);
+    if affected.is_empty() {
+        return Ok(ApplyStats::default());
+    }
+    let batch = compute(tx, &affected, cfg).await?;
+    views::apply_batch(tx, &batch).await?;
+    Ok(ApplyStats { rows: batch.len() })
+}
+
+/// Resolves `affected` into view keys, loads their write-side state and builds the rows.
+pub async fn compute(
+    tx: &Transaction<'_>,
+    affected: &Affected,
+    cfg: &ProjectionConfig,
+) -> Result<ViewBatch, StoreError> {
+    let conv_keys = conversation_keys(tx, affected).await?;
+    let contact_keys = contact_keys(tx, affected).await?;
+    let (conversations, contacts) = load_inputs(tx, &conv_keys, &contact_keys).await?;
+    Ok(projection::build(&conversations, &contacts, cfg))
+}
+
+fn unzip<A: Copy, B: Copy>(pairs: impl IntoIterator<Item = (A, B)>) -> (Vec<A>, Vec<B>) {
+    pairs.into_iter().unzip()
+}
+
+const CONVERSATION_KEYS: &str = "
+    SELECT user_id, channel_id FROM channel_members WHERE channel_id = ANY($1::bigint[])
+    UNION
+    SELECT m.user_id, m.channel_id
+      FROM channel_members m
+      JOIN UNNEST($2::bigint[], $3::bigint[]) AS n(channel_id, seq) ON m.channel_id = n.channel_id
+     WHERE m.left_at IS NULL OR m.left_seq >= n.seq
+    UNION
+    SELECT user_id, channel_id FROM UNNEST($4::bigint[], $5::bigint[]) AS k(user_id, channel_id)
+    UNION
+    SELECT owner_user_id, channel_id FROM conversation_reverse_index WHERE peer_user_id = ANY($6::bigint[])
+    UNION
+    SELECT p.owner, c.id
+      FROM UNNEST($7::bigint[], $8::bigint[]) AS p(owner, friend)
+      JOIN channels c ON c.channel_type = 'single'
+                     AND c.pair_low = LEAST(p.owner, p.friend)
+                     AND c.pair_high = GREATEST(p.owner, p.friend)
+    ORDER BY 1, 2";
+
+async fn conversation_keys(
+    tx: &Transaction<'_>,
+    a: &Affected,
+) -> Result<Vec<(UserId, ChannelId)>, StoreError> {
+    let all: Vec<i64> = a.channels_all_members.iter().copied().collect();
+    let (msg_ch, msg_seq) = unzip(a.channels_new_messages.iter().map(|(c, s)| (*c, *s)));
+    let (key_u, key_c) = unzip(a.conversation_keys.iter().copied());
+    let profiles: Vec<i64> = a.profile_users.iter().copied().collect();
+    let (pair_o, pair_f) = unzip(a.friend_pairs.iter().copied());
+    let stmt = tx.prepare_cached(CONVERSATION_KEYS).await?;
+    let rows = tx
+        .query(&stmt, &[&all, &msg_ch, &msg_seq, &key_u, &key_c, &profiles, &pair_o, &pair_f])
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+const CONTACT_KEYS: &str = "
+    SELECT owner, friend FROM UNNEST($1::bigint[], $2::bigint[]) AS p(owner, friend)
+    UNION
+    SELECT owner_user_id, contact_user_id FROM contact_reverse_index
+     WHERE contact_user_id = ANY($3::bigint[])
+    ORDER BY 1, 2";
+
+async fn contact_keys(
+    tx: &Transaction<'_>,
+    a: &Affected,
+) -> Result<Vec<(UserId, UserId)>, StoreError> {
+    let (pair_o, pair_f) = unzip(a.friend_pairs.iter().copied());
+    let profiles: Vec<i64> = a.profile_users.iter().copied().collect();
+    let stmt = tx.prepare_cached(CONTACT_KEYS).await?;
+    let rows = tx.query(&stmt, &[&pair_o, &pair_f, &profiles]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Member, channel and (single chats) the owner's friendship towards the peer, per key.
+fn conversation_state_sql() -> String {
+    format!(
+        "SELECT {m}, {c}, {f}
+           FROM UNNEST($1::bigint[], $2::bigint[]) AS k(user_id, channel_id)
+           JOIN channel_members m ON m.channel_id = k.channel_id AND m.user_id = k.user_id
+           JOIN channels c ON c.id = m.channel_id
+           LEFT JOIN friendships f
+                  ON c.channel_type = 'single' AND f.user_id = m.user_id
+                 AND f.friend_id = CASE WHEN c.pair_low = m.user_id THEN c.pair_high ELSE c.pair_low END",
+        m = prefixed("m", rows::MEMBER_COLS),
+        c = prefixed("c", rows::CHANNEL_COLS),
+        f = prefixed("f", FRIEND_COLS),
+    )
+}
+
+fn prefixed(alias: &str, cols: &str) -> String {
+    cols.split(',').map(|c| format!("{alias}.{}", c.trim())).collect::<Vec<_>>().join(", ")
+}
+
+async fn load_inputs(
+    tx: &Transaction<'_>,
+    conv_keys: &[(UserId, ChannelId)],
+    contact_keys: &[(UserId, UserId)],
+) -> Result<(Vec<ConversationInputs>, Vec<ContactInputs>), StoreError> {
+    // Conversation state.
+    let mut states = Vec::with_capacity(conv_keys.len());
+    if !conv_keys.is_empty() {
+        let (u, c) = unzip(conv_keys.iter().copied());
+        let stmt = tx.prepare_cached(&conversation_state_sql()).await?;
+        for row in tx.query(&stmt, &[&u, &c]).await? {
+            let member: MemberRow = rows::member(&row, 0)?;
+            let channel = rows::channel(&row, MEMBER_WIDTH)?;
+            let friendship = rows::friendship_opt(&row, MEMBER_WIDTH + CHANNEL_WIDTH)?;
+            states.push((member, channel, friendship));
+        }
+    }
+
+    // Contact friendships.
+    let mut friendships: Vec<FriendshipRow> = Vec::with_capacity(contact_keys.len());
+    if !contact_keys.is_empty() {
+        let (o, f) = unzip(contact_keys.iter().copied());
+        let sql = format!(
+            "SELECT {} FROM friendships f
+               JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(user_id, friend_id)
+                 ON f.user_id = k.user_id AND f.friend_id = k.friend_id",
+            prefixed("f", FRIEND_COLS)
+        );
+        let stmt = tx.prepare_cached(&sql).await?;
+        for row in tx.query(&stmt, &[&o, &f]).await? {
+            friendships.push(rows::friendship(&row, 0)?);
+        }
+    }
+
+    // Every embedded profile, locked until commit (see the module contract).
+    let mut user_ids: BTreeSet<UserId> = states
+        .iter()
+        .filter_map(|(m, c, _)| c.peer_of(m.user_id))
+        .collect();
+    user_ids.extend(friendships.iter().map(|f| f.friend_id));
+    let mut users: BTreeMap<UserId, UserRow> = BTreeMap::new();
+    if !user_ids.is_empty() {
+        let ids: Vec<i64> = user_ids.into_iter().collect();
+        let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE");
+        let stmt = tx.prepare_cached(&sql).await?;
+        for row in tx.query(&stmt, &[&ids]).await? {
+            let u = rows::user(&row, 0)?;
+            users.insert(u.id, u);
+        }
+    }
+
+    // The last message each member can see.
+    let wanted: BTreeSet<(ChannelId, i64)> = states
+        .iter()
+        .map(|(m, c, _)| (c.id, projection::visible_seq(m, c)))
+        .filter(|(_, seq)| *seq > 0)
+        .collect();
+    let mut messages: BTreeMap<(ChannelId, i64), MessageRow> = BTreeMap::new();
+    if !wanted.is_empty() {
+        let (c, s) = unzip(wanted);
+        let sql = format!(
+            "SELECT {} FROM messages m
+               JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(channel_id, seq)
+                 ON m.channel_id = k.channel_id AND m.seq = k.seq",
+            prefixed("m", MESSAGE_COLS)
+        );
+        let stmt = tx.prepare_cached(&sql).await?;
+        for row in tx.query(&stmt, &[&c, &s]).await? {
+            let msg = rows::message(&row, 0)?;
+            messages.insert((msg.channel_id, msg.seq), msg);
+        }
+    }
+
+    let conversations = states
+        .into_iter()
+        .map(|(member, channel, friendship)| {
+            let peer = channel.peer_of(member.user_id).and_then(|p| users.get(&p).cloned());
+            let last_message =
+                messages.get(&(channel.id, projection::visible_seq(&member, &channel))).cloned();
+            ConversationInputs { member, channel, peer, friendship, last_message }
+        })
+        .collect();
+    let contacts = friendships
+        .into_iter()
+        .filter_map(|friendship| {
+            let contact = users.get(&friendship.friend_id)?.clone();
+            Some(ContactInputs { friendship, contact })
+        })
+        .collect();
+    Ok((conversations, contacts))
+}

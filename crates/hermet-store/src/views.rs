@@ -1,0 +1,393 @@
+//! The read side: guarded batch upserts and the list queries.
+//!
+//! Every upsert merges group by group: a group of columns is replaced only when the incoming
+//! row carries a newer version of it (`read_seq` keeps the maximum), and a row whose groups are
+//! all as new as the incoming ones is not written at all, so replays cost no write.
+
+use deadpool_postgres::Transaction;
+use hermet_core::rows::{ChannelId, ChannelType, UserId};
+use hermet_core::views::{ContactRow, ConversationRow, ViewBatch};
+
+use crate::{now_ms, StoreError};
+
+const UPSERT_CONVERSATIONS: &str = "
+INSERT INTO user_conversation_view AS v (
+    user_id, channel_id, conversation_type, channel_name, channel_avatar, channel_info_ver,
+    peer_user_id, peer_nickname, peer_avatar, peer_profile_ver, remark_name, remark_ver,
+    last_message_id, last_message_seq, last_message_type, last_message_content,
+    last_message_sender_id, last_message_sender_name, last_message_time,
+    read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver, updated_at)
+SELECT u.*, $27::bigint FROM UNNEST(
+    $1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+    $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[],
+    $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::bigint[], $18::text[], $19::bigint[],
+    $20::bigint[], $21::bool[], $22::bool[], $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[]) AS u
+ON CONFLICT (user_id, channel_id) DO UPDATE SET
+    conversation_type = CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.conversation_type ELSE v.conversation_type END,
+    channel_name      = CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.channel_name ELSE v.channel_name END,
+    channel_avatar    = CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.channel_avatar ELSE v.channel_avatar END,
+    channel_info_ver  = GREATEST(excluded.channel_info_ver, v.channel_info_ver),
+    peer_user_id      = CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_user_id ELSE v.peer_user_id END,
+    peer_nickname     = CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_nickname ELSE v.peer_nickname END,
+    peer_avatar       = CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_avatar ELSE v.peer_avatar END,
+    peer_profile_ver  = GREATEST(excluded.peer_profile_ver, v.peer_profile_ver),
+    remark_name       = CASE WHEN excluded.remark_ver > v.remark_ver THEN excluded.remark_name ELSE v.remark_name END,
+    remark_ver        = GREATEST(excluded.remark_ver, v.remark_ver),
+    last_message_id          = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_id ELSE v.last_message_id END,
+    last_message_type        = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_type ELSE v.last_message_type END,
+    last_message_content     = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_content ELSE v.last_message_content END,
+    last_message_sender_id   = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_sender_id ELSE v.last_message_sender_id END,
+    last_message_sender_name = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_sender_name ELSE v.last_message_sender_name END,
+    last_message_time        = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_time ELSE v.last_message_time END,
+    last_message_seq         = GREATEST(excluded.last_message_seq, v.last_message_seq),
+    read_seq          = GREATEST(excluded.read_seq, v.read_seq),
+    is_pinned         = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.is_pinned ELSE v.is_pinned END,
+    is_muted          = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.is_muted ELSE v.is_muted END,
+    hidden_at_seq     = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.hidden_at_seq ELSE v.hidden_at_seq END,
+    opened_at         = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.opened_at ELSE v.opened_at END,
+    closed_at         = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.closed_at ELSE v.closed_at END,
+    settings_ver      = GREATEST(excluded.settings_ver, v.settings_ver),
+    updated_at        = excluded.updated_at
+WHERE excluded.channel_info_ver > v.channel_info_ver
+   OR excluded.peer_profile_ver > v.peer_profile_ver
+   OR excluded.remark_ver > v.remark_ver
+   OR excluded.last_message_seq > v.last_message_seq
+   OR excluded.read_seq > v.read_seq
+   OR excluded.settings_ver > v.settings_ver";
+
+const UPSERT_CONTACTS: &str = "
+INSERT INTO user_contact_view AS v (
+    user_id, contact_id, contact_nickname, contact_avatar, contact_info_ver,
+    remark_name, group_name, is_starred, deleted_at, friendship_ver, updated_at)
+SELECT u.*, $11::bigint FROM UNNEST(
+    $1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
+    $6::text[], $7::text[], $8::bool[], $9::bigint[], $10::bigint[]) AS u
+ON CONFLICT (user_id, contact_id) DO UPDATE SET
+    contact_nickname = CASE WHEN excluded.contact_info_ver > v.contact_info_ver THEN excluded.contact_nickname ELSE v.contact_nickname END,
+    contact_avatar   = CASE WHEN excluded.contact_info_ver > v.contact_info_ver THEN excluded.contact_avatar ELSE v.contact_avatar END,
+    contact_info_ver = GREATEST(excluded.contact_info_ver, v.contact_info_ver),
+    remark_name      = CASE WHEN excluded.friendship_ver > v.friendship_ver THEN excluded.remark_name ELSE v.remark_name END,
+    group_name       = CASE WHEN excluded.friendship_ver > v.friendship_ver THEN excluded.group_name ELSE v.group_name END,
+    is_starred       = CASE WHEN excluded.friendship_ver > v.friendship_ver THEN excluded.is_starred ELSE v.is_starred END,
+    deleted_at       = CASE WHEN excluded.friendship_ver > v.friendship_ver THEN excluded.deleted_at ELSE v.deleted_at END,
+    friendship_ver   = GREATEST(excluded.friendship_ver, v.friendship_ver),
+    updated_at       = excluded.updated_at
+WHERE excluded.contact_info_ver > v.contact_info_ver
+   OR excluded.friendship_ver > v.friendship_ver";
+
+const INSERT_CONVERSATION_REFS: &str = "
+INSERT INTO conversation_reverse_index (peer_user_id, owner_user_id, channel_id)
+SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[])
+ON CONFLICT DO NOTHING";
+
+const INSERT_CONTACT_REFS: &str = "
+INSERT INTO contact_reverse_index (contact_user_id, owner_user_id)
+SELECT * FROM UNNEST($1::bigint[], $2::bigint[])
+ON CONFLICT DO NOTHING";
+
+/// Applies a batch with one statement per table (PostgreSQL routes rows to their shards).
+pub async fn apply_batch(tx: &Transaction<'_>, b: &ViewBatch) -> Result<(), StoreError> {
+    let now = now_ms();
+    if !b.conversations.is_empty() {
+        upsert_conversations(tx, &b.conversations, now).await?;
+    }
+    if !b.contacts.is_empty() {
+        upsert_contacts(tx, &b.contacts, now).await?;
+    }
+    if !b.conversation_refs.is_empty() {
+        let p: Vec<i64> = b.conversation_refs.iter().map(|r| r.peer_user_id).collect();
+        let o: Vec<i64> = b.conversation_refs.iter().map(|r| r.owner_user_id).collect();
+        let c: Vec<i64> = b.conversation_refs.iter().map(|r| r.channel_id).collect();
+        let stmt = tx.prepare_cached(INSERT_CONVERSATION_REFS).await?;
+        tx.execute(&stmt, &[&p, &o, &c]).await?;
+    }
+    if !b.contact_refs.is_empty() {
+        let c: Vec<i64> = b.contact_refs.iter().map(|r| r.contact_user_id).collect();
+        let o: Vec<i64> = b.contact_refs.iter().map(|r| r.owner_user_id).collect();
+        let stmt = tx.prepare_cached(INSERT_CONTACT_REFS).await?;
+        tx.execute(&stmt, &[&c, &o]).await?;
+    }
+    metrics::counter!("hermet_view_updates_total", "view" => "conversation")
+        .increment(b.conversations.len() as u64);
+    metrics::counter!("hermet_view_updates_total", "view" => "contact")
+        .increment(b.contacts.len() as u64);
+    Ok(())
+}
+
+async fn upsert_conversations(
+    tx: &Transaction<'_>,
+    rows: &[ConversationRow],
+    now: i64,
+) -> Result<(), StoreError> {
+    fn col<'a, T>(rows: &'a [ConversationRow], f: impl Fn(&'a ConversationRow) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    fn lm(r: &ConversationRow) -> Option<&hermet_core::views::LastMessage> {
+        r.last_message.as_ref()
+    }
+    let user_id = col(rows, |r| r.user_id);
+    let channel_id = col(rows, |r| r.channel_id);
+    let ctype = col(rows, |r| r.conversation_type.as_str());
+    let cname = col(rows, |r| r.channel_name.as_str());
+    let cavatar = col(rows, |r| r.channel_avatar.as_str());
+    let cver = col(rows, |r| r.channel_info_ver);
+    let peer = col(rows, |r| r.peer_user_id);
+    let pnick = col(rows, |r| r.peer_nickname.as_deref());
+    let pavatar = col(rows, |r| r.peer_avatar.as_deref());
+    let pver = col(rows, |r| r.peer_profile_ver);
+    let remark = col(rows, |r| r.remark_name.as_str());
+    let rver = col(rows, |r| r.remark_ver);
+    let mid = col(rows, |r| lm(r).map(|m| m.id));
+    let mseq = col(rows, |r| r.last_message_seq);
+    let mtype = col(rows, |r| lm(r).map(|m| m.msg_type.as_str()));
+    let mcontent = col(rows, |r| lm(r).map(|m| m.content.as_str()));
+    let msender = col(rows, |r| lm(r).map(|m| m.sender_id));
+    let msname = col(rows, |r| lm(r).map(|m| m.sender_name.as_str()));
+    let mtime = col(rows, |r| lm(r).map(|m| m.created_at));
+    let read = col(rows, |r| r.read_seq);
+    let pinned = col(rows, |r| r.is_pinned);
+    let muted = col(rows, |r| r.is_muted);
+    let hidden = col(rows, |r| r.hidden_at_seq);
+    let opened = col(rows, |r| r.opened_at);
+    let closed = col(rows, |r| r.closed_at);
+    let sver = col(rows, |r| r.settings_ver);
+    let stmt = tx.prepare_cached(UPSERT_CONVERSATIONS).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &user_id, &channel_id, &ctype, &cname, &cavatar, &cver, &peer, &pnick, &pavatar,
+            &pver, &remark, &rver, &mid, &mseq, &mtype, &mcontent, &msender, &msname, &mtime,
+            &read, &pinned, &muted, &hidden, &opened, &closed, &sver, &now,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn upsert_contacts(
+    tx: &Transaction<'_>,
+    rows: &[ContactRow],
+    now: i64,
+) -> Result<(), StoreError> {
+    fn col<'a, T>(rows: &'a [ContactRow], f: impl Fn(&'a ContactRow) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    let stmt = tx.prepare_cached(UPSERT_CONTACTS).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &col(rows, |r| r.user_id),
+            &col(rows, |r| r.contact_id),
+            &col(rows, |r| r.contact_nickname.as_str()),
+            &col(rows, |r| r.contact_avatar.as_str()),
+            &col(rows, |r| r.contact_info_ver),
+            &col(rows, |r| r.remark_name.as_str()),
+            &col(rows, |r| r.group_name.as_str()),
+            &col(rows, |r| r.is_starred),
+            &col(rows, |r| r.deleted_at),
+            &col(rows, |r| r.friendship_ver),
+            &now,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A conversation as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationItem {
+    pub channel_id: ChannelId,
+    pub conversation_type: ChannelType,
+    pub name: String,
+    pub avatar: String,
+    pub peer_user_id: Option<UserId>,
+    pub last_message: Option<ListedMessage>,
+    pub unread_count: i64,
+    pub pinned: bool,
+    pub muted: bool,
+    pub cursor: ListCursor,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedMessage {
+    pub message_id: i64,
+    pub seq: i64,
+    pub msg_type: String,
+    pub content: String,
+    pub sender_id: UserId,
+    pub sender_name: String,
+    pub created_at: i64,
+}
+
+/// Position in the conversation list: the sort key of the last item of a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    pub pinned: bool,
+    pub activity_at: i64,
+    pub channel_id: ChannelId,
+}
+
+impl ListCursor {
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", u8::from(self.pinned), self.activity_at, self.channel_id)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut it = s.split('.');
+        let pinned = match it.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        let activity_at = it.next()?.parse().ok()?;
+        let channel_id = it.next()?.parse().ok()?;
+        if it.next().is_some() {
+            return None;
+        }
+        Some(ListCursor { pinned, activity_at, channel_id })
+    }
+}
+
+const LIST_COLS: &str = "channel_id, conversation_type, conversation_name, conversation_avatar,
+    peer_user_id, last_message_id, last_message_seq, last_message_type, last_message_content,
+    last_message_sender_id, last_message_sender_name, last_message_time, unread_count,
+    is_pinned, is_muted, activity_at";
+
+fn list_first_sql() -> String {
+    format!(
+        "SELECT {LIST_COLS} FROM user_conversation_view
+          WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden
+          ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
+          LIMIT $2"
+    )
+}
+
+fn list_after_sql() -> String {
+    format!(
+        "SELECT {LIST_COLS} FROM user_conversation_view
+          WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden
+            AND (is_pinned, activity_at, channel_id) < ($3, $4, $5)
+          ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
+          LIMIT $2"
+    )
+}
+
+/// One page of a user's conversation list: pinned first, newest activity first, channel id as
+/// the tie-break; closed and hidden conversations left out.
+pub async fn list_conversations(
+    client: &deadpool_postgres::Client,
+    user: UserId,
+    limit: i64,
+    after: Option<ListCursor>,
+) -> Result<Vec<ConversationItem>, StoreError> {
+    let rows = match after {
+        None => {
+            let stmt = client.prepare_cached(&list_first_sql()).await?;
+            client.query(&stmt, &[&user, &limit]).await?
+        }
+        Some(c) => {
+            let stmt = client.prepare_cached(&list_after_sql()).await?;
+            client.query(&stmt, &[&user, &limit, &c.pinned, &c.activity_at, &c.channel_id]).await?
+        }
+    };
+    rows.iter()
+        .map(|r| {
+            let t: String = r.try_get(1).map_err(decode)?;
+            let last_id: Option<i64> = r.try_get(5).map_err(decode)?;
+            let last_message = match last_id {
+                None => None,
+                Some(message_id) => Some(ListedMessage {
+                    message_id,
+                    seq: r.try_get(6).map_err(decode)?,
+                    msg_type: r.try_get::<_, Option<String>>(7).map_err(decode)?.unwrap_or_default(),
+                    content: r.try_get::<_, Option<String>>(8).map_err(decode)?.unwrap_or_default(),
+                    sender_id: r.try_get::<_, Option<i64>>(9).map_err(decode)?.unwrap_or_default(),
+                    sender_name: r
+                        .try_get::<_, Option<String>>(10)
+                        .map_err(decode)?
+                        .unwrap_or_default(),
+                    created_at: r.try_get::<_, Option<i64>>(11).map_err(decode)?.unwrap_or_default(),
+                }),
+            };
+            let channel_id: i64 = r.try_get(0).map_err(decode)?;
+            let pinned: bool = r.try_get(13).map_err(decode)?;
+            Ok(ConversationItem {
+                channel_id,
+                conversation_type: ChannelType::parse(&t)
+                    .ok_or_else(|| StoreError::Decode(format!("conversation_type {t:?}")))?,
+                name: r.try_get(2).map_err(decode)?,
+                avatar: r.try_get(3).map_err(decode)?,
+                peer_user_id: r.try_get(4).map_err(decode)?,
+                last_message,
+                unread_count: r.try_get(12).map_err(decode)?,
+                pinned,
+                muted: r.try_get(14).map_err(decode)?,
+                cursor: ListCursor {
+                    pinned,
+                    activity_at: r.try_get(15).map_err(decode)?,
+                    channel_id,
+                },
+            })
+        })
+        .collect()
+}
+
+fn decode(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Decode(e.to_string())
+}
+
+/// A contact as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactItem {
+    pub contact_id: UserId,
+    pub nickname: String,
+    pub avatar: String,
+    pub remark_name: String,
+    pub group_name: String,
+    pub starred: bool,
+}
+
+const LIST_CONTACTS: &str = "
+    SELECT contact_id, contact_nickname, contact_avatar, remark_name, group_name, is_starred
+      FROM user_contact_view
+     WHERE user_id = $1 AND deleted_at = 0
+     ORDER BY is_starred DESC, contact_nickname, contact_id
+     LIMIT $2";
+
+/// A user's contacts: starred first, then by nickname; deleted friendships left out.
+pub async fn list_contacts(
+    client: &deadpool_postgres::Client,
+    user: UserId,
+    limit: i64,
+) -> Result<Vec<ContactItem>, StoreError> {
+    let stmt = client.prepare_cached(LIST_CONTACTS).await?;
+    client
+        .query(&stmt, &[&user, &limit])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ContactItem {
+                contact_id: r.try_get(0).map_err(decode)?,
+                nickname: r.try_get(1).map_err(decode)?,
+                avatar: r.try_get(2).map_err(decode)?,
+                remark_name: r.try_get(3).map_err(decode)?,
+                group_name: r.try_get(4).map_err(decode)?,
+                starred: r.try_get(5).map_err(decode)?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ListCursor;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = ListCursor { pinned: true, activity_at: 1_700_000_000_000, channel_id: 42 };
+        assert_eq!(ListCursor::decode(&c.encode()), Some(c));
+        for bad in ["", "1", "2.1.1", "1.x.1", "1.1.1.1", "1.1."] {
+            assert_eq!(ListCursor::decode(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Install what hermet's local services and its Rust build need on Debian 12.
+#
+# Installs only what is missing, and only runs `apt-get update` when at least
+# one package has to be installed, so calling it on every `services.sh up` is
+# cheap. Starts no service (services.sh does that, on its own ports).
+#
+# Env:
+#   HERMET_SKIP_RUST_CHECK=1  don't fail when no cargo is found (services.sh
+#                             sets it: the databases don't need Rust).
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Root installs directly; anyone else goes through sudo (if it exists).
+SUDO=()
+if [[ $EUID -ne 0 ]]; then
+    command -v sudo >/dev/null || die "not root and no sudo: run as root"
+    SUDO=(sudo --preserve-env=DEBIAN_FRONTEND)
+fi
+
+pkg_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# Newest /usr/lib/postgresql/<major>/bin with a server in it; services.sh
+# uses the same rule. We need >= 15 (what Debian 12 ships).
+newest_pg_major() {
+    local d major best=0
+    for d in /usr/lib/postgresql/*/bin; do
+        [[ -x $d/initdb && -x $d/postgres && -x $d/pg_ctl ]] || continue
+        major=${d#/usr/lib/postgresql/}; major=${major%%/*}
+        [[ $major =~ ^[0-9]+$ ]] && (( major > best )) && best=$major
+    done
+    echo "$best"
+}
+
+missing=()
+
+# PostgreSQL server binaries (+ psql / pg_isready from the client packages).
+if (( $(newest_pg_major) < 15 )) || ! command -v psql >/dev/null || ! command -v pg_isready >/dev/null; then
+    missing+=(postgresql postgresql-client)
+fi
+
+# Redis server and redis-cli.
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+
+# Kafka runs on the machine's Java (broker needs 17+; Debian 12's default is 17)
+# and its jars come from Maven Central through mvn.
+command -v java >/dev/null || missing+=(default-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+
+# Native build deps of the Rust crates: rdkafka builds librdkafka from its
+# bundled source (cmake), with TLS/SASL/zlib/curl; openssl-sys needs pkg-config.
+for p in build-essential cmake pkg-config libssl-dev libsasl2-dev zlib1g-dev libcurl4-openssl-dev; do
+    pkg_installed "$p" || missing+=("$p")
+done
+
+if (( ${#missing[@]} )); then
+    log "installing: ${missing[*]}"
+
+    # Debian's postinst scripts would start a *system* PostgreSQL (5432) and
+    # Redis (6379) that we never use. A temporary policy-rc.d (the standard
+    # Debian mechanism) keeps them stopped; an existing one is left alone.
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# temporary, from hermet scripts/install-deps.sh\nexit 101\n' \
+            | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        trap '"${SUDO[@]}" rm -f "$policy"' EXIT
+    fi
+
+    # Wait for a concurrent apt/dpkg instead of failing on its lock.
+    apt_opts=(-y -q -o DPkg::Lock::Timeout=300)
+    "${SUDO[@]}" apt-get "${apt_opts[@]}" update
+    "${SUDO[@]}" apt-get "${apt_opts[@]}" install --no-install-recommends "${missing[@]}" </dev/null
+else
+    log "all system packages present"
+fi
+
+# Final checks, so a broken install is reported here and not later.
+(( $(newest_pg_major) >= 15 )) || die "no PostgreSQL >= 15 under /usr/lib/postgresql/*/bin after install"
+for c in psql pg_isready redis-server redis-cli java mvn cmake pkg-config; do
+    command -v "$c" >/dev/null || die "'$c' still missing after install"
+done
+
+# Rust: Debian's cargo is too old for this project, so we don't install it;
+# rustup (https://rustup.rs) is the way. We only check.
+if ! command -v cargo >/dev/null && [[ ! -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
+    msg="no Rust toolchain: 'cargo' is neither on PATH nor in ${CARGO_HOME:-$HOME/.cargo}/bin. Install it with rustup (Debian's cargo package is too old)."
+    if [[ ${HERMET_SKIP_RUST_CHECK:-0} == 1 ]]; then
+        log "WARNING: $msg"
+    else
+        die "$msg"
+    fi
+fi
