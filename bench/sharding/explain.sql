@@ -54,6 +54,8 @@ $$;
 
 SELECT set_config('bench.shards', :'shards', false) \g /dev/null
 SELECT count(*) AS batches FROM fanout_batch \gset
+-- a user of average size for the single EXPLAIN texts
+SELECT user_id AS uid FROM a.user_conversation_view GROUP BY user_id HAVING count(*) = 20 ORDER BY user_id LIMIT 1 \gset
 
 \set listcols 'user_id, channel_id, conversation_type, channel_name, channel_avatar, channel_info_ver, peer_user_id, peer_nickname, peer_avatar, peer_profile_ver, remark_name, remark_ver, last_message_id, last_message_seq, last_message_type, last_message_content, last_message_sender_id, last_message_sender_name, last_message_time, read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver, unread_count, is_hidden, activity_at, updated_at'
 
@@ -73,7 +75,7 @@ PREPARE fan_a(bigint[], bigint[], text, bigint) AS
    WHERE v.user_id = u.user_id AND v.channel_id = u.channel_id;
 
 \echo
-\echo '== planning / execution time (ms), medians over :reps EXPLAIN ANALYZE EXECUTE each =='
+\echo '== planning / execution time (ms), medians over' :reps 'EXPLAIN ANALYZE EXECUTE each =='
 \echo '   (fan-out: one whole ~200-row batch for (A); (B) would run ~140 per-shard statements like list_b7)'
 SET plan_cache_mode = force_custom_plan;
 SELECT * FROM pg_temp.summary('A list, custom plan',  'EXECUTE list_a(%s)', :reps, :users, :batches, false)
@@ -113,10 +115,10 @@ SELECT * FROM pg_temp.summary('A fan-out, auto', 'EXECUTE fan_a(%L, %L, %L, %s)'
 \echo
 \echo '== EXPLAIN ANALYZE, (A) list, generic plan (bind parameter): run-time pruning? =='
 SET plan_cache_mode = force_generic_plan;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE list_a(4242);
+EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE list_a(:uid);
 \echo '== EXPLAIN ANALYZE, (A) list, custom plan =='
 SET plan_cache_mode = force_custom_plan;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE list_a(4242);
+EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE list_a(:uid);
 \echo '== EXPLAIN (A) fan-out, custom plan (first lines) =='
 SELECT users AS fb_users, channels AS fb_channels FROM fanout_batch WHERE id = 1 \gset
 BEGIN;

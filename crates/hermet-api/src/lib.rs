@@ -1,1 +1,140 @@
+//! hermet-api: the HTTP/JSON API of `API.md`, on axum.
+//!
+//! - [`auth`]: HS256 bearer tokens whose `sub` is the user id;
+//! - [`error`]: every failure becomes `{"error": {"code", "message"}}` with the documented status;
+//!   internals are logged, never sent;
+//! - [`extract`]: JSON/path/query extractors whose rejections use that same error shape;
+//! - [`routes`]: one module per resource; handlers parse input into `hermet_core::validate` types
+//!   and call the store — no SQL here.
+//!
+//! Reads in `dual_write` mode are always fresh; `X-Hermet-Min-Lsn` is validated and, in the
+//! eventually consistent modes, waited on (see [`consistency`]).
 
+pub mod auth;
+pub mod consistency;
+pub mod error;
+pub mod extract;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hermet_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use auth::TokenKeys;
+pub use error::ApiError;
+
+/// Settings of the API layer.
+#[derive(Clone)]
+pub struct ApiConfig {
+    pub jwt_secret: String,
+    /// Lifetime of tokens issued by `POST /v1/users`.
+    pub token_ttl_secs: u64,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { jwt_secret: String::new(), token_ttl_secs: 30 * 24 * 3600, max_body_bytes: 64 * 1024 }
+    }
+}
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    keys: TokenKeys,
+    cfg: ApiConfig,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(store: Store, cfg: ApiConfig, metrics: Option<PrometheusHandle>) -> Self {
+        let keys = TokenKeys::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs);
+        AppState { inner: Arc::new(Inner { store, keys, cfg, metrics }) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn keys(&self) -> &TokenKeys {
+        &self.inner.keys
+    }
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.inner.cfg.max_body_bytes;
+    Router::new()
+        .merge(routes::router())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(track_requests))
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    state.store().ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness check failed");
+        ApiError::unavailable("database is not reachable")
+    })?;
+    Ok(axum::Json(serde_json::json!({"status": "ready"})))
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    match &state.inner.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError::unavailable("metrics are not enabled in this process").into_response(),
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Request duration per route template and status.
+async fn track_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!("hermet_http_request_duration_seconds",
+        "route" => route, "method" => method, "status" => status)
+    .record(started.elapsed().as_secs_f64());
+    resp
+}

@@ -116,3 +116,36 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Creates the database named in `url` if it does not exist, connecting to the server's
+/// `postgres` database to do so. Returns whether it was created.
+pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
+    let cfg: tokio_postgres::Config =
+        url.parse().map_err(|e| StoreError::Config(format!("database url: {e}")))?;
+    let name = cfg.get_dbname().unwrap_or("postgres").to_owned();
+    let mut admin = cfg.clone();
+    admin.dbname("postgres");
+    let (client, conn) = admin
+        .connect(NoTls)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("connecting to PostgreSQL: {e}")))?;
+    let task = tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    let mut created = false;
+    if !exists {
+        // Identifiers cannot be bound; quote it as PostgreSQL does.
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+            Ok(()) => created = true,
+            // Someone else created it meanwhile.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(client);
+    let _ = task.await;
+    Ok(created)
+}

@@ -1,0 +1,96 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use hermet_core::validate::{Content, MessageType};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{page_limit, path_id};
+use crate::auth::AuthUser;
+use crate::consistency::lsn_header;
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SendMessage {
+    content: String,
+    #[serde(rename = "type")]
+    msg_type: Option<String>,
+}
+
+pub(crate) async fn send(
+    AuthUser(me): AuthUser,
+    State(state): State<AppState>,
+    Path(channel): Path<i64>,
+    Json(body): Json<SendMessage>,
+) -> Result<impl IntoResponse, ApiError> {
+    let channel = path_id("channel_id", channel)?;
+    let limits = &state.store().config().limits;
+    let content = Content::parse(&body.content, limits)?;
+    let msg_type = match body.msg_type.as_deref() {
+        None => MessageType::text(),
+        Some(t) => MessageType::parse(t, limits)?,
+    };
+    let w = state.store().send_message(me, channel, &content, &msg_type).await?;
+    let m = w.value;
+    Ok((
+        StatusCode::CREATED,
+        lsn_header(w.lsn),
+        axum::Json(json!({"message_id": m.message_id, "seq": m.seq, "created_at": m.created_at})),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryQuery {
+    before_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub(crate) async fn history(
+    AuthUser(me): AuthUser,
+    State(state): State<AppState>,
+    Path(channel): Path<i64>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let channel = path_id("channel_id", channel)?;
+    let limit = page_limit(q.limit)?;
+    if q.before_seq.is_some_and(|s| s < 1) {
+        return Err(ApiError::bad_request("invalid_before_seq", "before_seq must be at least 1"));
+    }
+    let items = state.store().list_messages(me, channel, q.before_seq, limit).await?;
+    let messages: Vec<_> = items
+        .iter()
+        .map(|m| {
+            json!({
+                "message_id": m.message_id,
+                "seq": m.seq,
+                "sender_id": m.sender_id,
+                "sender_name": m.sender_name,
+                "type": m.msg_type,
+                "content": m.content,
+                "created_at": m.created_at,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"messages": messages})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MarkRead {
+    seq: i64,
+}
+
+pub(crate) async fn read(
+    AuthUser(me): AuthUser,
+    State(state): State<AppState>,
+    Path(channel): Path<i64>,
+    Json(body): Json<MarkRead>,
+) -> Result<impl IntoResponse, ApiError> {
+    let channel = path_id("channel_id", channel)?;
+    let w = state.store().mark_read(me, channel, body.seq).await?;
+    Ok((lsn_header(w.lsn), axum::Json(json!({}))))
+}

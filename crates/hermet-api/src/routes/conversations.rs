@@ -1,0 +1,94 @@
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use hermet_store::commands::ConversationPatch;
+use hermet_store::views::ListCursor;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{page_limit, path_id};
+use crate::auth::AuthUser;
+use crate::consistency::{lsn_header, min_lsn};
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+pub(crate) async fn list(
+    AuthUser(me): AuthUser,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    min_lsn(&headers)?;
+    let limit = page_limit(q.limit)?;
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            ListCursor::decode(c)
+                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one we issued"))?,
+        ),
+    };
+    // One extra row tells whether another page exists.
+    let mut items = state.store().list_conversations(me, limit + 1, after).await?;
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next_cursor = if more { items.last().map(|i| i.cursor.encode()) } else { None };
+    let conversations: Vec<_> = items
+        .iter()
+        .map(|c| {
+            json!({
+                "channel_id": c.channel_id,
+                "type": c.conversation_type.as_str(),
+                "name": c.name,
+                "avatar": c.avatar,
+                "peer_user_id": c.peer_user_id,
+                "last_message": c.last_message.as_ref().map(|m| json!({
+                    "message_id": m.message_id,
+                    "seq": m.seq,
+                    "type": m.msg_type,
+                    "content": m.content,
+                    "sender_id": m.sender_id,
+                    "sender_name": m.sender_name,
+                    "created_at": m.created_at,
+                })),
+                "unread_count": c.unread_count,
+                "pinned": c.pinned,
+                "muted": c.muted,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"conversations": conversations, "next_cursor": next_cursor})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateConversation {
+    pinned: Option<bool>,
+    muted: Option<bool>,
+    hidden: Option<bool>,
+}
+
+pub(crate) async fn update(
+    AuthUser(me): AuthUser,
+    State(state): State<AppState>,
+    Path(channel): Path<i64>,
+    Json(body): Json<UpdateConversation>,
+) -> Result<impl IntoResponse, ApiError> {
+    let channel = path_id("channel_id", channel)?;
+    if body.pinned.is_none() && body.muted.is_none() && body.hidden.is_none() {
+        return Err(ApiError::bad_request(
+            "nothing_to_change",
+            "give `pinned`, `muted` and/or `hidden`",
+        ));
+    }
+    let patch = ConversationPatch { pinned: body.pinned, muted: body.muted, hidden: body.hidden };
+    let w = state.store().update_conversation(me, channel, patch).await?;
+    Ok((lsn_header(w.lsn), axum::Json(json!({}))))
+}

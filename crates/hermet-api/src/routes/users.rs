@@ -1,0 +1,71 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use hermet_core::rows::UserRow;
+use hermet_core::validate::{Avatar, Name};
+use hermet_store::commands::ProfilePatch;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::AuthUser;
+use crate::consistency::lsn_header;
+use crate::error::ApiError;
+use crate::extract::Json;
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateUser {
+    nickname: String,
+    avatar: Option<String>,
+}
+
+fn user_json(u: &UserRow) -> serde_json::Value {
+    json!({"id": u.id, "nickname": u.nickname, "avatar": u.avatar, "profile_ver": u.profile_ver})
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<CreateUser>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limits = &state.store().config().limits;
+    let nickname = Name::parse("nickname", &body.nickname, limits)?;
+    let avatar = Avatar::parse(body.avatar.as_deref().unwrap_or(""), limits)?;
+    let w = state.store().create_user(&nickname, &avatar).await?;
+    let token = state.keys().issue(w.value.id)?;
+    let mut body = user_json(&w.value);
+    body["token"] = json!(token);
+    Ok((StatusCode::CREATED, lsn_header(w.lsn), axum::Json(body)))
+}
+
+pub(crate) async fn me(
+    AuthUser(me): AuthUser,
+    State(state): State<AppState>,
+) -> Result<impl IntoResponse, ApiError> {
+    let u = state.store().get_user(me).await?;
+    Ok(axum::Json(user_json(&u)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateMe {
+    nickname: Option<String>,
+    avatar: Option<String>,
+}
+
+pub(crate) async fn update_me(
+    AuthUser(me): AuthUser,
+    State(state): State<AppState>,
+    Json(body): Json<UpdateMe>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limits = &state.store().config().limits;
+    let patch = ProfilePatch {
+        nickname: body.nickname.as_deref().map(|n| Name::parse("nickname", n, limits)).transpose()?,
+        avatar: body.avatar.as_deref().map(|a| Avatar::parse(a, limits)).transpose()?,
+    };
+    if patch.nickname.is_none() && patch.avatar.is_none() {
+        return Err(ApiError::bad_request("nothing_to_change", "give `nickname` and/or `avatar`"));
+    }
+    let w = state.store().update_profile(me, &patch).await?;
+    Ok((lsn_header(w.lsn), axum::Json(user_json(&w.value))))
+}

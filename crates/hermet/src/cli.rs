@@ -1,0 +1,55 @@
+//! Subcommands of the `hermet` binary.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::serve;
+
+#[derive(Parser)]
+#[command(name = "hermet", version, about = "CQRS instant-messaging backend")]
+struct Cli {
+    /// TOML configuration file; `HERMET_*` environment variables override it.
+    #[arg(long, short, global = true, env = "HERMET_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (migrates the database first).
+    Serve,
+    /// Apply database migrations and create the read-side shards, then exit.
+    Migrate,
+    /// Print the effective configuration (secrets redacted) and exit.
+    Config,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    init_tracing(&cfg.log.filter);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve => rt.block_on(serve::serve(cfg)),
+        Command::Migrate => rt.block_on(serve::migrate_only(&cfg)),
+        Command::Config => {
+            println!("{cfg:#?}");
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}

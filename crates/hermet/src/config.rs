@@ -1,0 +1,283 @@
+//! Configuration: one typed struct, read from an optional TOML file and overridden by
+//! `HERMET_*` environment variables, validated before anything starts.
+//!
+//! Environment: `HERMET_<SECTION>__<KEY>` sets any key (`HERMET_HTTP__ADDR=0.0.0.0:8080`), and
+//! these short forms are accepted too: `HERMET_DATABASE_URL`, `HERMET_KAFKA_BROKERS`,
+//! `HERMET_REDIS_URL`, `HERMET_HTTP_ADDR`, `HERMET_JWT_SECRET`, `HERMET_SYNC_MODE`,
+//! `HERMET_SHARDS`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use hermet_core::projection::ProjectionConfig;
+use hermet_core::validate::Limits;
+use hermet_store::{StoreConfig, SyncMode};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub sync: SyncConfig,
+    pub read_side: ReadSideConfig,
+    pub limits: Limits,
+    pub kafka: KafkaConfig,
+    pub redis: RedisConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL of the hermet database (write and read side).
+    pub url: String,
+    pub pool_size: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: "postgres://postgres@127.0.0.1:55432/hermet".into(), pool_size: 32 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 64 * 1024 }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret shared with whoever issues tokens; at least 32 bytes.
+    pub jwt_secret: String,
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { jwt_secret: String::new(), token_ttl_secs: 30 * 24 * 3600 }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &"<redacted>")
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    DualWrite,
+    Async,
+    Cdc,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadSideConfig {
+    /// Partitions of each read-side table. Fixed once the database is created.
+    pub shards: u32,
+    /// Characters of a message kept in the conversation preview.
+    pub preview_chars: usize,
+}
+
+impl Default for ReadSideConfig {
+    fn default() -> Self {
+        ReadSideConfig { shards: 256, preview_chars: 50 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig { brokers: "127.0.0.1:59092".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig { url: "redis://127.0.0.1:56379".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `hermet_store=debug,info`. `RUST_LOG` wins if set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { filter: "info".into() }
+    }
+}
+
+const SHORT_FORMS: &[(&str, &str)] = &[
+    ("database_url", "database.url"),
+    ("kafka_brokers", "kafka.brokers"),
+    ("redis_url", "redis.url"),
+    ("http_addr", "http.addr"),
+    ("jwt_secret", "auth.jwt_secret"),
+    ("sync_mode", "sync.mode"),
+    ("shards", "read_side.shards"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the file (if given) and the environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!("{} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let env = Env::prefixed("HERMET_").filter_map(|key| {
+            let k = key.as_str().to_ascii_lowercase();
+            if k.contains("__") {
+                Some(k.replace("__", ".").into())
+            } else {
+                SHORT_FORMS.iter().find(|(short, _)| *short == k).map(|(_, long)| (*long).into())
+            }
+        });
+        let cfg: Config = fig.merge(env).extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.database.url.parse::<tokio_postgres::Config>().is_err() {
+            return bad("database.url is not a PostgreSQL URL".into());
+        }
+        if self.database.pool_size == 0 {
+            return bad("database.pool_size must be at least 1".into());
+        }
+        if !(1..=4096).contains(&self.read_side.shards) {
+            return bad("read_side.shards must be between 1 and 4096".into());
+        }
+        if !(1..=1000).contains(&self.read_side.preview_chars) {
+            return bad("read_side.preview_chars must be between 1 and 1000".into());
+        }
+        if self.auth.jwt_secret.len() < 32 {
+            return bad(
+                "auth.jwt_secret must be set to at least 32 bytes (HERMET_JWT_SECRET)".into(),
+            );
+        }
+        if self.limits.max_group_members < 2 || self.limits.max_name_chars == 0 {
+            return bad("limits: max_group_members >= 2 and max_name_chars >= 1 are required".into());
+        }
+        if self.sync.mode != Mode::DualWrite {
+            return bad(format!(
+                "sync.mode {:?} is not available in this version; use dual_write",
+                self.sync.mode
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            sync_mode: match self.sync.mode {
+                Mode::DualWrite => SyncMode::DualWrite,
+                Mode::Async => SyncMode::Async,
+                Mode::Cdc => SyncMode::Cdc,
+            },
+            projection: ProjectionConfig { preview_chars: self.read_side.preview_chars },
+            limits: self.limits,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        let mut c = Config::default();
+        c.auth.jwt_secret = "x".repeat(32);
+        c
+    }
+
+    #[test]
+    fn defaults_need_only_a_secret() {
+        assert!(Config::default().validate().is_err());
+        assert!(valid().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut c = valid();
+        c.read_side.shards = 0;
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.database.url = "mysql://nope".into();
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.sync.mode = Mode::Cdc;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "hermet.toml",
+                "[read_side]\nshards = 8\n[http]\naddr = \"127.0.0.1:9000\"\n",
+            )?;
+            jail.set_env("HERMET_JWT_SECRET", "s".repeat(40));
+            jail.set_env("HERMET_HTTP__ADDR", "127.0.0.1:9100");
+            jail.set_env("HERMET_DATABASE_URL", "postgres://u@h:1/db");
+            let c = Config::load(Some(Path::new("hermet.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.read_side.shards, 8);
+            assert_eq!(c.http.addr.port(), 9100, "env wins over the file");
+            assert_eq!(c.database.url, "postgres://u@h:1/db");
+            jail.set_env("HERMET_READ_SIDE__SHARDZ", "3");
+            assert!(Config::load(None).is_err(), "unknown keys are refused");
+            Ok(())
+        });
+    }
+}
