@@ -19,8 +19,11 @@ DECLARE j json; stmt text; fb record; uid bigint;
 BEGIN
   FOR i IN 1..reps LOOP
     IF is_update THEN
-      SELECT * INTO fb FROM fanout_batch WHERE id = 1 + floor(random() * batches)::int;
-      stmt := format(q, fb.users, fb.channels, fb.content, (extract(epoch FROM clock_timestamp()) * 1000)::bigint);
+      -- a random batch touching shard 7 (so the (B) statement for shard 7 has work)
+      SELECT * INTO fb FROM fanout_batch WHERE n_7 > 0 AND id >= 1 + floor(random() * batches)::int ORDER BY id LIMIT 1;
+      IF NOT FOUND THEN SELECT * INTO fb FROM fanout_batch WHERE n_7 > 0 ORDER BY id LIMIT 1; END IF;
+      stmt := format(q, fb.users, fb.channels, fb.content, (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+                     fb.u_7, fb.c_7);
     ELSE
       uid := 1 + floor(random() * users)::bigint;
       stmt := format(q, uid);
@@ -73,6 +76,11 @@ PREPARE fan_a(bigint[], bigint[], text, bigint) AS
      SET last_message_seq = v.last_message_seq + 1, last_message_content = $3, last_message_time = $4, updated_at = $4
     FROM UNNEST($1, $2) AS u(user_id, channel_id)
    WHERE v.user_id = u.user_id AND v.channel_id = u.channel_id;
+PREPARE fan_b7(bigint[], bigint[], text, bigint) AS
+  UPDATE b.user_conversation_view_7 v
+     SET last_message_seq = v.last_message_seq + 1, last_message_content = $3, last_message_time = $4, updated_at = $4
+    FROM UNNEST($1, $2) AS u(user_id, channel_id)
+   WHERE v.user_id = u.user_id AND v.channel_id = u.channel_id;
 
 \echo
 \echo '== planning / execution time (ms), medians over' :reps 'EXPLAIN ANALYZE EXECUTE each =='
@@ -82,17 +90,21 @@ SELECT * FROM pg_temp.summary('A list, custom plan',  'EXECUTE list_a(%s)', :rep
 UNION ALL
 SELECT * FROM pg_temp.summary('B list, custom plan',  'EXECUTE list_b7(' || current_setting('bench.shards') || ' * (%s / ' || current_setting('bench.shards') || ') + 7)', :reps, :users, :batches, false)
 UNION ALL
-SELECT * FROM pg_temp.summary('A fan-out, custom plan', 'EXECUTE fan_a(%L, %L, %L, %s)', :reps, :users, :batches, true);
+SELECT * FROM pg_temp.summary('A fan-out, custom plan', 'EXECUTE fan_a(%1$L, %2$L, %3$L, %4$s)', :reps, :users, :batches, true)
+UNION ALL
+SELECT * FROM pg_temp.summary('B fan-out, shard-7 statement only, custom plan', 'EXECUTE fan_b7(%5$L, %6$L, %3$L, %4$s)', :reps, :users, :batches, true);
 SET plan_cache_mode = force_generic_plan;
 SELECT * FROM pg_temp.summary('A list, generic plan', 'EXECUTE list_a(%s)', :reps, :users, :batches, false)
 UNION ALL
 SELECT * FROM pg_temp.summary('B list, generic plan', 'EXECUTE list_b7(' || current_setting('bench.shards') || ' * (%s / ' || current_setting('bench.shards') || ') + 7)', :reps, :users, :batches, false)
 UNION ALL
-SELECT * FROM pg_temp.summary('A fan-out, generic plan', 'EXECUTE fan_a(%L, %L, %L, %s)', :reps, :users, :batches, true);
+SELECT * FROM pg_temp.summary('A fan-out, generic plan', 'EXECUTE fan_a(%1$L, %2$L, %3$L, %4$s)', :reps, :users, :batches, true)
+UNION ALL
+SELECT * FROM pg_temp.summary('B fan-out, shard-7 statement only, generic plan', 'EXECUTE fan_b7(%5$L, %6$L, %3$L, %4$s)', :reps, :users, :batches, true);
 
 -- auto: fresh statements, so the 5-custom-plans-then-decide logic starts over
 RESET plan_cache_mode;
-DEALLOCATE list_a; DEALLOCATE list_b7; DEALLOCATE fan_a;
+DEALLOCATE list_a; DEALLOCATE list_b7; DEALLOCATE fan_a; DEALLOCATE fan_b7;
 PREPARE list_a(bigint) AS
   SELECT :listcols FROM a.user_conversation_view
   WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden
@@ -106,29 +118,36 @@ PREPARE fan_a(bigint[], bigint[], text, bigint) AS
      SET last_message_seq = v.last_message_seq + 1, last_message_content = $3, last_message_time = $4, updated_at = $4
     FROM UNNEST($1, $2) AS u(user_id, channel_id)
    WHERE v.user_id = u.user_id AND v.channel_id = u.channel_id;
+PREPARE fan_b7(bigint[], bigint[], text, bigint) AS
+  UPDATE b.user_conversation_view_7 v
+     SET last_message_seq = v.last_message_seq + 1, last_message_content = $3, last_message_time = $4, updated_at = $4
+    FROM UNNEST($1, $2) AS u(user_id, channel_id)
+   WHERE v.user_id = u.user_id AND v.channel_id = u.channel_id;
 SELECT * FROM pg_temp.summary('A list, auto', 'EXECUTE list_a(%s)', :reps, :users, :batches, false)
 UNION ALL
 SELECT * FROM pg_temp.summary('B list, auto', 'EXECUTE list_b7(' || current_setting('bench.shards') || ' * (%s / ' || current_setting('bench.shards') || ') + 7)', :reps, :users, :batches, false)
 UNION ALL
-SELECT * FROM pg_temp.summary('A fan-out, auto', 'EXECUTE fan_a(%L, %L, %L, %s)', :reps, :users, :batches, true);
+SELECT * FROM pg_temp.summary('A fan-out, auto', 'EXECUTE fan_a(%1$L, %2$L, %3$L, %4$s)', :reps, :users, :batches, true)
+UNION ALL
+SELECT * FROM pg_temp.summary('B fan-out, shard-7 statement only, auto', 'EXECUTE fan_b7(%5$L, %6$L, %3$L, %4$s)', :reps, :users, :batches, true);
 
 \echo
 \echo '== EXPLAIN ANALYZE, (A) list, generic plan (bind parameter): run-time pruning? =='
 SET plan_cache_mode = force_generic_plan;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE list_a(:uid);
+EXPLAIN (ANALYZE, SUMMARY ON) EXECUTE list_a(:uid);
 \echo '== EXPLAIN ANALYZE, (A) list, custom plan =='
 SET plan_cache_mode = force_custom_plan;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE list_a(:uid);
-\echo '== EXPLAIN (A) fan-out, custom plan (first lines) =='
+EXPLAIN (ANALYZE, SUMMARY ON) EXECUTE list_a(:uid);
+\echo '== EXPLAIN ANALYZE (A) fan-out, custom plan (one batch; per-partition lines condensed) =='
 SELECT users AS fb_users, channels AS fb_channels FROM fanout_batch WHERE id = 1 \gset
 BEGIN;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE fan_a(:'fb_users', :'fb_channels', 'x', 1) \g :explain_tmp
+EXPLAIN (ANALYZE, SUMMARY ON) EXECUTE fan_a(:'fb_users', :'fb_channels', 'x', 1) \g :explain_tmp
 ROLLBACK;
-\! head -n 12 "$EXPLAIN_TMP"; echo '   ...'; tail -n 4 "$EXPLAIN_TMP"
-\echo '== EXPLAIN (A) fan-out, generic plan (first lines) =='
+\! awk -f "$CONDENSE_AWK" "$EXPLAIN_TMP"
+\echo '== EXPLAIN ANALYZE (A) fan-out, generic plan (one batch; per-partition lines condensed) =='
 SET plan_cache_mode = force_generic_plan;
 BEGIN;
-EXPLAIN (ANALYZE, COSTS OFF, SUMMARY ON) EXECUTE fan_a(:'fb_users', :'fb_channels', 'x', 1) \g :explain_tmp
+EXPLAIN (ANALYZE, SUMMARY ON) EXECUTE fan_a(:'fb_users', :'fb_channels', 'x', 1) \g :explain_tmp
 ROLLBACK;
-\! head -n 12 "$EXPLAIN_TMP"; echo '   ...'; tail -n 4 "$EXPLAIN_TMP"
+\! awk -f "$CONDENSE_AWK" "$EXPLAIN_TMP"
 RESET plan_cache_mode;

@@ -1,1 +1,489 @@
+//! hermet-bench: a seeded IM workload ([`workload`]) and benchmark scenarios on `dual_write`.
+//!
+//! [`run`] creates a scratch database `hermet_bench_<random>` on the server of the given admin
+//! URL, migrates it, populates it with the workload, runs the measured phase `runs` times on it,
+//! and drops the database at the end, also on error or Ctrl-C.
 
+mod report;
+mod scenarios;
+pub mod workload;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hermet_core::projection::ProjectionConfig;
+use hermet_core::validate::Limits;
+use hermet_store::{Store, StoreConfig, StoreError, SyncMode};
+use serde::Serialize;
+use tokio_postgres::NoTls;
+
+pub use report::{Latency, Params, Report, RunStats, SetupStats};
+use scenarios::{Ctx, Load, Source};
+use workload::{OpMix, Plan, PopulateOptions, WorkloadSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("invalid workload: {0}")]
+    InvalidSpec(String),
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    #[error("database url: {0}")]
+    Url(String),
+    /// Creating, migrating or dropping the scratch database failed.
+    #[error("{what}: {source}")]
+    Admin { what: &'static str, source: tokio_postgres::Error },
+    /// A store command of the setup phase failed.
+    #[error("setup, {what}: {source}")]
+    Setup { what: &'static str, source: StoreError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Scenario(String),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("worker task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("report: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Message-send throughput and latency.
+    Send,
+    /// Conversation-list read latency, optionally under background writes.
+    List,
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scenario::Send => "send",
+            Scenario::List => "list",
+        })
+    }
+}
+
+/// Where to run: the admin URL of a PostgreSQL server (any database the role can connect to and
+/// create databases from) and the default read-side shard count.
+#[derive(Debug, Clone)]
+pub struct BenchEnv {
+    pub database_url: String,
+    /// Used when [`BenchOptions::shards`] is not given.
+    pub shards: u32,
+}
+
+impl BenchEnv {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        BenchEnv { database_url: database_url.into(), shards: 256 }
+    }
+}
+
+/// Options of `hermet bench <scenario>` (flatten into a clap command).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct BenchOptions {
+    /// Users of the workload.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    /// Seed of the workload and of the operation streams.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Mean friend count per user (heavy-tailed).
+    #[arg(long, default_value_t = 20.0)]
+    pub mean_friends: f64,
+    /// Groups [default: users / 10].
+    #[arg(long)]
+    pub groups: Option<usize>,
+    /// Length of each measured run.
+    #[arg(long, default_value_t = 20)]
+    pub duration_secs: u64,
+    /// Unmeasured load before the first run (connections, caches).
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u64,
+    /// Measured workers [default: 8 senders for `send`, 16 readers for `list`].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// `list`: background writers running the workload's write mix (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub writers: usize,
+    /// Operation mix of the background writers (`list` ignores its `list` weight).
+    #[arg(long, default_value_t = OpMix::default())]
+    pub mix: OpMix,
+    /// `list`: conversations per page.
+    #[arg(long, default_value_t = 50)]
+    pub page_size: i64,
+    /// Read-side shards of the scratch database [default: the configured count, 256].
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// Measured runs on the same populated database; the report adds their median.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Commands in flight while populating.
+    #[arg(long, default_value_t = 8)]
+    pub setup_concurrency: usize,
+    /// Print the report as JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the scratch database (its name is printed) instead of dropping it.
+    #[arg(long)]
+    pub keep_database: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            users: 10_000,
+            seed: 42,
+            mean_friends: 20.0,
+            groups: None,
+            duration_secs: 20,
+            warmup_secs: 2,
+            concurrency: None,
+            writers: 0,
+            mix: OpMix::default(),
+            page_size: 50,
+            shards: None,
+            runs: 3,
+            setup_concurrency: 8,
+            json: false,
+            keep_database: false,
+        }
+    }
+}
+
+impl BenchOptions {
+    /// The workload these options describe.
+    pub fn workload(&self) -> WorkloadSpec {
+        let mut spec = WorkloadSpec::new(self.users, self.seed);
+        spec.mean_friends = self.mean_friends;
+        if let Some(g) = self.groups {
+            spec.groups = g;
+        }
+        spec.mix = self.mix;
+        spec
+    }
+
+    fn concurrency_for(&self, scenario: Scenario) -> usize {
+        self.concurrency.unwrap_or(match scenario {
+            Scenario::Send => 8,
+            Scenario::List => 16,
+        })
+    }
+
+    fn check(&self, scenario: Scenario) -> Result<(), BenchError> {
+        let bad = |m: &str| Err(BenchError::InvalidOptions(m.to_owned()));
+        if self.concurrency_for(scenario) == 0 {
+            return bad("--concurrency must be at least 1");
+        }
+        if self.runs == 0 {
+            return bad("--runs must be at least 1");
+        }
+        if self.duration_secs == 0 {
+            return bad("--duration-secs must be at least 1");
+        }
+        if !(1..=1000).contains(&self.page_size) {
+            return bad("--page-size must be between 1 and 1000");
+        }
+        if self.shards == Some(0) {
+            return bad("--shards must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the database name of a PostgreSQL URL (`postgres://…/db?…`) or key/value
+/// connection string (`host=… dbname=…`).
+pub fn with_dbname(url: &str, dbname: &str) -> Result<String, BenchError> {
+    let out = if let Some(scheme_end) =
+        ["postgres://", "postgresql://"].iter().find(|s| url.starts_with(**s)).map(|s| s.len())
+    {
+        let rest = &url[scheme_end..];
+        let path_at = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(path_at);
+        let query = tail.find('?').map(|q| &tail[q + 1..]).unwrap_or("");
+        // A `dbname` query parameter would override the path: drop it.
+        let query: Vec<&str> =
+            query.split('&').filter(|kv| !kv.is_empty() && !kv.starts_with("dbname=")).collect();
+        let mut s = format!("{}{authority}/{dbname}", &url[..scheme_end]);
+        if !query.is_empty() {
+            s.push('?');
+            s.push_str(&query.join("&"));
+        }
+        s
+    } else {
+        // Later keys override earlier ones.
+        format!("{url} dbname={dbname}")
+    };
+    let parsed: tokio_postgres::Config =
+        out.parse().map_err(|e| BenchError::Url(format!("{e}")))?;
+    if parsed.get_dbname() != Some(dbname) {
+        return Err(BenchError::Url("could not set the database name".to_owned()));
+    }
+    Ok(out)
+}
+
+async fn admin_connect(url: &str) -> Result<tokio_postgres::Client, BenchError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|source| BenchError::Admin { what: "connect to the admin database", source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "bench admin connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn drop_database(admin_url: &str, name: &str) -> Result<(), BenchError> {
+    let admin = admin_connect(admin_url).await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+        .map_err(|source| BenchError::Admin { what: "drop the scratch database", source })
+}
+
+/// Runs a scenario in its own scratch database and returns the report (progress goes to stderr).
+pub async fn run(
+    env: &BenchEnv,
+    scenario: Scenario,
+    opts: &BenchOptions,
+) -> Result<Report, BenchError> {
+    opts.check(scenario)?;
+    let spec = opts.workload();
+    let plan = Plan::generate(&spec)?;
+    let shards = opts.shards.unwrap_or(env.shards);
+
+    let name = format!("hermet_bench_{:016x}", rand::random::<u64>());
+    let url = with_dbname(&env.database_url, &name)?;
+    {
+        let admin = admin_connect(&env.database_url).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .map_err(|source| BenchError::Admin { what: "create the scratch database", source })?;
+    }
+    eprintln!("bench {scenario}: scratch database {name}");
+    let result = tokio::select! {
+        r = run_in(&url, scenario, opts, plan, shards) => r,
+        _ = tokio::signal::ctrl_c() => Err(BenchError::Interrupted),
+    };
+    if opts.keep_database {
+        eprintln!("bench {scenario}: kept database {name}");
+        return result;
+    }
+    match drop_database(&env.database_url, &name).await {
+        Ok(()) => result,
+        Err(e) => {
+            eprintln!("bench {scenario}: could not drop the scratch database {name}: {e}");
+            result
+        }
+    }
+}
+
+/// [`run`], then prints the report to stdout (Markdown, or JSON with `--json`).
+pub async fn run_and_print(
+    env: &BenchEnv,
+    scenario: Scenario,
+    opts: &BenchOptions,
+) -> Result<Report, BenchError> {
+    let report = run(env, scenario, opts).await?;
+    if opts.json {
+        println!("{}", report.to_json()?);
+    } else {
+        println!("{report}");
+    }
+    Ok(report)
+}
+
+async fn run_in(
+    url: &str,
+    scenario: Scenario,
+    opts: &BenchOptions,
+    plan: Plan,
+    shards: u32,
+) -> Result<Report, BenchError> {
+    {
+        let mut client = admin_connect(url).await?;
+        hermet_store::migrate::migrate(&mut client, shards).await?;
+    }
+    let workers = opts.concurrency_for(scenario);
+    let background = if scenario == Scenario::List { opts.writers } else { 0 };
+    let pool_size = (workers + background).max(opts.setup_concurrency) + 2;
+    let pool = hermet_store::connect_pool(url, pool_size)?;
+    let store = Store::new(
+        pool.clone(),
+        StoreConfig {
+            sync_mode: SyncMode::DualWrite,
+            projection: ProjectionConfig::default(),
+            limits: Limits::default(),
+        },
+    );
+    let result = measure_all(store, scenario, opts, plan, shards, workers, background).await;
+    pool.close();
+    result
+}
+
+async fn measure_all(
+    store: Store,
+    scenario: Scenario,
+    opts: &BenchOptions,
+    plan: Plan,
+    shards: u32,
+    workers: usize,
+    background: usize,
+) -> Result<Report, BenchError> {
+    let degrees = plan.degrees();
+    let setup_started = Instant::now();
+    eprintln!(
+        "bench {scenario}: populating {} users, {} friendships, {} groups ({} memberships)",
+        plan.users(),
+        plan.friendships.len(),
+        plan.groups.len(),
+        plan.memberships()
+    );
+    let pop = workload::populate_with(
+        &store,
+        &plan,
+        PopulateOptions { concurrency: opts.setup_concurrency, progress: true },
+    )
+    .await?;
+    eprintln!("bench {scenario}: setup done in {:.1} s", setup_started.elapsed().as_secs_f64());
+    let setup = SetupStats {
+        users: plan.users(),
+        friendships: plan.friendships.len(),
+        max_friends: degrees.iter().copied().max().unwrap_or(0),
+        groups: plan.groups.len(),
+        group_memberships: plan.memberships(),
+        largest_group: plan.groups.iter().map(|g| g.size()).max().unwrap_or(0),
+        users_secs: pop.timings.users_secs,
+        friendships_secs: pop.timings.friendships_secs,
+        groups_secs: pop.timings.groups_secs,
+    };
+    let write_mix = OpMix { list_conversations: 0, ..opts.mix };
+    let write_mix = if write_mix == (OpMix { send: 0, mark_read: 0, update_profile: 0, list_conversations: 0 }) {
+        OpMix::send_only()
+    } else {
+        write_mix
+    };
+    let plan = Arc::new(plan);
+    let ctx = Arc::new(Ctx::new(store, Arc::clone(&plan), Arc::new(pop), opts.page_size));
+    let load = |secs: u64| Load {
+        measured: match scenario {
+            Scenario::Send => Source::Send,
+            Scenario::List => Source::List,
+        },
+        workers,
+        background: Source::Mix(write_mix),
+        background_workers: background,
+        duration: Duration::from_secs(secs),
+    };
+    if opts.warmup_secs > 0 {
+        eprintln!("bench {scenario}: warm-up {} s", opts.warmup_secs);
+        scenarios::measure(&ctx, load(opts.warmup_secs), opts.seed ^ 0x5741_524d, "warmup".into())
+            .await?;
+    }
+    let mut runs = Vec::with_capacity(opts.runs);
+    let mut error_samples = Vec::new();
+    for i in 1..=opts.runs {
+        let (stats, samples) =
+            scenarios::measure(&ctx, load(opts.duration_secs), opts.seed.wrapping_add(i as u64), i.to_string())
+                .await?;
+        eprintln!(
+            "bench {scenario}: run {i}/{}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            opts.runs, stats.ops_per_s, stats.latency_ms.p50, stats.latency_ms.p99, stats.errors
+        );
+        if stats.ops == 0 {
+            return Err(BenchError::Scenario(format!(
+                "run {i}: no operation succeeded ({} errors): {}",
+                stats.errors,
+                samples.first().map_or("", String::as_str)
+            )));
+        }
+        error_samples.extend(samples);
+        runs.push(stats);
+    }
+    error_samples.truncate(10);
+    let median = report::median_of(&runs);
+    Ok(Report {
+        scenario,
+        params: Params {
+            sync_mode: SyncMode::DualWrite.as_str().to_owned(),
+            users: plan.users(),
+            seed: opts.seed,
+            mean_friends: opts.mean_friends,
+            groups: plan.groups.len(),
+            shards,
+            concurrency: workers,
+            writers: background,
+            duration_secs: opts.duration_secs,
+            warmup_secs: opts.warmup_secs,
+            runs: opts.runs,
+            page_size: opts.page_size,
+            mix: write_mix.to_string(),
+        },
+        setup,
+        runs,
+        median,
+        error_samples,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dbname_in_urls() {
+        let ok = |u: &str| with_dbname(u, "scratch").unwrap_or_else(|e| panic!("{u}: {e}"));
+        assert_eq!(ok("postgres://postgres@127.0.0.1:55432/postgres"), "postgres://postgres@127.0.0.1:55432/scratch");
+        assert_eq!(ok("postgres://u:p@h:1"), "postgres://u:p@h:1/scratch");
+        assert_eq!(ok("postgresql://h/db?sslmode=disable&dbname=x"), "postgresql://h/scratch?sslmode=disable");
+        assert_eq!(ok("postgres://h?connect_timeout=5"), "postgres://h/scratch?connect_timeout=5");
+        assert_eq!(ok("host=/tmp user=me dbname=postgres"), "host=/tmp user=me dbname=postgres dbname=scratch");
+    }
+
+    #[test]
+    fn options_defaults_match_clap() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            opts: BenchOptions,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(["bench"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.opts, BenchOptions::default());
+        let cli = <Cli as clap::Parser>::try_parse_from(["bench", "--users", "5", "--mix", "send=1", "--json"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.opts.users, 5);
+        assert_eq!(cli.opts.mix, OpMix::send_only());
+        assert!(cli.opts.json);
+    }
+
+    /// Against the local PostgreSQL: `HERMET_DATABASE_URL=… cargo test -p hermet-bench -- --ignored`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn small_runs_against_postgres() {
+        let Ok(url) = std::env::var("HERMET_DATABASE_URL") else {
+            panic!("HERMET_DATABASE_URL is not set");
+        };
+        let env = BenchEnv { database_url: url, shards: 16 };
+        let opts = BenchOptions {
+            users: 300,
+            groups: Some(20),
+            duration_secs: 1,
+            warmup_secs: 0,
+            runs: 2,
+            writers: 2,
+            ..BenchOptions::default()
+        };
+        for scenario in [Scenario::Send, Scenario::List] {
+            let report = run(&env, scenario, &opts).await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(report.runs.len(), 2);
+            assert!(report.median.ops > 0);
+            println!("{report}");
+        }
+    }
+}

@@ -1,1 +1,289 @@
+//! Test helpers: a fresh PostgreSQL database per test, the app on a random port, and a small
+//! client that reads like the API.
+//!
+//! The server comes from `HERMET_DATABASE_URL` (a superuser URL), which `make test` sets after
+//! starting the project's private PostgreSQL. Each [`TestDb`] is a database with a random name,
+//! dropped when the value is dropped.
 
+use std::net::SocketAddr;
+
+use hermet_api::{ApiConfig, AppState};
+use hermet_core::projection::ProjectionConfig;
+use hermet_core::validate::Limits;
+use hermet_store::oracle::{self, Mismatch};
+use hermet_store::{connect_pool, migrate, Store, StoreConfig, SyncMode};
+use rand::Rng;
+use serde_json::Value;
+
+/// Shards used by tests: few, so databases are quick to create, but more than one.
+pub const TEST_SHARDS: u32 = 8;
+
+pub fn admin_url() -> String {
+    std::env::var("HERMET_DATABASE_URL").unwrap_or_else(|_| {
+        panic!("HERMET_DATABASE_URL is not set: run the tests with `make test`, which starts PostgreSQL")
+    })
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin: tokio_postgres::Config = admin_url().parse().expect("HERMET_DATABASE_URL parses");
+        let name = format!("hermet_test_{:016x}", rand::thread_rng().gen::<u64>());
+        let mut cfg = admin.clone();
+        cfg.dbname(&name);
+        let url = config_to_url(&cfg);
+        let created = hermet_store::create_database_if_missing(&url).await.expect("create database");
+        assert!(created, "random database name already existed");
+        let pool = connect_pool(&url, 2).expect("pool");
+        let mut conn = pool.get().await.expect("connect to test database");
+        migrate::migrate(&mut conn, TEST_SHARDS).await.expect("migrate");
+        TestDb { name, url }
+    }
+
+    pub fn store(&self, preview_chars: usize) -> Store {
+        self.store_with(StoreConfig {
+            sync_mode: SyncMode::DualWrite,
+            projection: ProjectionConfig { preview_chars },
+            limits: Limits::default(),
+        })
+    }
+
+    pub fn store_with(&self, cfg: StoreConfig) -> Store {
+        Store::new(connect_pool(&self.url, 16).expect("pool"), cfg)
+    }
+
+    /// Differences between the read side and the rebuild oracle.
+    pub async fn diff(&self, store: &Store) -> Vec<Mismatch> {
+        let conn = store.pool().get().await.expect("connection");
+        let preview = store.config().projection.preview_chars as i32;
+        oracle::diff(&conn, preview).await.expect("oracle diff")
+    }
+
+    /// Asserts the read side equals a rebuild from the write side.
+    pub async fn assert_converged(&self, store: &Store) {
+        let d = self.diff(store).await;
+        assert!(d.is_empty(), "read side differs from the rebuild oracle:\n{}", render(&d));
+    }
+}
+
+pub fn render(d: &[Mismatch]) -> String {
+    d.iter().map(|m| format!("  {} {}: {}", m.table, m.kind, m.row)).collect::<Vec<_>>().join("\n")
+}
+
+fn config_to_url(cfg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "127.0.0.1".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let user = cfg.get_user().unwrap_or("postgres");
+    let auth = match cfg.get_password() {
+        Some(p) => format!("{user}:{}", String::from_utf8_lossy(p)),
+        None => user.to_owned(),
+    };
+    format!(
+        "postgres://{auth}@{host}:{port}/{}",
+        cfg.get_dbname().unwrap_or("postgres")
+    )
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Dropping needs async I/O; a thread with its own runtime works from any context.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(rt) = rt {
+                rt.block_on(async move {
+                    if let Ok((client, conn)) =
+                        tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
+                    {
+                        let h = tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .await;
+                        drop(client);
+                        let _ = h.await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// The app, serving on a random local port against its own database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db: TestDb,
+    pub store: Store,
+    http: reqwest::Client,
+}
+
+/// An HTTP response: status, headers and the JSON body (`Null` when empty).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    /// The error code of an error response.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A user created through the API.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub token: String,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with_preview(50).await
+    }
+
+    pub async fn spawn_with_preview(preview_chars: usize) -> TestApp {
+        let db = TestDb::new().await;
+        let store = db.store(preview_chars);
+        let cfg = ApiConfig { jwt_secret: TEST_SECRET.into(), ..ApiConfig::default() };
+        let app = hermet_api::router(AppState::new(store.clone(), cfg, None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum_serve(listener, app).await;
+        });
+        TestApp { addr, db, store, http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a request; `body` of `None` sends no body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Self::finish(req).await
+    }
+
+    /// Sends a raw body with the given content type.
+    pub async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: &str, ctype: &str) -> Resp {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, self.url(path)).header("content-type", ctype);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::finish(req.body(body.to_owned())).await
+    }
+
+    async fn finish(req: reqwest::RequestBuilder) -> Resp {
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!("response body is not JSON: {}", String::from_utf8_lossy(&bytes))
+            })
+        };
+        Resp { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, user: &User) -> Resp {
+        self.call("GET", path, Some(&user.token), None).await
+    }
+
+    pub async fn post(&self, path: &str, user: &User, body: Value) -> Resp {
+        self.call("POST", path, Some(&user.token), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, user: &User, body: Value) -> Resp {
+        self.call("PATCH", path, Some(&user.token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, user: &User) -> Resp {
+        self.call("DELETE", path, Some(&user.token), None).await
+    }
+
+    pub async fn new_user(&self, nickname: &str) -> User {
+        let r = self.call("POST", "/v1/users", None, Some(serde_json::json!({"nickname": nickname}))).await;
+        assert_eq!(r.status, 201, "create user: {:?}", r.body);
+        User {
+            id: r.body["id"].as_i64().expect("id"),
+            token: r.body["token"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    /// Makes two users friends; returns their single channel.
+    pub async fn befriend(&self, a: &User, b: &User) -> i64 {
+        let r = self.post("/v1/friends", a, serde_json::json!({"friend_id": b.id})).await;
+        assert_eq!(r.status, 201, "add friend: {:?}", r.body);
+        r.body["channel_id"].as_i64().expect("channel_id")
+    }
+
+    pub async fn send(&self, from: &User, channel: i64, content: &str) -> Resp {
+        let r = self
+            .post(&format!("/v1/channels/{channel}/messages"), from, serde_json::json!({"content": content}))
+            .await;
+        assert_eq!(r.status, 201, "send: {:?}", r.body);
+        r
+    }
+
+    /// The first page of a user's conversation list.
+    pub async fn conversations(&self, user: &User) -> Vec<Value> {
+        let r = self.get("/v1/conversations", user).await;
+        assert_eq!(r.status, 200, "list: {:?}", r.body);
+        r.body["conversations"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn conversation(&self, user: &User, channel: i64) -> Option<Value> {
+        self.conversations(user).await.into_iter().find(|c| c["channel_id"] == channel)
+    }
+
+    pub async fn contacts(&self, user: &User) -> Vec<Value> {
+        let r = self.get("/v1/contacts", user).await;
+        assert_eq!(r.status, 200, "contacts: {:?}", r.body);
+        r.body["contacts"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn assert_converged(&self) {
+        self.db.assert_converged(&self.store).await;
+    }
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+    axum::serve(listener, app).await
+}
