@@ -40,11 +40,22 @@ impl TokenKeys {
     }
 
     pub fn issue(&self, user: UserId) -> Result<String, ApiError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let claims = Claims { sub: user.to_string(), iat: now, exp: now + self.ttl_secs };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: now,
+            exp: now + self.ttl_secs,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc).map_err(|e| {
             tracing::error!(error = %e, "token signing failed");
-            ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
         })
     }
 
@@ -101,7 +112,11 @@ mod tests {
     #[test]
     fn expired_tokens_are_refused() {
         let keys = TokenKeys::new(b"s", 0);
-        let claims = Claims { sub: "1".into(), iat: 0, exp: 1 };
+        let claims = Claims {
+            sub: "1".into(),
+            iat: 0,
+            exp: 1,
+        };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.enc).unwrap();
         assert!(keys.verify(&t).is_err());
     }

@@ -22,7 +22,10 @@ pub fn min_lsn(headers: &HeaderMap) -> Result<Option<Lsn>, ApiError> {
             .and_then(|s| s.parse::<Lsn>().ok())
             .map(Some)
             .ok_or_else(|| {
-                ApiError::bad_request("invalid_lsn", "X-Hermet-Min-Lsn must be an LSN like 0/16B3748")
+                ApiError::bad_request(
+                    "invalid_lsn",
+                    "X-Hermet-Min-Lsn must be an LSN like 0/16B3748",
+                )
             }),
     }
 }

@@ -17,7 +17,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -37,7 +42,11 @@ impl ApiError {
     }
 
     fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
@@ -49,7 +58,8 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
         }
         resp
     }
@@ -69,9 +79,15 @@ impl From<Invalid> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound { code, message } => Self::new(StatusCode::NOT_FOUND, code, message),
-            StoreError::Forbidden { code, message } => Self::new(StatusCode::FORBIDDEN, code, message),
-            StoreError::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message),
+            StoreError::NotFound { code, message } => {
+                Self::new(StatusCode::NOT_FOUND, code, message)
+            }
+            StoreError::Forbidden { code, message } => {
+                Self::new(StatusCode::FORBIDDEN, code, message)
+            }
+            StoreError::Conflict { code, message } => {
+                Self::new(StatusCode::CONFLICT, code, message)
+            }
             StoreError::Invalid(i) => i.into(),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "database unavailable");
@@ -97,7 +113,11 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
             JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body is too large")
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is too large",
+                )
             }
             JsonRejection::MissingJsonContentType(_) => Self::bad_request(
                 "invalid_content_type",
@@ -112,7 +132,10 @@ impl From<JsonRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
-        Self::bad_request("invalid_path", format!("invalid path parameter: {}", r.body_text()))
+        Self::bad_request(
+            "invalid_path",
+            format!("invalid path parameter: {}", r.body_text()),
+        )
     }
 }
 

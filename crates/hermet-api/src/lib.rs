@@ -43,7 +43,11 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { jwt_secret: String::new(), token_ttl_secs: 30 * 24 * 3600, max_body_bytes: 64 * 1024 }
+        ApiConfig {
+            jwt_secret: String::new(),
+            token_ttl_secs: 30 * 24 * 3600,
+            max_body_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -63,7 +67,14 @@ struct Inner {
 impl AppState {
     pub fn new(store: Store, cfg: ApiConfig, metrics: Option<PrometheusHandle>) -> Self {
         let keys = TokenKeys::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs);
-        AppState { inner: Arc::new(Inner { store, keys, cfg, metrics }) }
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                keys,
+                cfg,
+                metrics,
+            }),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -88,7 +99,11 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(track_requests))

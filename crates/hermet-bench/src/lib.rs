@@ -31,10 +31,16 @@ pub enum BenchError {
     Url(String),
     /// Creating, migrating or dropping the scratch database failed.
     #[error("{what}: {source}")]
-    Admin { what: &'static str, source: tokio_postgres::Error },
+    Admin {
+        what: &'static str,
+        source: tokio_postgres::Error,
+    },
     /// A store command of the setup phase failed.
     #[error("setup, {what}: {source}")]
-    Setup { what: &'static str, source: StoreError },
+    Setup {
+        what: &'static str,
+        source: StoreError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -79,7 +85,10 @@ pub struct BenchEnv {
 
 impl BenchEnv {
     pub fn new(database_url: impl Into<String>) -> Self {
-        BenchEnv { database_url: database_url.into(), shards: 256 }
+        BenchEnv {
+            database_url: database_url.into(),
+            shards: 256,
+        }
     }
 }
 
@@ -198,16 +207,20 @@ impl BenchOptions {
 /// Replaces the database name of a PostgreSQL URL (`postgres://…/db?…`) or key/value
 /// connection string (`host=… dbname=…`).
 pub fn with_dbname(url: &str, dbname: &str) -> Result<String, BenchError> {
-    let out = if let Some(scheme_end) =
-        ["postgres://", "postgresql://"].iter().find(|s| url.starts_with(**s)).map(|s| s.len())
+    let out = if let Some(scheme_end) = ["postgres://", "postgresql://"]
+        .iter()
+        .find(|s| url.starts_with(**s))
+        .map(|s| s.len())
     {
         let rest = &url[scheme_end..];
         let path_at = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(path_at);
         let query = tail.find('?').map(|q| &tail[q + 1..]).unwrap_or("");
         // A `dbname` query parameter would override the path: drop it.
-        let query: Vec<&str> =
-            query.split('&').filter(|kv| !kv.is_empty() && !kv.starts_with("dbname=")).collect();
+        let query: Vec<&str> = query
+            .split('&')
+            .filter(|kv| !kv.is_empty() && !kv.starts_with("dbname="))
+            .collect();
         let mut s = format!("{}{authority}/{dbname}", &url[..scheme_end]);
         if !query.is_empty() {
             s.push('?');
@@ -221,7 +234,9 @@ pub fn with_dbname(url: &str, dbname: &str) -> Result<String, BenchError> {
     let parsed: tokio_postgres::Config =
         out.parse().map_err(|e| BenchError::Url(format!("{e}")))?;
     if parsed.get_dbname() != Some(dbname) {
-        return Err(BenchError::Url("could not set the database name".to_owned()));
+        return Err(BenchError::Url(
+            "could not set the database name".to_owned(),
+        ));
     }
     Ok(out)
 }
@@ -229,7 +244,10 @@ pub fn with_dbname(url: &str, dbname: &str) -> Result<String, BenchError> {
 async fn admin_connect(url: &str) -> Result<tokio_postgres::Client, BenchError> {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
-        .map_err(|source| BenchError::Admin { what: "connect to the admin database", source })?;
+        .map_err(|source| BenchError::Admin {
+            what: "connect to the admin database",
+            source,
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "bench admin connection ended");
@@ -243,7 +261,10 @@ async fn drop_database(admin_url: &str, name: &str) -> Result<(), BenchError> {
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .await
-        .map_err(|source| BenchError::Admin { what: "drop the scratch database", source })
+        .map_err(|source| BenchError::Admin {
+            what: "drop the scratch database",
+            source,
+        })
 }
 
 /// Runs a scenario in its own scratch database and returns the report (progress goes to stderr).
@@ -264,7 +285,10 @@ pub async fn run(
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
-            .map_err(|source| BenchError::Admin { what: "create the scratch database", source })?;
+            .map_err(|source| BenchError::Admin {
+                what: "create the scratch database",
+                source,
+            })?;
     }
     eprintln!("bench {scenario}: scratch database {name}");
     let result = tokio::select! {
@@ -311,7 +335,11 @@ async fn run_in(
         hermet_store::migrate::migrate(&mut client, shards).await?;
     }
     let workers = opts.concurrency_for(scenario);
-    let background = if scenario == Scenario::List { opts.writers } else { 0 };
+    let background = if scenario == Scenario::List {
+        opts.writers
+    } else {
+        0
+    };
     let pool_size = (workers + background).max(opts.setup_concurrency) + 2;
     let pool = hermet_store::connect_pool(url, pool_size)?;
     let store = Store::new(
@@ -348,10 +376,16 @@ async fn measure_all(
     let pop = workload::populate_with(
         &store,
         &plan,
-        PopulateOptions { concurrency: opts.setup_concurrency, progress: true },
+        PopulateOptions {
+            concurrency: opts.setup_concurrency,
+            progress: true,
+        },
     )
     .await?;
-    eprintln!("bench {scenario}: setup done in {:.1} s", setup_started.elapsed().as_secs_f64());
+    eprintln!(
+        "bench {scenario}: setup done in {:.1} s",
+        setup_started.elapsed().as_secs_f64()
+    );
     let setup = SetupStats {
         users: plan.users(),
         friendships: plan.friendships.len(),
@@ -363,14 +397,28 @@ async fn measure_all(
         friendships_secs: pop.timings.friendships_secs,
         groups_secs: pop.timings.groups_secs,
     };
-    let write_mix = OpMix { list_conversations: 0, ..opts.mix };
-    let write_mix = if write_mix == (OpMix { send: 0, mark_read: 0, update_profile: 0, list_conversations: 0 }) {
+    let write_mix = OpMix {
+        list_conversations: 0,
+        ..opts.mix
+    };
+    let write_mix = if write_mix
+        == (OpMix {
+            send: 0,
+            mark_read: 0,
+            update_profile: 0,
+            list_conversations: 0,
+        }) {
         OpMix::send_only()
     } else {
         write_mix
     };
     let plan = Arc::new(plan);
-    let ctx = Arc::new(Ctx::new(store, Arc::clone(&plan), Arc::new(pop), opts.page_size));
+    let ctx = Arc::new(Ctx::new(
+        store,
+        Arc::clone(&plan),
+        Arc::new(pop),
+        opts.page_size,
+    ));
     let load = |secs: u64| Load {
         measured: match scenario {
             Scenario::Send => Source::Send,
@@ -383,15 +431,24 @@ async fn measure_all(
     };
     if opts.warmup_secs > 0 {
         eprintln!("bench {scenario}: warm-up {} s", opts.warmup_secs);
-        scenarios::measure(&ctx, load(opts.warmup_secs), opts.seed ^ 0x5741_524d, "warmup".into())
-            .await?;
+        scenarios::measure(
+            &ctx,
+            load(opts.warmup_secs),
+            opts.seed ^ 0x5741_524d,
+            "warmup".into(),
+        )
+        .await?;
     }
     let mut runs = Vec::with_capacity(opts.runs);
     let mut error_samples = Vec::new();
     for i in 1..=opts.runs {
-        let (stats, samples) =
-            scenarios::measure(&ctx, load(opts.duration_secs), opts.seed.wrapping_add(i as u64), i.to_string())
-                .await?;
+        let (stats, samples) = scenarios::measure(
+            &ctx,
+            load(opts.duration_secs),
+            opts.seed.wrapping_add(i as u64),
+            i.to_string(),
+        )
+        .await?;
         eprintln!(
             "bench {scenario}: run {i}/{}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
             opts.runs, stats.ops_per_s, stats.latency_ms.p50, stats.latency_ms.p99, stats.errors
@@ -439,11 +496,23 @@ mod tests {
     #[test]
     fn dbname_in_urls() {
         let ok = |u: &str| with_dbname(u, "scratch").unwrap_or_else(|e| panic!("{u}: {e}"));
-        assert_eq!(ok("postgres://postgres@127.0.0.1:55432/postgres"), "postgres://postgres@127.0.0.1:55432/scratch");
+        assert_eq!(
+            ok("postgres://postgres@127.0.0.1:55432/postgres"),
+            "postgres://postgres@127.0.0.1:55432/scratch"
+        );
         assert_eq!(ok("postgres://u:p@h:1"), "postgres://u:p@h:1/scratch");
-        assert_eq!(ok("postgresql://h/db?sslmode=disable&dbname=x"), "postgresql://h/scratch?sslmode=disable");
-        assert_eq!(ok("postgres://h?connect_timeout=5"), "postgres://h/scratch?connect_timeout=5");
-        assert_eq!(ok("host=/tmp user=me dbname=postgres"), "host=/tmp user=me dbname=postgres dbname=scratch");
+        assert_eq!(
+            ok("postgresql://h/db?sslmode=disable&dbname=x"),
+            "postgresql://h/scratch?sslmode=disable"
+        );
+        assert_eq!(
+            ok("postgres://h?connect_timeout=5"),
+            "postgres://h/scratch?connect_timeout=5"
+        );
+        assert_eq!(
+            ok("host=/tmp user=me dbname=postgres"),
+            "host=/tmp user=me dbname=postgres dbname=scratch"
+        );
     }
 
     #[test]
@@ -453,10 +522,13 @@ mod tests {
             #[command(flatten)]
             opts: BenchOptions,
         }
-        let cli = <Cli as clap::Parser>::try_parse_from(["bench"]).unwrap_or_else(|e| panic!("{e}"));
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["bench"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cli.opts, BenchOptions::default());
-        let cli = <Cli as clap::Parser>::try_parse_from(["bench", "--users", "5", "--mix", "send=1", "--json"])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "bench", "--users", "5", "--mix", "send=1", "--json",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cli.opts.users, 5);
         assert_eq!(cli.opts.mix, OpMix::send_only());
         assert!(cli.opts.json);
@@ -469,7 +541,10 @@ mod tests {
         let Ok(url) = std::env::var("HERMET_DATABASE_URL") else {
             panic!("HERMET_DATABASE_URL is not set");
         };
-        let env = BenchEnv { database_url: url, shards: 16 };
+        let env = BenchEnv {
+            database_url: url,
+            shards: 16,
+        };
         let opts = BenchOptions {
             users: 300,
             groups: Some(20),
@@ -480,7 +555,9 @@ mod tests {
             ..BenchOptions::default()
         };
         for scenario in [Scenario::Send, Scenario::List] {
-            let report = run(&env, scenario, &opts).await.unwrap_or_else(|e| panic!("{e}"));
+            let report = run(&env, scenario, &opts)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(report.runs.len(), 2);
             assert!(report.median.ops > 0);
             println!("{report}");

@@ -269,13 +269,20 @@ mod tests {
             rows_per_s: Some(ops_per_s * 3.0),
             rows_per_op: 3.0,
             background_ops_per_s: None,
-            latency_ms: Latency { p99, ..Latency::default() },
+            latency_ms: Latency {
+                p99,
+                ..Latency::default()
+            },
         }
     }
 
     #[test]
     fn median_per_field() {
-        let m = median_of(&[run("1", 100.0, 9.0), run("2", 300.0, 1.0), run("3", 200.0, 5.0)]);
+        let m = median_of(&[
+            run("1", 100.0, 9.0),
+            run("2", 300.0, 1.0),
+            run("3", 200.0, 5.0),
+        ]);
         assert_eq!(m.run, "median");
         assert_eq!(m.ops_per_s, 200.0);
         assert_eq!(m.latency_ms.p99, 5.0);

@@ -44,26 +44,46 @@ impl Ctx {
         let last_seq = (0..plan.conv_count()).map(|_| AtomicI64::new(0)).collect();
         let words = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod ";
         let filler = words.repeat(1000 / words.len() + 2);
-        Ctx { store, plan, pop, last_seq, filler, text: MessageType::text(), page_size }
+        Ctx {
+            store,
+            plan,
+            pop,
+            last_seq,
+            filler,
+            text: MessageType::text(),
+            page_size,
+        }
     }
 
     /// Runs one operation; returns the view rows it wrote (sends) or read (lists).
     async fn execute(&self, op: Op) -> Result<u64, StoreError> {
         let limits = self.store.config().limits;
         match op {
-            Op::Send { sender, conv, content_chars } => {
+            Op::Send {
+                sender,
+                conv,
+                content_chars,
+            } => {
                 let end = (content_chars as usize).clamp(1, self.filler.len());
                 let content = Content::parse(&self.filler[..end], &limits)?;
                 let sent = self
                     .store
-                    .send_message(self.pop.user(sender), self.pop.channel(conv), &content, &self.text)
+                    .send_message(
+                        self.pop.user(sender),
+                        self.pop.channel(conv),
+                        &content,
+                        &self.text,
+                    )
                     .await?;
-                self.last_seq[self.plan.conv_index(conv)].fetch_max(sent.value.seq, Ordering::Relaxed);
+                self.last_seq[self.plan.conv_index(conv)]
+                    .fetch_max(sent.value.seq, Ordering::Relaxed);
                 Ok(self.plan.members(conv) as u64)
             }
             Op::MarkRead { user, conv } => {
                 let seq = self.last_seq[self.plan.conv_index(conv)].load(Ordering::Relaxed);
-                self.store.mark_read(self.pop.user(user), self.pop.channel(conv), seq).await?;
+                self.store
+                    .mark_read(self.pop.user(user), self.pop.channel(conv), seq)
+                    .await?;
                 Ok(1)
             }
             Op::UpdateProfile { user, revision } => {
@@ -75,11 +95,16 @@ impl Ctx {
                     )?),
                     avatar: Some(Avatar::parse(&workload::avatar(user, revision), &limits)?),
                 };
-                self.store.update_profile(self.pop.user(user), &patch).await?;
+                self.store
+                    .update_profile(self.pop.user(user), &patch)
+                    .await?;
                 Ok(1)
             }
             Op::ListConversations { user } => {
-                let page = self.store.list_conversations(self.pop.user(user), self.page_size, None).await?;
+                let page = self
+                    .store
+                    .list_conversations(self.pop.user(user), self.page_size, None)
+                    .await?;
                 Ok(page.len() as u64)
             }
         }
@@ -203,22 +228,41 @@ pub(crate) async fn measure(
     let deadline = started + load.duration;
     let mut set = JoinSet::new();
     let seeds = |i: usize, salt: u64| {
-        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(salt << 32).wrapping_add(i as u64)
+        seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(salt << 32)
+            .wrapping_add(i as u64)
     };
     for i in 0..load.workers {
-        set.spawn(worker(Arc::clone(ctx), load.measured, seeds(i, 1), deadline, true));
+        set.spawn(worker(
+            Arc::clone(ctx),
+            load.measured,
+            seeds(i, 1),
+            deadline,
+            true,
+        ));
     }
     for i in 0..load.background_workers {
-        set.spawn(worker(Arc::clone(ctx), load.background, seeds(i, 2), deadline, false));
+        set.spawn(worker(
+            Arc::clone(ctx),
+            load.background,
+            seeds(i, 2),
+            deadline,
+            false,
+        ));
     }
     let mut hist = histogram()?;
     let (mut ops, mut rows, mut errors, mut retries, mut bg_ops) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut samples = Vec::new();
     while let Some(joined) = set.join_next().await {
         let w = joined??;
-        samples.extend(w.error_samples.into_iter().take(ERROR_SAMPLES - samples.len().min(ERROR_SAMPLES)));
+        samples.extend(
+            w.error_samples
+                .into_iter()
+                .take(ERROR_SAMPLES - samples.len().min(ERROR_SAMPLES)),
+        );
         if w.measured {
-            hist.add(&w.hist).map_err(|e| BenchError::Internal(format!("histogram: {e}")))?;
+            hist.add(&w.hist)
+                .map_err(|e| BenchError::Internal(format!("histogram: {e}")))?;
             ops += w.ops;
             rows += w.rows;
             errors += w.errors;

@@ -48,18 +48,33 @@ pub struct OpMix {
 
 impl Default for OpMix {
     fn default() -> Self {
-        OpMix { send: 80, mark_read: 10, update_profile: 5, list_conversations: 5 }
+        OpMix {
+            send: 80,
+            mark_read: 10,
+            update_profile: 5,
+            list_conversations: 5,
+        }
     }
 }
 
 impl OpMix {
     fn weights(&self) -> [u32; 4] {
-        [self.send, self.mark_read, self.update_profile, self.list_conversations]
+        [
+            self.send,
+            self.mark_read,
+            self.update_profile,
+            self.list_conversations,
+        ]
     }
 
     /// The mix that only sends messages.
     pub fn send_only() -> Self {
-        OpMix { send: 1, mark_read: 0, update_profile: 0, list_conversations: 0 }
+        OpMix {
+            send: 1,
+            mark_read: 0,
+            update_profile: 0,
+            list_conversations: 0,
+        }
     }
 }
 
@@ -78,7 +93,12 @@ impl FromStr for OpMix {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut mix = OpMix { send: 0, mark_read: 0, update_profile: 0, list_conversations: 0 };
+        let mut mix = OpMix {
+            send: 0,
+            mark_read: 0,
+            update_profile: 0,
+            list_conversations: 0,
+        };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part
                 .split_once('=')
@@ -90,7 +110,9 @@ impl FromStr for OpMix {
                 "profile" | "update_profile" => mix.update_profile = v,
                 "list" | "list_conversations" => mix.list_conversations = v,
                 other => {
-                    return Err(format!("unknown operation `{other}` (send, read, profile, list)"))
+                    return Err(format!(
+                        "unknown operation `{other}` (send, read, profile, list)"
+                    ))
                 }
             }
         }
@@ -134,10 +156,26 @@ impl WorkloadSpec {
             friend_tail: 2.5,
             groups: users / 10,
             group_sizes: vec![
-                SizeBucket { weight: 80, min: 3, max: 10 },
-                SizeBucket { weight: 12, min: 11, max: 49 },
-                SizeBucket { weight: 7, min: 50, max: 200 },
-                SizeBucket { weight: 1, min: 201, max: 500 },
+                SizeBucket {
+                    weight: 80,
+                    min: 3,
+                    max: 10,
+                },
+                SizeBucket {
+                    weight: 12,
+                    min: 11,
+                    max: 49,
+                },
+                SizeBucket {
+                    weight: 7,
+                    min: 50,
+                    max: 200,
+                },
+                SizeBucket {
+                    weight: 1,
+                    min: 201,
+                    max: 500,
+                },
             ],
             max_group_members: Limits::default().max_group_members,
             conversation_skew: 1.0,
@@ -202,10 +240,22 @@ impl GroupPlan {
 /// One operation of the steady phase, over user indexes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Op {
-    Send { sender: u32, conv: ConvRef, content_chars: u32 },
-    MarkRead { user: u32, conv: ConvRef },
-    UpdateProfile { user: u32, revision: u32 },
-    ListConversations { user: u32 },
+    Send {
+        sender: u32,
+        conv: ConvRef,
+        content_chars: u32,
+    },
+    MarkRead {
+        user: u32,
+        conv: ConvRef,
+    },
+    UpdateProfile {
+        user: u32,
+        revision: u32,
+    },
+    ListConversations {
+        user: u32,
+    },
 }
 
 /// The kind of an [`Op`].
@@ -217,8 +267,12 @@ pub enum OpKind {
     ListConversations,
 }
 
-const KINDS: [OpKind; 4] =
-    [OpKind::Send, OpKind::MarkRead, OpKind::UpdateProfile, OpKind::ListConversations];
+const KINDS: [OpKind; 4] = [
+    OpKind::Send,
+    OpKind::MarkRead,
+    OpKind::UpdateProfile,
+    OpKind::ListConversations,
+];
 
 impl Op {
     pub fn kind(&self) -> OpKind {
@@ -285,7 +339,14 @@ impl Plan {
         };
         let act_w: Vec<f64> = conversations.iter().map(|c| 1.0 + c.len() as f64).collect();
         let actors = WeightedAliasIndex::new(act_w).map_err(spec_err)?;
-        Ok(Plan { spec: spec.clone(), friendships, groups, conversations, senders, actors })
+        Ok(Plan {
+            spec: spec.clone(),
+            friendships,
+            groups,
+            conversations,
+            senders,
+            actors,
+        })
     }
 
     pub fn users(&self) -> usize {
@@ -336,8 +397,16 @@ impl Plan {
     pub fn stream_with(&self, seed: u64, mix: OpMix) -> OpStream<'_> {
         let w = mix.weights();
         // An empty plan cannot send; sends then fall back to reading.
-        let w = if self.senders.is_none() { [0, w[1], w[2], w[3] + w[0]] } else { w };
-        let kinds = if w.iter().all(|&x| x == 0) { [0, 0, 0, 1] } else { w };
+        let w = if self.senders.is_none() {
+            [0, w[1], w[2], w[3] + w[0]]
+        } else {
+            w
+        };
+        let kinds = if w.iter().all(|&x| x == 0) {
+            [0, 0, 0, 1]
+        } else {
+            w
+        };
         OpStream {
             plan: self,
             rng: StdRng::seed_from_u64(seed),
@@ -350,7 +419,9 @@ impl Plan {
 
     /// The first `n` operations of the plan's own stream (seeded by the spec's seed).
     pub fn ops(&self, n: usize) -> Vec<Op> {
-        self.stream(self.spec.seed ^ 0x6f70_735f_7374_7265).take(n).collect()
+        self.stream(self.spec.seed ^ 0x6f70_735f_7374_7265)
+            .take(n)
+            .collect()
     }
 }
 
@@ -365,7 +436,10 @@ fn friend_degrees(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<usize>, B
     // Unit Lomax samples; the scale is then found so that the capped mean hits the target.
     let raw: Vec<f64> = (0..spec.users).map(|_| unit.sample(rng) - 1.0).collect();
     let capped_mean = |scale: f64| {
-        raw.iter().map(|x| (scale * x).round().min(cap as f64)).sum::<f64>() / raw.len() as f64
+        raw.iter()
+            .map(|x| (scale * x).round().min(cap as f64))
+            .sum::<f64>()
+            / raw.len() as f64
     };
     let target = spec.mean_friends.min(cap as f64);
     let (mut lo, mut hi) = (0.0_f64, 1.0_f64);
@@ -380,14 +454,20 @@ fn friend_degrees(spec: &WorkloadSpec, rng: &mut StdRng) -> Result<Vec<usize>, B
             hi = mid;
         }
     }
-    Ok(raw.iter().map(|x| (hi * x).round().min(cap as f64) as usize).collect())
+    Ok(raw
+        .iter()
+        .map(|x| (hi * x).round().min(cap as f64) as usize)
+        .collect())
 }
 
 /// The configuration model: each user gets `degree` stubs, stubs are paired at random; self
 /// pairs and duplicate pairs are dropped.
 fn pair_stubs(degrees: &[usize], rng: &mut StdRng) -> Vec<(u32, u32)> {
-    let mut stubs: Vec<u32> =
-        degrees.iter().enumerate().flat_map(|(u, &d)| std::iter::repeat(u as u32).take(d)).collect();
+    let mut stubs: Vec<u32> = degrees
+        .iter()
+        .enumerate()
+        .flat_map(|(u, &d)| std::iter::repeat(u as u32).take(d))
+        .collect();
     stubs.shuffle(rng);
     let mut pairs: Vec<(u32, u32)> = stubs
         .chunks_exact(2)
@@ -409,7 +489,8 @@ fn plan_groups(
     if spec.groups == 0 {
         return Ok(Vec::new());
     }
-    let buckets = WeightedIndex::new(spec.group_sizes.iter().map(|b| b.weight)).map_err(spec_err)?;
+    let buckets =
+        WeightedIndex::new(spec.group_sizes.iter().map(|b| b.weight)).map_err(spec_err)?;
     let largest = spec.max_group_members.min(spec.users);
     let mut out = Vec::with_capacity(spec.groups);
     for _ in 0..spec.groups {
@@ -477,11 +558,17 @@ impl OpStream<'_> {
     pub fn next_send(&mut self) -> Option<Op> {
         let sender = self.plan.senders.as_ref()?.sample(&mut self.rng) as u32;
         let conv = self.conversation_of(sender)?;
-        let chars = self.content.map_or(self.plan.spec.median_content_chars as f64, |d| {
-            d.sample(&mut self.rng)
-        });
+        let chars = self
+            .content
+            .map_or(self.plan.spec.median_content_chars as f64, |d| {
+                d.sample(&mut self.rng)
+            });
         let content_chars = chars.round().clamp(1.0, 1000.0) as u32;
-        Some(Op::Send { sender, conv, content_chars })
+        Some(Op::Send {
+            sender,
+            conv,
+            content_chars,
+        })
     }
 
     /// A conversation-list read of a user drawn by activity.
@@ -501,7 +588,10 @@ impl OpStream<'_> {
             }
             OpKind::UpdateProfile => {
                 self.revision = self.revision.wrapping_add(1);
-                Op::UpdateProfile { user: self.actor(), revision: self.revision }
+                Op::UpdateProfile {
+                    user: self.actor(),
+                    revision: self.revision,
+                }
             }
             OpKind::ListConversations => self.next_list(),
         }
@@ -561,7 +651,10 @@ pub struct PopulateOptions {
 
 impl Default for PopulateOptions {
     fn default() -> Self {
-        PopulateOptions { concurrency: 8, progress: false }
+        PopulateOptions {
+            concurrency: 8,
+            progress: false,
+        }
     }
 }
 
@@ -613,7 +706,14 @@ struct Progress {
 
 impl Progress {
     fn new(on: bool, phase: &'static str, total: usize) -> Self {
-        Progress { on, phase, total, done: 0, next: total / 10, started: Instant::now() }
+        Progress {
+            on,
+            phase,
+            total,
+            done: 0,
+            next: total / 10,
+            started: Instant::now(),
+        }
     }
 
     fn tick(&mut self) {
@@ -722,7 +822,11 @@ pub async fn populate_with(
         users,
         singles,
         groups,
-        timings: PopulateTimings { users_secs, friendships_secs, groups_secs },
+        timings: PopulateTimings {
+            users_secs,
+            friendships_secs,
+            groups_secs,
+        },
     })
 }
 
@@ -783,7 +887,11 @@ mod tests {
         assert!((median as f64) < mean, "median {median} vs mean {mean}");
         assert!(max <= p.spec.max_friends);
         // About 100k friendships for 10k users at a mean of 20.
-        assert!((85_000..=105_000).contains(&p.friendships.len()), "{}", p.friendships.len());
+        assert!(
+            (85_000..=105_000).contains(&p.friendships.len()),
+            "{}",
+            p.friendships.len()
+        );
     }
 
     #[test]
@@ -799,7 +907,11 @@ mod tests {
             all.push(g.owner);
             all.sort_unstable();
             all.dedup();
-            assert_eq!(all.len(), size, "members are distinct and exclude the owner");
+            assert_eq!(
+                all.len(),
+                size,
+                "members are distinct and exclude the owner"
+            );
             if size <= 10 {
                 small += 1;
             }
@@ -847,7 +959,11 @@ mod tests {
         for op in p.stream(1).take(n) {
             *counts.entry(op.kind()).or_default() += 1;
             match op {
-                Op::Send { sender, conv, content_chars } => {
+                Op::Send {
+                    sender,
+                    conv,
+                    content_chars,
+                } => {
                     assert!(p.conversations[sender as usize].contains(&conv));
                     assert!((1..=1000).contains(&content_chars));
                 }
@@ -862,8 +978,14 @@ mod tests {
         let share = |k| *counts.get(&k).unwrap_or(&0) as f64 / n as f64;
         assert!((share(OpKind::Send) - 0.80).abs() < 0.01, "{counts:?}");
         assert!((share(OpKind::MarkRead) - 0.10).abs() < 0.01, "{counts:?}");
-        assert!((share(OpKind::UpdateProfile) - 0.05).abs() < 0.01, "{counts:?}");
-        assert!((share(OpKind::ListConversations) - 0.05).abs() < 0.01, "{counts:?}");
+        assert!(
+            (share(OpKind::UpdateProfile) - 0.05).abs() < 0.01,
+            "{counts:?}"
+        );
+        assert!(
+            (share(OpKind::ListConversations) - 0.05).abs() < 0.01,
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -888,7 +1010,10 @@ mod tests {
             }
         }
         // The favourite conversation gets far more than a uniform share.
-        assert!(top_rank as f64 / sends as f64 > 0.15, "top rank share {top_rank}");
+        assert!(
+            top_rank as f64 / sends as f64 > 0.15,
+            "top rank share {top_rank}"
+        );
         // The busiest sender is well above the average sender.
         let max = per_user.values().copied().max().unwrap_or(0) as f64;
         let avg = sends as f64 / per_user.len().max(1) as f64;
@@ -897,9 +1022,22 @@ mod tests {
 
     #[test]
     fn mix_parses() {
-        let m: OpMix = "send=70, read=20,list=10".parse().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(m, OpMix { send: 70, mark_read: 20, update_profile: 0, list_conversations: 10 });
-        assert_eq!(OpMix::default().to_string().parse::<OpMix>(), Ok(OpMix::default()));
+        let m: OpMix = "send=70, read=20,list=10"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            m,
+            OpMix {
+                send: 70,
+                mark_read: 20,
+                update_profile: 0,
+                list_conversations: 10
+            }
+        );
+        assert_eq!(
+            OpMix::default().to_string().parse::<OpMix>(),
+            Ok(OpMix::default())
+        );
         assert!("send=0".parse::<OpMix>().is_err());
         assert!("write=1".parse::<OpMix>().is_err());
         assert!("send".parse::<OpMix>().is_err());
@@ -921,9 +1059,12 @@ mod tests {
         s.groups = 0;
         let p = Plan::generate(&s).unwrap_or_else(|e| panic!("{e}"));
         assert!(p.friendships.is_empty());
-        assert!(p.stream(0).take(100).all(|op| op.kind() == OpKind::ListConversations
-            || op.kind() == OpKind::UpdateProfile
-            || op.kind() == OpKind::MarkRead));
+        assert!(p
+            .stream(0)
+            .take(100)
+            .all(|op| op.kind() == OpKind::ListConversations
+                || op.kind() == OpKind::UpdateProfile
+                || op.kind() == OpKind::MarkRead));
         assert!(p.stream(0).next_send().is_none());
     }
 }

@@ -34,11 +34,19 @@ pub struct Change<T> {
 
 impl<T> Change<T> {
     pub fn inserted(row: T) -> Self {
-        Change { op: Op::Insert, before: None, after: Some(row) }
+        Change {
+            op: Op::Insert,
+            before: None,
+            after: Some(row),
+        }
     }
 
     pub fn updated(row: T) -> Self {
-        Change { op: Op::Update, before: None, after: Some(row) }
+        Change {
+            op: Op::Update,
+            before: None,
+            after: Some(row),
+        }
     }
 
     /// The row as it is now known, before or after.

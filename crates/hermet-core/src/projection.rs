@@ -81,8 +81,7 @@ pub fn affected(changes: &[RowChange]) -> Affected {
                 // message says which members can see it, so only info changes fan out to all.
                 let info_changed = match (&c.before, &c.after) {
                     (Some(b), Some(n)) => {
-                        b.channel_info_ver != n.channel_info_ver
-                            || b.channel_type != n.channel_type
+                        b.channel_info_ver != n.channel_info_ver || b.channel_type != n.channel_type
                     }
                     _ => true,
                 };
@@ -180,8 +179,16 @@ pub fn conversation_row(inp: &ConversationInputs, cfg: &ProjectionConfig) -> Con
         user_id: m.user_id,
         channel_id: ch.id,
         conversation_type: ch.channel_type,
-        channel_name: if single { String::new() } else { ch.name.clone() },
-        channel_avatar: if single { String::new() } else { ch.avatar.clone() },
+        channel_name: if single {
+            String::new()
+        } else {
+            ch.name.clone()
+        },
+        channel_avatar: if single {
+            String::new()
+        } else {
+            ch.avatar.clone()
+        },
         channel_info_ver: ch.channel_info_ver,
         peer_user_id: peer.map(|p| p.id),
         peer_nickname: peer.map(|p| p.nickname.clone()),
@@ -240,7 +247,10 @@ pub fn build(
     let mut cont_refs = BTreeSet::new();
     for inp in contacts {
         let row = contact_row(inp);
-        cont_refs.insert(ContactRef { contact_user_id: row.contact_id, owner_user_id: row.user_id });
+        cont_refs.insert(ContactRef {
+            contact_user_id: row.contact_id,
+            owner_user_id: row.user_id,
+        });
         cont.insert(row.key(), row);
     }
     ViewBatch {
@@ -260,7 +270,11 @@ mod tests {
         ChannelRow {
             id,
             channel_type: t,
-            name: if t == ChannelType::Group { "g".into() } else { String::new() },
+            name: if t == ChannelType::Group {
+                "g".into()
+            } else {
+                String::new()
+            },
             avatar: String::new(),
             channel_status: "active".into(),
             channel_info_ver: 1,
@@ -413,10 +427,17 @@ mod tests {
         };
         let batch = build(
             &[conv.clone(), conv],
-            &[ContactInputs { friendship: f, contact: peer }],
+            &[ContactInputs {
+                friendship: f,
+                contact: peer,
+            }],
             &ProjectionConfig::default(),
         );
-        assert_eq!(batch.conversations.len(), 1, "same key built twice is one row");
+        assert_eq!(
+            batch.conversations.len(),
+            1,
+            "same key built twice is one row"
+        );
         let row = &batch.conversations[0];
         assert_eq!(row.peer_nickname.as_deref(), Some("bob"));
         assert_eq!(row.peer_profile_ver, 3);
@@ -424,9 +445,19 @@ mod tests {
         assert_eq!(row.remark_ver, 2);
         assert_eq!(
             batch.conversation_refs,
-            vec![ConversationRef { peer_user_id: 2, owner_user_id: 1, channel_id: 7 }]
+            vec![ConversationRef {
+                peer_user_id: 2,
+                owner_user_id: 1,
+                channel_id: 7
+            }]
         );
         assert_eq!(batch.contacts[0].contact_info_ver, 3);
-        assert_eq!(batch.contact_refs, vec![ContactRef { contact_user_id: 2, owner_user_id: 1 }]);
+        assert_eq!(
+            batch.contact_refs,
+            vec![ContactRef {
+                contact_user_id: 2,
+                owner_user_id: 1
+            }]
+        );
     }
 }

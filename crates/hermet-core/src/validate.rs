@@ -15,7 +15,10 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Invalid { field, reason: reason.into() }
+        Invalid {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -103,7 +106,10 @@ impl Avatar {
             return Err(Invalid::new("avatar", "must be an http or https URL"));
         }
         if has_control(s) || s.chars().any(char::is_whitespace) {
-            return Err(Invalid::new("avatar", "must not contain spaces or control characters"));
+            return Err(Invalid::new(
+                "avatar",
+                "must not contain spaces or control characters",
+            ));
         }
         Ok(Avatar(s.to_owned()))
     }
@@ -154,8 +160,14 @@ impl Content {
                 format!("must be at most {} characters", limits.max_content_chars),
             ));
         }
-        if raw.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
-            return Err(Invalid::new("content", "must not contain control characters"));
+        if raw
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(Invalid::new(
+                "content",
+                "must not contain control characters",
+            ));
         }
         Ok(Content(raw.to_owned()))
     }
@@ -173,7 +185,9 @@ impl MessageType {
     pub fn parse(raw: &str, limits: &Limits) -> Result<Self, Invalid> {
         let ok = !raw.is_empty()
             && raw.len() <= limits.max_type_chars
-            && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if ok {
             Ok(MessageType(raw.to_owned()))
         } else {
@@ -212,12 +226,18 @@ mod tests {
     #[test]
     fn names() {
         let l = Limits::default();
-        assert_eq!(Name::parse("nickname", "  Ann ", &l).unwrap().as_str(), "Ann");
+        assert_eq!(
+            Name::parse("nickname", "  Ann ", &l).unwrap().as_str(),
+            "Ann"
+        );
         assert!(Name::parse("nickname", "   ", &l).is_err());
         assert!(Name::parse("nickname", "a\u{0007}b", &l).is_err());
         assert!(Name::parse("nickname", &"x".repeat(64), &l).is_ok());
         assert!(Name::parse("nickname", &"x".repeat(65), &l).is_err());
-        assert!(Name::parse("nickname", &"字".repeat(64), &l).is_ok(), "characters, not bytes");
+        assert!(
+            Name::parse("nickname", &"字".repeat(64), &l).is_ok(),
+            "characters, not bytes"
+        );
     }
 
     #[test]

@@ -69,10 +69,13 @@ impl Changes {
         self.0.push(c);
     }
     fn members(&mut self, rows: Vec<MemberRow>, op: Op) {
-        self.0.extend(
-            rows.into_iter()
-                .map(|m| RowChange::ChannelMembers(Change { op, before: None, after: Some(m) })),
-        );
+        self.0.extend(rows.into_iter().map(|m| {
+            RowChange::ChannelMembers(Change {
+                op,
+                before: None,
+                after: Some(m),
+            })
+        }));
     }
     fn channel_update(&mut self, before: ChannelRow, after: ChannelRow) {
         self.0.push(RowChange::Channels(Change {
@@ -118,7 +121,9 @@ impl Store {
     }
 
     async fn lsn(conn: &deadpool_postgres::Client) -> Result<Lsn, StoreError> {
-        let row = conn.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
+        let row = conn
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?;
         let s: String = row.get(0);
         s.parse().map_err(|e| StoreError::Decode(format!("{e}")))
     }
@@ -135,18 +140,26 @@ impl Store {
             "INSERT INTO users (nickname, avatar, created_at, updated_at) VALUES ($1, $2, $3, $3)
              RETURNING {USER_COLS}"
         );
-        let row = tx.query_one(&sql, &[&nickname.as_str(), &avatar.as_str(), &now]).await?;
+        let row = tx
+            .query_one(&sql, &[&nickname.as_str(), &avatar.as_str(), &now])
+            .await?;
         let user = rows::user(&row, 0)?;
         let mut ch = Changes::default();
         ch.push(RowChange::Users(Change::inserted(user.clone())));
         self.finish(tx, ch).await?;
-        Ok(Written { value: user, lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: user,
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     pub async fn get_user(&self, id: UserId) -> Result<UserRow, StoreError> {
         let conn = self.conn().await?;
         let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1");
-        let row = conn.query_opt(&sql, &[&id]).await?.ok_or_else(|| user_not_found(id))?;
+        let row = conn
+            .query_opt(&sql, &[&id])
+            .await?
+            .ok_or_else(|| user_not_found(id))?;
         rows::user(&row, 0)
     }
 
@@ -172,7 +185,10 @@ impl Store {
         let mut ch = Changes::default();
         ch.push(RowChange::Users(Change::updated(user.clone())));
         self.finish(tx, ch).await?;
-        Ok(Written { value: user, lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: user,
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     /// Locks the given users `FOR SHARE` (so their profiles cannot change under this command)
@@ -186,19 +202,22 @@ impl Store {
         Ok(found)
     }
 
-    async fn lock_channel(
-        tx: &Transaction<'_>,
-        id: ChannelId,
-    ) -> Result<ChannelRow, StoreError> {
+    async fn lock_channel(tx: &Transaction<'_>, id: ChannelId) -> Result<ChannelRow, StoreError> {
         let sql = format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1 FOR UPDATE");
-        let row = tx.query_opt(&sql, &[&id]).await?.ok_or_else(|| channel_not_found(id))?;
+        let row = tx
+            .query_opt(&sql, &[&id])
+            .await?
+            .ok_or_else(|| channel_not_found(id))?;
         rows::channel(&row, 0)
     }
 
     async fn lock_group(tx: &Transaction<'_>, id: ChannelId) -> Result<ChannelRow, StoreError> {
         let ch = Self::lock_channel(tx, id).await?;
         if ch.channel_type != ChannelType::Group {
-            return Err(StoreError::not_found("group_not_found", format!("{id} is not a group")));
+            return Err(StoreError::not_found(
+                "group_not_found",
+                format!("{id} is not a group"),
+            ));
         }
         Ok(ch)
     }
@@ -211,7 +230,10 @@ impl Store {
         let sql = format!(
             "SELECT {MEMBER_COLS} FROM channel_members WHERE channel_id = $1 AND user_id = $2"
         );
-        tx.query_opt(&sql, &[&channel, &user]).await?.map(|r| rows::member(&r, 0)).transpose()
+        tx.query_opt(&sql, &[&channel, &user])
+            .await?
+            .map(|r| rows::member(&r, 0))
+            .transpose()
     }
 
     async fn active_member(
@@ -243,7 +265,11 @@ impl Store {
              WHERE channel_members.left_at IS NOT NULL
              RETURNING {MEMBER_COLS}"
         );
-        rows::all(&tx.query(&sql, &[&channel.id, &users, &now, &channel.last_seq]).await?, rows::member)
+        rows::all(
+            &tx.query(&sql, &[&channel.id, &users, &now, &channel.last_seq])
+                .await?,
+            rows::member,
+        )
     }
 
     pub async fn add_friend(
@@ -289,7 +315,10 @@ impl Store {
             )
             .await?;
         if active.is_some() {
-            return Err(StoreError::conflict("already_friends", "you are already friends"));
+            return Err(StoreError::conflict(
+                "already_friends",
+                "you are already friends",
+            ));
         }
         let sql = format!(
             "INSERT INTO friendships (user_id, friend_id, status, created_at)
@@ -299,16 +328,26 @@ impl Store {
                  starred = false, ver = friendships.ver + 1, created_at = excluded.created_at
              RETURNING {FRIEND_COLS}"
         );
-        for f in rows::all(&tx.query(&sql, &[&user, &friend, &now]).await?, rows::friendship)? {
+        for f in rows::all(
+            &tx.query(&sql, &[&user, &friend, &now]).await?,
+            rows::friendship,
+        )? {
             ch.push(RowChange::Friendships(Change::inserted(f)));
         }
         let joined = Self::join(&tx, &channel, &[lo, hi], now).await?;
         ch.members(joined, Op::Insert);
         self.finish(tx, ch).await?;
-        Ok(Written { value: channel.id, lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: channel.id,
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
-    pub async fn delete_friend(&self, user: UserId, friend: UserId) -> Result<Written<()>, StoreError> {
+    pub async fn delete_friend(
+        &self,
+        user: UserId,
+        friend: UserId,
+    ) -> Result<Written<()>, StoreError> {
         let not_friends = || StoreError::not_found("not_friends", "you are not friends");
         let (lo, hi) = (user.min(friend), user.max(friend));
         let mut conn = self.conn().await?;
@@ -328,7 +367,10 @@ impl Store {
                 AND status = 'active'
              RETURNING {FRIEND_COLS}"
         );
-        let ended = rows::all(&tx.query(&sql, &[&user, &friend, &now]).await?, rows::friendship)?;
+        let ended = rows::all(
+            &tx.query(&sql, &[&user, &friend, &now]).await?,
+            rows::friendship,
+        )?;
         if ended.is_empty() {
             return Err(not_friends());
         }
@@ -342,12 +384,16 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let closed = rows::all(
-            &tx.query(&sql, &[&channel.id, &now, &channel.last_seq]).await?,
+            &tx.query(&sql, &[&channel.id, &now, &channel.last_seq])
+                .await?,
             rows::member,
         )?;
         ch.members(closed, Op::Update);
         self.finish(tx, ch).await?;
-        Ok(Written { value: (), lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: (),
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     pub async fn update_friend(
@@ -372,9 +418,14 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::not_found("not_friends", "you are not friends"))?;
         let mut ch = Changes::default();
-        ch.push(RowChange::Friendships(Change::updated(rows::friendship(&row, 0)?)));
+        ch.push(RowChange::Friendships(Change::updated(rows::friendship(
+            &row, 0,
+        )?)));
         self.finish(tx, ch).await?;
-        Ok(Written { value: (), lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: (),
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     pub async fn create_group(
@@ -409,7 +460,12 @@ impl Store {
              VALUES ('group', $1, $2, $3, $4, $5, $5)
              RETURNING {CHANNEL_COLS}"
         );
-        let row = tx.query_one(&sql, &[&name.as_str(), &avatar.as_str(), &owner, &count, &now]).await?;
+        let row = tx
+            .query_one(
+                &sql,
+                &[&name.as_str(), &avatar.as_str(), &owner, &count, &now],
+            )
+            .await?;
         let channel = rows::channel(&row, 0)?;
         let sql = format!(
             "INSERT INTO channel_members (channel_id, user_id, role, joined_at)
@@ -417,13 +473,19 @@ impl Store {
                FROM UNNEST($2::bigint[]) AS u
              RETURNING {MEMBER_COLS}"
         );
-        let members =
-            rows::all(&tx.query(&sql, &[&channel.id, &everyone, &owner, &now]).await?, rows::member)?;
+        let members = rows::all(
+            &tx.query(&sql, &[&channel.id, &everyone, &owner, &now])
+                .await?,
+            rows::member,
+        )?;
         let mut ch = Changes::default();
         ch.push(RowChange::Channels(Change::inserted(channel.clone())));
         ch.members(members, Op::Insert);
         self.finish(tx, ch).await?;
-        Ok(Written { value: channel.id, lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: channel.id,
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     pub async fn update_group(
@@ -437,7 +499,10 @@ impl Store {
         let before = Self::lock_group(&tx, channel_id).await?;
         let me = Self::active_member(&tx, channel_id, actor).await?;
         if me.role != "owner" {
-            return Err(StoreError::forbidden("not_owner", "only the group owner may do this"));
+            return Err(StoreError::forbidden(
+                "not_owner",
+                "only the group owner may do this",
+            ));
         }
         let sql = format!(
             "UPDATE channels SET name = COALESCE($2, name), avatar = COALESCE($3, avatar),
@@ -446,11 +511,16 @@ impl Store {
         );
         let name = patch.name.as_ref().map(Name::as_str);
         let avatar = patch.avatar.as_ref().map(Avatar::as_str);
-        let row = tx.query_one(&sql, &[&channel_id, &name, &avatar, &now_ms()]).await?;
+        let row = tx
+            .query_one(&sql, &[&channel_id, &name, &avatar, &now_ms()])
+            .await?;
         let mut ch = Changes::default();
         ch.channel_update(before, rows::channel(&row, 0)?);
         self.finish(tx, ch).await?;
-        Ok(Written { value: (), lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: (),
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     /// Adds users to a group; those already in it are left as they are.
@@ -502,7 +572,10 @@ impl Store {
             ch.members(joined, Op::Insert);
         }
         self.finish(tx, ch).await?;
-        Ok(Written { value: (), lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: (),
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     /// Removes `target` from a group (`target == actor` is leaving). An owner who leaves hands
@@ -544,7 +617,8 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let left = rows::all(
-            &tx.query(&sql, &[&channel_id, &target, &now, &before.last_seq]).await?,
+            &tx.query(&sql, &[&channel_id, &target, &now, &before.last_seq])
+                .await?,
             rows::member,
         )?;
         let mut ch = Changes::default();
@@ -568,7 +642,10 @@ impl Store {
         let row = tx.query_one(&sql, &[&channel_id, &now]).await?;
         ch.channel_update(before, rows::channel(&row, 0)?);
         self.finish(tx, ch).await?;
-        Ok(Written { value: (), lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: (),
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     pub async fn send_message(
@@ -600,7 +677,10 @@ impl Store {
                 )
                 .await?;
             if friends.is_none() {
-                return Err(StoreError::forbidden("not_friends", "you can only message your friends"));
+                return Err(StoreError::forbidden(
+                    "not_friends",
+                    "you can only message your friends",
+                ));
             }
         }
         let me = Self::lock_users(&tx, &[sender]).await?;
@@ -638,14 +718,24 @@ impl Store {
               WHERE channel_id = $1 AND user_id = $2 AND read_seq < $3
              RETURNING {MEMBER_COLS}"
         );
-        let read = rows::all(&tx.query(&sql, &[&channel_id, &sender, &seq]).await?, rows::member)?;
-        let sent = SentMessage { message_id: msg.id, seq, created_at: msg.created_at };
+        let read = rows::all(
+            &tx.query(&sql, &[&channel_id, &sender, &seq]).await?,
+            rows::member,
+        )?;
+        let sent = SentMessage {
+            message_id: msg.id,
+            seq,
+            created_at: msg.created_at,
+        };
         let mut ch = Changes::default();
         ch.channel_update(before, after);
         ch.push(RowChange::Messages(Change::inserted(msg)));
         ch.members(read, Op::Update);
         self.finish(tx, ch).await?;
-        Ok(Written { value: sent, lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: sent,
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     /// Messages of a channel, newest first, below `before_seq` when given. Members only.
@@ -659,7 +749,9 @@ impl Store {
         let mut conn = self.conn().await?;
         // A read-only transaction: membership and messages from one snapshot.
         let tx = conn.build_transaction().read_only(true).start().await?;
-        let exists = tx.query_opt("SELECT 1 FROM channels WHERE id = $1", &[&channel_id]).await?;
+        let exists = tx
+            .query_opt("SELECT 1 FROM channels WHERE id = $1", &[&channel_id])
+            .await?;
         if exists.is_none() {
             return Err(channel_not_found(channel_id));
         }
@@ -703,7 +795,10 @@ impl Store {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let last: i64 = tx
-            .query_opt("SELECT last_seq FROM channels WHERE id = $1", &[&channel_id])
+            .query_opt(
+                "SELECT last_seq FROM channels WHERE id = $1",
+                &[&channel_id],
+            )
             .await?
             .ok_or_else(|| channel_not_found(channel_id))?
             .get(0);
@@ -720,11 +815,17 @@ impl Store {
               WHERE channel_id = $1 AND user_id = $2 AND read_seq < $3
              RETURNING {MEMBER_COLS}"
         );
-        let moved = rows::all(&tx.query(&sql, &[&channel_id, &reader, &seq]).await?, rows::member)?;
+        let moved = rows::all(
+            &tx.query(&sql, &[&channel_id, &reader, &seq]).await?,
+            rows::member,
+        )?;
         let mut ch = Changes::default();
         ch.members(moved, Op::Update);
         self.finish(tx, ch).await?;
-        Ok(Written { value: (), lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: (),
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     /// Pins, mutes or hides a conversation. Hiding lasts until the next message.
@@ -738,7 +839,9 @@ impl Store {
         let tx = conn.transaction().await?;
         let sql = format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1 FOR SHARE");
         let channel = rows::channel(
-            &tx.query_opt(&sql, &[&channel_id]).await?.ok_or_else(|| channel_not_found(channel_id))?,
+            &tx.query_opt(&sql, &[&channel_id])
+                .await?
+                .ok_or_else(|| channel_not_found(channel_id))?,
             0,
         )?;
         Self::active_member(&tx, channel_id, user).await?;
@@ -753,13 +856,23 @@ impl Store {
         let rows_ = tx
             .query(
                 &sql,
-                &[&channel_id, &user, &patch.pinned, &patch.muted, &patch.hidden, &channel.last_seq],
+                &[
+                    &channel_id,
+                    &user,
+                    &patch.pinned,
+                    &patch.muted,
+                    &patch.hidden,
+                    &channel.last_seq,
+                ],
             )
             .await?;
         let mut ch = Changes::default();
         ch.members(rows::all(&rows_, rows::member)?, Op::Update);
         self.finish(tx, ch).await?;
-        Ok(Written { value: (), lsn: Self::lsn(&conn).await? })
+        Ok(Written {
+            value: (),
+            lsn: Self::lsn(&conn).await?,
+        })
     }
 
     pub async fn list_conversations(
@@ -772,7 +885,11 @@ impl Store {
         views::list_conversations(&conn, user, limit, after).await
     }
 
-    pub async fn list_contacts(&self, user: UserId, limit: i64) -> Result<Vec<ContactItem>, StoreError> {
+    pub async fn list_contacts(
+        &self,
+        user: UserId,
+        limit: i64,
+    ) -> Result<Vec<ContactItem>, StoreError> {
         let conn = self.conn().await?;
         views::list_contacts(&conn, user, limit).await
     }

@@ -25,20 +25,33 @@ pub enum StoreError {
     #[error("configuration: {0}")]
     Config(String),
     #[error("migration {version} ({name}) failed: {source}")]
-    Migration { version: i32, name: &'static str, source: tokio_postgres::Error },
+    Migration {
+        version: i32,
+        name: &'static str,
+        source: tokio_postgres::Error,
+    },
 }
 
 impl StoreError {
     pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        StoreError::NotFound { code, message: message.into() }
+        StoreError::NotFound {
+            code,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        StoreError::Forbidden { code, message: message.into() }
+        StoreError::Forbidden {
+            code,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        StoreError::Conflict { code, message: message.into() }
+        StoreError::Conflict {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -46,8 +59,9 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         use tokio_postgres::error::SqlState;
         match e.code() {
-            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
-                || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
+            Some(c)
+                if *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE =>
             {
                 StoreError::Retry(e)
             }

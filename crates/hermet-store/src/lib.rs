@@ -73,12 +73,15 @@ pub struct Store {
 
 /// Opens a connection pool. Connections are made lazily; [`Store::ping`] checks one.
 pub fn connect_pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
-    let pg: tokio_postgres::Config =
-        url.parse().map_err(|e| StoreError::Config(format!("database url: {e}")))?;
+    let pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Config(format!("database url: {e}")))?;
     let mgr = Manager::from_config(
         pg,
         NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
     );
     Pool::builder(mgr)
         .max_size(max_size)
@@ -120,8 +123,9 @@ pub(crate) fn now_ms() -> i64 {
 /// Creates the database named in `url` if it does not exist, connecting to the server's
 /// `postgres` database to do so. Returns whether it was created.
 pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
-    let cfg: tokio_postgres::Config =
-        url.parse().map_err(|e| StoreError::Config(format!("database url: {e}")))?;
+    let cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Config(format!("database url: {e}")))?;
     let name = cfg.get_dbname().unwrap_or("postgres").to_owned();
     let mut admin = cfg.clone();
     admin.dbname("postgres");
@@ -138,7 +142,10 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, StoreError> {
     if !exists {
         // Identifiers cannot be bound; quote it as PostgreSQL does.
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+        match client
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+        {
             Ok(()) => created = true,
             // Someone else created it meanwhile.
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}

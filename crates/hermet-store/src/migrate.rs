@@ -7,8 +7,16 @@ use tokio_postgres::Client;
 use crate::StoreError;
 
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "write_side", include_str!("../migrations/0001_write_side.sql")),
-    (2, "read_side", include_str!("../migrations/0002_read_side.sql")),
+    (
+        1,
+        "write_side",
+        include_str!("../migrations/0001_write_side.sql"),
+    ),
+    (
+        2,
+        "read_side",
+        include_str!("../migrations/0002_read_side.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.
@@ -18,7 +26,8 @@ const MIGRATION_LOCK: i64 = 0x6865_726d_6574;
 /// applied by this call.
 pub async fn migrate(client: &mut Client, shards: u32) -> Result<Vec<i32>, StoreError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS hermet_migrations (
              version    INT PRIMARY KEY,
@@ -39,7 +48,11 @@ pub async fn migrate(client: &mut Client, shards: u32) -> Result<Vec<i32>, Store
         }
         tx.batch_execute(sql)
             .await
-            .map_err(|source| StoreError::Migration { version, name, source })?;
+            .map_err(|source| StoreError::Migration {
+                version,
+                name,
+                source,
+            })?;
         tx.execute(
             "INSERT INTO hermet_migrations (version, name) VALUES ($1, $2)",
             &[&version, &name],
@@ -50,14 +63,14 @@ pub async fn migrate(client: &mut Client, shards: u32) -> Result<Vec<i32>, Store
     }
     let shards = i32::try_from(shards)
         .map_err(|_| StoreError::Config(format!("shard count {shards} is too large")))?;
-    tx.execute("SELECT hermet_ensure_shards($1)", &[&shards]).await.map_err(|e| {
-        match e.as_db_error() {
+    tx.execute("SELECT hermet_ensure_shards($1)", &[&shards])
+        .await
+        .map_err(|e| match e.as_db_error() {
             Some(db) if db.code().code() == "HM001" || db.code().code() == "P0001" => {
                 StoreError::Config(db.message().to_owned())
             }
             _ => StoreError::from(e),
-        }
-    })?;
+        })?;
     tx.commit().await?;
     Ok(applied)
 }

@@ -85,10 +85,30 @@ pub struct Mismatch {
 /// Compares the whole read side with the oracle.
 pub async fn diff(client: &Client, preview_chars: i32) -> Result<Vec<Mismatch>, StoreError> {
     let pairs: [(&'static str, &str, &str, bool); 4] = [
-        ("user_conversation_view", EXPECTED_CONVERSATIONS, ACTUAL_CONVERSATIONS, true),
-        ("user_contact_view", EXPECTED_CONTACTS, ACTUAL_CONTACTS, false),
-        ("conversation_reverse_index", EXPECTED_CONVERSATION_REFS, ACTUAL_CONVERSATION_REFS, false),
-        ("contact_reverse_index", EXPECTED_CONTACT_REFS, ACTUAL_CONTACT_REFS, false),
+        (
+            "user_conversation_view",
+            EXPECTED_CONVERSATIONS,
+            ACTUAL_CONVERSATIONS,
+            true,
+        ),
+        (
+            "user_contact_view",
+            EXPECTED_CONTACTS,
+            ACTUAL_CONTACTS,
+            false,
+        ),
+        (
+            "conversation_reverse_index",
+            EXPECTED_CONVERSATION_REFS,
+            ACTUAL_CONVERSATION_REFS,
+            false,
+        ),
+        (
+            "contact_reverse_index",
+            EXPECTED_CONTACT_REFS,
+            ACTUAL_CONTACT_REFS,
+            false,
+        ),
     ];
     let mut out = Vec::new();
     for (table, expected, actual, takes_preview) in pairs {
@@ -108,7 +128,11 @@ pub async fn diff(client: &Client, preview_chars: i32) -> Result<Vec<Mismatch>, 
             let kind: String = r.get(0);
             out.push(Mismatch {
                 table,
-                kind: if kind == "missing" { "missing" } else { "extra" },
+                kind: if kind == "missing" {
+                    "missing"
+                } else {
+                    "extra"
+                },
                 row: r.get(1),
             });
         }

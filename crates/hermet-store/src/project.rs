@@ -94,7 +94,12 @@ async fn conversation_keys(
     let (pair_o, pair_f) = unzip(a.friend_pairs.iter().copied());
     let stmt = tx.prepare_cached(CONVERSATION_KEYS).await?;
     let rows = tx
-        .query(&stmt, &[&all, &msg_ch, &msg_seq, &key_u, &key_c, &profiles, &pair_o, &pair_f])
+        .query(
+            &stmt,
+            &[
+                &all, &msg_ch, &msg_seq, &key_u, &key_c, &profiles, &pair_o, &pair_f,
+            ],
+        )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
@@ -134,7 +139,10 @@ fn conversation_state_sql() -> String {
 }
 
 fn prefixed(alias: &str, cols: &str) -> String {
-    cols.split(',').map(|c| format!("{alias}.{}", c.trim())).collect::<Vec<_>>().join(", ")
+    cols.split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn load_inputs(
@@ -213,17 +221,29 @@ async fn load_inputs(
     let conversations = states
         .into_iter()
         .map(|(member, channel, friendship)| {
-            let peer = channel.peer_of(member.user_id).and_then(|p| users.get(&p).cloned());
-            let last_message =
-                messages.get(&(channel.id, projection::visible_seq(&member, &channel))).cloned();
-            ConversationInputs { member, channel, peer, friendship, last_message }
+            let peer = channel
+                .peer_of(member.user_id)
+                .and_then(|p| users.get(&p).cloned());
+            let last_message = messages
+                .get(&(channel.id, projection::visible_seq(&member, &channel)))
+                .cloned();
+            ConversationInputs {
+                member,
+                channel,
+                peer,
+                friendship,
+                last_message,
+            }
         })
         .collect();
     let contacts = friendships
         .into_iter()
         .filter_map(|friendship| {
             let contact = users.get(&friendship.friend_id)?.clone();
-            Some(ContactInputs { friendship, contact })
+            Some(ContactInputs {
+                friendship,
+                contact,
+            })
         })
         .collect();
     Ok((conversations, contacts))

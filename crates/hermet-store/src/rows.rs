@@ -21,7 +21,8 @@ pub(crate) const MEMBER_WIDTH: usize = 11;
 pub(crate) const CHANNEL_WIDTH: usize = 13;
 
 fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T, StoreError> {
-    row.try_get(idx).map_err(|e| StoreError::Decode(format!("column {idx}: {e}")))
+    row.try_get(idx)
+        .map_err(|e| StoreError::Decode(format!("column {idx}: {e}")))
 }
 
 pub(crate) fn user(row: &Row, at: usize) -> Result<UserRow, StoreError> {

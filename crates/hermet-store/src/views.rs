@@ -96,7 +96,11 @@ pub async fn apply_batch(tx: &Transaction<'_>, b: &ViewBatch) -> Result<(), Stor
     }
     if !b.conversation_refs.is_empty() {
         let p: Vec<i64> = b.conversation_refs.iter().map(|r| r.peer_user_id).collect();
-        let o: Vec<i64> = b.conversation_refs.iter().map(|r| r.owner_user_id).collect();
+        let o: Vec<i64> = b
+            .conversation_refs
+            .iter()
+            .map(|r| r.owner_user_id)
+            .collect();
         let c: Vec<i64> = b.conversation_refs.iter().map(|r| r.channel_id).collect();
         let stmt = tx.prepare_cached(INSERT_CONVERSATION_REFS).await?;
         tx.execute(&stmt, &[&p, &o, &c]).await?;
@@ -155,9 +159,33 @@ async fn upsert_conversations(
     tx.execute(
         &stmt,
         &[
-            &user_id, &channel_id, &ctype, &cname, &cavatar, &cver, &peer, &pnick, &pavatar,
-            &pver, &remark, &rver, &mid, &mseq, &mtype, &mcontent, &msender, &msname, &mtime,
-            &read, &pinned, &muted, &hidden, &opened, &closed, &sver, &now,
+            &user_id,
+            &channel_id,
+            &ctype,
+            &cname,
+            &cavatar,
+            &cver,
+            &peer,
+            &pnick,
+            &pavatar,
+            &pver,
+            &remark,
+            &rver,
+            &mid,
+            &mseq,
+            &mtype,
+            &mcontent,
+            &msender,
+            &msname,
+            &mtime,
+            &read,
+            &pinned,
+            &muted,
+            &hidden,
+            &opened,
+            &closed,
+            &sver,
+            &now,
         ],
     )
     .await?;
@@ -229,7 +257,12 @@ pub struct ListCursor {
 
 impl ListCursor {
     pub fn encode(&self) -> String {
-        format!("{}.{}.{}", u8::from(self.pinned), self.activity_at, self.channel_id)
+        format!(
+            "{}.{}.{}",
+            u8::from(self.pinned),
+            self.activity_at,
+            self.channel_id
+        )
     }
 
     pub fn decode(s: &str) -> Option<Self> {
@@ -244,7 +277,11 @@ impl ListCursor {
         if it.next().is_some() {
             return None;
         }
-        Some(ListCursor { pinned, activity_at, channel_id })
+        Some(ListCursor {
+            pinned,
+            activity_at,
+            channel_id,
+        })
     }
 }
 
@@ -287,7 +324,12 @@ pub async fn list_conversations(
         }
         Some(c) => {
             let stmt = client.prepare_cached(&list_after_sql()).await?;
-            client.query(&stmt, &[&user, &limit, &c.pinned, &c.activity_at, &c.channel_id]).await?
+            client
+                .query(
+                    &stmt,
+                    &[&user, &limit, &c.pinned, &c.activity_at, &c.channel_id],
+                )
+                .await?
         }
     };
     rows.iter()
@@ -299,14 +341,26 @@ pub async fn list_conversations(
                 Some(message_id) => Some(ListedMessage {
                     message_id,
                     seq: r.try_get(6).map_err(decode)?,
-                    msg_type: r.try_get::<_, Option<String>>(7).map_err(decode)?.unwrap_or_default(),
-                    content: r.try_get::<_, Option<String>>(8).map_err(decode)?.unwrap_or_default(),
-                    sender_id: r.try_get::<_, Option<i64>>(9).map_err(decode)?.unwrap_or_default(),
+                    msg_type: r
+                        .try_get::<_, Option<String>>(7)
+                        .map_err(decode)?
+                        .unwrap_or_default(),
+                    content: r
+                        .try_get::<_, Option<String>>(8)
+                        .map_err(decode)?
+                        .unwrap_or_default(),
+                    sender_id: r
+                        .try_get::<_, Option<i64>>(9)
+                        .map_err(decode)?
+                        .unwrap_or_default(),
                     sender_name: r
                         .try_get::<_, Option<String>>(10)
                         .map_err(decode)?
                         .unwrap_or_default(),
-                    created_at: r.try_get::<_, Option<i64>>(11).map_err(decode)?.unwrap_or_default(),
+                    created_at: r
+                        .try_get::<_, Option<i64>>(11)
+                        .map_err(decode)?
+                        .unwrap_or_default(),
                 }),
             };
             let channel_id: i64 = r.try_get(0).map_err(decode)?;
@@ -384,7 +438,11 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
-        let c = ListCursor { pinned: true, activity_at: 1_700_000_000_000, channel_id: 42 };
+        let c = ListCursor {
+            pinned: true,
+            activity_at: 1_700_000_000_000,
+            channel_id: 42,
+        };
         assert_eq!(ListCursor::decode(&c.encode()), Some(c));
         for bad in ["", "1", "2.1.1", "1.x.1", "1.1.1.1", "1.1."] {
             assert_eq!(ListCursor::decode(bad), None, "{bad}");

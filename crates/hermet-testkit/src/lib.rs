@@ -32,16 +32,21 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let admin: tokio_postgres::Config = admin_url().parse().expect("HERMET_DATABASE_URL parses");
+        let admin: tokio_postgres::Config =
+            admin_url().parse().expect("HERMET_DATABASE_URL parses");
         let name = format!("hermet_test_{:016x}", rand::thread_rng().gen::<u64>());
         let mut cfg = admin.clone();
         cfg.dbname(&name);
         let url = config_to_url(&cfg);
-        let created = hermet_store::create_database_if_missing(&url).await.expect("create database");
+        let created = hermet_store::create_database_if_missing(&url)
+            .await
+            .expect("create database");
         assert!(created, "random database name already existed");
         let pool = connect_pool(&url, 2).expect("pool");
         let mut conn = pool.get().await.expect("connect to test database");
-        migrate::migrate(&mut conn, TEST_SHARDS).await.expect("migrate");
+        migrate::migrate(&mut conn, TEST_SHARDS)
+            .await
+            .expect("migrate");
         TestDb { name, url }
     }
 
@@ -67,12 +72,19 @@ impl TestDb {
     /// Asserts the read side equals a rebuild from the write side.
     pub async fn assert_converged(&self, store: &Store) {
         let d = self.diff(store).await;
-        assert!(d.is_empty(), "read side differs from the rebuild oracle:\n{}", render(&d));
+        assert!(
+            d.is_empty(),
+            "read side differs from the rebuild oracle:\n{}",
+            render(&d)
+        );
     }
 }
 
 pub fn render(d: &[Mismatch]) -> String {
-    d.iter().map(|m| format!("  {} {}: {}", m.table, m.kind, m.row)).collect::<Vec<_>>().join("\n")
+    d.iter()
+        .map(|m| format!("  {} {}: {}", m.table, m.kind, m.row))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn config_to_url(cfg: &tokio_postgres::Config) -> String {
@@ -100,7 +112,9 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Dropping needs async I/O; a thread with its own runtime works from any context.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async move {
                     if let Ok((client, conn)) =
@@ -108,7 +122,9 @@ impl Drop for TestDb {
                     {
                         let h = tokio::spawn(conn);
                         let _ = client
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .batch_execute(&format!(
+                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                            ))
                             .await;
                         drop(client);
                         let _ = h.await;
@@ -164,14 +180,24 @@ impl TestApp {
     pub async fn spawn_with_preview(preview_chars: usize) -> TestApp {
         let db = TestDb::new().await;
         let store = db.store(preview_chars);
-        let cfg = ApiConfig { jwt_secret: TEST_SECRET.into(), ..ApiConfig::default() };
+        let cfg = ApiConfig {
+            jwt_secret: TEST_SECRET.into(),
+            ..ApiConfig::default()
+        };
         let app = hermet_api::router(AppState::new(store.clone(), cfg, None));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             let _ = axum_serve(listener, app).await;
         });
-        TestApp { addr, db, store, http: reqwest::Client::new() }
+        TestApp {
+            addr,
+            db,
+            store,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -198,9 +224,19 @@ impl TestApp {
     }
 
     /// Sends a raw body with the given content type.
-    pub async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: &str, ctype: &str) -> Resp {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+        ctype: &str,
+    ) -> Resp {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.http.request(method, self.url(path)).header("content-type", ctype);
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .header("content-type", ctype);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -216,10 +252,17 @@ impl TestApp {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!("response body is not JSON: {}", String::from_utf8_lossy(&bytes))
+                panic!(
+                    "response body is not JSON: {}",
+                    String::from_utf8_lossy(&bytes)
+                )
             })
         };
-        Resp { status, headers, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str, user: &User) -> Resp {
@@ -231,7 +274,8 @@ impl TestApp {
     }
 
     pub async fn patch(&self, path: &str, user: &User, body: Value) -> Resp {
-        self.call("PATCH", path, Some(&user.token), Some(body)).await
+        self.call("PATCH", path, Some(&user.token), Some(body))
+            .await
     }
 
     pub async fn delete(&self, path: &str, user: &User) -> Resp {
@@ -239,7 +283,14 @@ impl TestApp {
     }
 
     pub async fn new_user(&self, nickname: &str) -> User {
-        let r = self.call("POST", "/v1/users", None, Some(serde_json::json!({"nickname": nickname}))).await;
+        let r = self
+            .call(
+                "POST",
+                "/v1/users",
+                None,
+                Some(serde_json::json!({"nickname": nickname})),
+            )
+            .await;
         assert_eq!(r.status, 201, "create user: {:?}", r.body);
         User {
             id: r.body["id"].as_i64().expect("id"),
@@ -249,14 +300,20 @@ impl TestApp {
 
     /// Makes two users friends; returns their single channel.
     pub async fn befriend(&self, a: &User, b: &User) -> i64 {
-        let r = self.post("/v1/friends", a, serde_json::json!({"friend_id": b.id})).await;
+        let r = self
+            .post("/v1/friends", a, serde_json::json!({"friend_id": b.id}))
+            .await;
         assert_eq!(r.status, 201, "add friend: {:?}", r.body);
         r.body["channel_id"].as_i64().expect("channel_id")
     }
 
     pub async fn send(&self, from: &User, channel: i64, content: &str) -> Resp {
         let r = self
-            .post(&format!("/v1/channels/{channel}/messages"), from, serde_json::json!({"content": content}))
+            .post(
+                &format!("/v1/channels/{channel}/messages"),
+                from,
+                serde_json::json!({"content": content}),
+            )
             .await;
         assert_eq!(r.status, 201, "send: {:?}", r.body);
         r
@@ -266,11 +323,17 @@ impl TestApp {
     pub async fn conversations(&self, user: &User) -> Vec<Value> {
         let r = self.get("/v1/conversations", user).await;
         assert_eq!(r.status, 200, "list: {:?}", r.body);
-        r.body["conversations"].as_array().cloned().unwrap_or_default()
+        r.body["conversations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn conversation(&self, user: &User, channel: i64) -> Option<Value> {
-        self.conversations(user).await.into_iter().find(|c| c["channel_id"] == channel)
+        self.conversations(user)
+            .await
+            .into_iter()
+            .find(|c| c["channel_id"] == channel)
     }
 
     pub async fn contacts(&self, user: &User) -> Vec<Value> {

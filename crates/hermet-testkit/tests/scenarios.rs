@@ -27,7 +27,9 @@ async fn add_friend_creates_both_sides() {
     assert_eq!(ac[0]["nickname"], "Bob");
     assert_eq!(app.contacts(&bob).await[0]["nickname"], "Ann");
 
-    let again = app.post("/v1/friends", &bob, json!({"friend_id": ann.id})).await;
+    let again = app
+        .post("/v1/friends", &bob, json!({"friend_id": ann.id}))
+        .await;
     assert_eq!((again.status, again.code()), (409, "already_friends"));
     app.assert_converged().await;
 }
@@ -56,20 +58,32 @@ async fn messages_count_as_unread_for_others_only() {
     assert_eq!(app.conversation(&ann, ch).await.unwrap()["unread_count"], 1);
 
     // Mark read never goes backwards.
-    let r = app.post(&format!("/v1/channels/{ch}/read"), &ann, json!({"seq": 2})).await;
+    let r = app
+        .post(&format!("/v1/channels/{ch}/read"), &ann, json!({"seq": 2}))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(
         app.conversation(&ann, ch).await.unwrap()["unread_count"],
         1,
         "ann had read up to 3 by sending; 2 does not move her back"
     );
-    let r = app.post(&format!("/v1/channels/{ch}/read"), &ann, json!({"seq": 4})).await;
+    let r = app
+        .post(&format!("/v1/channels/{ch}/read"), &ann, json!({"seq": 4}))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(app.conversation(&ann, ch).await.unwrap()["unread_count"], 0);
-    let r = app.post(&format!("/v1/channels/{ch}/read"), &bob, json!({"seq": 0})).await;
+    let r = app
+        .post(&format!("/v1/channels/{ch}/read"), &bob, json!({"seq": 0}))
+        .await;
     assert_eq!(r.status, 200, "seq 0 is a valid no-op");
-    let r = app.post(&format!("/v1/channels/{ch}/read"), &bob, json!({"seq": 5})).await;
-    assert_eq!((r.status, r.code()), (400, "invalid_input"), "beyond the last seq");
+    let r = app
+        .post(&format!("/v1/channels/{ch}/read"), &bob, json!({"seq": 5}))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_input"),
+        "beyond the last seq"
+    );
     app.assert_converged().await;
 }
 
@@ -87,7 +101,11 @@ async fn mark_read_moves_unread_down_monotonically() {
     assert_eq!(read(3).await.status, 200);
     assert_eq!(app.conversation(&bob, ch).await.unwrap()["unread_count"], 2);
     assert_eq!(read(1).await.status, 200);
-    assert_eq!(app.conversation(&bob, ch).await.unwrap()["unread_count"], 2, "not backwards");
+    assert_eq!(
+        app.conversation(&bob, ch).await.unwrap()["unread_count"],
+        2,
+        "not backwards"
+    );
     assert_eq!(read(5).await.status, 200);
     assert_eq!(app.conversation(&bob, ch).await.unwrap()["unread_count"], 0);
     app.assert_converged().await;
@@ -103,7 +121,10 @@ async fn preview_is_truncated_on_characters_and_history_is_whole() {
     let b = app.conversation(&bob, ch).await.unwrap();
     assert_eq!(b["last_message"]["content"], "héllo");
     app.send(&ann, ch, "日本").await;
-    assert_eq!(app.conversation(&bob, ch).await.unwrap()["last_message"]["content"], "日本");
+    assert_eq!(
+        app.conversation(&bob, ch).await.unwrap()["last_message"]["content"],
+        "日本"
+    );
     let h = app.get(&format!("/v1/channels/{ch}/messages"), &bob).await;
     assert_eq!(h.body["messages"][1]["content"], "héllo wörld 👍");
     app.assert_converged().await;
@@ -118,11 +139,23 @@ async fn remark_name_wins_over_nickname_and_profile_changes_fan_out() {
     let ab = app.befriend(&ann, &bob).await;
     let cb = app.befriend(&cat, &bob).await;
 
-    let r = app.patch(&format!("/v1/friends/{}", bob.id), &ann, json!({"remark_name": "Bobby"})).await;
+    let r = app
+        .patch(
+            &format!("/v1/friends/{}", bob.id),
+            &ann,
+            json!({"remark_name": "Bobby"}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(app.conversation(&ann, ab).await.unwrap()["name"], "Bobby");
 
-    let r = app.patch("/v1/me", &bob, json!({"nickname": "Robert", "avatar": "https://img.example/r.png"})).await;
+    let r = app
+        .patch(
+            "/v1/me",
+            &bob,
+            json!({"nickname": "Robert", "avatar": "https://img.example/r.png"}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["nickname"], "Robert");
     assert_eq!(r.body["profile_ver"], 2);
@@ -138,7 +171,13 @@ async fn remark_name_wins_over_nickname_and_profile_changes_fan_out() {
     assert_eq!(app.contacts(&cat).await[0]["nickname"], "Robert");
 
     // Clearing the remark shows the nickname again.
-    let r = app.patch(&format!("/v1/friends/{}", bob.id), &ann, json!({"remark_name": ""})).await;
+    let r = app
+        .patch(
+            &format!("/v1/friends/{}", bob.id),
+            &ann,
+            json!({"remark_name": ""}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(app.conversation(&ann, ab).await.unwrap()["name"], "Robert");
     app.assert_converged().await;
@@ -151,12 +190,21 @@ async fn hidden_conversation_comes_back_on_a_new_message() {
     let bob = app.new_user("Bob").await;
     let ch = app.befriend(&ann, &bob).await;
     app.send(&bob, ch, "first").await;
-    let r = app.patch(&format!("/v1/conversations/{ch}"), &ann, json!({"hidden": true})).await;
+    let r = app
+        .patch(
+            &format!("/v1/conversations/{ch}"),
+            &ann,
+            json!({"hidden": true}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert!(app.conversation(&ann, ch).await.is_none(), "hidden");
     assert!(app.conversation(&bob, ch).await.is_some(), "only for ann");
     app.send(&bob, ch, "second").await;
-    let a = app.conversation(&ann, ch).await.expect("back after a new message");
+    let a = app
+        .conversation(&ann, ch)
+        .await
+        .expect("back after a new message");
     assert_eq!(a["last_message"]["content"], "second");
     assert_eq!(a["unread_count"], 2);
     app.assert_converged().await;
@@ -177,11 +225,26 @@ async fn pinned_first_then_newest_with_cursor_pages() {
         app.send(f, *ch, "hello").await;
     }
     let pinned = channels[1].0;
-    let r = app.patch(&format!("/v1/conversations/{pinned}"), &me, json!({"pinned": true, "muted": true})).await;
+    let r = app
+        .patch(
+            &format!("/v1/conversations/{pinned}"),
+            &me,
+            json!({"pinned": true, "muted": true}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     let all = app.conversations(&me).await;
-    let order: Vec<i64> = all.iter().map(|c| c["channel_id"].as_i64().unwrap()).collect();
-    let expected = vec![channels[1].0, channels[4].0, channels[3].0, channels[2].0, channels[0].0];
+    let order: Vec<i64> = all
+        .iter()
+        .map(|c| c["channel_id"].as_i64().unwrap())
+        .collect();
+    let expected = vec![
+        channels[1].0,
+        channels[4].0,
+        channels[3].0,
+        channels[2].0,
+        channels[0].0,
+    ];
     assert_eq!(order, expected);
     assert_eq!(all[0]["pinned"], true);
     assert_eq!(all[0]["muted"], true);
@@ -217,8 +280,12 @@ async fn conversations_without_messages_sort_by_when_they_opened() {
     let ca = app.befriend(&me, &a).await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let cb = app.befriend(&me, &b).await;
-    let order: Vec<i64> =
-        app.conversations(&me).await.iter().map(|c| c["channel_id"].as_i64().unwrap()).collect();
+    let order: Vec<i64> = app
+        .conversations(&me)
+        .await
+        .iter()
+        .map(|c| c["channel_id"].as_i64().unwrap())
+        .collect();
     assert_eq!(order, vec![cb, ca]);
 }
 
@@ -231,24 +298,44 @@ async fn group_lifecycle() {
     let dan = app.new_user("Dan").await;
 
     // Members need not be friends of the creator.
-    let r = app.post("/v1/groups", &owner, json!({"name": "Team", "member_ids": [bob.id, cat.id, bob.id]})).await;
+    let r = app
+        .post(
+            "/v1/groups",
+            &owner,
+            json!({"name": "Team", "member_ids": [bob.id, cat.id, bob.id]}),
+        )
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let g = r.body["channel_id"].as_i64().unwrap();
     for u in [&owner, &bob, &cat] {
-        let c = app.conversation(u, g).await.expect("every member sees the group");
+        let c = app
+            .conversation(u, g)
+            .await
+            .expect("every member sees the group");
         assert_eq!(c["type"], "group");
         assert_eq!(c["name"], "Team");
         assert!(c["peer_user_id"].is_null());
     }
     app.send(&bob, g, "hello team").await;
     app.send(&cat, g, "hi").await;
-    assert_eq!(app.conversation(&owner, g).await.unwrap()["unread_count"], 2);
+    assert_eq!(
+        app.conversation(&owner, g).await.unwrap()["unread_count"],
+        2
+    );
     assert_eq!(app.conversation(&bob, g).await.unwrap()["unread_count"], 1);
 
     // Only the owner renames; the new name fans out to every member.
-    let r = app.patch(&format!("/v1/groups/{g}"), &bob, json!({"name": "Mine"})).await;
+    let r = app
+        .patch(&format!("/v1/groups/{g}"), &bob, json!({"name": "Mine"}))
+        .await;
     assert_eq!((r.status, r.code()), (403, "not_owner"));
-    let r = app.patch(&format!("/v1/groups/{g}"), &owner, json!({"name": "Team 2", "avatar": "https://x.example/g.png"})).await;
+    let r = app
+        .patch(
+            &format!("/v1/groups/{g}"),
+            &owner,
+            json!({"name": "Team 2", "avatar": "https://x.example/g.png"}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     for u in [&owner, &bob, &cat] {
         let c = app.conversation(u, g).await.unwrap();
@@ -257,7 +344,13 @@ async fn group_lifecycle() {
     }
 
     // Any member adds; a new member starts with nothing unread but sees the last message.
-    let r = app.post(&format!("/v1/groups/{g}/members"), &bob, json!({"user_ids": [dan.id]})).await;
+    let r = app
+        .post(
+            &format!("/v1/groups/{g}/members"),
+            &bob,
+            json!({"user_ids": [dan.id]}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let d = app.conversation(&dan, g).await.expect("dan joined");
     assert_eq!(d["unread_count"], 0);
@@ -266,12 +359,22 @@ async fn group_lifecycle() {
     assert_eq!(app.conversation(&dan, g).await.unwrap()["unread_count"], 1);
 
     // Only the owner removes others; the removed member's row is closed.
-    let r = app.delete(&format!("/v1/groups/{g}/members/{}", cat.id), &bob).await;
+    let r = app
+        .delete(&format!("/v1/groups/{g}/members/{}", cat.id), &bob)
+        .await;
     assert_eq!((r.status, r.code()), (403, "not_owner"));
-    let r = app.delete(&format!("/v1/groups/{g}/members/{}", cat.id), &owner).await;
+    let r = app
+        .delete(&format!("/v1/groups/{g}/members/{}", cat.id), &owner)
+        .await;
     assert_eq!(r.status, 204);
     assert!(app.conversation(&cat, g).await.is_none(), "closed for cat");
-    let r = app.post(&format!("/v1/channels/{g}/messages"), &cat, json!({"content": "let me in"})).await;
+    let r = app
+        .post(
+            &format!("/v1/channels/{g}/messages"),
+            &cat,
+            json!({"content": "let me in"}),
+        )
+        .await;
     assert_eq!((r.status, r.code()), (403, "not_member"));
     let r = app.get(&format!("/v1/channels/{g}/messages"), &cat).await;
     assert_eq!(r.status, 403);
@@ -281,15 +384,25 @@ async fn group_lifecycle() {
     app.assert_converged().await;
 
     // Leaving: the owner leaves, the longest-standing member becomes owner.
-    let r = app.delete(&format!("/v1/groups/{g}/members/{}", owner.id), &owner).await;
+    let r = app
+        .delete(&format!("/v1/groups/{g}/members/{}", owner.id), &owner)
+        .await;
     assert_eq!(r.status, 204);
     assert!(app.conversation(&owner, g).await.is_none());
-    let r = app.patch(&format!("/v1/groups/{g}"), &bob, json!({"name": "Bob's"})).await;
+    let r = app
+        .patch(&format!("/v1/groups/{g}"), &bob, json!({"name": "Bob's"}))
+        .await;
     assert_eq!(r.status, 200, "bob inherited ownership: {:?}", r.body);
     assert_eq!(app.conversation(&dan, g).await.unwrap()["name"], "Bob's");
 
     // A removed member can be added back: the row reopens with nothing unread.
-    let r = app.post(&format!("/v1/groups/{g}/members"), &dan, json!({"user_ids": [cat.id]})).await;
+    let r = app
+        .post(
+            &format!("/v1/groups/{g}/members"),
+            &dan,
+            json!({"user_ids": [cat.id]}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     let c = app.conversation(&cat, g).await.expect("cat is back");
     assert_eq!(c["unread_count"], 0);
@@ -305,7 +418,12 @@ async fn deleting_a_friend_closes_the_chat_and_adding_again_reopens_it() {
     let bob = app.new_user("Bob").await;
     let ch = app.befriend(&ann, &bob).await;
     app.send(&ann, ch, "before").await;
-    app.patch(&format!("/v1/friends/{}", bob.id), &ann, json!({"remark_name": "B", "starred": true})).await;
+    app.patch(
+        &format!("/v1/friends/{}", bob.id),
+        &ann,
+        json!({"remark_name": "B", "starred": true}),
+    )
+    .await;
 
     let r = app.delete(&format!("/v1/friends/{}", bob.id), &ann).await;
     assert_eq!(r.status, 204);
@@ -313,12 +431,19 @@ async fn deleting_a_friend_closes_the_chat_and_adding_again_reopens_it() {
     assert!(app.contacts(&bob).await.is_empty(), "both directions");
     assert!(app.conversation(&ann, ch).await.is_none(), "closed");
     assert!(app.conversation(&bob, ch).await.is_none(), "closed");
-    let r = app.post(&format!("/v1/channels/{ch}/messages"), &bob, json!({"content": "hey"})).await;
+    let r = app
+        .post(
+            &format!("/v1/channels/{ch}/messages"),
+            &bob,
+            json!({"content": "hey"}),
+        )
+        .await;
     assert_eq!((r.status, r.code()), (403, "not_friends"));
     let r = app.delete(&format!("/v1/friends/{}", bob.id), &ann).await;
     assert_eq!((r.status, r.code()), (404, "not_friends"));
     // A profile change still reaches the closed rows: they stay equal to a rebuild.
-    app.patch("/v1/me", &bob, json!({"nickname": "Bobby"})).await;
+    app.patch("/v1/me", &bob, json!({"nickname": "Bobby"}))
+        .await;
     app.assert_converged().await;
 
     let again = app.befriend(&bob, &ann).await;
@@ -342,15 +467,32 @@ async fn message_history_pages_newest_first() {
     for i in 1..=5 {
         app.send(&ann, ch, &format!("m{i}")).await;
     }
-    let r = app.get(&format!("/v1/channels/{ch}/messages?limit=2"), &bob).await;
-    let seqs: Vec<i64> = r.body["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    let r = app
+        .get(&format!("/v1/channels/{ch}/messages?limit=2"), &bob)
+        .await;
+    let seqs: Vec<i64> = r.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![5, 4]);
     let m = &r.body["messages"][0];
     assert_eq!(m["content"], "m5");
     assert_eq!(m["type"], "text");
     assert_eq!(m["sender_name"], "Ann");
-    let r = app.get(&format!("/v1/channels/{ch}/messages?before_seq=4&limit=10"), &bob).await;
-    let seqs: Vec<i64> = r.body["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    let r = app
+        .get(
+            &format!("/v1/channels/{ch}/messages?before_seq=4&limit=10"),
+            &bob,
+        )
+        .await;
+    let seqs: Vec<i64> = r.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![3, 2, 1]);
     let r = app.get(&format!("/v1/channels/{ch}/messages"), &eve).await;
     assert_eq!((r.status, r.code()), (403, "not_member"));
@@ -358,7 +500,9 @@ async fn message_history_pages_newest_first() {
     assert_eq!((r.status, r.code()), (404, "channel_not_found"));
     // The sender name is the nickname at send time.
     app.patch("/v1/me", &ann, json!({"nickname": "Anna"})).await;
-    let r = app.get(&format!("/v1/channels/{ch}/messages?limit=1"), &bob).await;
+    let r = app
+        .get(&format!("/v1/channels/{ch}/messages?limit=1"), &bob)
+        .await;
     assert_eq!(r.body["messages"][0]["sender_name"], "Ann");
 }
 
@@ -372,16 +516,31 @@ async fn contacts_are_starred_first_then_by_nickname() {
         app.befriend(&me, &u).await;
         ids.insert(name, u.id);
     }
-    let r = app.patch(&format!("/v1/friends/{}", ids["Zed"]), &me, json!({"starred": true, "group_name": "work"})).await;
+    let r = app
+        .patch(
+            &format!("/v1/friends/{}", ids["Zed"]),
+            &me,
+            json!({"starred": true, "group_name": "work"}),
+        )
+        .await;
     assert_eq!(r.status, 200);
-    let names: Vec<String> =
-        app.contacts(&me).await.iter().map(|c| c["nickname"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = app
+        .contacts(&me)
+        .await
+        .iter()
+        .map(|c| c["nickname"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names[0], "Zed");
     let rest = &names[1..];
     let mut sorted = rest.to_vec();
     sorted.sort();
     assert_eq!(rest, sorted.as_slice(), "then by nickname");
-    let zed = app.contacts(&me).await.into_iter().find(|c| c["nickname"] == "Zed").unwrap();
+    let zed = app
+        .contacts(&me)
+        .await
+        .into_iter()
+        .find(|c| c["nickname"] == "Zed")
+        .unwrap();
     assert_eq!(zed["group_name"], "work");
     app.assert_converged().await;
 }
@@ -391,8 +550,14 @@ async fn writes_carry_their_lsn_and_reads_accept_a_minimum() {
     let app = TestApp::spawn().await;
     let ann = app.new_user("Ann").await;
     let bob = app.new_user("Bob").await;
-    let r = app.post("/v1/friends", &ann, json!({"friend_id": bob.id})).await;
-    let first: Lsn = r.header("x-hermet-lsn").expect("lsn header").parse().expect("lsn");
+    let r = app
+        .post("/v1/friends", &ann, json!({"friend_id": bob.id}))
+        .await;
+    let first: Lsn = r
+        .header("x-hermet-lsn")
+        .expect("lsn header")
+        .parse()
+        .expect("lsn");
     let ch = r.body["channel_id"].as_i64().unwrap();
     let r = app.send(&ann, ch, "x").await;
     let second: Lsn = r.header("x-hermet-lsn").unwrap().parse().unwrap();
@@ -406,7 +571,10 @@ async fn writes_carry_their_lsn_and_reads_accept_a_minimum() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("x-hermet-stale").is_none(), "dual_write reads are fresh");
+    assert!(
+        resp.headers().get("x-hermet-stale").is_none(),
+        "dual_write reads are fresh"
+    );
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["conversations"][0]["last_message"]["content"], "x");
 
@@ -426,7 +594,10 @@ async fn me_and_service_endpoints() {
     let ann = app.new_user("  Ann  ").await;
     let r = app.get("/v1/me", &ann).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.body, json!({"id": ann.id, "nickname": "Ann", "avatar": "", "profile_ver": 1}));
+    assert_eq!(
+        r.body,
+        json!({"id": ann.id, "nickname": "Ann", "avatar": "", "profile_ver": 1})
+    );
     for path in ["/healthz", "/readyz"] {
         let r = app.call("GET", path, None, None).await;
         assert_eq!(r.status, 200, "{path}");

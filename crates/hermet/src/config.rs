@@ -40,7 +40,10 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: "postgres://postgres@127.0.0.1:55432/hermet".into(), pool_size: 32 }
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:55432/hermet".into(),
+            pool_size: 32,
+        }
     }
 }
 
@@ -53,7 +56,10 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { addr: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 64 * 1024 }
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -67,7 +73,10 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { jwt_secret: String::new(), token_ttl_secs: 30 * 24 * 3600 }
+        AuthConfig {
+            jwt_secret: String::new(),
+            token_ttl_secs: 30 * 24 * 3600,
+        }
     }
 }
 
@@ -106,7 +115,10 @@ pub struct ReadSideConfig {
 
 impl Default for ReadSideConfig {
     fn default() -> Self {
-        ReadSideConfig { shards: 256, preview_chars: 50 }
+        ReadSideConfig {
+            shards: 256,
+            preview_chars: 50,
+        }
     }
 }
 
@@ -118,7 +130,9 @@ pub struct KafkaConfig {
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig { brokers: "127.0.0.1:59092".into() }
+        KafkaConfig {
+            brokers: "127.0.0.1:59092".into(),
+        }
     }
 }
 
@@ -130,7 +144,9 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: "redis://127.0.0.1:56379".into() }
+        RedisConfig {
+            url: "redis://127.0.0.1:56379".into(),
+        }
     }
 }
 
@@ -143,7 +159,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { filter: "info".into() }
+        LogConfig {
+            filter: "info".into(),
+        }
     }
 }
 
@@ -171,7 +189,10 @@ impl Config {
         let mut fig = Figment::new();
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::Invalid(format!("{} does not exist", path.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "{} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file(path));
         }
@@ -180,7 +201,10 @@ impl Config {
             if k.contains("__") {
                 Some(k.replace("__", ".").into())
             } else {
-                SHORT_FORMS.iter().find(|(short, _)| *short == k).map(|(_, long)| (*long).into())
+                SHORT_FORMS
+                    .iter()
+                    .find(|(short, _)| *short == k)
+                    .map(|(_, long)| (*long).into())
             }
         });
         let cfg: Config = fig.merge(env).extract().map_err(Box::new)?;
@@ -208,7 +232,9 @@ impl Config {
             );
         }
         if self.limits.max_group_members < 2 || self.limits.max_name_chars == 0 {
-            return bad("limits: max_group_members >= 2 and max_name_chars >= 1 are required".into());
+            return bad(
+                "limits: max_group_members >= 2 and max_name_chars >= 1 are required".into(),
+            );
         }
         if self.sync.mode != Mode::DualWrite {
             return bad(format!(
@@ -226,7 +252,9 @@ impl Config {
                 Mode::Async => SyncMode::Async,
                 Mode::Cdc => SyncMode::Cdc,
             },
-            projection: ProjectionConfig { preview_chars: self.read_side.preview_chars },
+            projection: ProjectionConfig {
+                preview_chars: self.read_side.preview_chars,
+            },
             limits: self.limits,
         }
     }

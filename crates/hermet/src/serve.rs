@@ -20,7 +20,9 @@ async fn connect_and_migrate(cfg: &Config) -> anyhow::Result<Store> {
         .get()
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", redact(&cfg.database.url)))?;
-    let applied = migrate::migrate(&mut conn, cfg.read_side.shards).await.context("migrating")?;
+    let applied = migrate::migrate(&mut conn, cfg.read_side.shards)
+        .await
+        .context("migrating")?;
     tracing::info!(applied = ?applied, shards = cfg.read_side.shards, "database ready");
     drop(conn);
     Ok(Store::new(pool, cfg.store_config()))

@@ -33,7 +33,10 @@ pub(crate) async fn send(
         None => MessageType::text(),
         Some(t) => MessageType::parse(t, limits)?,
     };
-    let w = state.store().send_message(me, channel, &content, &msg_type).await?;
+    let w = state
+        .store()
+        .send_message(me, channel, &content, &msg_type)
+        .await?;
     let m = w.value;
     Ok((
         StatusCode::CREATED,
@@ -58,9 +61,15 @@ pub(crate) async fn history(
     let channel = path_id("channel_id", channel)?;
     let limit = page_limit(q.limit)?;
     if q.before_seq.is_some_and(|s| s < 1) {
-        return Err(ApiError::bad_request("invalid_before_seq", "before_seq must be at least 1"));
+        return Err(ApiError::bad_request(
+            "invalid_before_seq",
+            "before_seq must be at least 1",
+        ));
     }
-    let items = state.store().list_messages(me, channel, q.before_seq, limit).await?;
+    let items = state
+        .store()
+        .list_messages(me, channel, q.before_seq, limit)
+        .await?;
     let messages: Vec<_> = items
         .iter()
         .map(|m| {

@@ -30,16 +30,22 @@ pub(crate) async fn list(
     let limit = page_limit(q.limit)?;
     let after = match q.cursor.as_deref() {
         None | Some("") => None,
-        Some(c) => Some(
-            ListCursor::decode(c)
-                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one we issued"))?,
-        ),
+        Some(c) => Some(ListCursor::decode(c).ok_or_else(|| {
+            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
+        })?),
     };
     // One extra row tells whether another page exists.
-    let mut items = state.store().list_conversations(me, limit + 1, after).await?;
+    let mut items = state
+        .store()
+        .list_conversations(me, limit + 1, after)
+        .await?;
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
-    let next_cursor = if more { items.last().map(|i| i.cursor.encode()) } else { None };
+    let next_cursor = if more {
+        items.last().map(|i| i.cursor.encode())
+    } else {
+        None
+    };
     let conversations: Vec<_> = items
         .iter()
         .map(|c| {
@@ -64,7 +70,9 @@ pub(crate) async fn list(
             })
         })
         .collect();
-    Ok(axum::Json(json!({"conversations": conversations, "next_cursor": next_cursor})))
+    Ok(axum::Json(
+        json!({"conversations": conversations, "next_cursor": next_cursor}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -88,7 +96,14 @@ pub(crate) async fn update(
             "give `pinned`, `muted` and/or `hidden`",
         ));
     }
-    let patch = ConversationPatch { pinned: body.pinned, muted: body.muted, hidden: body.hidden };
-    let w = state.store().update_conversation(me, channel, patch).await?;
+    let patch = ConversationPatch {
+        pinned: body.pinned,
+        muted: body.muted,
+        hidden: body.hidden,
+    };
+    let w = state
+        .store()
+        .update_conversation(me, channel, patch)
+        .await?;
     Ok((lsn_header(w.lsn), axum::Json(json!({}))))
 }

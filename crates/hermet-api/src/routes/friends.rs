@@ -26,7 +26,11 @@ pub(crate) async fn add(
 ) -> Result<impl IntoResponse, ApiError> {
     let friend = hermet_core::validate::id("friend_id", body.friend_id)?;
     let w = state.store().add_friend(me, friend).await?;
-    Ok((StatusCode::CREATED, lsn_header(w.lsn), axum::Json(json!({"channel_id": w.value}))))
+    Ok((
+        StatusCode::CREATED,
+        lsn_header(w.lsn),
+        axum::Json(json!({"channel_id": w.value})),
+    ))
 }
 
 pub(crate) async fn remove(

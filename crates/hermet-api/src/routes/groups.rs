@@ -26,7 +26,9 @@ fn user_ids(field: &'static str, ids: &[i64], max: usize) -> Result<Vec<i64>, Ap
     if ids.len() > max {
         return Err(Invalid::new(field, format!("a group has at most {max} members")).into());
     }
-    ids.iter().map(|&id| hermet_core::validate::id(field, id).map_err(ApiError::from)).collect()
+    ids.iter()
+        .map(|&id| hermet_core::validate::id(field, id).map_err(ApiError::from))
+        .collect()
 }
 
 pub(crate) async fn create(
@@ -38,8 +40,15 @@ pub(crate) async fn create(
     let name = Name::parse("name", &body.name, limits)?;
     let avatar = Avatar::parse(body.avatar.as_deref().unwrap_or(""), limits)?;
     let members = user_ids("member_ids", &body.member_ids, limits.max_group_members)?;
-    let w = state.store().create_group(me, &name, &avatar, &members).await?;
-    Ok((StatusCode::CREATED, lsn_header(w.lsn), axum::Json(json!({"channel_id": w.value}))))
+    let w = state
+        .store()
+        .create_group(me, &name, &avatar, &members)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        lsn_header(w.lsn),
+        axum::Json(json!({"channel_id": w.value})),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -58,11 +67,22 @@ pub(crate) async fn update(
     let channel = path_id("channel_id", channel)?;
     let limits = &state.store().config().limits;
     let patch = GroupPatch {
-        name: body.name.as_deref().map(|n| Name::parse("name", n, limits)).transpose()?,
-        avatar: body.avatar.as_deref().map(|a| Avatar::parse(a, limits)).transpose()?,
+        name: body
+            .name
+            .as_deref()
+            .map(|n| Name::parse("name", n, limits))
+            .transpose()?,
+        avatar: body
+            .avatar
+            .as_deref()
+            .map(|a| Avatar::parse(a, limits))
+            .transpose()?,
     };
     if patch.name.is_none() && patch.avatar.is_none() {
-        return Err(ApiError::bad_request("nothing_to_change", "give `name` and/or `avatar`"));
+        return Err(ApiError::bad_request(
+            "nothing_to_change",
+            "give `name` and/or `avatar`",
+        ));
     }
     let w = state.store().update_group(me, channel, &patch).await?;
     Ok((lsn_header(w.lsn), axum::Json(json!({}))))

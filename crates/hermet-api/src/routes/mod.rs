@@ -17,19 +17,28 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/users", post(users::create))
         .route("/v1/me", get(users::me).patch(users::update_me))
         .route("/v1/friends", post(friends::add))
-        .route("/v1/friends/{friend_id}", delete(friends::remove).patch(friends::update))
+        .route(
+            "/v1/friends/{friend_id}",
+            delete(friends::remove).patch(friends::update),
+        )
         .route("/v1/contacts", get(friends::contacts))
         .route("/v1/groups", post(groups::create))
         .route("/v1/groups/{channel_id}", patch(groups::update))
         .route("/v1/groups/{channel_id}/members", post(groups::add_members))
-        .route("/v1/groups/{channel_id}/members/{user_id}", delete(groups::remove_member))
+        .route(
+            "/v1/groups/{channel_id}/members/{user_id}",
+            delete(groups::remove_member),
+        )
         .route(
             "/v1/channels/{channel_id}/messages",
             post(channels::send).get(channels::history),
         )
         .route("/v1/channels/{channel_id}/read", post(channels::read))
         .route("/v1/conversations", get(conversations::list))
-        .route("/v1/conversations/{channel_id}", patch(conversations::update))
+        .route(
+            "/v1/conversations/{channel_id}",
+            patch(conversations::update),
+        )
 }
 
 /// A positive id from a path segment.
@@ -42,7 +51,9 @@ fn page_limit(raw: Option<i64>) -> Result<i64, ApiError> {
     match raw {
         None => Ok(50),
         Some(n) if (1..=100).contains(&n) => Ok(n),
-        Some(_) => Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100")),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 100",
+        )),
     }
 }
-

@@ -60,11 +60,22 @@ pub(crate) async fn update_me(
 ) -> Result<impl IntoResponse, ApiError> {
     let limits = &state.store().config().limits;
     let patch = ProfilePatch {
-        nickname: body.nickname.as_deref().map(|n| Name::parse("nickname", n, limits)).transpose()?,
-        avatar: body.avatar.as_deref().map(|a| Avatar::parse(a, limits)).transpose()?,
+        nickname: body
+            .nickname
+            .as_deref()
+            .map(|n| Name::parse("nickname", n, limits))
+            .transpose()?,
+        avatar: body
+            .avatar
+            .as_deref()
+            .map(|a| Avatar::parse(a, limits))
+            .transpose()?,
     };
     if patch.nickname.is_none() && patch.avatar.is_none() {
-        return Err(ApiError::bad_request("nothing_to_change", "give `nickname` and/or `avatar`"));
+        return Err(ApiError::bad_request(
+            "nothing_to_change",
+            "give `nickname` and/or `avatar`",
+        ));
     }
     let w = state.store().update_profile(me, &patch).await?;
     Ok((lsn_header(w.lsn), axum::Json(user_json(&w.value))))

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make run`: install what is missing, start the private services, build hermet and run it in
+# the foreground (Ctrl-C stops it; the services keep running: `make services-down`).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+scripts/install-deps.sh
+scripts/services.sh up
+eval "$(scripts/services.sh env)"
+
+# The local services' admin URL points at the `postgres` database; hermet gets its own.
+if [[ -z ${HERMET_CONFIG:-} ]]; then
+    export HERMET_DATABASE_URL=${HERMET_DATABASE_URL%/*}/hermet
+fi
+# A development secret, made once and kept in the (git-ignored) state folder.
+STATE_DIR=${HERMET_STATE_DIR:-$ROOT/.hermet}
+if [[ -z ${HERMET_JWT_SECRET:-} ]]; then
+    mkdir -p "$STATE_DIR"
+    [[ -s $STATE_DIR/jwt_secret ]] || head -c 48 /dev/urandom | base64 -w0 > "$STATE_DIR/jwt_secret"
+    HERMET_JWT_SECRET=$(cat "$STATE_DIR/jwt_secret")
+    export HERMET_JWT_SECRET
+fi
+
+cargo build --release -p hermet
+exec target/release/hermet serve
