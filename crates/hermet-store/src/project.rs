@@ -14,6 +14,7 @@
 //! - Rows are written in key order, so concurrent batches cannot deadlock on view rows.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 
 use deadpool_postgres::Transaction;
 use hermet_core::change::RowChange;
@@ -115,6 +116,9 @@ async fn contact_keys(
     tx: &Transaction<'_>,
     a: &Affected,
 ) -> Result<Vec<(UserId, UserId)>, StoreError> {
+    if a.friend_pairs.is_empty() && a.profile_users.is_empty() {
+        return Ok(Vec::new());
+    }
     let (pair_o, pair_f) = unzip(a.friend_pairs.iter().copied());
     let profiles: Vec<i64> = a.profile_users.iter().copied().collect();
     let stmt = tx.prepare_cached(CONTACT_KEYS).await?;
@@ -123,7 +127,7 @@ async fn contact_keys(
 }
 
 /// Member, channel and (single chats) the owner's friendship towards the peer, per key.
-fn conversation_state_sql() -> String {
+static CONVERSATION_STATE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {m}, {c}, {f}
            FROM UNNEST($1::bigint[], $2::bigint[]) AS k(user_id, channel_id)
@@ -136,7 +140,29 @@ fn conversation_state_sql() -> String {
         c = prefixed("c", rows::CHANNEL_COLS),
         f = prefixed("f", FRIEND_COLS),
     )
-}
+});
+
+static CONTACT_FRIENDSHIPS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM friendships f
+           JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(user_id, friend_id)
+             ON f.user_id = k.user_id AND f.friend_id = k.friend_id",
+        prefixed("f", FRIEND_COLS)
+    )
+});
+
+static USERS_FOR_SHARE: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {USER_COLS} FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE")
+});
+
+static VISIBLE_MESSAGES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM messages m
+           JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(channel_id, seq)
+             ON m.channel_id = k.channel_id AND m.seq = k.seq",
+        prefixed("m", MESSAGE_COLS)
+    )
+});
 
 fn prefixed(alias: &str, cols: &str) -> String {
     cols.split(',')
@@ -154,7 +180,7 @@ async fn load_inputs(
     let mut states = Vec::with_capacity(conv_keys.len());
     if !conv_keys.is_empty() {
         let (u, c) = unzip(conv_keys.iter().copied());
-        let stmt = tx.prepare_cached(&conversation_state_sql()).await?;
+        let stmt = tx.prepare_cached(&CONVERSATION_STATE).await?;
         for row in tx.query(&stmt, &[&u, &c]).await? {
             let member: MemberRow = rows::member(&row, 0)?;
             let channel = rows::channel(&row, MEMBER_WIDTH)?;
@@ -167,13 +193,7 @@ async fn load_inputs(
     let mut friendships: Vec<FriendshipRow> = Vec::with_capacity(contact_keys.len());
     if !contact_keys.is_empty() {
         let (o, f) = unzip(contact_keys.iter().copied());
-        let sql = format!(
-            "SELECT {} FROM friendships f
-               JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(user_id, friend_id)
-                 ON f.user_id = k.user_id AND f.friend_id = k.friend_id",
-            prefixed("f", FRIEND_COLS)
-        );
-        let stmt = tx.prepare_cached(&sql).await?;
+        let stmt = tx.prepare_cached(&CONTACT_FRIENDSHIPS).await?;
         for row in tx.query(&stmt, &[&o, &f]).await? {
             friendships.push(rows::friendship(&row, 0)?);
         }
@@ -188,8 +208,7 @@ async fn load_inputs(
     let mut users: BTreeMap<UserId, UserRow> = BTreeMap::new();
     if !user_ids.is_empty() {
         let ids: Vec<i64> = user_ids.into_iter().collect();
-        let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE");
-        let stmt = tx.prepare_cached(&sql).await?;
+        let stmt = tx.prepare_cached(&USERS_FOR_SHARE).await?;
         for row in tx.query(&stmt, &[&ids]).await? {
             let u = rows::user(&row, 0)?;
             users.insert(u.id, u);
@@ -205,13 +224,7 @@ async fn load_inputs(
     let mut messages: BTreeMap<(ChannelId, i64), MessageRow> = BTreeMap::new();
     if !wanted.is_empty() {
         let (c, s) = unzip(wanted);
-        let sql = format!(
-            "SELECT {} FROM messages m
-               JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(channel_id, seq)
-                 ON m.channel_id = k.channel_id AND m.seq = k.seq",
-            prefixed("m", MESSAGE_COLS)
-        );
-        let stmt = tx.prepare_cached(&sql).await?;
+        let stmt = tx.prepare_cached(&VISIBLE_MESSAGES).await?;
         for row in tx.query(&stmt, &[&c, &s]).await? {
             let msg = rows::message(&row, 0)?;
             messages.insert((msg.channel_id, msg.seq), msg);
