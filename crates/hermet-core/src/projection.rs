@@ -76,23 +76,26 @@ pub fn affected(changes: &[RowChange]) -> Affected {
                     a.profile_users.insert(u.id);
                 }
             }
-            RowChange::Channels(c) => {
-                // A channel update that only moves `last_seq` comes with its message; the
-                // message says which members can see it, so only info changes fan out to all.
-                let info_changed = match (&c.before, &c.after) {
-                    (Some(b), Some(n)) => {
-                        b.channel_info_ver != n.channel_info_ver || b.channel_type != n.channel_type
-                    }
-                    _ => true,
-                };
-                if let Some(ch) = c.row() {
-                    if info_changed {
-                        a.channels_all_members.insert(ch.id);
-                    } else {
-                        note_message(&mut a, ch.id, ch.last_seq);
+            RowChange::Channels(c) => match (&c.before, &c.after) {
+                // With both images we know what moved. Only name/avatar/type reach every member
+                // row; a new `last_seq` reaches the members who can see the new messages; a
+                // member-count change alone reaches nobody (the member changes carry it).
+                (Some(b), Some(n)) => {
+                    if b.channel_info_ver != n.channel_info_ver || b.channel_type != n.channel_type
+                    {
+                        a.channels_all_members.insert(n.id);
+                    } else if n.last_seq > b.last_seq {
+                        note_message(&mut a, n.id, b.last_seq + 1);
                     }
                 }
-            }
+                // Without a before image (inserts, snapshots, sources that do not carry it),
+                // anything may have changed.
+                _ => {
+                    if let Some(ch) = c.row() {
+                        a.channels_all_members.insert(ch.id);
+                    }
+                }
+            },
             RowChange::ChannelMembers(c) => {
                 if let Some(m) = c.row() {
                     a.conversation_keys.insert((m.user_id, m.channel_id));
@@ -352,15 +355,23 @@ mod tests {
         })];
         assert!(affected(&changes).channels_all_members.contains(&7));
         let mut seq_only = before.clone();
-        seq_only.last_seq = 4;
+        seq_only.last_seq = 5;
         let changes = vec![RowChange::Channels(Change {
             op: crate::change::Op::Update,
-            before: Some(before),
+            before: Some(before.clone()),
             after: Some(seq_only),
         })];
         let a = affected(&changes);
         assert!(a.channels_all_members.is_empty());
-        assert_eq!(a.channels_new_messages.get(&7), Some(&4));
+        assert_eq!(a.channels_new_messages.get(&7), Some(&4), "from the first new seq");
+        let mut count_only = before.clone();
+        count_only.member_count += 1;
+        let changes = vec![RowChange::Channels(Change {
+            op: crate::change::Op::Update,
+            before: Some(before),
+            after: Some(count_only),
+        })];
+        assert!(affected(&changes).is_empty(), "a member count alone touches no row");
     }
 
     #[test]
