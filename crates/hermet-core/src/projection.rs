@@ -227,8 +227,12 @@ pub fn contact_row(inp: &ContactInputs) -> ContactRow {
     }
 }
 
-/// Builds the rows, and the reverse-index entries they need, from the looked-up state.
+/// Builds the rows from the looked-up state, and the reverse-index entries of the rows whose
+/// membership or friendship changed. Other rows already have theirs: an entry is written with
+/// the member or friendship change that creates the row, in the same batch, whatever path
+/// happens to insert the row first.
 pub fn build(
+    affected: &Affected,
     conversations: &[ConversationInputs],
     contacts: &[ContactInputs],
     cfg: &ProjectionConfig,
@@ -237,7 +241,8 @@ pub fn build(
     let mut conv_refs = BTreeSet::new();
     for inp in conversations {
         let row = conversation_row(inp, cfg);
-        if let Some(peer) = row.peer_user_id {
+        let indexed = affected.conversation_keys.contains(&row.key());
+        if let Some(peer) = row.peer_user_id.filter(|_| indexed) {
             conv_refs.insert(ConversationRef {
                 peer_user_id: peer,
                 owner_user_id: row.user_id,
@@ -436,7 +441,11 @@ mod tests {
             friendship: Some(f.clone()),
             last_message: None,
         };
+        let mut affected = Affected::default();
+        affected.conversation_keys.insert((1, 7));
+        affected.friend_pairs.insert((1, 2));
         let batch = build(
+            &affected,
             &[conv.clone(), conv],
             &[ContactInputs {
                 friendship: f,

@@ -11,6 +11,8 @@ use hermet_core::change::{Change, Op, RowChange};
 use hermet_core::rows::{ChannelId, ChannelRow, ChannelType, MemberRow, UserId, UserRow};
 use hermet_core::validate::{Avatar, Content, Invalid, Label, MessageType, Name};
 use hermet_core::Lsn;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 use crate::rows::{self, CHANNEL_COLS, FRIEND_COLS, MEMBER_COLS, MESSAGE_COLS, USER_COLS};
 use crate::views::{self, ContactItem, ConversationItem, ListCursor};
@@ -98,6 +100,34 @@ fn not_member() -> StoreError {
     StoreError::forbidden("not_member", "you are not a member of this channel")
 }
 
+/// Runs a statement through the connection's statement cache: one round trip instead of two.
+async fn q(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.query(&stmt, params).await?)
+}
+
+async fn q_opt(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.query_opt(&stmt, params).await?)
+}
+
+async fn q_one(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, StoreError> {
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.query_one(&stmt, params).await?)
+}
+
 impl Store {
     async fn conn(&self) -> Result<deadpool_postgres::Client, StoreError> {
         Ok(self.pool().get().await?)
@@ -140,8 +170,7 @@ impl Store {
             "INSERT INTO users (nickname, avatar, created_at, updated_at) VALUES ($1, $2, $3, $3)
              RETURNING {USER_COLS}"
         );
-        let row = tx
-            .query_one(&sql, &[&nickname.as_str(), &avatar.as_str(), &now])
+        let row = q_one(&tx, &sql, &[&nickname.as_str(), &avatar.as_str(), &now])
             .await?;
         let user = rows::user(&row, 0)?;
         let mut ch = Changes::default();
@@ -177,8 +206,7 @@ impl Store {
         );
         let nick = patch.nickname.as_ref().map(Name::as_str);
         let avatar = patch.avatar.as_ref().map(Avatar::as_str);
-        let row = tx
-            .query_opt(&sql, &[&id, &nick, &avatar, &now_ms()])
+        let row = q_opt(&tx, &sql, &[&id, &nick, &avatar, &now_ms()])
             .await?
             .ok_or_else(|| user_not_found(id))?;
         let user = rows::user(&row, 0)?;
@@ -195,7 +223,7 @@ impl Store {
     /// and fails on the first that does not exist.
     async fn lock_users(tx: &Transaction<'_>, ids: &[UserId]) -> Result<Vec<UserRow>, StoreError> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE");
-        let found = rows::all(&tx.query(&sql, &[&ids]).await?, rows::user)?;
+        let found = rows::all(&q(&tx, &sql, &[&ids]).await?, rows::user)?;
         if let Some(missing) = ids.iter().find(|id| !found.iter().any(|u| u.id == **id)) {
             return Err(user_not_found(*missing));
         }
@@ -204,8 +232,7 @@ impl Store {
 
     async fn lock_channel(tx: &Transaction<'_>, id: ChannelId) -> Result<ChannelRow, StoreError> {
         let sql = format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1 FOR UPDATE");
-        let row = tx
-            .query_opt(&sql, &[&id])
+        let row = q_opt(&tx, &sql, &[&id])
             .await?
             .ok_or_else(|| channel_not_found(id))?;
         rows::channel(&row, 0)
@@ -230,7 +257,7 @@ impl Store {
         let sql = format!(
             "SELECT {MEMBER_COLS} FROM channel_members WHERE channel_id = $1 AND user_id = $2"
         );
-        tx.query_opt(&sql, &[&channel, &user])
+        q_opt(&tx, &sql, &[&channel, &user])
             .await?
             .map(|r| rows::member(&r, 0))
             .transpose()
@@ -266,7 +293,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         rows::all(
-            &tx.query(&sql, &[&channel.id, &users, &now, &channel.last_seq])
+            &q(&tx, &sql, &[&channel.id, &users, &now, &channel.last_seq])
                 .await?,
             rows::member,
         )
@@ -293,7 +320,7 @@ impl Store {
              ON CONFLICT (pair_low, pair_high) WHERE channel_type = 'single' DO NOTHING
              RETURNING {CHANNEL_COLS}"
         );
-        let channel = match tx.query_opt(&insert, &[&user, &lo, &hi, &now]).await? {
+        let channel = match q_opt(&tx, &insert, &[&user, &lo, &hi, &now]).await? {
             Some(row) => {
                 let c = rows::channel(&row, 0)?;
                 ch.push(RowChange::Channels(Change::inserted(c.clone())));
@@ -304,12 +331,11 @@ impl Store {
                     "SELECT {CHANNEL_COLS} FROM channels
                       WHERE channel_type = 'single' AND pair_low = $1 AND pair_high = $2 FOR UPDATE"
                 );
-                let row = tx.query_one(&sql, &[&lo, &hi]).await?;
+                let row = q_one(&tx, &sql, &[&lo, &hi]).await?;
                 rows::channel(&row, 0)?
             }
         };
-        let active = tx
-            .query_opt(
+        let active = q_opt(&tx, 
                 "SELECT 1 FROM friendships WHERE user_id = $1 AND friend_id = $2 AND status = 'active'",
                 &[&user, &friend],
             )
@@ -329,7 +355,7 @@ impl Store {
              RETURNING {FRIEND_COLS}"
         );
         for f in rows::all(
-            &tx.query(&sql, &[&user, &friend, &now]).await?,
+            &q(&tx, &sql, &[&user, &friend, &now]).await?,
             rows::friendship,
         )? {
             ch.push(RowChange::Friendships(Change::inserted(f)));
@@ -357,7 +383,7 @@ impl Store {
             "SELECT {CHANNEL_COLS} FROM channels
               WHERE channel_type = 'single' AND pair_low = $1 AND pair_high = $2 FOR UPDATE"
         );
-        let channel = match tx.query_opt(&sql, &[&lo, &hi]).await? {
+        let channel = match q_opt(&tx, &sql, &[&lo, &hi]).await? {
             Some(row) => rows::channel(&row, 0)?,
             None => return Err(not_friends()),
         };
@@ -368,7 +394,7 @@ impl Store {
              RETURNING {FRIEND_COLS}"
         );
         let ended = rows::all(
-            &tx.query(&sql, &[&user, &friend, &now]).await?,
+            &q(&tx, &sql, &[&user, &friend, &now]).await?,
             rows::friendship,
         )?;
         if ended.is_empty() {
@@ -384,7 +410,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let closed = rows::all(
-            &tx.query(&sql, &[&channel.id, &now, &channel.last_seq])
+            &q(&tx, &sql, &[&channel.id, &now, &channel.last_seq])
                 .await?,
             rows::member,
         )?;
@@ -413,8 +439,7 @@ impl Store {
         );
         let remark = patch.remark_name.as_ref().map(Label::as_str);
         let group = patch.group_name.as_ref().map(Label::as_str);
-        let row = tx
-            .query_opt(&sql, &[&user, &friend, &remark, &group, &patch.starred])
+        let row = q_opt(&tx, &sql, &[&user, &friend, &remark, &group, &patch.starred])
             .await?
             .ok_or_else(|| StoreError::not_found("not_friends", "you are not friends"))?;
         let mut ch = Changes::default();
@@ -460,8 +485,7 @@ impl Store {
              VALUES ('group', $1, $2, $3, $4, $5, $5)
              RETURNING {CHANNEL_COLS}"
         );
-        let row = tx
-            .query_one(
+        let row = q_one(&tx, 
                 &sql,
                 &[&name.as_str(), &avatar.as_str(), &owner, &count, &now],
             )
@@ -474,7 +498,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let members = rows::all(
-            &tx.query(&sql, &[&channel.id, &everyone, &owner, &now])
+            &q(&tx, &sql, &[&channel.id, &everyone, &owner, &now])
                 .await?,
             rows::member,
         )?;
@@ -511,8 +535,7 @@ impl Store {
         );
         let name = patch.name.as_ref().map(Name::as_str);
         let avatar = patch.avatar.as_ref().map(Avatar::as_str);
-        let row = tx
-            .query_one(&sql, &[&channel_id, &name, &avatar, &now_ms()])
+        let row = q_one(&tx, &sql, &[&channel_id, &name, &avatar, &now_ms()])
             .await?;
         let mut ch = Changes::default();
         ch.channel_update(before, rows::channel(&row, 0)?);
@@ -542,8 +565,7 @@ impl Store {
         let before = Self::lock_group(&tx, channel_id).await?;
         Self::active_member(&tx, channel_id, actor).await?;
         Self::lock_users(&tx, &ids).await?;
-        let already: i64 = tx
-            .query_one(
+        let already: i64 = q_one(&tx, 
                 "SELECT count(*) FROM channel_members
                   WHERE channel_id = $1 AND user_id = ANY($2) AND left_at IS NULL",
                 &[&channel_id, &ids],
@@ -567,7 +589,7 @@ impl Store {
                   WHERE id = $1 RETURNING {CHANNEL_COLS}"
             );
             let n = joined.len() as i32;
-            let row = tx.query_one(&sql, &[&channel_id, &n, &now]).await?;
+            let row = q_one(&tx, &sql, &[&channel_id, &n, &now]).await?;
             ch.channel_update(before, rows::channel(&row, 0)?);
             ch.members(joined, Op::Insert);
         }
@@ -617,7 +639,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let left = rows::all(
-            &tx.query(&sql, &[&channel_id, &target, &now, &before.last_seq])
+            &q(&tx, &sql, &[&channel_id, &target, &now, &before.last_seq])
                 .await?,
             rows::member,
         )?;
@@ -632,14 +654,14 @@ impl Store {
                          ORDER BY joined_at, user_id LIMIT 1)
                  RETURNING {MEMBER_COLS}"
             );
-            let heir = rows::all(&tx.query(&sql, &[&channel_id]).await?, rows::member)?;
+            let heir = rows::all(&q(&tx, &sql, &[&channel_id]).await?, rows::member)?;
             ch.members(heir, Op::Update);
         }
         let sql = format!(
             "UPDATE channels SET member_count = member_count - 1, updated_at = $2
               WHERE id = $1 RETURNING {CHANNEL_COLS}"
         );
-        let row = tx.query_one(&sql, &[&channel_id, &now]).await?;
+        let row = q_one(&tx, &sql, &[&channel_id, &now]).await?;
         ch.channel_update(before, rows::channel(&row, 0)?);
         self.finish(tx, ch).await?;
         Ok(Written {
@@ -669,8 +691,7 @@ impl Store {
             });
         }
         if let Some(peer) = before.peer_of(sender) {
-            let friends = tx
-                .query_opt(
+            let friends = q_opt(&tx, 
                     "SELECT 1 FROM friendships
                       WHERE user_id = $1 AND friend_id = $2 AND status = 'active'",
                     &[&sender, &peer],
@@ -689,7 +710,7 @@ impl Store {
             "UPDATE channels SET last_seq = last_seq + 1, updated_at = $2
               WHERE id = $1 RETURNING {CHANNEL_COLS}"
         );
-        let after = rows::channel(&tx.query_one(&sql, &[&channel_id, &now]).await?, 0)?;
+        let after = rows::channel(&q_one(&tx, &sql, &[&channel_id, &now]).await?, 0)?;
         let seq = after.last_seq;
         let sql = format!(
             "INSERT INTO messages (channel_id, seq, sender_id, sender_name, msg_type, content, created_at)
@@ -697,7 +718,7 @@ impl Store {
              RETURNING {MESSAGE_COLS}"
         );
         let msg = rows::message(
-            &tx.query_one(
+            &q_one(&tx, 
                 &sql,
                 &[
                     &channel_id,
@@ -719,7 +740,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let read = rows::all(
-            &tx.query(&sql, &[&channel_id, &sender, &seq]).await?,
+            &q(&tx, &sql, &[&channel_id, &sender, &seq]).await?,
             rows::member,
         )?;
         let sent = SentMessage {
@@ -749,8 +770,7 @@ impl Store {
         let mut conn = self.conn().await?;
         // A read-only transaction: membership and messages from one snapshot.
         let tx = conn.build_transaction().read_only(true).start().await?;
-        let exists = tx
-            .query_opt("SELECT 1 FROM channels WHERE id = $1", &[&channel_id])
+        let exists = q_opt(&tx, "SELECT 1 FROM channels WHERE id = $1", &[&channel_id])
             .await?;
         if exists.is_none() {
             return Err(channel_not_found(channel_id));
@@ -761,9 +781,7 @@ impl Store {
             "SELECT {MESSAGE_COLS} FROM messages
               WHERE channel_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
         );
-        let stmt = tx.prepare_cached(&sql).await?;
-        let out = tx
-            .query(&stmt, &[&channel_id, &before, &limit])
+        let out = q(&tx, &sql, &[&channel_id, &before, &limit])
             .await?
             .iter()
             .map(|r| {
@@ -794,8 +812,7 @@ impl Store {
         }
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let last: i64 = tx
-            .query_opt(
+        let last: i64 = q_opt(&tx, 
                 "SELECT last_seq FROM channels WHERE id = $1",
                 &[&channel_id],
             )
@@ -816,7 +833,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let moved = rows::all(
-            &tx.query(&sql, &[&channel_id, &reader, &seq]).await?,
+            &q(&tx, &sql, &[&channel_id, &reader, &seq]).await?,
             rows::member,
         )?;
         let mut ch = Changes::default();
@@ -839,7 +856,7 @@ impl Store {
         let tx = conn.transaction().await?;
         let sql = format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1 FOR SHARE");
         let channel = rows::channel(
-            &tx.query_opt(&sql, &[&channel_id])
+            &q_opt(&tx, &sql, &[&channel_id])
                 .await?
                 .ok_or_else(|| channel_not_found(channel_id))?,
             0,
@@ -853,8 +870,7 @@ impl Store {
               WHERE channel_id = $1 AND user_id = $2
              RETURNING {MEMBER_COLS}"
         );
-        let rows_ = tx
-            .query(
+        let rows_ = q(&tx, 
                 &sql,
                 &[
                     &channel_id,

@@ -58,72 +58,91 @@ pub async fn compute(
     let conv_keys = conversation_keys(tx, affected).await?;
     let contact_keys = contact_keys(tx, affected).await?;
     let (conversations, contacts) = load_inputs(tx, &conv_keys, &contact_keys).await?;
-    Ok(projection::build(&conversations, &contacts, cfg))
+    Ok(projection::build(affected, &conversations, &contacts, cfg))
 }
 
 fn unzip<A: Copy, B: Copy>(pairs: impl IntoIterator<Item = (A, B)>) -> (Vec<A>, Vec<B>) {
     pairs.into_iter().unzip()
 }
 
-const CONVERSATION_KEYS: &str = "
-    SELECT user_id, channel_id FROM channel_members WHERE channel_id = ANY($1::bigint[])
-    UNION
+/// Branches of the key look-ups. Only the branches with input are sent, so the planner never
+/// looks at a partitioned table for an empty array (with hundreds of partitions that costs
+/// milliseconds per statement). `$a`/`$b` stand for the branch's parameters.
+const MEMBERS_OF_CHANNELS: &str =
+    "SELECT user_id, channel_id FROM channel_members WHERE channel_id = ANY($a::bigint[])";
+const MEMBERS_SEEING_NEW_MESSAGES: &str = "
     SELECT m.user_id, m.channel_id
       FROM channel_members m
-      JOIN UNNEST($2::bigint[], $3::bigint[]) AS n(channel_id, seq) ON m.channel_id = n.channel_id
-     WHERE m.left_at IS NULL OR m.left_seq >= n.seq
-    UNION
-    SELECT user_id, channel_id FROM UNNEST($4::bigint[], $5::bigint[]) AS k(user_id, channel_id)
-    UNION
-    SELECT owner_user_id, channel_id FROM conversation_reverse_index WHERE peer_user_id = ANY($6::bigint[])
-    UNION
+      JOIN UNNEST($a::bigint[], $b::bigint[]) AS n(channel_id, seq) ON m.channel_id = n.channel_id
+     WHERE m.left_at IS NULL OR m.left_seq >= n.seq";
+const ROWS_EMBEDDING_PEERS: &str = "
+    SELECT owner_user_id, channel_id FROM conversation_reverse_index
+     WHERE peer_user_id = ANY($a::bigint[])";
+const SINGLE_CHATS_OF_PAIRS: &str = "
     SELECT p.owner, c.id
-      FROM UNNEST($7::bigint[], $8::bigint[]) AS p(owner, friend)
+      FROM UNNEST($a::bigint[], $b::bigint[]) AS p(owner, friend)
       JOIN channels c ON c.channel_type = 'single'
                      AND c.pair_low = LEAST(p.owner, p.friend)
-                     AND c.pair_high = GREATEST(p.owner, p.friend)
-    ORDER BY 1, 2";
+                     AND c.pair_high = GREATEST(p.owner, p.friend)";
+const CONTACTS_EMBEDDING_USERS: &str = "
+    SELECT owner_user_id, contact_user_id FROM contact_reverse_index
+     WHERE contact_user_id = ANY($a::bigint[])";
+
+/// A `UNION` of the branches that have input, with their parameters numbered in order.
+#[derive(Default)]
+struct KeyQuery {
+    parts: Vec<String>,
+    params: Vec<Vec<i64>>,
+}
+
+impl KeyQuery {
+    fn branch(&mut self, sql: &str, arrays: Vec<Vec<i64>>) {
+        if arrays.first().is_none_or(Vec::is_empty) {
+            return;
+        }
+        let a = self.params.len() + 1;
+        self.parts.push(sql.replace("$a", &format!("${a}")).replace("$b", &format!("${}", a + 1)));
+        self.params.extend(arrays);
+    }
+
+    async fn run(self, tx: &Transaction<'_>) -> Result<BTreeSet<(i64, i64)>, StoreError> {
+        if self.parts.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let sql = self.parts.join("\n UNION \n");
+        let stmt = tx.prepare_cached(&sql).await?;
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            self.params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let rows = tx.query(&stmt, &params).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
 
 async fn conversation_keys(
     tx: &Transaction<'_>,
     a: &Affected,
 ) -> Result<Vec<(UserId, ChannelId)>, StoreError> {
-    let all: Vec<i64> = a.channels_all_members.iter().copied().collect();
+    let mut q = KeyQuery::default();
+    q.branch(MEMBERS_OF_CHANNELS, vec![a.channels_all_members.iter().copied().collect()]);
     let (msg_ch, msg_seq) = unzip(a.channels_new_messages.iter().map(|(c, s)| (*c, *s)));
-    let (key_u, key_c) = unzip(a.conversation_keys.iter().copied());
-    let profiles: Vec<i64> = a.profile_users.iter().copied().collect();
+    q.branch(MEMBERS_SEEING_NEW_MESSAGES, vec![msg_ch, msg_seq]);
+    q.branch(ROWS_EMBEDDING_PEERS, vec![a.profile_users.iter().copied().collect()]);
     let (pair_o, pair_f) = unzip(a.friend_pairs.iter().copied());
-    let stmt = tx.prepare_cached(CONVERSATION_KEYS).await?;
-    let rows = tx
-        .query(
-            &stmt,
-            &[
-                &all, &msg_ch, &msg_seq, &key_u, &key_c, &profiles, &pair_o, &pair_f,
-            ],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    q.branch(SINGLE_CHATS_OF_PAIRS, vec![pair_o, pair_f]);
+    let mut keys = q.run(tx).await?;
+    keys.extend(a.conversation_keys.iter().copied());
+    Ok(keys.into_iter().collect())
 }
-
-const CONTACT_KEYS: &str = "
-    SELECT owner, friend FROM UNNEST($1::bigint[], $2::bigint[]) AS p(owner, friend)
-    UNION
-    SELECT owner_user_id, contact_user_id FROM contact_reverse_index
-     WHERE contact_user_id = ANY($3::bigint[])
-    ORDER BY 1, 2";
 
 async fn contact_keys(
     tx: &Transaction<'_>,
     a: &Affected,
 ) -> Result<Vec<(UserId, UserId)>, StoreError> {
-    if a.friend_pairs.is_empty() && a.profile_users.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (pair_o, pair_f) = unzip(a.friend_pairs.iter().copied());
-    let profiles: Vec<i64> = a.profile_users.iter().copied().collect();
-    let stmt = tx.prepare_cached(CONTACT_KEYS).await?;
-    let rows = tx.query(&stmt, &[&pair_o, &pair_f, &profiles]).await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let mut q = KeyQuery::default();
+    q.branch(CONTACTS_EMBEDDING_USERS, vec![a.profile_users.iter().copied().collect()]);
+    let mut keys = q.run(tx).await?;
+    keys.extend(a.friend_pairs.iter().copied());
+    Ok(keys.into_iter().collect())
 }
 
 /// Member, channel and (single chats) the owner's friendship towards the peer, per key.
