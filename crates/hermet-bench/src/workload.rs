@@ -466,7 +466,7 @@ fn pair_stubs(degrees: &[usize], rng: &mut StdRng) -> Vec<(u32, u32)> {
     let mut stubs: Vec<u32> = degrees
         .iter()
         .enumerate()
-        .flat_map(|(u, &d)| std::iter::repeat(u as u32).take(d))
+        .flat_map(|(u, &d)| (0..d).map(move |_| u as u32))
         .collect();
     stubs.shuffle(rng);
     let mut pairs: Vec<(u32, u32)> = stubs

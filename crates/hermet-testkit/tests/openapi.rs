@@ -38,14 +38,20 @@ const PUBLIC: &[(&str, &str)] = &[
 ];
 
 const ERROR_SCHEMA: &str = "#/components/schemas/Error";
-const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 /// Follows a local `$ref` (`#/a/b/c`) in the document.
 fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
     match v.get("$ref").and_then(Value::as_str) {
         Some(r) => {
-            let ptr = r.strip_prefix('#').unwrap_or_else(|| panic!("non-local $ref {r}"));
-            let target = doc.pointer(ptr).unwrap_or_else(|| panic!("dangling $ref {r}"));
+            let ptr = r
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("non-local $ref {r}"));
+            let target = doc
+                .pointer(ptr)
+                .unwrap_or_else(|| panic!("dangling $ref {r}"));
             resolve(doc, target)
         }
         None => v,
@@ -57,7 +63,8 @@ async fn fetch() -> Value {
     let r = app.call("GET", "/openapi.json", None, None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert!(
-        r.header("content-type").is_some_and(|c| c.starts_with("application/json")),
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
         "content type: {:?}",
         r.header("content-type")
     );
@@ -90,7 +97,10 @@ async fn openapi_lists_every_endpoint_with_auth_and_error_schema() {
             }
         }
     }
-    assert!(!paths.contains_key("/v1/ws"), "the WebSocket is not implemented yet");
+    assert!(
+        !paths.contains_key("/v1/ws"),
+        "the WebSocket is not implemented yet"
+    );
 
     // Bearer auth: a global requirement, lifted only on the public endpoints.
     let scheme = &doc["components"]["securitySchemes"]["bearerAuth"];
@@ -100,7 +110,9 @@ async fn openapi_lists_every_endpoint_with_auth_and_error_schema() {
     assert_eq!(doc["security"], serde_json::json!([{"bearerAuth": []}]));
 
     // The error schema has the documented shape.
-    let err = doc.pointer("/components/schemas/Error").expect("Error schema");
+    let err = doc
+        .pointer("/components/schemas/Error")
+        .expect("Error schema");
     assert_eq!(err["required"], serde_json::json!(["error"]));
     let inner = &err["properties"]["error"];
     assert_eq!(inner["required"], serde_json::json!(["code", "message"]));
@@ -120,13 +132,18 @@ async fn openapi_lists_every_endpoint_with_auth_and_error_schema() {
             None => assert!(!public, "{name} is public but inherits bearer auth"),
         }
 
-        let responses = op["responses"].as_object().unwrap_or_else(|| panic!("{name}: responses"));
+        let responses = op["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}: responses"));
         assert!(
             responses.keys().any(|k| k.starts_with('2')),
             "{name}: no success response"
         );
         if !public {
-            assert!(responses.contains_key("401"), "{name}: 401 is not documented");
+            assert!(
+                responses.contains_key("401"),
+                "{name}: 401 is not documented"
+            );
         }
         for (status, resp) in responses {
             if !(status.starts_with('4') || status.starts_with('5')) {
@@ -150,8 +167,16 @@ async fn openapi_documents_limits_and_consistency_headers() {
     let doc = fetch().await;
     let op = |method: &str, path: &str| doc["paths"][path][method].clone();
     let params = |method: &str, path: &str| -> Vec<Value> {
-        let mut all: Vec<Value> = doc["paths"][path]["parameters"].as_array().cloned().unwrap_or_default();
-        all.extend(op(method, path)["parameters"].as_array().cloned().unwrap_or_default());
+        let mut all: Vec<Value> = doc["paths"][path]["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        all.extend(
+            op(method, path)["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
         all.iter().map(|p| resolve(&doc, p).clone()).collect()
     };
     let param = |method: &str, path: &str, name: &str| -> Value {
@@ -171,14 +196,21 @@ async fn openapi_documents_limits_and_consistency_headers() {
         let h = param("get", path, "X-Hermet-Min-Lsn");
         assert_eq!(h["in"], "header", "{path}");
         let ok = resolve(&doc, &op("get", path)["responses"]["200"]).clone();
-        assert!(ok["headers"].get("X-Hermet-Stale").is_some(), "{path}: X-Hermet-Stale");
+        assert!(
+            ok["headers"].get("X-Hermet-Stale").is_some(),
+            "{path}: X-Hermet-Stale"
+        );
     }
     for (path, name) in [
         ("/v1/friends/{friend_id}", "friend_id"),
         ("/v1/groups/{channel_id}/members/{user_id}", "user_id"),
         ("/v1/conversations/{channel_id}", "channel_id"),
     ] {
-        let method = if path.starts_with("/v1/conversations") { "patch" } else { "delete" };
+        let method = if path.starts_with("/v1/conversations") {
+            "patch"
+        } else {
+            "delete"
+        };
         let p = param(method, path, name);
         assert_eq!(p["in"], "path");
         assert_eq!(p["required"], true);
@@ -190,8 +222,14 @@ async fn openapi_documents_limits_and_consistency_headers() {
         if *method == "get" {
             continue;
         }
-        let responses = op(method, path)["responses"].as_object().cloned().unwrap_or_default();
-        let (status, ok) = responses.iter().find(|(k, _)| k.starts_with('2')).expect("success");
+        let responses = op(method, path)["responses"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let (status, ok) = responses
+            .iter()
+            .find(|(k, _)| k.starts_with('2'))
+            .expect("success");
         let ok = resolve(&doc, ok);
         assert!(
             ok["headers"].get("X-Hermet-Lsn").is_some(),
@@ -217,5 +255,8 @@ async fn openapi_documents_limits_and_consistency_headers() {
     assert_eq!(send["properties"]["type"]["pattern"], "^[a-z0-9_]{1,32}$");
     let group = body("post", "/v1/groups");
     assert_eq!(group["properties"]["member_ids"]["maxItems"], 500);
-    assert_eq!(body("post", "/v1/channels/{channel_id}/read")["required"], serde_json::json!(["seq"]));
+    assert_eq!(
+        body("post", "/v1/channels/{channel_id}/read")["required"],
+        serde_json::json!(["seq"])
+    );
 }

@@ -26,6 +26,13 @@ enum Command {
     Migrate,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// Run a benchmark scenario in a scratch database on the configured server (see BENCHMARKS.md).
+    Bench {
+        #[arg(value_enum)]
+        scenario: hermet_bench::Scenario,
+        #[command(flatten)]
+        opts: hermet_bench::BenchOptions,
+    },
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -39,6 +46,11 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => rt.block_on(serve::serve(cfg)),
         Command::Migrate => rt.block_on(serve::migrate_only(&cfg)),
+        Command::Bench { scenario, opts } => {
+            let env = hermet_bench::BenchEnv::new(cfg.database.url.clone());
+            rt.block_on(hermet_bench::run_and_print(&env, scenario, &opts))?;
+            Ok(())
+        }
         Command::Config => {
             println!("{cfg:#?}");
             Ok(())

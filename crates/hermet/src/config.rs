@@ -226,11 +226,6 @@ impl Config {
         if !(1..=1000).contains(&self.read_side.preview_chars) {
             return bad("read_side.preview_chars must be between 1 and 1000".into());
         }
-        if self.auth.jwt_secret.len() < 32 {
-            return bad(
-                "auth.jwt_secret must be set to at least 32 bytes (HERMET_JWT_SECRET)".into(),
-            );
-        }
         if self.limits.max_group_members < 2 || self.limits.max_name_chars == 0 {
             return bad(
                 "limits: max_group_members >= 2 and max_name_chars >= 1 are required".into(),
@@ -240,6 +235,16 @@ impl Config {
             return bad(format!(
                 "sync.mode {:?} is not available in this version; use dual_write",
                 self.sync.mode
+            ));
+        }
+        Ok(())
+    }
+
+    /// What serving needs on top of [`Config::validate`].
+    pub fn validate_for_serving(&self) -> Result<(), ConfigError> {
+        if self.auth.jwt_secret.len() < 32 {
+            return Err(ConfigError::Invalid(
+                "auth.jwt_secret must be set to at least 32 bytes (HERMET_JWT_SECRET)".into(),
             ));
         }
         Ok(())
@@ -272,8 +277,9 @@ mod tests {
 
     #[test]
     fn defaults_need_only_a_secret() {
-        assert!(Config::default().validate().is_err());
-        assert!(valid().validate().is_ok());
+        assert!(Config::default().validate().is_ok());
+        assert!(Config::default().validate_for_serving().is_err());
+        assert!(valid().validate_for_serving().is_ok());
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub async fn migrate_only(cfg: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    cfg.validate_for_serving()?;
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
