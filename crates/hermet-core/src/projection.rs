@@ -368,7 +368,11 @@ mod tests {
         })];
         let a = affected(&changes);
         assert!(a.channels_all_members.is_empty());
-        assert_eq!(a.channels_new_messages.get(&7), Some(&4), "from the first new seq");
+        assert_eq!(
+            a.channels_new_messages.get(&7),
+            Some(&4),
+            "from the first new seq"
+        );
         let mut count_only = before.clone();
         count_only.member_count += 1;
         let changes = vec![RowChange::Channels(Change {
@@ -376,7 +380,10 @@ mod tests {
             before: Some(before),
             after: Some(count_only),
         })];
-        assert!(affected(&changes).is_empty(), "a member count alone touches no row");
+        assert!(
+            affected(&changes).is_empty(),
+            "a member count alone touches no row"
+        );
     }
 
     #[test]

@@ -170,8 +170,7 @@ impl Store {
             "INSERT INTO users (nickname, avatar, created_at, updated_at) VALUES ($1, $2, $3, $3)
              RETURNING {USER_COLS}"
         );
-        let row = q_one(&tx, &sql, &[&nickname.as_str(), &avatar.as_str(), &now])
-            .await?;
+        let row = q_one(&tx, &sql, &[&nickname.as_str(), &avatar.as_str(), &now]).await?;
         let user = rows::user(&row, 0)?;
         let mut ch = Changes::default();
         ch.push(RowChange::Users(Change::inserted(user.clone())));
@@ -223,7 +222,7 @@ impl Store {
     /// and fails on the first that does not exist.
     async fn lock_users(tx: &Transaction<'_>, ids: &[UserId]) -> Result<Vec<UserRow>, StoreError> {
         let sql = format!("SELECT {USER_COLS} FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE");
-        let found = rows::all(&q(&tx, &sql, &[&ids]).await?, rows::user)?;
+        let found = rows::all(&q(tx, &sql, &[&ids]).await?, rows::user)?;
         if let Some(missing) = ids.iter().find(|id| !found.iter().any(|u| u.id == **id)) {
             return Err(user_not_found(*missing));
         }
@@ -232,7 +231,7 @@ impl Store {
 
     async fn lock_channel(tx: &Transaction<'_>, id: ChannelId) -> Result<ChannelRow, StoreError> {
         let sql = format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1 FOR UPDATE");
-        let row = q_opt(&tx, &sql, &[&id])
+        let row = q_opt(tx, &sql, &[&id])
             .await?
             .ok_or_else(|| channel_not_found(id))?;
         rows::channel(&row, 0)
@@ -257,7 +256,7 @@ impl Store {
         let sql = format!(
             "SELECT {MEMBER_COLS} FROM channel_members WHERE channel_id = $1 AND user_id = $2"
         );
-        q_opt(&tx, &sql, &[&channel, &user])
+        q_opt(tx, &sql, &[&channel, &user])
             .await?
             .map(|r| rows::member(&r, 0))
             .transpose()
@@ -293,8 +292,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         rows::all(
-            &q(&tx, &sql, &[&channel.id, &users, &now, &channel.last_seq])
-                .await?,
+            &q(tx, &sql, &[&channel.id, &users, &now, &channel.last_seq]).await?,
             rows::member,
         )
     }
@@ -335,11 +333,12 @@ impl Store {
                 rows::channel(&row, 0)?
             }
         };
-        let active = q_opt(&tx, 
-                "SELECT 1 FROM friendships WHERE user_id = $1 AND friend_id = $2 AND status = 'active'",
-                &[&user, &friend],
-            )
-            .await?;
+        let active = q_opt(
+            &tx,
+            "SELECT 1 FROM friendships WHERE user_id = $1 AND friend_id = $2 AND status = 'active'",
+            &[&user, &friend],
+        )
+        .await?;
         if active.is_some() {
             return Err(StoreError::conflict(
                 "already_friends",
@@ -410,8 +409,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let closed = rows::all(
-            &q(&tx, &sql, &[&channel.id, &now, &channel.last_seq])
-                .await?,
+            &q(&tx, &sql, &[&channel.id, &now, &channel.last_seq]).await?,
             rows::member,
         )?;
         ch.members(closed, Op::Update);
@@ -439,9 +437,13 @@ impl Store {
         );
         let remark = patch.remark_name.as_ref().map(Label::as_str);
         let group = patch.group_name.as_ref().map(Label::as_str);
-        let row = q_opt(&tx, &sql, &[&user, &friend, &remark, &group, &patch.starred])
-            .await?
-            .ok_or_else(|| StoreError::not_found("not_friends", "you are not friends"))?;
+        let row = q_opt(
+            &tx,
+            &sql,
+            &[&user, &friend, &remark, &group, &patch.starred],
+        )
+        .await?
+        .ok_or_else(|| StoreError::not_found("not_friends", "you are not friends"))?;
         let mut ch = Changes::default();
         ch.push(RowChange::Friendships(Change::updated(rows::friendship(
             &row, 0,
@@ -485,11 +487,12 @@ impl Store {
              VALUES ('group', $1, $2, $3, $4, $5, $5)
              RETURNING {CHANNEL_COLS}"
         );
-        let row = q_one(&tx, 
-                &sql,
-                &[&name.as_str(), &avatar.as_str(), &owner, &count, &now],
-            )
-            .await?;
+        let row = q_one(
+            &tx,
+            &sql,
+            &[&name.as_str(), &avatar.as_str(), &owner, &count, &now],
+        )
+        .await?;
         let channel = rows::channel(&row, 0)?;
         let sql = format!(
             "INSERT INTO channel_members (channel_id, user_id, role, joined_at)
@@ -498,8 +501,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let members = rows::all(
-            &q(&tx, &sql, &[&channel.id, &everyone, &owner, &now])
-                .await?,
+            &q(&tx, &sql, &[&channel.id, &everyone, &owner, &now]).await?,
             rows::member,
         )?;
         let mut ch = Changes::default();
@@ -535,8 +537,7 @@ impl Store {
         );
         let name = patch.name.as_ref().map(Name::as_str);
         let avatar = patch.avatar.as_ref().map(Avatar::as_str);
-        let row = q_one(&tx, &sql, &[&channel_id, &name, &avatar, &now_ms()])
-            .await?;
+        let row = q_one(&tx, &sql, &[&channel_id, &name, &avatar, &now_ms()]).await?;
         let mut ch = Changes::default();
         ch.channel_update(before, rows::channel(&row, 0)?);
         self.finish(tx, ch).await?;
@@ -565,13 +566,14 @@ impl Store {
         let before = Self::lock_group(&tx, channel_id).await?;
         Self::active_member(&tx, channel_id, actor).await?;
         Self::lock_users(&tx, &ids).await?;
-        let already: i64 = q_one(&tx, 
-                "SELECT count(*) FROM channel_members
+        let already: i64 = q_one(
+            &tx,
+            "SELECT count(*) FROM channel_members
                   WHERE channel_id = $1 AND user_id = ANY($2) AND left_at IS NULL",
-                &[&channel_id, &ids],
-            )
-            .await?
-            .get(0);
+            &[&channel_id, &ids],
+        )
+        .await?
+        .get(0);
         let max = self.config().limits.max_group_members;
         let after = before.member_count as usize + ids.len() - already as usize;
         if after > max {
@@ -639,8 +641,7 @@ impl Store {
              RETURNING {MEMBER_COLS}"
         );
         let left = rows::all(
-            &q(&tx, &sql, &[&channel_id, &target, &now, &before.last_seq])
-                .await?,
+            &q(&tx, &sql, &[&channel_id, &target, &now, &before.last_seq]).await?,
             rows::member,
         )?;
         let mut ch = Changes::default();
@@ -691,12 +692,13 @@ impl Store {
             });
         }
         if let Some(peer) = before.peer_of(sender) {
-            let friends = q_opt(&tx, 
-                    "SELECT 1 FROM friendships
+            let friends = q_opt(
+                &tx,
+                "SELECT 1 FROM friendships
                       WHERE user_id = $1 AND friend_id = $2 AND status = 'active'",
-                    &[&sender, &peer],
-                )
-                .await?;
+                &[&sender, &peer],
+            )
+            .await?;
             if friends.is_none() {
                 return Err(StoreError::forbidden(
                     "not_friends",
@@ -718,7 +720,8 @@ impl Store {
              RETURNING {MESSAGE_COLS}"
         );
         let msg = rows::message(
-            &q_one(&tx, 
+            &q_one(
+                &tx,
                 &sql,
                 &[
                     &channel_id,
@@ -770,8 +773,7 @@ impl Store {
         let mut conn = self.conn().await?;
         // A read-only transaction: membership and messages from one snapshot.
         let tx = conn.build_transaction().read_only(true).start().await?;
-        let exists = q_opt(&tx, "SELECT 1 FROM channels WHERE id = $1", &[&channel_id])
-            .await?;
+        let exists = q_opt(&tx, "SELECT 1 FROM channels WHERE id = $1", &[&channel_id]).await?;
         if exists.is_none() {
             return Err(channel_not_found(channel_id));
         }
@@ -812,13 +814,14 @@ impl Store {
         }
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let last: i64 = q_opt(&tx, 
-                "SELECT last_seq FROM channels WHERE id = $1",
-                &[&channel_id],
-            )
-            .await?
-            .ok_or_else(|| channel_not_found(channel_id))?
-            .get(0);
+        let last: i64 = q_opt(
+            &tx,
+            "SELECT last_seq FROM channels WHERE id = $1",
+            &[&channel_id],
+        )
+        .await?
+        .ok_or_else(|| channel_not_found(channel_id))?
+        .get(0);
         Self::active_member(&tx, channel_id, reader).await?;
         if seq > last {
             return Err(Invalid::new(
@@ -870,18 +873,19 @@ impl Store {
               WHERE channel_id = $1 AND user_id = $2
              RETURNING {MEMBER_COLS}"
         );
-        let rows_ = q(&tx, 
-                &sql,
-                &[
-                    &channel_id,
-                    &user,
-                    &patch.pinned,
-                    &patch.muted,
-                    &patch.hidden,
-                    &channel.last_seq,
-                ],
-            )
-            .await?;
+        let rows_ = q(
+            &tx,
+            &sql,
+            &[
+                &channel_id,
+                &user,
+                &patch.pinned,
+                &patch.muted,
+                &patch.hidden,
+                &channel.last_seq,
+            ],
+        )
+        .await?;
         let mut ch = Changes::default();
         ch.members(rows::all(&rows_, rows::member)?, Op::Update);
         self.finish(tx, ch).await?;

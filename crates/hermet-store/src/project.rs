@@ -101,7 +101,10 @@ impl KeyQuery {
             return;
         }
         let a = self.params.len() + 1;
-        self.parts.push(sql.replace("$a", &format!("${a}")).replace("$b", &format!("${}", a + 1)));
+        self.parts.push(
+            sql.replace("$a", &format!("${a}"))
+                .replace("$b", &format!("${}", a + 1)),
+        );
         self.params.extend(arrays);
     }
 
@@ -111,8 +114,11 @@ impl KeyQuery {
         }
         let sql = self.parts.join("\n UNION \n");
         let stmt = tx.prepare_cached(&sql).await?;
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            self.params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = self
+            .params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
         let rows = tx.query(&stmt, &params).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
@@ -123,10 +129,16 @@ async fn conversation_keys(
     a: &Affected,
 ) -> Result<Vec<(UserId, ChannelId)>, StoreError> {
     let mut q = KeyQuery::default();
-    q.branch(MEMBERS_OF_CHANNELS, vec![a.channels_all_members.iter().copied().collect()]);
+    q.branch(
+        MEMBERS_OF_CHANNELS,
+        vec![a.channels_all_members.iter().copied().collect()],
+    );
     let (msg_ch, msg_seq) = unzip(a.channels_new_messages.iter().map(|(c, s)| (*c, *s)));
     q.branch(MEMBERS_SEEING_NEW_MESSAGES, vec![msg_ch, msg_seq]);
-    q.branch(ROWS_EMBEDDING_PEERS, vec![a.profile_users.iter().copied().collect()]);
+    q.branch(
+        ROWS_EMBEDDING_PEERS,
+        vec![a.profile_users.iter().copied().collect()],
+    );
     let (pair_o, pair_f) = unzip(a.friend_pairs.iter().copied());
     q.branch(SINGLE_CHATS_OF_PAIRS, vec![pair_o, pair_f]);
     let mut keys = q.run(tx).await?;
@@ -139,7 +151,10 @@ async fn contact_keys(
     a: &Affected,
 ) -> Result<Vec<(UserId, UserId)>, StoreError> {
     let mut q = KeyQuery::default();
-    q.branch(CONTACTS_EMBEDDING_USERS, vec![a.profile_users.iter().copied().collect()]);
+    q.branch(
+        CONTACTS_EMBEDDING_USERS,
+        vec![a.profile_users.iter().copied().collect()],
+    );
     let mut keys = q.run(tx).await?;
     keys.extend(a.friend_pairs.iter().copied());
     Ok(keys.into_iter().collect())

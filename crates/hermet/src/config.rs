@@ -296,6 +296,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
     fn file_and_environment() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
