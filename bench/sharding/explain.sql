@@ -8,13 +8,13 @@
 \pset pager off
 SET client_min_messages = warning;
 
--- EXPLAIN (ANALYZE) `reps` times; each rep formats `q` with a random user id
--- (list) or a random fan-out batch (update), inside a rolled-back subtransaction
--- for updates. Returns one row per rep.
-CREATE FUNCTION pg_temp.times(q text, reps int, users int, batches int, is_update bool,
-                              OUT rep int, OUT planning_ms numeric, OUT execution_ms numeric, OUT generic bool,
-                              OUT pruned text)
-RETURNS SETOF record LANGUAGE plpgsql AS $$
+-- EXPLAIN (ANALYZE) `reps` times, each rep in its own transaction (so relation
+-- locks are taken afresh each time, as for a real client); each rep formats `q`
+-- with a random user id (list) or a random fan-out batch (update; rolled back).
+CREATE TEMP TABLE explain_times (id serial, label text, rep int, planning_ms numeric, execution_ms numeric,
+                                 generic bool, pruned text);
+CREATE PROCEDURE pg_temp.measure(label text, q text, reps int, users int, batches int, is_update bool)
+LANGUAGE plpgsql AS $$
 DECLARE j json; stmt text; fb record; uid bigint;
 BEGIN
   FOR i IN 1..reps LOOP
@@ -28,32 +28,14 @@ BEGIN
       uid := 1 + floor(random() * users)::bigint;
       stmt := format(q, uid);
     END IF;
-    BEGIN
-      EXECUTE 'EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) ' || stmt INTO j;
-      IF is_update THEN RAISE SQLSTATE 'P0001' USING MESSAGE = 'rollback'; END IF;
-    EXCEPTION WHEN raise_exception THEN NULL;  -- undo the update, keep j
-    END;
-    rep := i;
-    planning_ms := (j->0->>'Planning Time')::numeric;
-    execution_ms := (j->0->>'Execution Time')::numeric;
-    generic := j::text LIKE '%$1%';
-    pruned := substring(j::text FROM '"Subplans Removed": ([0-9]+)');
-    RETURN NEXT;
+    EXECUTE 'EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) ' || stmt INTO j;
+    IF is_update THEN ROLLBACK; END IF;  -- undo the update (j survives)
+    INSERT INTO explain_times (label, rep, planning_ms, execution_ms, generic, pruned)
+    VALUES (label, i, (j->0->>'Planning Time')::numeric, (j->0->>'Execution Time')::numeric,
+            j::text LIKE '%$1%', substring(j::text FROM '"Subplans Removed": ([0-9]+)'));
+    COMMIT;
   END LOOP;
 END $$;
-
-CREATE FUNCTION pg_temp.summary(label text, q text, reps int, users int, batches int, is_update bool)
-RETURNS TABLE (statement text, plan_ms_median numeric, plan_ms_p90 numeric, exec_ms_median numeric,
-               reps_generic text, subplans_removed text)
-LANGUAGE sql AS $$
-  SELECT label,
-         round(percentile_cont(0.5) WITHIN GROUP (ORDER BY planning_ms)::numeric, 3),
-         round(percentile_cont(0.9) WITHIN GROUP (ORDER BY planning_ms)::numeric, 3),
-         round(percentile_cont(0.5) WITHIN GROUP (ORDER BY execution_ms)::numeric, 3),
-         count(*) FILTER (WHERE generic) || '/' || count(*),
-         coalesce(max(pruned), '-')
-  FROM pg_temp.times(q, reps, users, batches, is_update)
-$$;
 
 SELECT set_config('bench.shards', :'shards', false) \g /dev/null
 SELECT count(*) AS batches FROM fanout_batch \gset
@@ -86,21 +68,15 @@ PREPARE fan_b7(bigint[], bigint[], text, bigint) AS
 \echo '== planning / execution time (ms), medians over' :reps 'EXPLAIN ANALYZE EXECUTE each =='
 \echo '   (fan-out: one whole ~200-row batch for (A); (B) would run ~140 per-shard statements like list_b7)'
 SET plan_cache_mode = force_custom_plan;
-SELECT * FROM pg_temp.summary('A list, custom plan',  'EXECUTE list_a(%s)', :reps, :users, :batches, false)
-UNION ALL
-SELECT * FROM pg_temp.summary('B list, custom plan',  'EXECUTE list_b7(' || current_setting('bench.shards') || ' * (%s / ' || current_setting('bench.shards') || ') + 7)', :reps, :users, :batches, false)
-UNION ALL
-SELECT * FROM pg_temp.summary('A fan-out, custom plan', 'EXECUTE fan_a(%1$L, %2$L, %3$L, %4$s)', :reps, :users, :batches, true)
-UNION ALL
-SELECT * FROM pg_temp.summary('B fan-out, shard-7 statement only, custom plan', 'EXECUTE fan_b7(%5$L, %6$L, %3$L, %4$s)', :reps, :users, :batches, true);
+CALL pg_temp.measure('A list, custom plan',  'EXECUTE list_a(%s)', :reps, :users, :batches, false);
+CALL pg_temp.measure('B list, custom plan',  'EXECUTE list_b7(' || current_setting('bench.shards') || ' * (%s / ' || current_setting('bench.shards') || ') + 7)', :reps, :users, :batches, false);
+CALL pg_temp.measure('A fan-out, custom plan', 'EXECUTE fan_a(%1$L, %2$L, %3$L, %4$s)', :reps, :users, :batches, true);
+CALL pg_temp.measure('B fan-out, shard-7 statement only, custom plan', 'EXECUTE fan_b7(%5$L, %6$L, %3$L, %4$s)', :reps, :users, :batches, true);
 SET plan_cache_mode = force_generic_plan;
-SELECT * FROM pg_temp.summary('A list, generic plan', 'EXECUTE list_a(%s)', :reps, :users, :batches, false)
-UNION ALL
-SELECT * FROM pg_temp.summary('B list, generic plan', 'EXECUTE list_b7(' || current_setting('bench.shards') || ' * (%s / ' || current_setting('bench.shards') || ') + 7)', :reps, :users, :batches, false)
-UNION ALL
-SELECT * FROM pg_temp.summary('A fan-out, generic plan', 'EXECUTE fan_a(%1$L, %2$L, %3$L, %4$s)', :reps, :users, :batches, true)
-UNION ALL
-SELECT * FROM pg_temp.summary('B fan-out, shard-7 statement only, generic plan', 'EXECUTE fan_b7(%5$L, %6$L, %3$L, %4$s)', :reps, :users, :batches, true);
+CALL pg_temp.measure('A list, generic plan', 'EXECUTE list_a(%s)', :reps, :users, :batches, false);
+CALL pg_temp.measure('B list, generic plan', 'EXECUTE list_b7(' || current_setting('bench.shards') || ' * (%s / ' || current_setting('bench.shards') || ') + 7)', :reps, :users, :batches, false);
+CALL pg_temp.measure('A fan-out, generic plan', 'EXECUTE fan_a(%1$L, %2$L, %3$L, %4$s)', :reps, :users, :batches, true);
+CALL pg_temp.measure('B fan-out, shard-7 statement only, generic plan', 'EXECUTE fan_b7(%5$L, %6$L, %3$L, %4$s)', :reps, :users, :batches, true);
 
 -- auto: fresh statements, so the 5-custom-plans-then-decide logic starts over
 RESET plan_cache_mode;
@@ -123,13 +99,18 @@ PREPARE fan_b7(bigint[], bigint[], text, bigint) AS
      SET last_message_seq = v.last_message_seq + 1, last_message_content = $3, last_message_time = $4, updated_at = $4
     FROM UNNEST($1, $2) AS u(user_id, channel_id)
    WHERE v.user_id = u.user_id AND v.channel_id = u.channel_id;
-SELECT * FROM pg_temp.summary('A list, auto', 'EXECUTE list_a(%s)', :reps, :users, :batches, false)
-UNION ALL
-SELECT * FROM pg_temp.summary('B list, auto', 'EXECUTE list_b7(' || current_setting('bench.shards') || ' * (%s / ' || current_setting('bench.shards') || ') + 7)', :reps, :users, :batches, false)
-UNION ALL
-SELECT * FROM pg_temp.summary('A fan-out, auto', 'EXECUTE fan_a(%1$L, %2$L, %3$L, %4$s)', :reps, :users, :batches, true)
-UNION ALL
-SELECT * FROM pg_temp.summary('B fan-out, shard-7 statement only, auto', 'EXECUTE fan_b7(%5$L, %6$L, %3$L, %4$s)', :reps, :users, :batches, true);
+CALL pg_temp.measure('A list, auto', 'EXECUTE list_a(%s)', :reps, :users, :batches, false);
+CALL pg_temp.measure('B list, auto', 'EXECUTE list_b7(' || current_setting('bench.shards') || ' * (%s / ' || current_setting('bench.shards') || ') + 7)', :reps, :users, :batches, false);
+CALL pg_temp.measure('A fan-out, auto', 'EXECUTE fan_a(%1$L, %2$L, %3$L, %4$s)', :reps, :users, :batches, true);
+CALL pg_temp.measure('B fan-out, shard-7 statement only, auto', 'EXECUTE fan_b7(%5$L, %6$L, %3$L, %4$s)', :reps, :users, :batches, true);
+
+SELECT label AS statement,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY planning_ms)::numeric, 3) AS plan_ms_median,
+       round(percentile_cont(0.9) WITHIN GROUP (ORDER BY planning_ms)::numeric, 3) AS plan_ms_p90,
+       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY execution_ms)::numeric, 3) AS exec_ms_median,
+       count(*) FILTER (WHERE generic) || '/' || count(*) AS reps_generic,
+       coalesce(max(pruned), '-') AS subplans_removed
+FROM explain_times GROUP BY label ORDER BY min(id);
 
 \echo
 \echo '== EXPLAIN ANALYZE, (A) list, generic plan (bind parameter): run-time pruning? =='

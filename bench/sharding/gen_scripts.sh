@@ -12,6 +12,8 @@
 #   fanout_a.sql               (A) one UPDATE ... FROM UNNEST for the whole batch
 #   fanout_a_any.sql           (A) same, plus `v.user_id = ANY($users)` so the
 #                              planner/executor can prune partitions
+#   fanout_a_local.sql         (A) same as fanout_a.sql, preceded by
+#                              SET LOCAL plan_cache_mode = force_generic_plan
 #   fanout_b.sql               (B) one UPDATE per shard touched, sequentially
 #   fanout_b_pipe.sql          (B) same, in one pgbench pipeline (one round trip)
 set -euo pipefail
@@ -67,6 +69,14 @@ printf '%s\n%s\n' '\set b random(1, :batches)' "$fetch" > "$dir/fetch.sql"
     echo "UPDATE a.user_conversation_view v $set_ FROM UNNEST(:users::bigint[], :channels::bigint[]) AS u(user_id, channel_id) WHERE v.user_id = u.user_id AND v.channel_id = u.channel_id AND v.user_id = ANY(:users::bigint[]);"
     echo 'COMMIT;'
 } > "$dir/fanout_a_any.sql"
+
+{
+    cat "$dir/fetch.sql"
+    echo 'BEGIN;'
+    echo 'SET LOCAL plan_cache_mode = force_generic_plan;'
+    echo "UPDATE a.user_conversation_view v $set_ FROM UNNEST(:users::bigint[], :channels::bigint[]) AS u(user_id, channel_id) WHERE v.user_id = u.user_id AND v.channel_id = u.channel_id;"
+    echo 'COMMIT;'
+} > "$dir/fanout_a_local.sql"
 
 gen_b() { # $1 = pipeline (0/1)
     cat "$dir/fetch.sql"

@@ -21,9 +21,11 @@
 #   BENCH_FANOUT [200]        rows per fan-out batch
 #   BENCH_BATCHES [1000]      pre-generated fan-out batches
 #   BENCH_LIST_VARIANTS ["A B A_generic"]
-#   BENCH_FANOUT_VARIANTS ["A B A_generic B_pipe"]
+#   BENCH_FANOUT_VARIANTS ["A B A_local B_pipe"]
 #       A          (A), default plan_cache_mode (auto)
-#       A_generic  (A), plan_cache_mode=force_generic_plan
+#       A_generic  (A), plan_cache_mode=force_generic_plan for the session
+#       A_local    (A), fan-out only: SET LOCAL plan_cache_mode = force_generic_plan
+#                  inside the fan-out transaction (one more statement)
 #       A_any      (A), fan-out statement with an extra `v.user_id = ANY($users)`
 #                  (not run by default: it does not prune, see docs/sharding.md)
 #       B          (B), one statement per shard touched, sequential round trips
@@ -45,7 +47,7 @@ FANOUT_CLIENTS=${BENCH_FANOUT_CLIENTS:-"1 4"}
 FANOUT=${BENCH_FANOUT:-200}
 BATCHES=${BENCH_BATCHES:-1000}
 LIST_VARIANTS=${BENCH_LIST_VARIANTS:-"A B A_generic"}
-FANOUT_VARIANTS=${BENCH_FANOUT_VARIANTS:-"A B A_generic B_pipe"}
+FANOUT_VARIANTS=${BENCH_FANOUT_VARIANTS:-"A B A_local B_pipe"}
 EXPLAIN_REPS=${BENCH_EXPLAIN_REPS:-50}
 OUT=${BENCH_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/hermet-sharding.XXXXXX")}
 KEEP_DB=${BENCH_KEEP_DB:-0}
@@ -154,7 +156,7 @@ rm -f "$OUT/explain_plan.tmp"
 cat "$OUT/explain.txt"
 
 # ------------------------------------------------------------------ runs
-printf 'round\top\tvariant\tclients\ttps\tlat_avg_ms\tp50_ms\tp99_ms\tfailed\tretried\n' > "$OUT/results.tsv"
+printf 'round\top\tvariant\tclients\ttps\tlat_avg_ms\tp50_ms\tp99_ms\tfailed\tretried\twal_kb_per_tx\tfpi_per_tx\tload1\n' > "$OUT/results.tsv"
 
 prepare_run() { # $1 = schema to prewarm
     if (( PREWARM )); then
@@ -174,6 +176,7 @@ run_case() { # round op variant clients
         fanout/A)        args=(-f "$SCRIPTS/fanout_a.sql") ;;
         fanout/A_generic) args=(-f "$SCRIPTS/fanout_a.sql"); pgopts="-c plan_cache_mode=force_generic_plan" ;;
         fanout/A_any)    args=(-f "$SCRIPTS/fanout_a_any.sql") ;;
+        fanout/A_local)  args=(-f "$SCRIPTS/fanout_a_local.sql") ;;
         fanout/B)        args=(-f "$SCRIPTS/fanout_b.sql") ;;
         fanout/B_pipe)   args=(-f "$SCRIPTS/fanout_b_pipe.sql") ;;
         *) die "unknown case $op/$variant" ;;
@@ -182,11 +185,15 @@ run_case() { # round op variant clients
     prepare_run "$schema"
     local threads=$(( clients < 2 ? clients : 2 ))
     log "round $round: $op $variant, $clients clients, ${DURATION}s"
+    local wal0 wal1
+    wal0=$(psql_bench -Atc "SELECT wal_bytes || ' ' || wal_fpi FROM pg_stat_wal")
     PGOPTIONS="$pgopts" "$PGBENCH" -n -M prepared -c "$clients" -j "$threads" -T "$DURATION" \
         -D users="$USERS" -D batches="$BATCHES" --max-tries=10 --failures-detailed \
         -l --log-prefix="$OUT/logs/$tag" "${args[@]}" "$BENCH_URL" > "$OUT/$tag.out" 2>&1 \
         || { cat "$OUT/$tag.out" >&2; die "pgbench failed ($tag)"; }
-    local tps lat failed retried pct
+    wal1=$(psql_bench -Atc "SELECT wal_bytes || ' ' || wal_fpi FROM pg_stat_wal")
+    local load1; load1=$(cut -d' ' -f1 /proc/loadavg)
+    local tps lat failed retried pct ntx walpt
     tps=$(awk '/^tps = / {print $3; exit}' "$OUT/$tag.out")
     lat=$(awk '/^latency average = / {print $4; exit}' "$OUT/$tag.out")
     failed=$(awk -F'[:(]' '/^number of failed transactions/ {gsub(/ /, "", $2); print $2; exit}' "$OUT/$tag.out")
@@ -197,9 +204,13 @@ run_case() { # round op variant clients
                i50 = int(NR * 0.50); if (i50 < 1) i50 = 1; i99 = int(NR * 0.99); if (i99 < 1) i99 = 1;
                printf "%.3f\t%.3f", a[i50] / 1000, a[i99] / 1000}')
     rm -f "$OUT/logs/$tag".*
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$op" "$variant" "$clients" "$tps" "$lat" "$pct" \
-        "${failed:-0}" "${retried:-0}" >> "$OUT/results.tsv"
-    log "  -> tps $tps, avg ${lat} ms, p50/p99 $(tr '\t' '/' <<< "$pct") ms, failed ${failed:-0}, retried ${retried:-0}"
+    ntx=$(awk '/^number of transactions actually processed: / {print $6; exit}' "$OUT/$tag.out")
+    # WAL written during the run (whole server: includes autovacuum), per transaction
+    walpt=$(awk -v a="$wal0" -v b="$wal1" -v n="${ntx:-0}" 'BEGIN {split(a, x, " "); split(b, y, " ");
+            if (n > 0) printf "%.1f\t%.1f", (y[1] - x[1]) / 1024 / n, (y[2] - x[2]) / n; else printf "NA\tNA"}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$op" "$variant" "$clients" "$tps" "$lat" "$pct" \
+        "${failed:-0}" "${retried:-0}" "$walpt" "$load1" >> "$OUT/results.tsv"
+    log "  -> tps $tps, avg ${lat} ms, p50/p99 $(tr '\t' '/' <<< "$pct") ms, failed ${failed:-0}, retried ${retried:-0}, WAL/tx $(tr '\t' '/' <<< "$walpt") KiB/FPI, load $load1"
 }
 
 reverse() { local out="" w; for w in $1; do out="$w $out"; done; echo "$out"; }

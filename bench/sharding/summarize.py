@@ -48,7 +48,7 @@ variant_rank = {"A": 0, "A_generic": 1, "A_any": 2, "B": 3, "B_pipe": 4}
 order.sort(key=lambda k: (k[0] != "list", k[1], variant_rank.get(k[2], 9), k[2]))
 
 hdr = ("op", "clients", "variant", "runs", "tps median", "tps min-max", "vs B", "avg ms", "p50 ms", "p99 ms",
-       "p99 min-max", "rows/s", "failed")
+       "p99 min-max", "rows/s", "WAL KiB/tx", "load1 max", "failed")
 lines = []
 for key in order:
     op, clients, variant = key
@@ -58,9 +58,12 @@ for key in order:
     vs_b = f"{tps / base:.2f}x" if tps and base else ""
     rows_s = f"{tps * fanout_rows:.0f}" if op == "fanout" and tps else ""
     failed = sum(int(num(r["failed"]) or 0) for r in rows)
+    loads = [v for v in (num(r.get("load1")) for r in rows) if v is not None]
     lines.append((op, str(clients), variant, str(len(rows)), fmt(tps, 0 if (tps or 0) >= 100 else 1),
                   spread(rows, "tps"), vs_b, fmt(med(rows, "lat_avg_ms"), 3), fmt(med(rows, "p50_ms"), 3),
-                  fmt(med(rows, "p99_ms"), 3), spread(rows, "p99_ms"), rows_s, str(failed)))
+                  fmt(med(rows, "p99_ms"), 3), spread(rows, "p99_ms"), rows_s,
+                  fmt(med(rows, "wal_kb_per_tx"), 1) if "wal_kb_per_tx" in rows[0] else "NA",
+                  fmt(max(loads), 1) if loads else "NA", str(failed)))
 
 widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(hdr)]
 print()

@@ -1,0 +1,16 @@
+//! hermet-cdc: the pure parts of hermet's CDC relay (SPEC §5 "CDC relay"). No I/O here: the
+//! replication connection, the Kafka producer and the LSN bookkeeping live with the relay.
+//!
+//! - [`pgoutput`]: a decoder (and a test encoder) for the messages of PostgreSQL's `pgoutput`
+//!   logical replication plugin, protocol version 1, plus a [`pgoutput::RelationCache`] that
+//!   resolves the relation ids the row messages refer to;
+//! - [`envelope`]: Debezium-compatible change events built from decoded rows (Kafka key and value
+//!   JSON, transaction boundary events) and the topic router.
+//!
+//! The data path of the relay is: replication stream → [`pgoutput::decode_bytes`] →
+//! [`pgoutput::RelationCache`] → [`envelope::change_records`] → [`envelope::TopicRouter`] → Kafka.
+
+pub mod envelope;
+pub mod pgoutput;
+
+pub use hermet_core::Lsn;
