@@ -148,9 +148,10 @@ pub enum EnvelopeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum JsonColumns {
     /// As JSON values inside the row (`"meta":{"a":1}`).
-    #[default]
     Embedded,
-    /// As strings holding the JSON text (`"meta":"{\"a\": 1}"`), as Debezium does.
+    /// As strings holding the JSON text (`"meta":"{\"a\": 1}"`), as Debezium does. The default,
+    /// so a consumer written for Debezium reads our topics unchanged.
+    #[default]
     String,
 }
 
@@ -164,7 +165,7 @@ pub struct EnvelopeOptions {
 impl Default for EnvelopeOptions {
     fn default() -> Self {
         EnvelopeOptions {
-            json_columns: JsonColumns::Embedded,
+            json_columns: JsonColumns::String,
             tombstones_on_delete: true,
         }
     }
@@ -1250,8 +1251,21 @@ mod tests {
             serde_json::json!("-Infinity")
         );
         assert_eq!(
-            text(&col("j", oid::JSONB), r#"{"a": [1]}"#),
+            column_value(
+                &col("j", oid::JSONB),
+                &Column::Text(bytes::Bytes::from_static(br#"{"a": [1]}"#)),
+                &EnvelopeOptions {
+                    json_columns: JsonColumns::Embedded,
+                    ..Default::default()
+                }
+            )
+            .unwrap(),
             serde_json::json!({"a": [1]})
+        );
+        assert_eq!(
+            text(&col("j", oid::JSONB), r#"{"a": [1]}"#),
+            serde_json::json!(r#"{"a": [1]}"#),
+            "Debezium's shape by default"
         );
         assert_eq!(
             column_value(

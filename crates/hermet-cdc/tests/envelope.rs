@@ -181,7 +181,7 @@ fn full_identity_table_types_and_toast_from_the_old_row() {
         json!({
             "channel_id": 10, "user_id": 1, "role": "owner", "feeling": "happy", "ratio": 3.14,
             "weight": 2.5, "joined_at": "2024-05-06 07:08:09.123456+00",
-            "meta": {"a": [1, 2], "b": "x"}, "avatar": "3q2+7w==",
+            "meta": "{\"a\": [1, 2], \"b\": \"x\"}", "avatar": "3q2+7w==",
             "tag": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "note": null
         })
     );
