@@ -1,5 +1,5 @@
-//! hermet-cdc: the pure parts of hermet's CDC relay (SPEC §5 "CDC relay"). No I/O here: the
-//! replication connection, the Kafka producer and the LSN bookkeeping live with the relay.
+//! hermet-cdc: hermet's CDC relay (SPEC §5 "CDC relay"). The decoding and event building are
+//! pure; [`relay`] does the I/O: replication connection, Kafka producer, LSN bookkeeping.
 //!
 //! - [`pgoutput`]: a decoder (and a test encoder) for the messages of PostgreSQL's `pgoutput`
 //!   logical replication plugin, protocol version 1, plus a [`pgoutput::RelationCache`] that
@@ -12,5 +12,6 @@
 
 pub mod envelope;
 pub mod pgoutput;
+pub mod relay;
 
 pub use hermet_core::Lsn;

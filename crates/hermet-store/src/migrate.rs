@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "read_side",
         include_str!("../migrations/0002_read_side.sql"),
     ),
+    (3, "cdc", include_str!("../migrations/0003_cdc.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.

@@ -21,7 +21,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (migrates the database first).
-    Serve,
+    Serve {
+        /// What to run; repeat or comma-separate (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        role: Vec<serve::Role>,
+    },
     /// Apply database migrations and create the read-side shards, then exit.
     Migrate,
     /// Print the effective configuration (secrets redacted) and exit.
@@ -44,7 +48,7 @@ pub fn run() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
-        Command::Serve => rt.block_on(serve::serve(cfg)),
+        Command::Serve { role } => rt.block_on(serve::serve(cfg, &role)),
         Command::Migrate => rt.block_on(serve::migrate_only(&cfg)),
         Command::Bench { scenario, opts } => {
             let env = hermet_bench::BenchEnv::new(cfg.database.url.clone());

@@ -27,6 +27,7 @@ pub struct Config {
     pub limits: Limits,
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
+    pub cdc: CdcConfig,
     pub log: LogConfig,
 }
 
@@ -136,6 +137,55 @@ impl Default for KafkaConfig {
     }
 }
 
+/// The CDC relay (`serve --role cdc`, or inside `serve` when `enabled`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdcConfig {
+    /// Run the relay in the all-in-one `serve`.
+    pub enabled: bool,
+    pub slot: String,
+    pub publication: String,
+    /// Captured tables (`schema.table` or `table`).
+    pub tables: Vec<String>,
+    pub topic_prefix: String,
+    /// Topic of a `public` table; `{table}` is replaced.
+    pub topic_template: String,
+    /// Partitions of each topic: the most consumers a group can use in parallel.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub heartbeat_ms: u64,
+    pub transaction_topic: bool,
+    pub max_in_flight: usize,
+    pub snapshot_batch: usize,
+}
+
+impl Default for CdcConfig {
+    fn default() -> Self {
+        CdcConfig {
+            enabled: false,
+            slot: "hermet_slot".into(),
+            publication: "hermet_publication".into(),
+            tables: [
+                "users",
+                "channels",
+                "channel_members",
+                "friendships",
+                "messages",
+            ]
+            .map(String::from)
+            .to_vec(),
+            topic_prefix: "hermet".into(),
+            topic_template: "{table}.changed".into(),
+            partitions: 8,
+            replication_factor: 1,
+            heartbeat_ms: 10_000,
+            transaction_topic: false,
+            max_in_flight: 100_000,
+            snapshot_batch: 5_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
@@ -173,6 +223,7 @@ const SHORT_FORMS: &[(&str, &str)] = &[
     ("jwt_secret", "auth.jwt_secret"),
     ("sync_mode", "sync.mode"),
     ("shards", "read_side.shards"),
+    ("cdc_enabled", "cdc.enabled"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +282,29 @@ impl Config {
                 "limits: max_group_members >= 2 and max_name_chars >= 1 are required".into(),
             );
         }
+        let c = &self.cdc;
+        let ident_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !ident_ok(&c.slot) || !ident_ok(&c.publication) {
+            return bad(
+                "cdc.slot and cdc.publication must be 1-63 characters of a-z, 0-9, _".into(),
+            );
+        }
+        if c.tables.is_empty() || c.partitions < 1 || c.replication_factor < 1 {
+            return bad(
+                "cdc: tables must not be empty; partitions and replication_factor >= 1".into(),
+            );
+        }
+        if c.heartbeat_ms < 100 || c.max_in_flight == 0 || c.snapshot_batch == 0 {
+            return bad("cdc: heartbeat_ms >= 100, max_in_flight and snapshot_batch >= 1".into());
+        }
+        if !c.topic_template.contains("{table}") {
+            return bad("cdc.topic_template must contain {table}".into());
+        }
         if self.sync.mode != Mode::DualWrite {
             return bad(format!(
                 "sync.mode {:?} is not available in this version; use dual_write",
@@ -248,6 +322,25 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    pub fn relay_config(&self) -> hermet_cdc::relay::RelayConfig {
+        let c = &self.cdc;
+        hermet_cdc::relay::RelayConfig {
+            database_url: self.database.url.clone(),
+            brokers: self.kafka.brokers.clone(),
+            slot: c.slot.clone(),
+            publication: c.publication.clone(),
+            tables: c.tables.clone(),
+            topic_prefix: c.topic_prefix.clone(),
+            topic_template: c.topic_template.clone(),
+            partitions: c.partitions,
+            replication_factor: c.replication_factor,
+            heartbeat: std::time::Duration::from_millis(c.heartbeat_ms),
+            transaction_topic: c.transaction_topic,
+            max_in_flight: c.max_in_flight,
+            snapshot_batch: c.snapshot_batch,
+        }
     }
 
     pub fn store_config(&self) -> StoreConfig {

@@ -1,0 +1,73 @@
+//! Kafka adapters shared by the CDC relay and the projectors.
+//!
+//! - [`producer`]: an idempotent producer (`enable.idempotence=true`, `acks=all`): a record
+//!   acknowledged by the broker is durable on every in-sync replica, retries never duplicate or
+//!   reorder records within a partition, so per-key order holds.
+//! - [`ensure_topics`]: creates missing topics with a partition count. The partition count bounds
+//!   consumer parallelism: a consumer group uses at most one member per partition.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+pub use rdkafka;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka client: {0}")]
+    Client(#[from] RdError),
+    #[error("creating topic {topic}: {code}")]
+    Topic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// Base client settings for the brokers.
+pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", client_id);
+    c
+}
+
+/// An idempotent, `acks=all` producer tuned for throughput with a short linger.
+pub fn producer(brokers: &str, client_id: &str) -> Result<FutureProducer, KafkaError> {
+    Ok(client_config(brokers, client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "0")
+        .create()?)
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[String],
+    partitions: i32,
+    replication: i32,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers, "hermet-admin").create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(new.iter(), &opts).await? {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaError::Topic { topic, code }),
+        }
+    }
+    Ok(())
+}
