@@ -1,8 +1,10 @@
 //! Read-your-writes headers.
 //!
 //! Every write response carries `X-Hermet-Lsn`, the WAL position at or after its commit. A read
-//! may send `X-Hermet-Min-Lsn`; in `dual_write` mode the read side is updated in the write's own
-//! transaction, so any committed write is already visible and the header only has to be valid.
+//! may send `X-Hermet-Min-Lsn`: in `dual_write` mode the read side is updated in the write's own
+//! transaction, so any committed write is already visible; in `async` and `cdc` modes the read
+//! waits (bounded by `read_wait`) until the view has applied that LSN, and otherwise answers
+//! with `X-Hermet-Stale: true`.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hermet_core::Lsn;
@@ -28,6 +30,67 @@ pub fn min_lsn(headers: &HeaderMap) -> Result<Option<Lsn>, ApiError> {
                 )
             }),
     }
+}
+
+pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-hermet-stale");
+
+/// Which projector maintains a view (its name in `hermet_projector_watermarks`).
+#[derive(Debug, Clone, Copy)]
+pub enum View {
+    Conversations,
+    Contacts,
+}
+
+impl View {
+    pub fn projector(self) -> &'static str {
+        match self {
+            View::Conversations => "conversation-view-updater",
+            View::Contacts => "contact-view-updater",
+        }
+    }
+}
+
+/// Waits until `view` covers the request's minimum LSN, if it has one. Returns whether the
+/// answer will be stale (the wait ran out).
+pub async fn wait_for(
+    state: &crate::AppState,
+    headers: &HeaderMap,
+    view: View,
+) -> Result<bool, ApiError> {
+    let Some(lsn) = min_lsn(headers)? else { return Ok(false) };
+    let store = state.store();
+    let mode = store.config().sync_mode;
+    if mode == hermet_store::SyncMode::DualWrite {
+        return Ok(false);
+    }
+    let cfg = &state.inner.cfg;
+    let deadline = tokio::time::Instant::now() + cfg.read_wait;
+    let conn = store.pool().get().await.map_err(hermet_store::StoreError::from)?;
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        let covered = hermet_store::sync::covers(
+            &conn,
+            mode,
+            view.projector(),
+            cfg.partitions_per_projector,
+            lsn,
+        )
+        .await?;
+        if covered {
+            return Ok(false);
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            metrics::counter!("hermet_stale_reads_total").increment(1);
+            return Ok(true);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `X-Hermet-Stale: true` when the wait ran out.
+pub fn stale_header(stale: bool) -> Option<[(HeaderName, HeaderValue); 1]> {
+    stale.then(|| [(STALE_HEADER, HeaderValue::from_static("true"))])
 }
 
 pub fn lsn_header(lsn: Lsn) -> [(HeaderName, HeaderValue); 1] {

@@ -39,6 +39,10 @@ pub struct ApiConfig {
     pub token_ttl_secs: u64,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Longest a read with `X-Hermet-Min-Lsn` waits for the view before answering stale.
+    pub read_wait: std::time::Duration,
+    /// Partitions each projector consumes (`cdc`): all must have caught up for a read to be fresh.
+    pub partitions_per_projector: i64,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +51,8 @@ impl Default for ApiConfig {
             jwt_secret: String::new(),
             token_ttl_secs: 30 * 24 * 3600,
             max_body_bytes: 64 * 1024,
+            read_wait: std::time::Duration::from_secs(2),
+            partitions_per_projector: 40,
         }
     }
 }
@@ -54,13 +60,13 @@ impl Default for ApiConfig {
 /// Shared state of all handlers.
 #[derive(Clone)]
 pub struct AppState {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     store: Store,
     keys: TokenKeys,
-    cfg: ApiConfig,
+    pub(crate) cfg: ApiConfig,
     metrics: Option<PrometheusHandle>,
 }
 

@@ -31,7 +31,7 @@ use futures::{FutureExt, StreamExt};
 use hermet_core::Lsn;
 use hermet_kafka::rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use hermet_kafka::rdkafka::message::{Header, OwnedHeaders};
-use hermet_kafka::rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use hermet_kafka::rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use hermet_kafka::KafkaError;
 use pgwire_replication::client::ReplicationEvent;
 use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
@@ -70,7 +70,14 @@ pub struct RelayConfig {
     pub max_in_flight: usize,
     /// Rows fetched per round trip during the snapshot.
     pub snapshot_batch: usize,
+    /// How often, while transactions flow, a watermark marker goes to every partition.
+    pub watermark_interval: Duration,
 }
+
+/// Header of a watermark marker: a record with neither key nor value (consumers written for
+/// Debezium skip it like a tombstone) whose header says "every event of this partition up to
+/// this LSN came before me". Projectors use it to know that a quiet partition is caught up.
+pub const WATERMARK_HEADER: &str = "hermet-watermark";
 
 impl RelayConfig {
     pub fn router(&self) -> Result<TopicRouter, RelayError> {
@@ -330,8 +337,20 @@ struct Sink {
 
 impl Sink {
     async fn send(&self, topic: &str, rec: &Record) -> Result<DeliveryFuture, RelayError> {
+        self.send_to(topic, None, rec).await
+    }
+
+    async fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        rec: &Record,
+    ) -> Result<DeliveryFuture, RelayError> {
         loop {
             let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+            if let Some(p) = partition {
+                fr = fr.partition(p);
+            }
             if let Some(k) = &rec.key {
                 fr = fr.key(k.as_slice());
             }
@@ -405,6 +424,7 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
         producer: hermet_kafka::producer(&cfg.brokers, "hermet-cdc")?,
     };
     let options = EnvelopeOptions::default();
+    let markers = partitions_of(&sink, &catalog, &router).await?;
 
     let mut repl = ReplicationClient::connect_gated(replication_config(&cfg)?).await?;
     if let SlotState::Fresh = state {
@@ -457,10 +477,60 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
     repl.start().await?;
     repl.wait_started().await?;
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, "streaming");
-    stream(
-        &cfg, repl, &control, &catalog, &router, &sink, &db_name, &options, shutdown,
-    )
+    let ctx = StreamCtx { cfg: &cfg, control: &control, catalog: &catalog, router: &router, sink: &sink, db: &db_name, options: &options, markers: &markers };
+    stream(ctx, repl, shutdown).await
+}
+
+/// Every partition of every data topic: where watermark markers go.
+async fn partitions_of(
+    sink: &Sink,
+    catalog: &HashMap<(String, String), CatalogTable>,
+    router: &TopicRouter,
+) -> Result<Vec<(String, i32)>, RelayError> {
+    let topics: Vec<String> = catalog.keys().map(|(s, n)| router.topic(s, n)).collect();
+    let producer = sink.producer.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for t in topics {
+            let md = producer.client().fetch_metadata(Some(&t), Duration::from_secs(10))?;
+            let n = md.topics().first().map_or(0, |m| m.partitions().len());
+            out.extend((0..n as i32).map(|p| (t.clone(), p)));
+        }
+        Ok::<_, RdError>(out)
+    })
     .await
+    .map_err(|e| RelayError::Config(format!("metadata task: {e}")))?
+    .map_err(RelayError::from)
+}
+
+/// Sends a watermark marker for `at` to every partition.
+async fn send_markers(
+    sink: &Sink,
+    markers: &[(String, i32)],
+    at: Lsn,
+) -> Result<Vec<DeliveryFuture>, RelayError> {
+    let rec = Record {
+        key: None,
+        value: None,
+        headers: vec![(WATERMARK_HEADER, at.0.to_string().into_bytes())],
+    };
+    let mut futs = Vec::with_capacity(markers.len());
+    for (topic, p) in markers {
+        futs.push(sink.send_to(topic, Some(*p), &rec).await?);
+    }
+    Ok(futs)
+}
+
+/// What the streaming loop reads but does not own.
+struct StreamCtx<'a> {
+    cfg: &'a RelayConfig,
+    control: &'a Client,
+    catalog: &'a HashMap<(String, String), CatalogTable>,
+    router: &'a TopicRouter,
+    sink: &'a Sink,
+    db: &'a str,
+    options: &'a EnvelopeOptions,
+    markers: &'a [(String, i32)],
 }
 
 /// Reads every captured table in the exported snapshot and produces it as `op: "r"`.
@@ -557,19 +627,15 @@ struct OpenTx {
 /// Acknowledgement of one position: `(lsn, records, commit time)`, resolved when Kafka has them.
 type Ack = BoxFuture<'static, Result<(Lsn, usize, Option<i64>), RelayError>>;
 
-#[allow(clippy::too_many_arguments)]
 async fn stream(
-    cfg: &RelayConfig,
+    ctx: StreamCtx<'_>,
     mut repl: ReplicationClient,
-    control: &Client,
-    catalog: &HashMap<(String, String), CatalogTable>,
-    router: &TopicRouter,
-    sink: &Sink,
-    db: &str,
-    options: &EnvelopeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
+    let StreamCtx { cfg, control, catalog, router, sink, db, options, markers } = ctx;
     let mut relations = RelationCache::new();
+    let mut marker_tick = tokio::time::interval(cfg.watermark_interval);
+    let mut marked: Option<Lsn> = None;
     let mut tables: HashMap<Oid, (Table, String)> = HashMap::new();
     let mut open: Option<OpenTx> = None;
     let mut acks: FuturesOrdered<Ack> = FuturesOrdered::new();
@@ -674,7 +740,14 @@ async fn stream(
                         // Heartbeats and other non-transactional messages: a position with
                         // nothing to deliver, confirmed once everything before it is.
                         let at = Lsn(u64::from(lsn));
-                        acks.push_back(async move { Ok((at, 0, None)) }.boxed());
+                        let futs = send_markers(sink, markers, at).await?;
+                        marked = Some(at);
+                        let n = futs.len();
+                        in_flight += n;
+                        acks.push_back(async move {
+                            delivered(futs).await?;
+                            Ok((at, n, None))
+                        }.boxed());
                     }
                     ReplicationEvent::Message { .. } => {}
                     ReplicationEvent::KeepAlive { wal_end, .. } => {
@@ -684,6 +757,18 @@ async fn stream(
                         }
                     }
                     ReplicationEvent::StoppedAt { .. } => return Err(RelayError::StreamEnded),
+                }
+            }
+            _ = marker_tick.tick() => {
+                if let Some(at) = last_commit.filter(|l| marked.is_none_or(|m| *l > m)) {
+                    let futs = send_markers(sink, markers, at).await?;
+                    marked = Some(at);
+                    let n = futs.len();
+                    in_flight += n;
+                    acks.push_back(async move {
+                        delivered(futs).await?;
+                        Ok((at, n, None))
+                    }.boxed());
                 }
             }
             _ = heartbeat.tick() => {

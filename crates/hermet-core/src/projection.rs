@@ -37,6 +37,22 @@ impl Default for ProjectionConfig {
     }
 }
 
+/// Which read models a projector maintains. `dual_write` and the outbox worker maintain both;
+/// the Kafka consumer groups split them (`conversation-view-updater`, `contact-view-updater`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Views {
+    /// `user_conversation_view` and `conversation_reverse_index`.
+    pub conversations: bool,
+    /// `user_contact_view` and `contact_reverse_index`.
+    pub contacts: bool,
+}
+
+impl Views {
+    pub const ALL: Views = Views { conversations: true, contacts: true };
+    pub const CONVERSATIONS: Views = Views { conversations: true, contacts: false };
+    pub const CONTACTS: Views = Views { conversations: false, contacts: true };
+}
+
 /// What a batch of changes touches, before any look-up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Affected {

@@ -8,6 +8,7 @@
 
 use deadpool_postgres::Transaction;
 use hermet_core::change::{Change, Op, RowChange};
+use hermet_core::projection::Views;
 use hermet_core::rows::{ChannelId, ChannelRow, ChannelType, MemberRow, UserId, UserRow};
 use hermet_core::validate::{Avatar, Content, Invalid, Label, MessageType, Name};
 use hermet_core::Lsn;
@@ -137,14 +138,11 @@ impl Store {
     async fn finish(&self, tx: Transaction<'_>, changes: Changes) -> Result<(), StoreError> {
         match self.config().sync_mode {
             SyncMode::DualWrite => {
-                project::apply_changes(&tx, &changes.0, &self.config().projection).await?;
+                project::apply_changes(&tx, &changes.0, Views::ALL, &self.config().projection).await?;
             }
-            SyncMode::Async | SyncMode::Cdc => {
-                return Err(StoreError::Config(format!(
-                    "sync mode {} is not available in this build",
-                    self.config().sync_mode.as_str()
-                )))
-            }
+            SyncMode::Async => crate::sync::enqueue(&tx, &changes.0).await?,
+            // The WAL carries the changes; the relay and the projectors do the rest.
+            SyncMode::Cdc => {}
         }
         tx.commit().await?;
         Ok(())

@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod oracle;
 pub mod project;
 mod rows;
+pub mod sync;
 pub mod views;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

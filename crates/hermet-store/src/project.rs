@@ -19,7 +19,7 @@ use std::sync::LazyLock;
 use deadpool_postgres::Transaction;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{
-    self, Affected, ContactInputs, ConversationInputs, ProjectionConfig,
+    self, Affected, ContactInputs, ConversationInputs, ProjectionConfig, Views,
 };
 use hermet_core::rows::{ChannelId, FriendshipRow, MemberRow, MessageRow, UserId, UserRow};
 use hermet_core::views::ViewBatch;
@@ -38,13 +38,14 @@ pub struct ApplyStats {
 pub async fn apply_changes(
     tx: &Transaction<'_>,
     changes: &[RowChange],
+    views: Views,
     cfg: &ProjectionConfig,
 ) -> Result<ApplyStats, StoreError> {
     let affected = projection::affected(changes);
     if affected.is_empty() {
         return Ok(ApplyStats::default());
     }
-    let batch = compute(tx, &affected, cfg).await?;
+    let batch = compute(tx, &affected, views, cfg).await?;
     views::apply_batch(tx, &batch).await?;
     Ok(ApplyStats { rows: batch.len() })
 }
@@ -53,10 +54,19 @@ pub async fn apply_changes(
 pub async fn compute(
     tx: &Transaction<'_>,
     affected: &Affected,
+    views: Views,
     cfg: &ProjectionConfig,
 ) -> Result<ViewBatch, StoreError> {
-    let conv_keys = conversation_keys(tx, affected).await?;
-    let contact_keys = contact_keys(tx, affected).await?;
+    let conv_keys = if views.conversations {
+        conversation_keys(tx, affected).await?
+    } else {
+        Vec::new()
+    };
+    let contact_keys = if views.contacts {
+        contact_keys(tx, affected).await?
+    } else {
+        Vec::new()
+    };
     let (conversations, contacts) = load_inputs(tx, &conv_keys, &contact_keys).await?;
     Ok(projection::build(affected, &conversations, &contacts, cfg))
 }

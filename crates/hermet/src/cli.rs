@@ -30,6 +30,11 @@ enum Command {
     Migrate,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// Operations on a running installation.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Run a benchmark scenario in a scratch database on the configured server (see BENCHMARKS.md).
     Bench {
         #[arg(value_enum)]
@@ -37,6 +42,23 @@ enum Command {
         #[command(flatten)]
         opts: hermet_bench::BenchOptions,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Dead letters of the projectors (Kafka topic `projector.dlq_topic`) and of the outbox.
+    Dlq {
+        #[command(subcommand)]
+        cmd: DlqCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// List dead letters with their error and attempt count.
+    List,
+    /// Put dead letters back through the projection (after fixing their cause).
+    Replay,
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -51,10 +73,13 @@ pub fn run() -> anyhow::Result<()> {
         Command::Serve { role } => rt.block_on(serve::serve(cfg, &role)),
         Command::Migrate => rt.block_on(serve::migrate_only(&cfg)),
         Command::Bench { scenario, opts } => {
-            let env = hermet_bench::BenchEnv::new(cfg.database.url.clone());
+            let mut env = hermet_bench::BenchEnv::new(cfg.database.url.clone());
+            // `bench cdc` runs the relay (`serve --role cdc` of this same binary) on these.
+            env.kafka_brokers = cfg.kafka.brokers.clone();
             rt.block_on(hermet_bench::run_and_print(&env, scenario, &opts))?;
             Ok(())
         }
+        Command::Admin { cmd: AdminCmd::Dlq { cmd } } => rt.block_on(dlq(&cfg, cmd)),
         Command::Config => {
             println!("{cfg:#?}");
             Ok(())
@@ -71,4 +96,38 @@ fn init_tracing(default_filter: &str) {
         .with_env_filter(filter)
         .with_target(false)
         .init();
+}
+
+async fn dlq(cfg: &Config, cmd: DlqCmd) -> anyhow::Result<()> {
+    use hermet_projector::dlq;
+    let pool = hermet_store::connect_pool(&cfg.database.url, 2)?;
+    let (brokers, topic) = (cfg.kafka.brokers.clone(), cfg.projector.dlq_topic.clone());
+    match cmd {
+        DlqCmd::List => {
+            let letters = tokio::task::spawn_blocking(move || dlq::list(&brokers, &topic)).await??;
+            println!("kafka dead letters ({}): {}", cfg.projector.dlq_topic, letters.len());
+            for l in &letters {
+                println!(
+                    "  dlq {}:{}  group={} source={}:{}@{} attempts={} error={}",
+                    l.dlq_partition, l.dlq_offset, l.group, l.topic, l.partition, l.offset, l.attempts, l.error
+                );
+            }
+            let conn = pool.get().await?;
+            let rows = conn
+                .query("SELECT id, attempts, error FROM hermet_outbox_dead ORDER BY id", &[])
+                .await?;
+            println!("outbox rows set aside: {}", rows.len());
+            for r in rows {
+                let (id, attempts, error): (i64, i32, String) = (r.get(0), r.get(1), r.get(2));
+                println!("  outbox {id} attempts={attempts} error={error}");
+            }
+        }
+        DlqCmd::Replay => {
+            let projection = cfg.store_config().projection;
+            let n = dlq::replay(&brokers, &topic, &pool, &projection).await?;
+            let m = dlq::replay_outbox(&pool).await?;
+            println!("replayed {n} kafka dead letters; {m} outbox rows back in the outbox");
+        }
+    }
+    Ok(())
 }

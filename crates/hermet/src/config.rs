@@ -28,7 +28,38 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
     pub cdc: CdcConfig,
+    pub projector: ProjectorConfig,
     pub log: LogConfig,
+}
+
+/// Projectors (`async`: the outbox worker; `cdc`: the Kafka consumer groups) and reads that wait
+/// for them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectorConfig {
+    pub batch_max: usize,
+    pub batch_wait_ms: u64,
+    /// Tries of a failing batch before its records are applied one by one and dead-lettered.
+    pub max_attempts: u32,
+    pub dlq_topic: String,
+    pub outbox_batch: i64,
+    pub outbox_idle_ms: u64,
+    /// Longest a read with `X-Hermet-Min-Lsn` waits before answering `X-Hermet-Stale: true`.
+    pub read_wait_ms: u64,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            batch_max: 1000,
+            batch_wait_ms: 10,
+            max_attempts: 5,
+            dlq_topic: "hermet.dlq".into(),
+            outbox_batch: 500,
+            outbox_idle_ms: 10,
+            read_wait_ms: 2000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +188,9 @@ pub struct CdcConfig {
     pub transaction_topic: bool,
     pub max_in_flight: usize,
     pub snapshot_batch: usize,
+    /// While transactions flow, how often every partition gets a watermark marker (bounds how
+    /// long a read with `X-Hermet-Min-Lsn` waits on a quiet partition).
+    pub watermark_ms: u64,
 }
 
 impl Default for CdcConfig {
@@ -182,6 +216,7 @@ impl Default for CdcConfig {
             transaction_topic: false,
             max_in_flight: 100_000,
             snapshot_batch: 5_000,
+            watermark_ms: 50,
         }
     }
 }
@@ -299,17 +334,15 @@ impl Config {
                 "cdc: tables must not be empty; partitions and replication_factor >= 1".into(),
             );
         }
-        if c.heartbeat_ms < 100 || c.max_in_flight == 0 || c.snapshot_batch == 0 {
+        if c.heartbeat_ms < 100 || c.watermark_ms < 5 || c.max_in_flight == 0 || c.snapshot_batch == 0 {
             return bad("cdc: heartbeat_ms >= 100, max_in_flight and snapshot_batch >= 1".into());
         }
         if !c.topic_template.contains("{table}") {
             return bad("cdc.topic_template must contain {table}".into());
         }
-        if self.sync.mode != Mode::DualWrite {
-            return bad(format!(
-                "sync.mode {:?} is not available in this version; use dual_write",
-                self.sync.mode
-            ));
+        let p = &self.projector;
+        if p.batch_max == 0 || p.max_attempts == 0 || p.outbox_batch < 1 || p.dlq_topic.is_empty() {
+            return bad("projector: batch_max, max_attempts, outbox_batch >= 1 and a dlq_topic are required".into());
         }
         Ok(())
     }
@@ -340,6 +373,46 @@ impl Config {
             transaction_topic: c.transaction_topic,
             max_in_flight: c.max_in_flight,
             snapshot_batch: c.snapshot_batch,
+            watermark_interval: std::time::Duration::from_millis(c.watermark_ms),
+        }
+    }
+
+    /// The topics of the captured tables, as the relay names them.
+    pub fn data_topics(&self) -> Result<Vec<String>, ConfigError> {
+        let router = self.relay_config().router().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(self
+            .cdc
+            .tables
+            .iter()
+            .map(|t| match t.split_once('.') {
+                Some((s, n)) => router.topic(s, n),
+                None => router.topic("public", t),
+            })
+            .collect())
+    }
+
+    pub fn group_config(&self, group: &str, views: hermet_core::projection::Views) -> Result<hermet_projector::consumer::GroupConfig, ConfigError> {
+        let p = &self.projector;
+        Ok(hermet_projector::consumer::GroupConfig {
+            brokers: self.kafka.brokers.clone(),
+            group: group.to_owned(),
+            topics: self.data_topics()?,
+            views,
+            batch_max: p.batch_max,
+            batch_wait: std::time::Duration::from_millis(p.batch_wait_ms),
+            max_attempts: p.max_attempts,
+            dlq_topic: p.dlq_topic.clone(),
+            projection: self.store_config().projection,
+        })
+    }
+
+    pub fn outbox_config(&self) -> hermet_projector::outbox::OutboxConfig {
+        let p = &self.projector;
+        hermet_projector::outbox::OutboxConfig {
+            batch: p.outbox_batch,
+            idle_wait: std::time::Duration::from_millis(p.outbox_idle_ms),
+            max_attempts: p.max_attempts,
+            projection: self.store_config().projection,
         }
     }
 
@@ -384,7 +457,7 @@ mod tests {
         c.database.url = "mysql://nope".into();
         assert!(c.validate().is_err());
         let mut c = valid();
-        c.sync.mode = Mode::Cdc;
+        c.projector.max_attempts = 0;
         assert!(c.validate().is_err());
     }
 

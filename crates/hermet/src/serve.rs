@@ -4,13 +4,19 @@ use anyhow::Context;
 use hermet_api::{ApiConfig, AppState};
 use hermet_store::{connect_pool, migrate, Store};
 use metrics_exporter_prometheus::PrometheusBuilder;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
+
+use hermet_core::projection::Views;
+use hermet_projector::{consumer, outbox};
+use tokio::task::JoinHandle;
 
 use hermet_cdc::relay::{self, RelayConfig, RelayError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 
 async fn connect_and_migrate(cfg: &Config) -> anyhow::Result<Store> {
     if hermet_store::create_database_if_missing(&cfg.database.url)
@@ -43,14 +49,21 @@ pub enum Role {
     Api,
     /// The CDC relay (WAL → Kafka).
     Cdc,
-    /// The API, plus the relay when `cdc.enabled`.
+    /// The projectors of the configured mode: the outbox worker (`async`) or the Kafka consumer
+    /// groups (`cdc`).
+    Projector,
+    /// The API, the projectors the mode needs, and the relay in `cdc` mode (or when
+    /// `cdc.enabled`).
     All,
 }
+
+type Task = JoinHandle<anyhow::Result<()>>;
 
 pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     let all = roles.is_empty() || roles.contains(&Role::All);
     let api = all || roles.contains(&Role::Api);
-    let cdc = roles.contains(&Role::Cdc) || (all && cfg.cdc.enabled);
+    let cdc = roles.contains(&Role::Cdc) || (all && (cfg.cdc.enabled || cfg.sync.mode == Mode::Cdc));
+    let projector = roles.contains(&Role::Projector) || (all && cfg.sync.mode != Mode::DualWrite);
     if api {
         cfg.validate_for_serving()?;
     }
@@ -59,51 +72,120 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         .context("installing the metrics recorder")?;
     let store = connect_and_migrate(&cfg).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let relay = cdc.then(|| tokio::spawn(run_relay(cfg.relay_config(), stop_rx.clone())));
+
+    let mut tasks: Vec<(&'static str, Task)> = Vec::new();
+    if cdc {
+        tasks.push(("cdc relay", tokio::spawn(run_relay(cfg.relay_config(), stop_rx.clone()))));
+    }
+    if projector {
+        match cfg.sync.mode {
+            Mode::DualWrite => tracing::info!("dual_write mode: no projector to run"),
+            Mode::Async => {
+                let (ocfg, pool) = (cfg.outbox_config(), store.pool().clone());
+                tasks.push(("outbox worker", supervise("outbox worker", stop_rx.clone(), move |stop| {
+                    let (ocfg, pool) = (ocfg.clone(), pool.clone());
+                    async move { Ok(outbox::run_outbox(ocfg, pool, stop).await?) }
+                })));
+            }
+            Mode::Cdc => {
+                for (group, views) in [
+                    ("conversation-view-updater", Views::CONVERSATIONS),
+                    ("contact-view-updater", Views::CONTACTS),
+                ] {
+                    let (gcfg, pool) = (cfg.group_config(group, views)?, store.pool().clone());
+                    tasks.push((group, supervise(group, stop_rx.clone(), move |stop| {
+                        let (gcfg, pool) = (gcfg.clone(), pool.clone());
+                        async move { Ok(consumer::run_group(gcfg, pool, stop).await?) }
+                    })));
+                }
+            }
+        }
+    }
+    // The first background task to fail takes the process down (a supervisor restarts it).
+    let failed = async move {
+        if tasks.is_empty() {
+            return std::future::pending::<anyhow::Result<()>>().await;
+        }
+        let names: Vec<&str> = tasks.iter().map(|(n, _)| *n).collect();
+        let (r, i, _) = futures::future::select_all(tasks.into_iter().map(|(_, t)| t)).await;
+        let name = names[i];
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.context(format!("{name} stopped"))),
+            Err(e) => Err(anyhow::Error::from(e).context(format!("{name} panicked"))),
+        }
+    };
     if !api {
-        let mut relay = relay.context("no role to run")?;
+        if !cdc && !projector {
+            anyhow::bail!("no role to run");
+        }
         tokio::select! {
             _ = shutdown_signal() => {
                 let _ = stop_tx.send(true);
-                return (&mut relay).await.context("relay task")?;
+                // Give the tasks their shutdown path (the relay confirms what Kafka acknowledged).
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return Ok(());
             }
-            r = &mut relay => return r.context("relay task")?,
+            r = failed => { let _ = stop_tx.send(true); return r; }
         }
     }
     let api_cfg = ApiConfig {
         jwt_secret: cfg.auth.jwt_secret.clone(),
         token_ttl_secs: cfg.auth.token_ttl_secs,
         max_body_bytes: cfg.http.max_body_bytes,
+        read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
+        partitions_per_projector: cfg.cdc.tables.len() as i64 * i64::from(cfg.cdc.partitions),
     };
     let app = hermet_api::router(AppState::new(store, api_cfg, Some(metrics)));
     let listener = TcpListener::bind(cfg.http.addr)
         .await
         .with_context(|| format!("binding {}", cfg.http.addr))?;
-    tracing::info!(addr = %cfg.http.addr, mode = ?cfg.sync.mode, "hermet is serving");
+    tracing::info!(addr = %cfg.http.addr, mode = ?cfg.sync.mode, relay = cdc, projectors = projector, "hermet is serving");
     let stop_api = stop_tx.clone();
-    let relay_failed = async move {
-        match relay {
-            Some(handle) => match handle.await {
-                Ok(Ok(())) => std::future::pending::<anyhow::Result<()>>().await,
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e.into()),
-            },
-            None => std::future::pending().await,
-        }
-    };
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = stop_api.send(true);
     });
     tokio::select! {
         r = server => r.context("serving HTTP")?,
-        r = relay_failed => {
+        r = failed => {
             let _ = stop_tx.send(true);
-            r.context("the CDC relay stopped")?;
+            r?;
         }
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     tracing::info!("hermet stopped");
     Ok(())
+}
+
+/// Runs a background loop, restarting it with backoff when it fails; returns when `stop` is set.
+fn supervise<F, Fut>(name: &'static str, stop: watch::Receiver<bool>, run: F) -> Task
+where
+    F: Fn(Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let mut s = stop.clone();
+            let stopped: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+                let _ = s.wait_for(|v| *v).await;
+            });
+            let result = run(stopped).await;
+            if *stop.borrow() {
+                return Ok(());
+            }
+            if let Err(e) = result {
+                tracing::warn!(task = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "background task failed");
+            }
+            let mut s = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = s.wait_for(|v| *v) => return Ok(()),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    })
 }
 
 /// Runs the relay, restarting it with backoff after transient failures (Kafka or PostgreSQL

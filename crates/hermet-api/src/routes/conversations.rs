@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{page_limit, path_id};
 use crate::auth::AuthUser;
-use crate::consistency::{lsn_header, min_lsn};
+use crate::consistency::{lsn_header, stale_header, wait_for, View};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::AppState;
@@ -26,7 +26,6 @@ pub(crate) async fn list(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    min_lsn(&headers)?;
     let limit = page_limit(q.limit)?;
     let after = match q.cursor.as_deref() {
         None | Some("") => None,
@@ -34,6 +33,7 @@ pub(crate) async fn list(
             ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
         })?),
     };
+    let stale = wait_for(&state, &headers, View::Conversations).await?;
     // One extra row tells whether another page exists.
     let mut items = state
         .store()
@@ -70,8 +70,9 @@ pub(crate) async fn list(
             })
         })
         .collect();
-    Ok(axum::Json(
-        json!({"conversations": conversations, "next_cursor": next_cursor}),
+    Ok((
+        stale_header(stale),
+        axum::Json(json!({"conversations": conversations, "next_cursor": next_cursor})),
     ))
 }
 

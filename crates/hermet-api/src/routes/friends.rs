@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::path_id;
 use crate::auth::AuthUser;
-use crate::consistency::{lsn_header, min_lsn};
+use crate::consistency::{lsn_header, stale_header, wait_for, View};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::AppState;
@@ -87,7 +87,7 @@ pub(crate) async fn contacts(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    min_lsn(&headers)?;
+    let stale = wait_for(&state, &headers, View::Contacts).await?;
     let items = state.store().list_contacts(me, 10_000).await?;
     let contacts: Vec<_> = items
         .iter()
@@ -102,5 +102,5 @@ pub(crate) async fn contacts(
             })
         })
         .collect();
-    Ok(axum::Json(json!({"contacts": contacts})))
+    Ok((stale_header(stale), axum::Json(json!({"contacts": contacts}))))
 }

@@ -1,0 +1,288 @@
+//! Kafka consumer groups that keep a read model converged.
+//!
+//! Each group (`conversation-view-updater`, `contact-view-updater`) reads every write-side
+//! topic and maintains its own view through the shared projection. One step:
+//!
+//! 1. poll up to `batch_max` records or until `batch_wait` passes;
+//! 2. decode them into row changes (watermark markers and tombstones carry no change);
+//! 3. in ONE PostgreSQL transaction: apply all changes (the projection coalesces repeated
+//!    updates of a row into one recomputation) and advance the partition watermarks;
+//! 4. after that commit, commit the Kafka offsets.
+//!
+//! Offsets are committed to Kafka after the effect, not stored with it: a crash between 3 and 4
+//! re-delivers a batch, which the idempotent projection absorbs; keeping offsets in Kafka lets
+//! standard tooling (lag, resets, `hermet admin replay`) work on the groups.
+//!
+//! Failures: a database that cannot be reached is retried with backoff for as long as it
+//! takes (the partition must not move on). Any other failure is retried `max_attempts` times;
+//! then the batch is applied record by record and each record that still fails goes to the
+//! dead-letter topic with its error and attempt count, and the partition moves on.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use hermet_core::change::RowChange;
+use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use hermet_kafka::rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
+use hermet_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
+use hermet_store::sync::{advance_watermarks, PartitionProgress};
+use hermet_store::{project, StoreError};
+
+use crate::debezium::{self, Decoded};
+use crate::{is_transient, now_ms, ProjectorError};
+
+/// Header of the relay's watermark markers (see `hermet_cdc::relay::WATERMARK_HEADER`).
+pub const WATERMARK_HEADER: &str = "hermet-watermark";
+
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub brokers: String,
+    /// The consumer group, also the projector's name in `hermet_projector_watermarks`.
+    pub group: String,
+    pub topics: Vec<String>,
+    pub views: Views,
+    pub batch_max: usize,
+    pub batch_wait: Duration,
+    pub max_attempts: u32,
+    pub dlq_topic: String,
+    pub projection: ProjectionConfig,
+}
+
+/// One record of a batch.
+struct Item {
+    msg: OwnedMessage,
+    change: Option<RowChange>,
+    lsn: Option<u64>,
+    commit_ts_ms: Option<i64>,
+    /// Set when the record cannot even be decoded.
+    poison: Option<String>,
+}
+
+fn marker_lsn(msg: &OwnedMessage) -> Option<u64> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == WATERMARK_HEADER)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+}
+
+fn item(msg: OwnedMessage) -> Item {
+    if let Some(lsn) = marker_lsn(&msg) {
+        return Item { msg, change: None, lsn: Some(lsn), commit_ts_ms: None, poison: None };
+    }
+    match debezium::decode(msg.payload()) {
+        Ok(Decoded::Change { change, lsn, commit_ts_ms }) => Item {
+            msg,
+            change: Some(change),
+            lsn: Some(lsn),
+            commit_ts_ms: Some(commit_ts_ms),
+            poison: None,
+        },
+        Ok(Decoded::Skip) => Item { msg, change: None, lsn: None, commit_ts_ms: None, poison: None },
+        Err(e) => {
+            Item { msg, change: None, lsn: None, commit_ts_ms: None, poison: Some(e.to_string()) }
+        }
+    }
+}
+
+pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, ProjectorError> {
+    Ok(hermet_kafka::client_config(brokers, group)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create()?)
+}
+
+/// Runs one consumer group until `shutdown` resolves.
+pub async fn run_group(
+    cfg: GroupConfig,
+    pool: Pool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProjectorError> {
+    let consumer = consumer(&cfg.brokers, &cfg.group)?;
+    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let dlq = hermet_kafka::producer(&cfg.brokers, &format!("{}-dlq", cfg.group))?;
+    tracing::info!(group = %cfg.group, topics = ?cfg.topics, "projector started");
+    tokio::pin!(shutdown);
+    loop {
+        let first = tokio::select! {
+            _ = &mut shutdown => break,
+            m = consumer.recv() => m?.detach(),
+        };
+        let mut batch = vec![item(first)];
+        let deadline = tokio::time::Instant::now() + cfg.batch_wait;
+        while batch.len() < cfg.batch_max {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(m) => batch.push(item(m?.detach())),
+                Err(_) => break,
+            }
+        }
+        process(&cfg, &pool, &dlq, &batch).await?;
+        commit_offsets(&consumer, &batch)?;
+    }
+    tracing::info!(group = %cfg.group, "projector stopped");
+    Ok(())
+}
+
+/// Applies a batch (or dead-letters what cannot be applied); returns when every record is
+/// either applied or in the dead-letter topic.
+async fn process(
+    cfg: &GroupConfig,
+    pool: &Pool,
+    dlq: &FutureProducer,
+    batch: &[Item],
+) -> Result<(), ProjectorError> {
+    let started = Instant::now();
+    let (good, bad): (Vec<&Item>, Vec<&Item>) = batch.iter().partition(|i| i.poison.is_none());
+    for i in bad {
+        dead_letter(cfg, dlq, i, i.poison.as_deref().unwrap_or("undecodable"), 1).await?;
+    }
+    match apply_with_retries(cfg, pool, &good).await {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(group = %cfg.group, error = %e, records = good.len(),
+                "batch keeps failing, applying record by record");
+            for i in &good {
+                if let Err(e) = apply_with_retries(cfg, pool, &[*i]).await {
+                    dead_letter(cfg, dlq, i, &e.to_string(), cfg.max_attempts).await?;
+                }
+            }
+        }
+    }
+    metrics::histogram!("hermet_projector_batch_seconds", "projector" => cfg.group.clone())
+        .record(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Applies the items in one transaction. A database that is away is waited for without end;
+/// anything else gets `max_attempts` tries and then comes back as the error.
+async fn apply_with_retries(
+    cfg: &GroupConfig,
+    pool: &Pool,
+    items: &[&Item],
+) -> Result<(), StoreError> {
+    let mut attempt = 0u32;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        attempt += 1;
+        match apply_once(cfg, pool, items).await {
+            Ok(()) => return Ok(()),
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(group = %cfg.group, error = %e, "projector waiting for the database");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                metrics::counter!("hermet_view_update_failures_total", "projector" => cfg.group.clone())
+                    .increment(1);
+                if attempt >= cfg.max_attempts {
+                    return Err(e);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn apply_once(cfg: &GroupConfig, pool: &Pool, items: &[&Item]) -> Result<(), StoreError> {
+    let changes: Vec<RowChange> = items.iter().filter_map(|i| i.change.clone()).collect();
+    let mut progress: BTreeMap<(String, i32), PartitionProgress> = BTreeMap::new();
+    for i in items {
+        let key = (i.msg.topic().to_owned(), i.msg.partition());
+        let p = progress.entry(key).or_insert_with(|| PartitionProgress {
+            topic: i.msg.topic().to_owned(),
+            partition: i.msg.partition(),
+            applied_lsn: 0,
+            next_offset: 0,
+            commit_ts_ms: None,
+        });
+        p.next_offset = p.next_offset.max(i.msg.offset() + 1);
+        if let Some(lsn) = i.lsn {
+            p.applied_lsn = p.applied_lsn.max(i64::try_from(lsn).unwrap_or(i64::MAX));
+        }
+        if let Some(ts) = i.commit_ts_ms {
+            p.commit_ts_ms = Some(p.commit_ts_ms.map_or(ts, |t| t.max(ts)));
+        }
+    }
+    let progress: Vec<PartitionProgress> = progress.into_values().collect();
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let stats = project::apply_changes(&tx, &changes, cfg.views, &cfg.projection).await?;
+    advance_watermarks(&tx, &cfg.group, &progress).await?;
+    tx.commit().await?;
+    let now = now_ms();
+    let view = if cfg.views.conversations { "conversation" } else { "contact" };
+    for i in items {
+        if let (Some(ts), Some(_)) = (i.commit_ts_ms, &i.change) {
+            metrics::histogram!("hermet_sync_lag_seconds", "view" => view)
+                .record((now - ts).max(0) as f64 / 1000.0);
+        }
+    }
+    metrics::counter!("hermet_projector_rows_total", "projector" => cfg.group.clone())
+        .increment(stats.rows as u64);
+    Ok(())
+}
+
+async fn dead_letter(
+    cfg: &GroupConfig,
+    dlq: &FutureProducer,
+    item: &Item,
+    error: &str,
+    attempts: u32,
+) -> Result<(), ProjectorError> {
+    let m = &item.msg;
+    tracing::error!(group = %cfg.group, topic = m.topic(), partition = m.partition(),
+        offset = m.offset(), error, "dead-lettering a record");
+    metrics::counter!("hermet_projector_dead_letters_total", "projector" => cfg.group.clone())
+        .increment(1);
+    let partition = m.partition().to_string();
+    let offset = m.offset().to_string();
+    let attempts = attempts.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-error", value: Some(error) })
+        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-attempts", value: Some(&attempts) })
+        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-group", value: Some(&cfg.group) })
+        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-topic", value: Some(m.topic()) })
+        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-partition", value: Some(&partition) })
+        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-offset", value: Some(&offset) });
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&cfg.dlq_topic).headers(headers);
+    if let Some(k) = m.key() {
+        rec = rec.key(k);
+    }
+    if let Some(v) = m.payload() {
+        rec = rec.payload(v);
+    }
+    dlq.send(rec, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| ProjectorError::Rd(e))?;
+    Ok(())
+}
+
+fn commit_offsets(consumer: &StreamConsumer, batch: &[Item]) -> Result<(), ProjectorError> {
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for i in batch {
+        let e = next.entry((i.msg.topic().to_owned(), i.msg.partition())).or_insert(0);
+        *e = (*e).max(i.msg.offset() + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        // The effect is committed; a lost offset commit only means a harmless replay.
+        tracing::warn!(error = %e, "offset commit failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Dead letters: list them, and put them back through the projection once the cause is fixed.
+//!
+//! Kafka projectors dead-letter to a topic (headers say which group, topic, partition, offset,
+//! error and attempt count); the outbox worker sets rows aside in `hermet_outbox_dead`.
+//! Replaying is safe at any time: the projection recomputes rows from current state, so an old
+//! event can only confirm what is there or fill in what is missing.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use hermet_kafka::rdkafka::message::{Headers, Message, OwnedMessage};
+use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
+use hermet_store::project;
+
+use crate::debezium::{self, Decoded};
+use crate::ProjectorError;
+
+/// Group used by `dlq replay`, so each dead letter is replayed once.
+pub const REPLAY_GROUP: &str = "hermet-dlq-replayer";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub dlq_offset: i64,
+    pub dlq_partition: i32,
+    pub group: String,
+    pub topic: String,
+    pub partition: String,
+    pub offset: String,
+    pub error: String,
+    pub attempts: String,
+}
+
+fn header(m: &OwnedMessage, key: &str) -> String {
+    m.headers()
+        .and_then(|h| h.iter().find(|x| x.key == key).and_then(|x| x.value))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+fn letter(m: &OwnedMessage) -> DeadLetter {
+    DeadLetter {
+        dlq_offset: m.offset(),
+        dlq_partition: m.partition(),
+        group: header(m, "hermet-dlq-group"),
+        topic: header(m, "hermet-dlq-topic"),
+        partition: header(m, "hermet-dlq-partition"),
+        offset: header(m, "hermet-dlq-offset"),
+        error: header(m, "hermet-dlq-error"),
+        attempts: header(m, "hermet-dlq-attempts"),
+    }
+}
+
+/// Reads the dead-letter topic from `group`'s position (or the beginning) up to its end.
+fn read_all(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    from_beginning: bool,
+) -> Result<(BaseConsumer, Vec<OwnedMessage>), ProjectorError> {
+    let consumer: BaseConsumer = hermet_kafka::client_config(brokers, group)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in &parts {
+        let (_, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+        ends.push((*p, high));
+        let start = if from_beginning { Offset::Beginning } else { Offset::Stored };
+        tpl.add_partition_offset(topic, *p, start)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let position = consumer.position()?;
+        let done = ends.iter().all(|(p, high)| {
+            match position.find_partition(topic, *p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o >= *high,
+                _ => *high == 0,
+            }
+        });
+        if done || std::time::Instant::now() > deadline {
+            break;
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            out.push(m?.detach());
+        }
+    }
+    Ok((consumer, out))
+}
+
+/// Every dead letter in the topic.
+pub fn list(brokers: &str, topic: &str) -> Result<Vec<DeadLetter>, ProjectorError> {
+    let group = format!("hermet-dlq-list-{}", crate::now_ms());
+    let (_, msgs) = read_all(brokers, topic, &group, true)?;
+    Ok(msgs.iter().map(letter).collect())
+}
+
+fn views_of(group: &str) -> Views {
+    match group {
+        "conversation-view-updater" => Views::CONVERSATIONS,
+        "contact-view-updater" => Views::CONTACTS,
+        _ => Views::ALL,
+    }
+}
+
+/// Applies every dead letter not replayed yet; stops at the first one that still fails (it
+/// stays for the next replay). Returns how many were applied.
+pub async fn replay(
+    brokers: &str,
+    topic: &str,
+    pool: &Pool,
+    projection: &ProjectionConfig,
+) -> Result<usize, ProjectorError> {
+    let (consumer, msgs) = {
+        let (b, t) = (brokers.to_owned(), topic.to_owned());
+        tokio::task::spawn_blocking(move || read_all(&b, &t, REPLAY_GROUP, false))
+            .await
+            .map_err(|e| ProjectorError::Other(e.to_string()))??
+    };
+    let mut applied = 0;
+    for m in &msgs {
+        let group = header(m, "hermet-dlq-group");
+        let change = match debezium::decode(m.payload()) {
+            Ok(Decoded::Change { change, .. }) => Some(change),
+            Ok(Decoded::Skip) => None,
+            Err(e) => return Err(ProjectorError::Other(format!("dead letter at offset {} is still undecodable: {e}", m.offset()))),
+        };
+        if let Some(change) = change {
+            let mut conn = pool.get().await?;
+            let tx = conn.transaction().await?;
+            project::apply_changes(&tx, &[change], views_of(&group), projection).await?;
+            tx.commit().await?;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, m.partition(), Offset::Offset(m.offset() + 1))?;
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// Puts outbox rows that were set aside back into the outbox; returns how many.
+pub async fn replay_outbox(pool: &Pool) -> Result<u64, ProjectorError> {
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let n = tx
+        .execute(
+            "WITH back AS (DELETE FROM hermet_outbox_dead RETURNING changes, failed_at)
+             INSERT INTO hermet_outbox (changes, created_at) SELECT changes, failed_at FROM back",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}

@@ -1,0 +1,168 @@
+//! The write-side half of the eventually consistent modes, and their progress markers.
+//!
+//! - `async`: [`enqueue`] writes a command's row changes to `hermet_outbox` in the command's
+//!   transaction; [`take_outbox`]/[`finish_outbox`] let a worker claim rows (`FOR UPDATE SKIP
+//!   LOCKED`, so workers never wait on each other), apply them and delete them in one transaction.
+//! - `cdc`: [`advance_watermarks`] records, in the projector's apply transaction, how far each
+//!   partition has been applied.
+//! - [`covers`]: whether a view has applied everything up to an LSN (read-your-writes).
+
+use deadpool_postgres::Transaction;
+use hermet_core::change::RowChange;
+use hermet_core::Lsn;
+
+use crate::{now_ms, StoreError, SyncMode};
+
+/// Queues a command's changes for the outbox worker (same transaction as the command).
+pub async fn enqueue(tx: &Transaction<'_>, changes: &[RowChange]) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_value(changes).map_err(|e| StoreError::Decode(e.to_string()))?;
+    let stmt = tx
+        .prepare_cached("INSERT INTO hermet_outbox (changes, created_at) VALUES ($1, $2)")
+        .await?;
+    tx.execute(&stmt, &[&json, &now_ms()]).await?;
+    Ok(())
+}
+
+/// An outbox row claimed by a worker.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub changes: Vec<RowChange>,
+    pub created_at: i64,
+}
+
+/// Claims up to `limit` outbox rows, oldest first, skipping rows other workers hold. A row
+/// whose JSON does not decode comes back with `Err`, to be set aside.
+pub async fn take_outbox(
+    tx: &Transaction<'_>,
+    limit: i64,
+) -> Result<Vec<(i64, Result<OutboxRow, String>)>, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT id, changes, created_at FROM hermet_outbox
+              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&limit]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            let json: serde_json::Value = r.get(1);
+            let created_at: i64 = r.get(2);
+            let row = serde_json::from_value::<Vec<RowChange>>(json)
+                .map(|changes| OutboxRow { id, changes, created_at })
+                .map_err(|e| format!("undecodable outbox row: {e}"));
+            (id, row)
+        })
+        .collect())
+}
+
+/// Deletes applied outbox rows.
+pub async fn finish_outbox(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
+    let stmt = tx.prepare_cached("DELETE FROM hermet_outbox WHERE id = ANY($1)").await?;
+    tx.execute(&stmt, &[&ids]).await?;
+    Ok(())
+}
+
+/// Moves a row that keeps failing out of the way, keeping it for replay.
+pub async fn bury_outbox(
+    tx: &Transaction<'_>,
+    id: i64,
+    error: &str,
+    attempts: i32,
+) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "WITH gone AS (DELETE FROM hermet_outbox WHERE id = $1 RETURNING id, changes)
+             INSERT INTO hermet_outbox_dead (id, changes, error, attempts, failed_at)
+             SELECT id, changes, $2, $3, $4 FROM gone
+             ON CONFLICT (id) DO UPDATE SET error = excluded.error,
+                 attempts = hermet_outbox_dead.attempts + excluded.attempts,
+                 failed_at = excluded.failed_at",
+        )
+        .await?;
+    tx.execute(&stmt, &[&id, &error, &attempts, &now_ms()]).await?;
+    Ok(())
+}
+
+/// Progress of one partition in one apply.
+#[derive(Debug, Clone)]
+pub struct PartitionProgress {
+    pub topic: String,
+    pub partition: i32,
+    pub applied_lsn: i64,
+    pub next_offset: i64,
+    pub commit_ts_ms: Option<i64>,
+}
+
+/// Records partition progress; never moves an LSN or offset backwards.
+pub async fn advance_watermarks(
+    tx: &Transaction<'_>,
+    projector: &str,
+    progress: &[PartitionProgress],
+) -> Result<(), StoreError> {
+    if progress.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = progress.iter().map(|p| p.topic.as_str()).collect();
+    let parts: Vec<i32> = progress.iter().map(|p| p.partition).collect();
+    let lsns: Vec<i64> = progress.iter().map(|p| p.applied_lsn).collect();
+    let offsets: Vec<i64> = progress.iter().map(|p| p.next_offset).collect();
+    let ts: Vec<Option<i64>> = progress.iter().map(|p| p.commit_ts_ms).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO hermet_projector_watermarks AS w
+                 (projector, topic, partition, applied_lsn, next_offset, commit_ts_ms, updated_at)
+             SELECT $1, u.* , $7 FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[]) AS u
+             ON CONFLICT (projector, topic, partition) DO UPDATE SET
+                 applied_lsn  = GREATEST(w.applied_lsn, excluded.applied_lsn),
+                 next_offset  = GREATEST(w.next_offset, excluded.next_offset),
+                 commit_ts_ms = GREATEST(w.commit_ts_ms, excluded.commit_ts_ms),
+                 updated_at   = excluded.updated_at",
+        )
+        .await?;
+    tx.execute(&stmt, &[&projector, &topics, &parts, &lsns, &offsets, &ts, &now_ms()]).await?;
+    Ok(())
+}
+
+/// Whether the view maintained by `projector` has applied every write up to `lsn`.
+///
+/// - `dual_write`: always (views change in the write's own transaction);
+/// - `async`: no outbox row written before `lsn` is still pending;
+/// - `cdc`: every one of the projector's `partitions` has applied an event or a watermark
+///   marker at or past `lsn` (markers come from the relay, so a quiet partition catches up too).
+pub async fn covers(
+    client: &deadpool_postgres::Client,
+    mode: SyncMode,
+    projector: &str,
+    partitions: i64,
+    lsn: Lsn,
+) -> Result<bool, StoreError> {
+    let lsn_text = lsn.to_string();
+    match mode {
+        SyncMode::DualWrite => Ok(true),
+        SyncMode::Async => {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT NOT EXISTS (SELECT 1 FROM hermet_outbox WHERE wal_lsn < $1::text::pg_lsn)",
+                )
+                .await?;
+            Ok(client.query_one(&stmt, &[&lsn_text]).await?.get(0))
+        }
+        SyncMode::Cdc => {
+            let at = i64::try_from(lsn.0).unwrap_or(i64::MAX);
+            let stmt = client
+                .prepare_cached(
+                    "SELECT count(*) FILTER (WHERE applied_lsn >= $2) FROM hermet_projector_watermarks
+                      WHERE projector = $1",
+                )
+                .await?;
+            let done: i64 = client.query_one(&stmt, &[&projector, &at]).await?.get(0);
+            Ok(done >= partitions)
+        }
+    }
+}
