@@ -26,6 +26,7 @@ use deadpool_postgres::Pool;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, Views};
 use hermet_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use hermet_kafka::rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use hermet_kafka::rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
 use hermet_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
@@ -118,7 +119,15 @@ pub async fn run_group(
     loop {
         let first = tokio::select! {
             _ = &mut shutdown => break,
-            m = consumer.recv() => m?.detach(),
+            m = consumer.recv() => match m {
+                Ok(m) => m.detach(),
+                // Topics appear when the relay first starts; until then there is nothing to do.
+                Err(RdError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         let mut batch = vec![item(first)];
         let deadline = tokio::time::Instant::now() + cfg.batch_wait;
