@@ -138,7 +138,8 @@ impl Store {
     async fn finish(&self, tx: Transaction<'_>, changes: Changes) -> Result<(), StoreError> {
         match self.config().sync_mode {
             SyncMode::DualWrite => {
-                project::apply_changes(&tx, &changes.0, Views::ALL, &self.config().projection).await?;
+                project::apply_changes(&tx, &changes.0, Views::ALL, &self.config().projection)
+                    .await?;
             }
             SyncMode::Async => crate::sync::enqueue(&tx, &changes.0).await?,
             // The WAL carries the changes; the relay and the projectors do the rest.

@@ -7,10 +7,13 @@
 //! - [`project`]: resolves what a batch of changes affects, looks up current write-side state,
 //!   runs the pure projection of `hermet-core`, and applies the result set-based ([`views`]);
 //! - [`views`]: the guarded batch upserts and the list queries of the read side;
-//! - [`oracle`]: the read side recomputed from the write side in SQL, and a diff against it.
+//! - [`oracle`]: the read side recomputed from the write side in SQL, and a diff against it;
+//! - [`audience`]: who hears about a change (the push notifier's look-ups).
 //!
 //! All SQL binds its values; batches use `UNNEST` arrays.
 
+pub mod audience;
+pub mod audit;
 pub mod commands;
 mod error;
 pub mod migrate;

@@ -18,7 +18,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0002_read_side.sql"),
     ),
     (3, "cdc", include_str!("../migrations/0003_cdc.sql")),
-    (4, "projectors", include_str!("../migrations/0004_projectors.sql")),
+    (
+        4,
+        "projectors",
+        include_str!("../migrations/0004_projectors.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.

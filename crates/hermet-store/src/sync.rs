@@ -54,7 +54,11 @@ pub async fn take_outbox(
             let json: serde_json::Value = r.get(1);
             let created_at: i64 = r.get(2);
             let row = serde_json::from_value::<Vec<RowChange>>(json)
-                .map(|changes| OutboxRow { id, changes, created_at })
+                .map(|changes| OutboxRow {
+                    id,
+                    changes,
+                    created_at,
+                })
                 .map_err(|e| format!("undecodable outbox row: {e}"));
             (id, row)
         })
@@ -63,7 +67,9 @@ pub async fn take_outbox(
 
 /// Deletes applied outbox rows.
 pub async fn finish_outbox(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), StoreError> {
-    let stmt = tx.prepare_cached("DELETE FROM hermet_outbox WHERE id = ANY($1)").await?;
+    let stmt = tx
+        .prepare_cached("DELETE FROM hermet_outbox WHERE id = ANY($1)")
+        .await?;
     tx.execute(&stmt, &[&ids]).await?;
     Ok(())
 }
@@ -85,7 +91,8 @@ pub async fn bury_outbox(
                  failed_at = excluded.failed_at",
         )
         .await?;
-    tx.execute(&stmt, &[&id, &error, &attempts, &now_ms()]).await?;
+    tx.execute(&stmt, &[&id, &error, &attempts, &now_ms()])
+        .await?;
     Ok(())
 }
 
@@ -125,7 +132,11 @@ pub async fn advance_watermarks(
                  updated_at   = excluded.updated_at",
         )
         .await?;
-    tx.execute(&stmt, &[&projector, &topics, &parts, &lsns, &offsets, &ts, &now_ms()]).await?;
+    tx.execute(
+        &stmt,
+        &[&projector, &topics, &parts, &lsns, &offsets, &ts, &now_ms()],
+    )
+    .await?;
     Ok(())
 }
 

@@ -46,6 +46,27 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AdminCmd {
+    /// Compare the read side with a rebuild from the write side; print mismatches by kind and
+    /// the consistency rate.
+    Audit {
+        /// Buckets (owner id modulo this) checksummed and compared.
+        #[arg(long, default_value_t = 256)]
+        buckets: u32,
+        /// Audit this many random buckets instead of all.
+        #[arg(long, conflicts_with = "full")]
+        sample: Option<u32>,
+        /// Audit every bucket (the default).
+        #[arg(long)]
+        full: bool,
+        /// Fix what the audit found (delete the wrong rows, recompute them).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Recompute one user's rows and every row embedding the user, in one transaction.
+    Repair {
+        #[arg(long)]
+        user: i64,
+    },
     /// Dead letters of the projectors (Kafka topic `projector.dlq_topic`) and of the outbox.
     Dlq {
         #[command(subcommand)]
@@ -79,7 +100,21 @@ pub fn run() -> anyhow::Result<()> {
             rt.block_on(hermet_bench::run_and_print(&env, scenario, &opts))?;
             Ok(())
         }
-        Command::Admin { cmd: AdminCmd::Dlq { cmd } } => rt.block_on(dlq(&cfg, cmd)),
+        Command::Admin {
+            cmd: AdminCmd::Dlq { cmd },
+        } => rt.block_on(dlq(&cfg, cmd)),
+        Command::Admin {
+            cmd:
+                AdminCmd::Audit {
+                    buckets,
+                    sample,
+                    full: _,
+                    repair,
+                },
+        } => rt.block_on(audit(&cfg, buckets, sample, repair)),
+        Command::Admin {
+            cmd: AdminCmd::Repair { user },
+        } => rt.block_on(repair_user(&cfg, user)),
         Command::Config => {
             println!("{cfg:#?}");
             Ok(())
@@ -104,17 +139,32 @@ async fn dlq(cfg: &Config, cmd: DlqCmd) -> anyhow::Result<()> {
     let (brokers, topic) = (cfg.kafka.brokers.clone(), cfg.projector.dlq_topic.clone());
     match cmd {
         DlqCmd::List => {
-            let letters = tokio::task::spawn_blocking(move || dlq::list(&brokers, &topic)).await??;
-            println!("kafka dead letters ({}): {}", cfg.projector.dlq_topic, letters.len());
+            let letters =
+                tokio::task::spawn_blocking(move || dlq::list(&brokers, &topic)).await??;
+            println!(
+                "kafka dead letters ({}): {}",
+                cfg.projector.dlq_topic,
+                letters.len()
+            );
             for l in &letters {
                 println!(
                     "  dlq {}:{}  group={} source={}:{}@{} attempts={} error={}",
-                    l.dlq_partition, l.dlq_offset, l.group, l.topic, l.partition, l.offset, l.attempts, l.error
+                    l.dlq_partition,
+                    l.dlq_offset,
+                    l.group,
+                    l.topic,
+                    l.partition,
+                    l.offset,
+                    l.attempts,
+                    l.error
                 );
             }
             let conn = pool.get().await?;
             let rows = conn
-                .query("SELECT id, attempts, error FROM hermet_outbox_dead ORDER BY id", &[])
+                .query(
+                    "SELECT id, attempts, error FROM hermet_outbox_dead ORDER BY id",
+                    &[],
+                )
                 .await?;
             println!("outbox rows set aside: {}", rows.len());
             for r in rows {
@@ -129,5 +179,97 @@ async fn dlq(cfg: &Config, cmd: DlqCmd) -> anyhow::Result<()> {
             println!("replayed {n} kafka dead letters; {m} outbox rows back in the outbox");
         }
     }
+    Ok(())
+}
+
+async fn audit(
+    cfg: &Config,
+    buckets: u32,
+    sample: Option<u32>,
+    repair: bool,
+) -> anyhow::Result<()> {
+    use hermet_store::audit;
+    anyhow::ensure!(
+        (1..=65536).contains(&buckets),
+        "--buckets must be between 1 and 65536"
+    );
+    let pool = hermet_store::connect_pool(&cfg.database.url, 2)?;
+    let preview = cfg.read_side.preview_chars as i32;
+    let chosen: Option<Vec<i32>> = sample.map(|n| {
+        // Spread the sample over the buckets, starting at a time-dependent offset.
+        let start = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            % u64::from(buckets)) as u32;
+        let n = n.clamp(1, buckets);
+        (0..n)
+            .map(|i| ((start + i * (buckets / n).max(1)) % buckets) as i32)
+            .collect()
+    });
+    let started = std::time::Instant::now();
+    let conn = pool.get().await?;
+    let report = audit::audit(&conn, preview, buckets, chosen.as_deref()).await?;
+    drop(conn);
+    println!(
+        "audited {} of {} buckets in {:.2}s: {} expected rows, {} buckets differ",
+        report.audited_buckets,
+        report.buckets,
+        started.elapsed().as_secs_f64(),
+        report.expected_rows,
+        report.differing_buckets
+    );
+    for ((table, kind), n) in report.summary() {
+        println!("  {table}: {n} {}", kind.as_str());
+    }
+    for f in report.findings.iter().take(50) {
+        let key: Vec<String> = f.key.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let fields = if f.fields.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", f.fields.join(", "))
+        };
+        println!(
+            "  - {} {} {}{}",
+            f.table,
+            f.kind.as_str(),
+            key.join(" "),
+            fields
+        );
+    }
+    if report.findings.len() > 50 {
+        println!("  … {} more", report.findings.len() - 50);
+    }
+    println!(
+        "consistency rate: {:.6}%",
+        report.consistency_rate() * 100.0
+    );
+    if repair && !report.findings.is_empty() {
+        let mut conn = pool.get().await?;
+        let tx = conn.transaction().await?;
+        let rows = audit::repair(&tx, &report.findings, &cfg.store_config().projection).await?;
+        tx.commit().await?;
+        println!(
+            "repaired: {} findings, {rows} view rows rewritten",
+            report.findings.len()
+        );
+    }
+    if !repair && !report.findings.is_empty() {
+        anyhow::bail!(
+            "the read side differs from the write side ({} findings)",
+            report.findings.len()
+        );
+    }
+    Ok(())
+}
+
+async fn repair_user(cfg: &Config, user: i64) -> anyhow::Result<()> {
+    anyhow::ensure!(user > 0, "--user must be a positive id");
+    let pool = hermet_store::connect_pool(&cfg.database.url, 2)?;
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let rows = hermet_store::audit::repair_user(&tx, user, &cfg.store_config().projection).await?;
+    tx.commit().await?;
+    println!("user {user}: {rows} view rows recomputed (own rows, rows embedding the user, both reverse indexes)");
     Ok(())
 }
