@@ -11,10 +11,16 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// What a record of a data topic is.
+// Decoded once per record and moved straight into a batch: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     /// A row change, with its source position.
-    Change { change: RowChange, lsn: u64, commit_ts_ms: i64 },
+    Change {
+        change: RowChange,
+        lsn: u64,
+        commit_ts_ms: i64,
+    },
     /// Nothing to apply (a delete's tombstone).
     Skip,
 }
@@ -51,9 +57,11 @@ fn defaults(table: &str) -> Option<Value> {
     Some(match table {
         "users" => serde_json::json!({"id": 0, "nickname": "", "avatar": "", "profile_ver": 0,
             "created_at": 0, "updated_at": 0}),
-        "channels" => serde_json::json!({"id": 0, "channel_type": "group", "name": "", "avatar": "",
+        "channels" => {
+            serde_json::json!({"id": 0, "channel_type": "group", "name": "", "avatar": "",
             "channel_status": "", "channel_info_ver": 0, "member_count": 0, "creator_id": 0,
-            "last_seq": 0, "pair_low": null, "pair_high": null, "created_at": 0, "updated_at": 0}),
+            "last_seq": 0, "pair_low": null, "pair_high": null, "created_at": 0, "updated_at": 0})
+        }
         "channel_members" => serde_json::json!({"channel_id": 0, "user_id": 0, "role": "member",
             "joined_at": 0, "left_at": null, "left_seq": null, "read_seq": 0, "pinned": false,
             "muted": false, "hidden_at_seq": null, "settings_ver": 0}),
@@ -67,7 +75,9 @@ fn defaults(table: &str) -> Option<Value> {
 }
 
 fn row<T: DeserializeOwned>(table: &str, v: Option<Value>) -> Result<Option<T>, DecodeError> {
-    let Some(Value::Object(given)) = v else { return Ok(None) };
+    let Some(Value::Object(given)) = v else {
+        return Ok(None);
+    };
     let mut full = defaults(table).ok_or_else(|| DecodeError::UnknownTable(table.to_owned()))?;
     if let Value::Object(f) = &mut full {
         for (k, v) in given {
@@ -76,7 +86,10 @@ fn row<T: DeserializeOwned>(table: &str, v: Option<Value>) -> Result<Option<T>, 
     }
     serde_json::from_value(full)
         .map(Some)
-        .map_err(|e| DecodeError::Row { table: table.to_owned(), error: e.to_string() })
+        .map_err(|e| DecodeError::Row {
+            table: table.to_owned(),
+            error: e.to_string(),
+        })
 }
 
 fn change<T: DeserializeOwned>(
@@ -85,12 +98,18 @@ fn change<T: DeserializeOwned>(
     before: Option<Value>,
     after: Option<Value>,
 ) -> Result<Change<T>, DecodeError> {
-    Ok(Change { op, before: row(table, before)?, after: row(table, after)? })
+    Ok(Change {
+        op,
+        before: row(table, before)?,
+        after: row(table, after)?,
+    })
 }
 
 /// Decodes one record value (`None`: a tombstone).
 pub fn decode(value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
-    let Some(bytes) = value else { return Ok(Decoded::Skip) };
+    let Some(bytes) = value else {
+        return Ok(Decoded::Skip);
+    };
     let env: Envelope =
         serde_json::from_slice(bytes).map_err(|e| DecodeError::Envelope(e.to_string()))?;
     let op = match env.op.as_str() {
@@ -110,7 +129,11 @@ pub fn decode(value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
         "messages" => RowChange::Messages(change(t, op, b, a)?),
         other => return Err(DecodeError::UnknownTable(other.to_owned())),
     };
-    Ok(Decoded::Change { change, lsn: env.source.lsn.unwrap_or(0), commit_ts_ms: env.source.ts_ms })
+    Ok(Decoded::Change {
+        change,
+        lsn: env.source.lsn.unwrap_or(0),
+        commit_ts_ms: env.source.ts_ms,
+    })
 }
 
 #[cfg(test)]
@@ -123,7 +146,11 @@ mod tests {
             "source":{"version":"0.1.0","connector":"postgresql","name":"hermet","ts_ms":123,"db":"d","schema":"public","table":"users","txId":5,"lsn":99},
             "op":"u","ts_ms":124}"#;
         match decode(Some(v)).unwrap() {
-            Decoded::Change { change: RowChange::Users(c), lsn, commit_ts_ms } => {
+            Decoded::Change {
+                change: RowChange::Users(c),
+                lsn,
+                commit_ts_ms,
+            } => {
                 assert_eq!(c.after.unwrap().profile_ver, 3);
                 assert_eq!((lsn, commit_ts_ms), (99, 123));
             }
@@ -135,7 +162,10 @@ mod tests {
     fn key_only_deletes_and_tombstones() {
         let v = br#"{"before":{"channel_id":1,"user_id":2},"after":null,"source":{"table":"channel_members","lsn":5,"ts_ms":1},"op":"d","ts_ms":2}"#;
         match decode(Some(v)).unwrap() {
-            Decoded::Change { change: RowChange::ChannelMembers(c), .. } => {
+            Decoded::Change {
+                change: RowChange::ChannelMembers(c),
+                ..
+            } => {
                 let b = c.before.unwrap();
                 assert_eq!((b.channel_id, b.user_id), (1, 2));
             }
@@ -147,8 +177,17 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode(Some(b"{")).is_err());
-        assert!(decode(Some(br#"{"before":null,"after":{},"source":{"table":"nope","ts_ms":1},"op":"c"}"#)).is_err());
-        assert!(decode(Some(br#"{"before":null,"after":{"id":"x"},"source":{"table":"users","ts_ms":1},"op":"c"}"#)).is_err());
-        assert!(decode(Some(br#"{"before":null,"after":null,"source":{"table":"users","ts_ms":1},"op":"z"}"#)).is_err());
+        assert!(decode(Some(
+            br#"{"before":null,"after":{},"source":{"table":"nope","ts_ms":1},"op":"c"}"#
+        ))
+        .is_err());
+        assert!(decode(Some(
+            br#"{"before":null,"after":{"id":"x"},"source":{"table":"users","ts_ms":1},"op":"c"}"#
+        ))
+        .is_err());
+        assert!(decode(Some(
+            br#"{"before":null,"after":null,"source":{"table":"users","ts_ms":1},"op":"z"}"#
+        ))
+        .is_err());
     }
 }
