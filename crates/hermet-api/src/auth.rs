@@ -77,19 +77,26 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
+        let token = bearer_token(&parts.headers)?
             .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| ApiError::unauthorized("expected `Authorization: Bearer <token>`"))?;
         state.keys().verify(token.trim()).map(AuthUser)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; `None` without the header, an error
+/// when the header is there but not a bearer token.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(Some)
+        .ok_or_else(|| ApiError::unauthorized("expected `Authorization: Bearer <token>`"))
 }
 
 #[cfg(test)]

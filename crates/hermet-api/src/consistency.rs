@@ -42,11 +42,13 @@ pub enum View {
 }
 
 impl View {
-    pub fn projector(self) -> &'static str {
-        match self {
+    /// The projector's name: its consumer group id, after `prefix` (`projector.group_prefix`).
+    pub fn projector(self, prefix: &str) -> String {
+        let name = match self {
             View::Conversations => "conversation-view-updater",
             View::Contacts => "contact-view-updater",
-        }
+        };
+        format!("{prefix}{name}")
     }
 }
 
@@ -57,7 +59,9 @@ pub async fn wait_for(
     headers: &HeaderMap,
     view: View,
 ) -> Result<bool, ApiError> {
-    let Some(lsn) = min_lsn(headers)? else { return Ok(false) };
+    let Some(lsn) = min_lsn(headers)? else {
+        return Ok(false);
+    };
     let store = state.store();
     let mode = store.config().sync_mode;
     if mode == hermet_store::SyncMode::DualWrite {
@@ -65,17 +69,17 @@ pub async fn wait_for(
     }
     let cfg = &state.inner.cfg;
     let deadline = tokio::time::Instant::now() + cfg.read_wait;
-    let conn = store.pool().get().await.map_err(hermet_store::StoreError::from)?;
+    let conn = store
+        .pool()
+        .get()
+        .await
+        .map_err(hermet_store::StoreError::from)?;
     let mut pause = std::time::Duration::from_millis(2);
+    let projector = view.projector(&cfg.projector_prefix);
     loop {
-        let covered = hermet_store::sync::covers(
-            &conn,
-            mode,
-            view.projector(),
-            cfg.partitions_per_projector,
-            lsn,
-        )
-        .await?;
+        let covered =
+            hermet_store::sync::covers(&conn, mode, &projector, cfg.partitions_per_projector, lsn)
+                .await?;
         if covered {
             return Ok(false);
         }

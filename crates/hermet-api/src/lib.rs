@@ -5,7 +5,8 @@
 //!   internals are logged, never sent;
 //! - [`extract`]: JSON/path/query extractors whose rejections use that same error shape;
 //! - [`routes`]: one module per resource; handlers parse input into `hermet_core::validate` types
-//!   and call the store — no SQL here.
+//!   and call the store — no SQL here;
+//! - [`push`]: the hub of `GET /v1/ws` connections that the push notifier publishes to.
 //!
 //! Reads in `dual_write` mode are always fresh; `X-Hermet-Min-Lsn` is validated and, in the
 //! eventually consistent modes, waited on (see [`consistency`]).
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod consistency;
 pub mod error;
 pub mod extract;
+pub mod push;
 mod routes;
 
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use auth::TokenKeys;
 pub use error::ApiError;
+pub use push::Hub;
 
 /// Settings of the API layer.
 #[derive(Clone)]
@@ -43,6 +46,9 @@ pub struct ApiConfig {
     pub read_wait: std::time::Duration,
     /// Partitions each projector consumes (`cdc`): all must have caught up for a read to be fresh.
     pub partitions_per_projector: i64,
+    /// `projector.group_prefix`: prepended to the projector names waited on (see
+    /// [`consistency::View::projector`]).
+    pub projector_prefix: String,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +59,7 @@ impl Default for ApiConfig {
             max_body_bytes: 64 * 1024,
             read_wait: std::time::Duration::from_secs(2),
             partitions_per_projector: 40,
+            projector_prefix: String::new(),
         }
     }
 }
@@ -68,10 +75,24 @@ pub(crate) struct Inner {
     keys: TokenKeys,
     pub(crate) cfg: ApiConfig,
     metrics: Option<PrometheusHandle>,
+    hub: Hub,
 }
 
 impl AppState {
+    /// State with a push hub of its own (nothing publishes to it unless given to a notifier:
+    /// see [`AppState::with_hub`]).
     pub fn new(store: Store, cfg: ApiConfig, metrics: Option<PrometheusHandle>) -> Self {
+        Self::with_hub(store, cfg, metrics, Hub::default())
+    }
+
+    /// State whose `GET /v1/ws` connections register in `hub`, which the push notifier
+    /// publishes to.
+    pub fn with_hub(
+        store: Store,
+        cfg: ApiConfig,
+        metrics: Option<PrometheusHandle>,
+        hub: Hub,
+    ) -> Self {
         let keys = TokenKeys::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs);
         AppState {
             inner: Arc::new(Inner {
@@ -79,8 +100,13 @@ impl AppState {
                 keys,
                 cfg,
                 metrics,
+                hub,
             }),
         }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
     }
 
     pub fn store(&self) -> &Store {

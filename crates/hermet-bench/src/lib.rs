@@ -3,11 +3,16 @@
 //! [`run`] creates a scratch database `hermet_bench_<random>` on the server of the given admin
 //! URL, migrates it, populates it with the workload, runs the measured phase `runs` times on it,
 //! and drops the database at the end, also on error or Ctrl-C.
+//!
+//! [`cdc`] (`hermet bench cdc`) is different: it measures the CDC relay (a child `hermet serve
+//! --role cdc` process) draining a WAL backlog into Kafka next to `pg_recvlogical`.
 
+pub mod cdc;
 mod report;
 mod scenarios;
 pub mod workload;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,6 +58,20 @@ pub enum BenchError {
     Json(#[from] serde_json::Error),
     #[error("internal: {0}")]
     Internal(String),
+    /// Running a child process (the relay, `pg_recvlogical`) or reading `/proc` failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A query of a measured phase failed.
+    #[error("{what}: {source}")]
+    Db {
+        what: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("kafka: {0}")]
+    Kafka(#[from] hermet_kafka::KafkaError),
 }
 
 /// A benchmark scenario.
@@ -63,6 +82,9 @@ pub enum Scenario {
     Send,
     /// Conversation-list read latency, optionally under background writes.
     List,
+    /// CDC relay: rows/s from a WAL backlog to Kafka (acknowledged), next to `pg_recvlogical`
+    /// draining the same backlog; the relay's peak RSS.
+    Cdc,
 }
 
 impl std::fmt::Display for Scenario {
@@ -70,17 +92,24 @@ impl std::fmt::Display for Scenario {
         f.write_str(match self {
             Scenario::Send => "send",
             Scenario::List => "list",
+            Scenario::Cdc => "cdc",
         })
     }
 }
 
 /// Where to run: the admin URL of a PostgreSQL server (any database the role can connect to and
-/// create databases from) and the default read-side shard count.
+/// create databases from) and the default read-side shard count; for `cdc` also the Kafka
+/// brokers and the `hermet` binary that runs the relay.
 #[derive(Debug, Clone)]
 pub struct BenchEnv {
     pub database_url: String,
     /// Used when [`BenchOptions::shards`] is not given.
     pub shards: u32,
+    /// `cdc`: the brokers the relay produces to.
+    pub kafka_brokers: String,
+    /// `cdc`: the `hermet` binary whose `serve --role cdc` is measured [default: the running
+    /// executable, which is `hermet` when the benchmark runs as `hermet bench cdc`].
+    pub hermet_bin: Option<PathBuf>,
 }
 
 impl BenchEnv {
@@ -88,6 +117,8 @@ impl BenchEnv {
         BenchEnv {
             database_url: database_url.into(),
             shards: 256,
+            kafka_brokers: "127.0.0.1:59092".to_owned(),
+            hermet_bin: None,
         }
     }
 }
@@ -140,6 +171,19 @@ pub struct BenchOptions {
     /// Keep the scratch database (its name is printed) instead of dropping it.
     #[arg(long)]
     pub keep_database: bool,
+    /// `cdc`: row changes in each round's WAL backlog.
+    #[arg(long, default_value_t = 500_000)]
+    pub rows: u64,
+    /// `cdc`: row changes per backlog transaction.
+    #[arg(long, default_value_t = 10_000)]
+    pub txn_rows: u64,
+    /// `cdc`: partitions of each topic the relay creates.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: i32,
+    /// `cdc`: the pg_recvlogical binary [default: the newest
+    /// /usr/lib/postgresql/*/bin/pg_recvlogical, else the one on PATH].
+    #[arg(long)]
+    pub pg_recvlogical: Option<PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -160,6 +204,10 @@ impl Default for BenchOptions {
             setup_concurrency: 8,
             json: false,
             keep_database: false,
+            rows: 500_000,
+            txn_rows: 10_000,
+            partitions: 8,
+            pg_recvlogical: None,
         }
     }
 }
@@ -180,6 +228,7 @@ impl BenchOptions {
         self.concurrency.unwrap_or(match scenario {
             Scenario::Send => 8,
             Scenario::List => 16,
+            Scenario::Cdc => 1,
         })
     }
 
@@ -199,6 +248,17 @@ impl BenchOptions {
         }
         if self.shards == Some(0) {
             return bad("--shards must be at least 1");
+        }
+        if scenario == Scenario::Cdc {
+            if self.rows < 1_000 {
+                return bad("--rows must be at least 1000");
+            }
+            if !(100..=1_000_000).contains(&self.txn_rows) {
+                return bad("--txn-rows must be between 100 and 1000000");
+            }
+            if !(1..=1024).contains(&self.partitions) {
+                return bad("--partitions must be between 1 and 1024");
+            }
         }
         Ok(())
     }
@@ -273,6 +333,11 @@ pub async fn run(
     scenario: Scenario,
     opts: &BenchOptions,
 ) -> Result<Report, BenchError> {
+    if scenario == Scenario::Cdc {
+        return Err(BenchError::InvalidOptions(
+            "`cdc` has its own report: use cdc::run or run_and_print".to_owned(),
+        ));
+    }
     opts.check(scenario)?;
     let spec = opts.workload();
     let plan = Plan::generate(&spec)?;
@@ -308,19 +373,29 @@ pub async fn run(
     }
 }
 
-/// [`run`], then prints the report to stdout (Markdown, or JSON with `--json`).
+/// [`run`] (or [`cdc::run`]), then prints the report to stdout (Markdown, or JSON with
+/// `--json`).
 pub async fn run_and_print(
     env: &BenchEnv,
     scenario: Scenario,
     opts: &BenchOptions,
-) -> Result<Report, BenchError> {
+) -> Result<(), BenchError> {
+    if scenario == Scenario::Cdc {
+        let report = cdc::run(env, opts).await?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
     let report = run(env, scenario, opts).await?;
     if opts.json {
         println!("{}", report.to_json()?);
     } else {
         println!("{report}");
     }
-    Ok(report)
+    Ok(())
 }
 
 async fn run_in(
@@ -421,7 +496,8 @@ async fn measure_all(
     ));
     let load = |secs: u64| Load {
         measured: match scenario {
-            Scenario::Send => Source::Send,
+            // `run` refuses `cdc` before getting here.
+            Scenario::Send | Scenario::Cdc => Source::Send,
             Scenario::List => Source::List,
         },
         workers,
@@ -542,8 +618,8 @@ mod tests {
             panic!("HERMET_DATABASE_URL is not set");
         };
         let env = BenchEnv {
-            database_url: url,
             shards: 16,
+            ..BenchEnv::new(url)
         };
         let opts = BenchOptions {
             users: 300,

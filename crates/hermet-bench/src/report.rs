@@ -166,14 +166,15 @@ impl Report {
             p.shards,
             p.concurrency,
             match self.scenario {
-                Scenario::Send => "senders",
+                // `cdc` has its own report (`cdc::CdcReport`).
+                Scenario::Send | Scenario::Cdc => "senders",
                 Scenario::List => "readers",
             },
             match self.scenario {
                 Scenario::List if p.writers > 0 =>
                     format!(" + {} background writers ({})", p.writers, p.mix),
                 Scenario::List => format!(", page {}", p.page_size),
-                Scenario::Send => String::new(),
+                Scenario::Send | Scenario::Cdc => String::new(),
             },
             p.duration_secs,
             p.runs,
@@ -188,7 +189,7 @@ impl Report {
             s.groups_secs
         );
         match self.scenario {
-            Scenario::Send => {
+            Scenario::Send | Scenario::Cdc => {
                 out.push_str(
                     "| scenario | run | messages/s | view rows/s | members/msg | p50 ms | p99 ms | p99.9 ms | max ms | errors | retries |\n\
                      |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",

@@ -481,6 +481,9 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
     stream(ctx, repl, shutdown).await
 }
 
+/// How long after the last captured commit keepalive positions still get watermark markers.
+const KEEPALIVE_MARKERS_AFTER_COMMIT: Duration = Duration::from_secs(5);
+
 /// Every partition of every data topic: where watermark markers go.
 async fn partitions_of(
     sink: &Sink,
@@ -636,6 +639,14 @@ async fn stream(
     let mut relations = RelationCache::new();
     let mut marker_tick = tokio::time::interval(cfg.watermark_interval);
     let mut marked: Option<Lsn> = None;
+    // A keepalive's position while no transaction is open: every commit before it has been
+    // read (and produced). A write's `X-Hermet-Lsn` (`pg_current_wal_lsn()` after its commit) is
+    // past the commit itself whenever other WAL was written meanwhile (other databases, the
+    // projectors' own writes); markers at keepalive positions cover it without waiting for a
+    // heartbeat. Only shortly after a captured commit, so the projectors' watermark writes
+    // (WAL, hence keepalives, hence markers) do not keep each other busy while idle.
+    let mut idle_at: Option<Lsn> = None;
+    let mut last_commit_seen = Instant::now();
     let mut tables: HashMap<Oid, (Table, String)> = HashMap::new();
     let mut open: Option<OpenTx> = None;
     let mut acks: FuturesOrdered<Ack> = FuturesOrdered::new();
@@ -727,6 +738,7 @@ async fn stream(
                         }
                         let end = Lsn(u64::from(end_lsn));
                         last_commit = Some(end);
+                        last_commit_seen = Instant::now();
                         let n = tx.deliveries.len();
                         in_flight += n;
                         let commit_ts = Some(tx.commit_ts_ms);
@@ -753,6 +765,7 @@ async fn stream(
                     ReplicationEvent::KeepAlive { wal_end, .. } => {
                         if open.is_none() {
                             let at = Lsn(u64::from(wal_end));
+                            idle_at = idle_at.max(Some(at));
                             acks.push_back(async move { Ok((at, 0, None)) }.boxed());
                         }
                     }
@@ -760,7 +773,9 @@ async fn stream(
                 }
             }
             _ = marker_tick.tick() => {
-                if let Some(at) = last_commit.filter(|l| marked.is_none_or(|m| *l > m)) {
+                let recent = last_commit_seen.elapsed() < KEEPALIVE_MARKERS_AFTER_COMMIT;
+                let at = if recent { last_commit.max(idle_at) } else { last_commit };
+                if let Some(at) = at.filter(|l| marked.is_none_or(|m| *l > m)) {
                     let futs = send_markers(sink, markers, at).await?;
                     marked = Some(at);
                     let n = futs.len();

@@ -9,7 +9,8 @@
 //!   the current write-side state;
 //! - [`views`]: the read-side rows and the operations a view store applies;
 //! - [`validate`]: input parsed into types that cannot hold invalid values;
-//! - [`lsn`]: PostgreSQL log sequence numbers.
+//! - [`lsn`]: PostgreSQL log sequence numbers;
+//! - [`push`]: the events of WebSocket push, who receives them, and the port they go through.
 //!
 //! The convergence contract (SPEC §2) is kept by construction: every view row is recomputed from
 //! current write-side state, and every group of view columns carries the write-side version it was
@@ -19,6 +20,7 @@
 pub mod change;
 pub mod lsn;
 pub mod projection;
+pub mod push;
 pub mod rows;
 pub mod validate;
 pub mod views;

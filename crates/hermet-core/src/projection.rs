@@ -48,9 +48,18 @@ pub struct Views {
 }
 
 impl Views {
-    pub const ALL: Views = Views { conversations: true, contacts: true };
-    pub const CONVERSATIONS: Views = Views { conversations: true, contacts: false };
-    pub const CONTACTS: Views = Views { conversations: false, contacts: true };
+    pub const ALL: Views = Views {
+        conversations: true,
+        contacts: true,
+    };
+    pub const CONVERSATIONS: Views = Views {
+        conversations: true,
+        contacts: false,
+    };
+    pub const CONTACTS: Views = Views {
+        conversations: false,
+        contacts: true,
+    };
 }
 
 /// What a batch of changes touches, before any look-up.

@@ -75,20 +75,40 @@ fn marker_lsn(msg: &OwnedMessage) -> Option<u64> {
 
 fn item(msg: OwnedMessage) -> Item {
     if let Some(lsn) = marker_lsn(&msg) {
-        return Item { msg, change: None, lsn: Some(lsn), commit_ts_ms: None, poison: None };
+        return Item {
+            msg,
+            change: None,
+            lsn: Some(lsn),
+            commit_ts_ms: None,
+            poison: None,
+        };
     }
     match debezium::decode(msg.payload()) {
-        Ok(Decoded::Change { change, lsn, commit_ts_ms }) => Item {
+        Ok(Decoded::Change {
+            change,
+            lsn,
+            commit_ts_ms,
+        }) => Item {
             msg,
             change: Some(change),
             lsn: Some(lsn),
             commit_ts_ms: Some(commit_ts_ms),
             poison: None,
         },
-        Ok(Decoded::Skip) => Item { msg, change: None, lsn: None, commit_ts_ms: None, poison: None },
-        Err(e) => {
-            Item { msg, change: None, lsn: None, commit_ts_ms: None, poison: Some(e.to_string()) }
-        }
+        Ok(Decoded::Skip) => Item {
+            msg,
+            change: None,
+            lsn: None,
+            commit_ts_ms: None,
+            poison: None,
+        },
+        Err(e) => Item {
+            msg,
+            change: None,
+            lsn: None,
+            commit_ts_ms: None,
+            poison: Some(e.to_string()),
+        },
     }
 }
 
@@ -232,7 +252,11 @@ async fn apply_once(cfg: &GroupConfig, pool: &Pool, items: &[&Item]) -> Result<(
     advance_watermarks(&tx, &cfg.group, &progress).await?;
     tx.commit().await?;
     let now = now_ms();
-    let view = if cfg.views.conversations { "conversation" } else { "contact" };
+    let view = if cfg.views.conversations {
+        "conversation"
+    } else {
+        "contact"
+    };
     for i in items {
         if let (Some(ts), Some(_)) = (i.commit_ts_ms, &i.change) {
             metrics::histogram!("hermet_sync_lag_seconds", "view" => view)
@@ -260,12 +284,30 @@ async fn dead_letter(
     let offset = m.offset().to_string();
     let attempts = attempts.to_string();
     let headers = OwnedHeaders::new()
-        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-error", value: Some(error) })
-        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-attempts", value: Some(&attempts) })
-        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-group", value: Some(&cfg.group) })
-        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-topic", value: Some(m.topic()) })
-        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-partition", value: Some(&partition) })
-        .insert(hermet_kafka::rdkafka::message::Header { key: "hermet-dlq-offset", value: Some(&offset) });
+        .insert(hermet_kafka::rdkafka::message::Header {
+            key: "hermet-dlq-error",
+            value: Some(error),
+        })
+        .insert(hermet_kafka::rdkafka::message::Header {
+            key: "hermet-dlq-attempts",
+            value: Some(&attempts),
+        })
+        .insert(hermet_kafka::rdkafka::message::Header {
+            key: "hermet-dlq-group",
+            value: Some(&cfg.group),
+        })
+        .insert(hermet_kafka::rdkafka::message::Header {
+            key: "hermet-dlq-topic",
+            value: Some(m.topic()),
+        })
+        .insert(hermet_kafka::rdkafka::message::Header {
+            key: "hermet-dlq-partition",
+            value: Some(&partition),
+        })
+        .insert(hermet_kafka::rdkafka::message::Header {
+            key: "hermet-dlq-offset",
+            value: Some(&offset),
+        });
     let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&cfg.dlq_topic).headers(headers);
     if let Some(k) = m.key() {
         rec = rec.key(k);
@@ -282,7 +324,9 @@ async fn dead_letter(
 fn commit_offsets(consumer: &StreamConsumer, batch: &[Item]) -> Result<(), ProjectorError> {
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for i in batch {
-        let e = next.entry((i.msg.topic().to_owned(), i.msg.partition())).or_insert(0);
+        let e = next
+            .entry((i.msg.topic().to_owned(), i.msg.partition()))
+            .or_insert(0);
         *e = (*e).max(i.msg.offset() + 1);
     }
     let mut tpl = TopicPartitionList::new();

@@ -75,7 +75,11 @@ fn read_all(
     for p in &parts {
         let (_, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
         ends.push((*p, high));
-        let start = if from_beginning { Offset::Beginning } else { Offset::Stored };
+        let start = if from_beginning {
+            Offset::Beginning
+        } else {
+            Offset::Stored
+        };
         tpl.add_partition_offset(topic, *p, start)?;
     }
     consumer.assign(&tpl)?;
@@ -106,11 +110,14 @@ pub fn list(brokers: &str, topic: &str) -> Result<Vec<DeadLetter>, ProjectorErro
     Ok(msgs.iter().map(letter).collect())
 }
 
+/// The views a group maintains; groups may carry a `projector.group_prefix`.
 fn views_of(group: &str) -> Views {
-    match group {
-        "conversation-view-updater" => Views::CONVERSATIONS,
-        "contact-view-updater" => Views::CONTACTS,
-        _ => Views::ALL,
+    if group.ends_with("conversation-view-updater") {
+        Views::CONVERSATIONS
+    } else if group.ends_with("contact-view-updater") {
+        Views::CONTACTS
+    } else {
+        Views::ALL
     }
 }
 
@@ -134,7 +141,12 @@ pub async fn replay(
         let change = match debezium::decode(m.payload()) {
             Ok(Decoded::Change { change, .. }) => Some(change),
             Ok(Decoded::Skip) => None,
-            Err(e) => return Err(ProjectorError::Other(format!("dead letter at offset {} is still undecodable: {e}", m.offset()))),
+            Err(e) => {
+                return Err(ProjectorError::Other(format!(
+                    "dead letter at offset {} is still undecodable: {e}",
+                    m.offset()
+                )))
+            }
         };
         if let Some(change) = change {
             let mut conn = pool.get().await?;

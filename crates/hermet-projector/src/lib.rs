@@ -6,7 +6,9 @@
 //!   `contact-view-updater`): batch, apply in one transaction with the partition watermarks,
 //!   then commit offsets; retry transient failures; dead-letter what keeps failing;
 //! - [`outbox`]: the `async` mode worker draining `hermet_outbox`;
-//! - [`dlq`]: listing and replaying dead letters.
+//! - [`dlq`]: listing and replaying dead letters;
+//! - [`push`]: the push notifier, one per API process, telling connected users what changed
+//!   (live only, at most once: it is the exception to the contract below).
 //!
 //! Contract shared by all: at-least-once delivery into an idempotent, order-independent
 //! projection. Progress (offset, outbox row) moves only after the effect committed, so a crash
@@ -16,6 +18,7 @@ pub mod consumer;
 pub mod debezium;
 pub mod dlq;
 pub mod outbox;
+pub mod push;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {
@@ -36,7 +39,10 @@ pub enum ProjectorError {
 /// Whether an error is about reaching a dependency (retry without end) rather than about the
 /// data (retry a few times, then dead-letter).
 pub fn is_transient(e: &hermet_store::StoreError) -> bool {
-    matches!(e, hermet_store::StoreError::Unavailable(_) | hermet_store::StoreError::Retry(_))
+    matches!(
+        e,
+        hermet_store::StoreError::Unavailable(_) | hermet_store::StoreError::Retry(_)
+    )
 }
 
 pub(crate) fn now_ms() -> i64 {

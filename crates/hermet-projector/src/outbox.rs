@@ -36,7 +36,11 @@ pub async fn run_outbox(
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     loop {
-        let limit = if failures >= cfg.max_attempts { 1 } else { cfg.batch };
+        let limit = if failures >= cfg.max_attempts {
+            1
+        } else {
+            cfg.batch
+        };
         let step = drain_once(&cfg, &pool, limit, failures >= cfg.max_attempts).await;
         let pause = match step {
             Ok(0) => {

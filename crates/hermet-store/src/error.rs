@@ -16,9 +16,9 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// A transaction lost a race (deadlock, serialization failure) and may be retried.
-    #[error("transaction conflict, retry: {0}")]
+    #[error("transaction conflict, retry: {}", with_cause(.0))]
     Retry(tokio_postgres::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", with_cause(.0))]
     Db(tokio_postgres::Error),
     #[error("unexpected row shape: {0}")]
     Decode(String),
@@ -55,6 +55,15 @@ impl StoreError {
     }
 }
 
+/// `tokio_postgres::Error` displays only its kind ("db error"); the server's message (what a
+/// dead letter or a log line must say) is its source.
+fn with_cause(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         use tokio_postgres::error::SqlState;
@@ -66,7 +75,7 @@ impl From<tokio_postgres::Error> for StoreError {
                 StoreError::Retry(e)
             }
             Some(c) if c.code().starts_with("08") || c.code().starts_with("57P") => {
-                StoreError::Unavailable(e.to_string())
+                StoreError::Unavailable(with_cause(&e))
             }
             None if e.is_closed() => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Db(e),

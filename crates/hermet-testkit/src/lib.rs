@@ -5,6 +5,8 @@
 //! starting the project's private PostgreSQL. Each [`TestDb`] is a database with a random name,
 //! dropped when the value is dropped.
 
+pub mod workload;
+
 use std::net::SocketAddr;
 
 use hermet_api::{ApiConfig, AppState};
@@ -143,6 +145,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub db: TestDb,
     pub store: Store,
+    /// The hub of the app's `GET /v1/ws` connections: give it to a push notifier.
+    pub hub: hermet_api::Hub,
     http: reqwest::Client,
 }
 
@@ -184,7 +188,8 @@ impl TestApp {
             jwt_secret: TEST_SECRET.into(),
             ..ApiConfig::default()
         };
-        let app = hermet_api::router(AppState::new(store.clone(), cfg, None));
+        let hub = hermet_api::Hub::default();
+        let app = hermet_api::router(AppState::with_hub(store.clone(), cfg, None, hub.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -196,6 +201,7 @@ impl TestApp {
             addr,
             db,
             store,
+            hub,
             http: reqwest::Client::new(),
         }
     }

@@ -46,6 +46,11 @@ pub struct ProjectorConfig {
     pub outbox_idle_ms: u64,
     /// Longest a read with `X-Hermet-Min-Lsn` waits before answering `X-Hermet-Stale: true`.
     pub read_wait_ms: u64,
+    /// Prepended to the consumer group ids (`conversation-view-updater`,
+    /// `contact-view-updater`), which are also the projectors' names in
+    /// `hermet_projector_watermarks` and what the API's read-your-writes waits on. Empty by
+    /// default; set it when several installations (or tests) share one Kafka cluster.
+    pub group_prefix: String,
 }
 
 impl Default for ProjectorConfig {
@@ -58,6 +63,7 @@ impl Default for ProjectorConfig {
             outbox_batch: 500,
             outbox_idle_ms: 10,
             read_wait_ms: 2000,
+            group_prefix: String::new(),
         }
     }
 }
@@ -334,7 +340,11 @@ impl Config {
                 "cdc: tables must not be empty; partitions and replication_factor >= 1".into(),
             );
         }
-        if c.heartbeat_ms < 100 || c.watermark_ms < 5 || c.max_in_flight == 0 || c.snapshot_batch == 0 {
+        if c.heartbeat_ms < 100
+            || c.watermark_ms < 5
+            || c.max_in_flight == 0
+            || c.snapshot_batch == 0
+        {
             return bad("cdc: heartbeat_ms >= 100, max_in_flight and snapshot_batch >= 1".into());
         }
         if !c.topic_template.contains("{table}") {
@@ -379,7 +389,10 @@ impl Config {
 
     /// The topics of the captured tables, as the relay names them.
     pub fn data_topics(&self) -> Result<Vec<String>, ConfigError> {
-        let router = self.relay_config().router().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let router = self
+            .relay_config()
+            .router()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(self
             .cdc
             .tables
@@ -391,11 +404,15 @@ impl Config {
             .collect())
     }
 
-    pub fn group_config(&self, group: &str, views: hermet_core::projection::Views) -> Result<hermet_projector::consumer::GroupConfig, ConfigError> {
+    pub fn group_config(
+        &self,
+        group: &str,
+        views: hermet_core::projection::Views,
+    ) -> Result<hermet_projector::consumer::GroupConfig, ConfigError> {
         let p = &self.projector;
         Ok(hermet_projector::consumer::GroupConfig {
             brokers: self.kafka.brokers.clone(),
-            group: group.to_owned(),
+            group: format!("{}{group}", p.group_prefix),
             topics: self.data_topics()?,
             views,
             batch_max: p.batch_max,

@@ -9,7 +9,9 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use hermet_core::projection::Views;
-use hermet_projector::{consumer, outbox};
+use hermet_core::push::PushSink;
+use hermet_projector::{consumer, outbox, push};
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use hermet_cdc::relay::{self, RelayConfig, RelayError};
@@ -62,7 +64,8 @@ type Task = JoinHandle<anyhow::Result<()>>;
 pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     let all = roles.is_empty() || roles.contains(&Role::All);
     let api = all || roles.contains(&Role::Api);
-    let cdc = roles.contains(&Role::Cdc) || (all && (cfg.cdc.enabled || cfg.sync.mode == Mode::Cdc));
+    let cdc =
+        roles.contains(&Role::Cdc) || (all && (cfg.cdc.enabled || cfg.sync.mode == Mode::Cdc));
     let projector = roles.contains(&Role::Projector) || (all && cfg.sync.mode != Mode::DualWrite);
     if api {
         cfg.validate_for_serving()?;
@@ -75,17 +78,23 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
 
     let mut tasks: Vec<(&'static str, Task)> = Vec::new();
     if cdc {
-        tasks.push(("cdc relay", tokio::spawn(run_relay(cfg.relay_config(), stop_rx.clone()))));
+        tasks.push((
+            "cdc relay",
+            tokio::spawn(run_relay(cfg.relay_config(), stop_rx.clone())),
+        ));
     }
     if projector {
         match cfg.sync.mode {
             Mode::DualWrite => tracing::info!("dual_write mode: no projector to run"),
             Mode::Async => {
                 let (ocfg, pool) = (cfg.outbox_config(), store.pool().clone());
-                tasks.push(("outbox worker", supervise("outbox worker", stop_rx.clone(), move |stop| {
-                    let (ocfg, pool) = (ocfg.clone(), pool.clone());
-                    async move { Ok(outbox::run_outbox(ocfg, pool, stop).await?) }
-                })));
+                tasks.push((
+                    "outbox worker",
+                    supervise("outbox worker", stop_rx.clone(), move |stop| {
+                        let (ocfg, pool) = (ocfg.clone(), pool.clone());
+                        async move { Ok(outbox::run_outbox(ocfg, pool, stop).await?) }
+                    }),
+                ));
             }
             Mode::Cdc => {
                 for (group, views) in [
@@ -93,13 +102,31 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
                     ("contact-view-updater", Views::CONTACTS),
                 ] {
                     let (gcfg, pool) = (cfg.group_config(group, views)?, store.pool().clone());
-                    tasks.push((group, supervise(group, stop_rx.clone(), move |stop| {
-                        let (gcfg, pool) = (gcfg.clone(), pool.clone());
-                        async move { Ok(consumer::run_group(gcfg, pool, stop).await?) }
-                    })));
+                    tasks.push((
+                        group,
+                        supervise(group, stop_rx.clone(), move |stop| {
+                            let (gcfg, pool) = (gcfg.clone(), pool.clone());
+                            async move { Ok(consumer::run_group(gcfg, pool, stop).await?) }
+                        }),
+                    ));
                 }
             }
         }
+    }
+    // Push: this process's own notifier feeds the hub of its WebSocket connections (see
+    // `hermet_projector::push` for why each API process reads every partition itself).
+    let hub = hermet_api::Hub::default();
+    if api && (cfg.cdc.enabled || cfg.sync.mode == Mode::Cdc) {
+        let pcfg = push::PushConfig::new(cfg.kafka.brokers.clone(), cfg.data_topics()?);
+        let (pool, sink) = (store.pool().clone(), Arc::new(hub.clone()));
+        tasks.push((
+            "push notifier",
+            supervise("push notifier", stop_rx.clone(), move |stop| {
+                let (pcfg, pool) = (pcfg.clone(), pool.clone());
+                let sink: Arc<dyn PushSink> = sink.clone();
+                async move { Ok(push::run_push(pcfg, pool, sink, stop).await?) }
+            }),
+        ));
     }
     // The first background task to fail takes the process down (a supervisor restarts it).
     let failed = async move {
@@ -135,8 +162,9 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         max_body_bytes: cfg.http.max_body_bytes,
         read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
         partitions_per_projector: cfg.cdc.tables.len() as i64 * i64::from(cfg.cdc.partitions),
+        projector_prefix: cfg.projector.group_prefix.clone(),
     };
-    let app = hermet_api::router(AppState::new(store, api_cfg, Some(metrics)));
+    let app = hermet_api::router(AppState::with_hub(store, api_cfg, Some(metrics), hub));
     let listener = TcpListener::bind(cfg.http.addr)
         .await
         .with_context(|| format!("binding {}", cfg.http.addr))?;

@@ -102,5 +102,8 @@ pub(crate) async fn contacts(
             })
         })
         .collect();
-    Ok((stale_header(stale), axum::Json(json!({"contacts": contacts}))))
+    Ok((
+        stale_header(stale),
+        axum::Json(json!({"contacts": contacts})),
+    ))
 }

@@ -5,6 +5,7 @@ mod conversations;
 mod friends;
 mod groups;
 mod users;
+mod ws;
 
 use axum::routing::{delete, get, patch, post};
 use axum::Router;
@@ -39,6 +40,7 @@ pub(crate) fn router() -> Router<AppState> {
             "/v1/conversations/{channel_id}",
             patch(conversations::update),
         )
+        .route("/v1/ws", get(ws::connect))
 }
 
 /// A positive id from a path segment.

@@ -1,0 +1,1241 @@
+//! The eventually consistent modes against `dual_write` and the rebuild oracle (issue 4, "Done
+//! means"), in one process: the CDC relay, the Kafka consumer groups and the outbox worker run as
+//! tasks next to the test.
+//!
+//! - differential: one seeded workload (every scenario of SPEC §4) in `dual_write`, `async` and
+//!   `cdc`, each on a database of its own; after draining, every read side equals the oracle and
+//!   the three are identical (timestamps compared as set/unset);
+//! - property: the row changes of random sequences, applied shuffled across tables, duplicated,
+//!   with old events replayed after new ones and partial deliveries while writes go on, give the
+//!   same read side as applying them once in order, and that equals the oracle;
+//! - poison: an event the projector cannot apply goes to the dead letters (Kafka topic, or
+//!   `hermet_outbox_dead`), later events still apply, and a replay applies it once fixed;
+//! - read-your-writes: in `cdc`, a list with `X-Hermet-Min-Lsn` from a send sees the message;
+//!   with the projectors stopped, it answers within the bounded wait, flagged stale.
+//!
+//! Every cdc test has its own slot, publication, topics, dead-letter topic and consumer groups,
+//! drops its slot and topics when done, and runs alone (`SERIAL`). Waits are bounded; nothing
+//! asserts timing. Needs `HERMET_DATABASE_URL` and `HERMET_KAFKA_BROKERS`
+//! (`eval "$(scripts/services.sh env)"`). Seeds: `HERMET_PROPTEST_SEED`, `PROPTEST_CASES`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use hermet_api::{ApiConfig, AppState};
+use hermet_cdc::relay::{self, RelayConfig};
+use hermet_core::change::RowChange;
+use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_core::validate::{Avatar, Content, Limits, MessageType, Name};
+use hermet_core::Lsn;
+use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+use hermet_kafka::rdkafka::client::DefaultClientContext;
+use hermet_projector::consumer::{self, GroupConfig};
+use hermet_projector::{dlq, outbox};
+use hermet_store::{project, sync, Store, StoreConfig, SyncMode};
+use hermet_testkit::workload::{self, Cmd};
+use hermet_testkit::{render, TestDb, TEST_SECRET};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Tests with a replication slot run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TABLES: [&str; 5] = [
+    "users",
+    "channels",
+    "channel_members",
+    "friendships",
+    "messages",
+];
+/// Partitions of each test topic: more than one, so events of one table arrive out of order.
+const PARTITIONS: i32 = 2;
+/// Short, so truncation is exercised on most messages.
+const PREVIEW: usize = 5;
+/// Bound of every wait for the pipeline.
+const WAIT: Duration = Duration::from_secs(120);
+const CONVERSATIONS: &str = "conversation-view-updater";
+const CONTACTS: &str = "contact-view-updater";
+
+fn brokers() -> String {
+    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
+}
+
+fn store_cfg(mode: SyncMode) -> StoreConfig {
+    StoreConfig {
+        sync_mode: mode,
+        projection: projection(),
+        limits: Limits::default(),
+    }
+}
+
+fn projection() -> ProjectionConfig {
+    ProjectionConfig {
+        preview_chars: PREVIEW,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Background tasks and the cdc pipeline
+
+type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A background task with a graceful stop; aborted if dropped while running.
+struct Task {
+    name: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Task {
+    fn spawn<F, Fut>(name: impl Into<String>, run: F) -> Task
+    where
+        F: FnOnce(Stop) -> Fut,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<()>();
+        let stop: Stop = Box::pin(async move {
+            let _ = rx.await;
+        });
+        Task {
+            name: name.into(),
+            stop: Some(tx),
+            handle: Some(tokio::spawn(run(stop))),
+        }
+    }
+
+    /// Panics with the task's error if it has stopped by itself.
+    async fn check(&mut self) {
+        if self.handle.as_ref().is_some_and(JoinHandle::is_finished) {
+            let r = self.handle.take().expect("handle").await;
+            panic!("{} stopped by itself: {r:?}", self.name);
+        }
+    }
+
+    async fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            match tokio::time::timeout(WAIT, h).await {
+                Ok(Ok(Ok(()))) => {}
+                other => panic!("{} did not stop cleanly: {other:?}", self.name),
+            }
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        if let Some(h) = &self.handle {
+            h.abort();
+        }
+    }
+}
+
+/// One test's CDC pipeline: slot, publication, topics, dead-letter topic and consumer groups
+/// of its own, the relay and the two projectors as tasks. Declare it after the [`TestDb`]
+/// so it is dropped first: a database with a slot cannot be dropped.
+struct Cdc {
+    url: String,
+    tag: String,
+    relay: Option<Task>,
+    groups: Vec<Task>,
+    max_attempts: u32,
+    heartbeat: Duration,
+}
+
+impl Cdc {
+    fn new(db: &TestDb) -> Cdc {
+        Cdc {
+            url: db.url.clone(),
+            tag: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            relay: None,
+            groups: Vec::new(),
+            max_attempts: 3,
+            // Short, so a quiet slot's position (and the drain below) moves on quickly.
+            heartbeat: Duration::from_millis(200),
+        }
+    }
+
+    fn slot(&self) -> String {
+        format!("m_{}", self.tag)
+    }
+
+    fn prefix(&self) -> String {
+        format!("m{}", self.tag)
+    }
+
+    fn topics(&self) -> Vec<String> {
+        TABLES
+            .iter()
+            .map(|t| format!("{}.{t}.changed", self.prefix()))
+            .collect()
+    }
+
+    fn dlq_topic(&self) -> String {
+        format!("{}.dlq", self.prefix())
+    }
+
+    /// `projector.group_prefix` of this pipeline.
+    fn group_prefix(&self) -> String {
+        format!("{}-", self.prefix())
+    }
+
+    fn group(&self, base: &str) -> String {
+        format!("{}{base}", self.group_prefix())
+    }
+
+    fn partitions_per_projector() -> i64 {
+        TABLES.len() as i64 * i64::from(PARTITIONS)
+    }
+
+    /// Starts the relay and waits for its (empty) initial snapshot, so the topics exist.
+    async fn start_relay(&mut self) {
+        let cfg = RelayConfig {
+            database_url: self.url.clone(),
+            brokers: brokers(),
+            slot: self.slot(),
+            publication: format!("mp_{}", self.tag),
+            tables: TABLES.map(String::from).to_vec(),
+            topic_prefix: self.prefix(),
+            topic_template: format!("{}.{{table}}.changed", self.prefix()),
+            partitions: PARTITIONS,
+            replication_factor: 1,
+            heartbeat: self.heartbeat,
+            transaction_topic: false,
+            max_in_flight: 100_000,
+            snapshot_batch: 1000,
+            watermark_interval: Duration::from_millis(20),
+        };
+        self.relay = Some(Task::spawn("cdc relay", |stop| async move {
+            relay::run(cfg, stop).await.map_err(|e| e.to_string())
+        }));
+        let client = connect(&self.url).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.relay.as_mut().expect("relay").check().await;
+            // The state table does not exist until the relay made it: an error is "not yet".
+            let done = client
+                .query_opt(
+                    "SELECT snapshot_done FROM hermet_cdc_state WHERE slot_name = $1",
+                    &[&self.slot()],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.get::<_, bool>(0));
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no relay snapshot within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hermet_kafka::ensure_topics(&brokers(), &[self.dlq_topic()], 1, 1)
+            .await
+            .expect("dead-letter topic");
+    }
+
+    fn group_config(&self, base: &str, views: Views) -> GroupConfig {
+        GroupConfig {
+            brokers: brokers(),
+            group: self.group(base),
+            topics: self.topics(),
+            views,
+            batch_max: 500,
+            batch_wait: Duration::from_millis(10),
+            max_attempts: self.max_attempts,
+            dlq_topic: self.dlq_topic(),
+            projection: projection(),
+        }
+    }
+
+    /// Starts both consumer groups on `pool`.
+    fn start_groups(&mut self, pool: &deadpool_postgres::Pool) {
+        for (base, views) in [
+            (CONVERSATIONS, Views::CONVERSATIONS),
+            (CONTACTS, Views::CONTACTS),
+        ] {
+            let (cfg, pool) = (self.group_config(base, views), pool.clone());
+            self.groups.push(Task::spawn(base, |stop| async move {
+                consumer::run_group(cfg, pool, stop)
+                    .await
+                    .map_err(|e| e.to_string())
+            }));
+        }
+    }
+
+    async fn stop_groups(&mut self) {
+        for g in self.groups.drain(..) {
+            g.stop().await;
+        }
+    }
+
+    async fn check(&mut self) {
+        if let Some(r) = self.relay.as_mut() {
+            r.check().await;
+        }
+        for g in &mut self.groups {
+            g.check().await;
+        }
+    }
+
+    /// Waits until both projectors have applied everything up to `lsn` on every partition.
+    async fn drain(&mut self, store: &Store, lsn: Lsn) {
+        let conn = store.pool().get().await.expect("connection");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.check().await;
+            let mut all = true;
+            for base in [CONVERSATIONS, CONTACTS] {
+                all &= sync::covers(
+                    &conn,
+                    SyncMode::Cdc,
+                    &self.group(base),
+                    Self::partitions_per_projector(),
+                    lsn,
+                )
+                .await
+                .expect("covers");
+            }
+            if all {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let marks = conn
+                    .query(
+                        "SELECT projector, topic, partition, applied_lsn::text FROM hermet_projector_watermarks
+                          ORDER BY 1, 2, 3",
+                        &[],
+                    )
+                    .await
+                    .expect("watermarks");
+                let marks: Vec<String> = marks
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} {}:{} {}",
+                            r.get::<_, String>(0),
+                            r.get::<_, String>(1),
+                            r.get::<_, i32>(2),
+                            r.get::<_, String>(3)
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "projectors did not reach {lsn} ({}) within {WAIT:?}; watermarks:\n{}",
+                    lsn.0,
+                    marks.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The normal end: stop the tasks, drop the slot, the topics and the groups.
+    async fn finish(mut self) {
+        self.stop_groups().await;
+        if let Some(r) = self.relay.take() {
+            r.stop().await;
+        }
+        cleanup(&self.url, &self.slot(), &self.kafka_names()).await;
+    }
+
+    fn kafka_names(&self) -> (Vec<String>, Vec<String>) {
+        let mut topics = self.topics();
+        topics.push(self.dlq_topic());
+        let groups = vec![self.group(CONVERSATIONS), self.group(CONTACTS)];
+        (topics, groups)
+    }
+}
+
+impl Drop for Cdc {
+    fn drop(&mut self) {
+        // After `finish` this finds nothing left to do.
+        self.groups.clear();
+        self.relay = None;
+        let (url, slot, names) = (self.url.clone(), self.slot(), self.kafka_names());
+        // Async cleanup from any context: a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(cleanup(&url, &slot, &names));
+        })
+        .join();
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Drops the slot (ending a walsender that still holds it), the topics and the groups.
+async fn cleanup(url: &str, slot: &str, (topics, groups): &(Vec<String>, Vec<String>)) {
+    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let row = client
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await;
+            match row {
+                Ok(None) | Err(_) => break,
+                Ok(Some(r)) => match r.get::<_, Option<i32>>(0) {
+                    Some(pid) => {
+                        let _ = client
+                            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                            .await;
+                    }
+                    None => {
+                        if client
+                            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                            .await
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                },
+            }
+            if Instant::now() >= deadline {
+                eprintln!("could not drop replication slot {slot}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        match hermet_kafka::client_config(&brokers(), "hermet-modes-test").create() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_groups(&names, &opts)).await;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&names, &opts)).await;
+}
+
+async fn wal_lsn(store: &Store) -> Lsn {
+    let conn = store.pool().get().await.expect("connection");
+    let s: String = conn
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_lsn")
+        .get(0);
+    s.parse().expect("lsn")
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    let conn = store.pool().get().await.expect("connection");
+    conn.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// Waits until `sql` (a count) is `want`.
+async fn wait_count(store: &Store, sql: &str, want: i64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = count(store, sql).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql} is {n}, not {want}, after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Comparing databases
+
+const VIEW_TABLES: [(&str, &str); 4] = [
+    ("user_conversation_view", "user_id, channel_id"),
+    ("user_contact_view", "user_id, contact_id"),
+    (
+        "conversation_reverse_index",
+        "peer_user_id, owner_user_id, channel_id",
+    ),
+    ("contact_reverse_index", "contact_user_id, owner_user_id"),
+];
+
+const WRITE_TABLES: [(&str, &str); 5] = [
+    ("users", "id"),
+    ("channels", "id"),
+    ("channel_members", "channel_id, user_id"),
+    ("friendships", "user_id, friend_id"),
+    ("messages", "id"),
+];
+
+type Dump = BTreeMap<&'static str, Vec<Value>>;
+
+/// Every row of `tables` in key order, as JSON, without bookkeeping (`updated_at`); with
+/// `times_as_set`, time columns (`*_at`, `*_time`) become whether they are set.
+async fn dump(store: &Store, tables: &[(&'static str, &str)], times_as_set: bool) -> Dump {
+    let conn = store.pool().get().await.expect("connection");
+    let mut out = Dump::new();
+    for (table, key) in tables {
+        let rows = conn
+            .query(
+                &format!("SELECT row_to_json(t)::text FROM {table} t ORDER BY {key}"),
+                &[],
+            )
+            .await
+            .expect("dump");
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let mut v: Value = serde_json::from_str(r.get::<_, &str>(0)).expect("row json");
+                let obj = v.as_object_mut().expect("row object");
+                obj.remove("updated_at");
+                if times_as_set {
+                    for (k, x) in obj.iter_mut() {
+                        if k.ends_with("_at") || k.ends_with("_time") {
+                            let set = !(x.is_null() || *x == json!(0));
+                            *x = Value::Bool(set);
+                        }
+                    }
+                }
+                v
+            })
+            .collect();
+        out.insert(table, rows);
+    }
+    out
+}
+
+/// The first differing rows of the first differing table, if any.
+fn difference(a_name: &str, a: &Dump, b_name: &str, b: &Dump) -> Option<String> {
+    for (table, rows_a) in a {
+        let rows_b = &b[table];
+        if rows_a == rows_b {
+            continue;
+        }
+        let show = |rows: Vec<&Value>| {
+            rows.iter()
+                .take(10)
+                .map(|v| format!("  {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let only_a = show(rows_a.iter().filter(|r| !rows_b.contains(r)).collect());
+        let only_b = show(rows_b.iter().filter(|r| !rows_a.contains(r)).collect());
+        return Some(format!(
+            "{table} differs between {a_name} ({} rows) and {b_name} ({} rows)\nonly in {a_name}:\n{only_a}\nonly in {b_name}:\n{only_b}",
+            rows_a.len(),
+            rows_b.len(),
+        ));
+    }
+    None
+}
+
+fn assert_same(a_name: &str, a: &Dump, b_name: &str, b: &Dump) {
+    if let Some(d) = difference(a_name, a, b_name, b) {
+        panic!("{d}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Differential: one workload, three modes
+
+/// Runs `cmds` and returns what was applied, failing on any system error.
+async fn run_workload(store: &Store, cmds: &[Cmd]) -> workload::World {
+    match workload::run(store, cmds).await {
+        Ok(w) => w,
+        Err(e) => panic!("workload (mode {}): {e}", store.config().sync_mode.as_str()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_workload_three_modes_same_read_side() {
+    let _serial = SERIAL.lock().await;
+    let seed = workload::seed();
+    let cmds = workload::generate(seed, 600);
+    eprintln!("HERMET_PROPTEST_SEED={seed}: {} commands", cmds.len());
+
+    // dual_write: the reference.
+    let db_dw = TestDb::new().await;
+    let dw = db_dw.store_with(store_cfg(SyncMode::DualWrite));
+    let world = run_workload(&dw, &cmds).await;
+    eprintln!("applied commands: {:?}", world.applied);
+    for kind in Cmd::KINDS {
+        assert!(
+            world.applied.get(kind).is_some_and(|n| *n > 0),
+            "the workload never applied {kind}: {:?} (try another seed)",
+            world.applied
+        );
+    }
+    db_dw.assert_converged(&dw).await;
+
+    // async: the worker drains the outbox while the workload runs.
+    let db_as = TestDb::new().await;
+    let as_ = db_as.store_with(store_cfg(SyncMode::Async));
+    let worker = {
+        let cfg = outbox::OutboxConfig {
+            batch: 50,
+            idle_wait: Duration::from_millis(5),
+            max_attempts: 3,
+            projection: projection(),
+        };
+        let pool = as_.pool().clone();
+        Task::spawn("outbox worker", |stop| async move {
+            outbox::run_outbox(cfg, pool, stop)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
+    run_workload(&as_, &cmds).await;
+    wait_count(&as_, "SELECT count(*) FROM hermet_outbox", 0).await;
+    assert_eq!(
+        count(&as_, "SELECT count(*) FROM hermet_outbox_dead").await,
+        0,
+        "no outbox row may be set aside"
+    );
+    worker.stop().await;
+    db_as.assert_converged(&as_).await;
+
+    // cdc: relay and both consumer groups run while the workload runs.
+    let db_cdc = TestDb::new().await;
+    let mut cdc = Cdc::new(&db_cdc);
+    let cs = db_cdc.store_with(store_cfg(SyncMode::Cdc));
+    cdc.start_relay().await;
+    cdc.start_groups(cs.pool());
+    run_workload(&cs, &cmds).await;
+    let lsn = wal_lsn(&cs).await;
+    cdc.drain(&cs, lsn).await;
+    let dlq_topic = cdc.dlq_topic();
+    let letters = tokio::task::spawn_blocking(move || dlq::list(&brokers(), &dlq_topic))
+        .await
+        .expect("thread")
+        .expect("dlq list");
+    assert!(
+        letters.is_empty(),
+        "no event may be dead-lettered: {letters:?}"
+    );
+    db_cdc.assert_converged(&cs).await;
+
+    // Same ids, same write side, same read side (timestamps: set or not).
+    let all: Vec<(&str, &str)> = WRITE_TABLES.iter().chain(&VIEW_TABLES).copied().collect();
+    let d_dw = dump(&dw, &all, true).await;
+    let d_as = dump(&as_, &all, true).await;
+    let d_cdc = dump(&cs, &all, true).await;
+    assert!(
+        d_dw["user_conversation_view"].len() > 10 && d_dw["messages"].len() > 50,
+        "the workload is too small to mean much"
+    );
+    assert_same("dual_write", &d_dw, "async", &d_as);
+    assert_same("dual_write", &d_dw, "cdc", &d_cdc);
+    cdc.finish().await;
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. Property: shuffled, duplicated, replayed, partial deliveries
+
+const RESET: &str = "TRUNCATE users, channels, channel_members, friendships, messages,
+    user_conversation_view, user_contact_view, conversation_reverse_index, contact_reverse_index,
+    hermet_outbox, hermet_outbox_dead
+    RESTART IDENTITY CASCADE";
+
+const RESET_READ_SIDE: &str = "TRUNCATE user_conversation_view, user_contact_view,
+    conversation_reverse_index, contact_reverse_index";
+
+/// The changes in the outbox, one entry per command, in commit order.
+async fn outbox_changes(store: &Store) -> Result<Vec<Vec<RowChange>>, String> {
+    let conn = store.pool().get().await.map_err(|e| e.to_string())?;
+    let rows = conn
+        .query("SELECT changes FROM hermet_outbox ORDER BY id", &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    rows.iter()
+        .map(|r| serde_json::from_value(r.get::<_, Value>(0)).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Applies `changes` to `views` in one transaction, as any projector does.
+async fn apply(store: &Store, changes: &[RowChange], views: Views) -> Result<(), String> {
+    let mut conn = store.pool().get().await.map_err(|e| e.to_string())?;
+    let tx = conn.transaction().await.map_err(|e| e.to_string())?;
+    project::apply_changes(&tx, changes, views, &projection())
+        .await
+        .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())
+}
+
+/// What a sloppy transport delivers to one projector: every change once or twice, all
+/// shuffled (across tables too), then some older changes replayed at the end, in batches of
+/// random size.
+fn deliveries(rng: &mut StdRng, changes: &[RowChange]) -> Vec<Vec<RowChange>> {
+    let mut list: Vec<RowChange> = Vec::new();
+    for c in changes {
+        for _ in 0..rng.gen_range(1..=2) {
+            list.push(c.clone());
+        }
+    }
+    list.shuffle(rng);
+    let older = &changes[..changes.len() / 2];
+    list.extend(older.choose_multiple(rng, older.len() / 2 + 1).cloned());
+    let mut batches = Vec::new();
+    while !list.is_empty() {
+        let n = rng.gen_range(1..=8).min(list.len());
+        batches.push(list.drain(..n).collect());
+    }
+    batches
+}
+
+/// One case: run `cmds` in `async` mode with no worker (the outbox keeps every change), with
+/// partial out-of-order deliveries while the writes go on; then deliver everything the sloppy
+/// way. Compare with applying every change once, in order, to an empty read side.
+async fn projection_case(
+    store: &Store,
+    db: &TestDb,
+    cmds: &[Cmd],
+    seed: u64,
+) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let conn = store.pool().get().await.map_err(|e| e.to_string())?;
+    conn.batch_execute(RESET).await.map_err(|e| e.to_string())?;
+    drop(conn);
+    let mut w = workload::setup(store).await?;
+    for c in cmds {
+        workload::exec(store, &mut w, c).await?;
+        if rng.gen_ratio(1, 3) {
+            // Some of what was written so far, early and out of order, computed from the
+            // write side as it is now (later writes will make these rows older).
+            let so_far: Vec<RowChange> = outbox_changes(store).await?.concat();
+            let mut some: Vec<RowChange> =
+                so_far.into_iter().filter(|_| rng.gen_ratio(1, 2)).collect();
+            some.shuffle(&mut rng);
+            let views = *[Views::ALL, Views::CONVERSATIONS, Views::CONTACTS]
+                .choose(&mut rng)
+                .expect("views");
+            apply(store, &some, views).await?;
+        }
+    }
+    let per_command = outbox_changes(store).await?;
+    let all: Vec<RowChange> = per_command.concat();
+
+    // Sloppy: the two projectors get independent deliveries, interleaved.
+    let mut conv = deliveries(&mut rng, &all).into_iter();
+    let mut cont = deliveries(&mut rng, &all).into_iter();
+    loop {
+        let (a, b) = (conv.next(), cont.next());
+        if a.is_none() && b.is_none() {
+            break;
+        }
+        if let Some(batch) = a {
+            apply(store, &batch, Views::CONVERSATIONS).await?;
+        }
+        if let Some(batch) = b {
+            apply(store, &batch, Views::CONTACTS).await?;
+        }
+    }
+    let sloppy = dump(store, &VIEW_TABLES, false).await;
+    let d = db.diff(store).await;
+    if !d.is_empty() {
+        return Err(format!(
+            "after shuffled, duplicated and replayed deliveries the read side differs from the oracle:\n{}",
+            render(&d)
+        ));
+    }
+
+    // Clean: once, in order, one command at a time, into an empty read side.
+    let conn = store.pool().get().await.map_err(|e| e.to_string())?;
+    conn.batch_execute(RESET_READ_SIDE)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(conn);
+    for changes in &per_command {
+        apply(store, changes, Views::ALL).await?;
+    }
+    let clean = dump(store, &VIEW_TABLES, false).await;
+    let d = db.diff(store).await;
+    if !d.is_empty() {
+        return Err(format!(
+            "applied once in order, the read side differs from the oracle:\n{}",
+            render(&d)
+        ));
+    }
+    match difference("sloppy delivery", &sloppy, "in-order delivery", &clean) {
+        Some(d) => Err(d),
+        None => Ok(()),
+    }
+}
+
+#[test]
+fn projection_is_idempotent_and_order_independent() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = rt.block_on(TestDb::new());
+    let store = db.store_with(store_cfg(SyncMode::Async));
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
+    let seed = workload::seed();
+    let mut runner = workload::runner(seed, cases);
+    let strategy = (
+        proptest::collection::vec(workload::cmd(), 1..40),
+        any::<u64>(),
+    );
+    let result = runner.run(&strategy, |(cmds, shuffle)| {
+        rt.block_on(projection_case(&store, &db, &cmds, shuffle))
+            .map_err(TestCaseError::fail)
+    });
+    if let Err(e) = result {
+        panic!("HERMET_PROPTEST_SEED={seed}: {e}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. Poison events
+
+/// Makes every write of `user`'s conversation rows fail (the view is hash partitioned; a row
+/// trigger on the parent applies to every partition).
+const POISON: &str = "
+CREATE FUNCTION hermet_test_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'poisoned conversation row of user %', NEW.user_id;
+END $$;
+CREATE TRIGGER hermet_test_poison BEFORE INSERT OR UPDATE ON user_conversation_view
+    FOR EACH ROW WHEN (NEW.user_id = {user}) EXECUTE FUNCTION hermet_test_poison();";
+
+const CURE: &str = "DROP TRIGGER hermet_test_poison ON user_conversation_view;
+    DROP FUNCTION hermet_test_poison()";
+
+async fn user(store: &Store, nick: &str) -> i64 {
+    let n = Name::parse("nickname", nick, &Limits::default()).expect("name");
+    store
+        .create_user(&n, &Avatar::default())
+        .await
+        .expect("create user")
+        .value
+        .id
+}
+
+async fn send(store: &Store, from: i64, channel: i64, text: &str) -> Lsn {
+    let c = Content::parse(text, &Limits::default()).expect("content");
+    store
+        .send_message(from, channel, &c, &MessageType::text())
+        .await
+        .expect("send")
+        .lsn
+}
+
+/// The user's conversation row for `channel` as listed: (last message preview, unread).
+async fn listed(store: &Store, user: i64, channel: i64) -> Option<(Option<String>, i64)> {
+    store
+        .list_conversations(user, 100, None)
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|c| c.channel_id == channel)
+        .map(|c| (c.last_message.map(|m| m.content), c.unread_count))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_event_is_dead_lettered_then_replayed() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let mut cdc = Cdc::new(&db);
+    cdc.max_attempts = 2;
+    let store = db.store_with(store_cfg(SyncMode::Cdc));
+    cdc.start_relay().await;
+    cdc.start_groups(store.pool());
+
+    let (a, b, c, d) = (
+        user(&store, "ann").await,
+        user(&store, "bob").await,
+        user(&store, "cid").await,
+        user(&store, "dan").await,
+    );
+    let ab = store.add_friend(a, b).await.expect("friends").value;
+    let cd = store.add_friend(c, d).await.expect("friends").value;
+    cdc.drain(&store, wal_lsn(&store).await).await;
+    db.assert_converged(&store).await;
+
+    let conn = store.pool().get().await.expect("connection");
+    conn.batch_execute(&POISON.replace("{user}", &a.to_string()))
+        .await
+        .expect("install the poison");
+    // B's message reaches A's row (impossible now) and B's; C's later message reaches D's.
+    send(&store, b, ab, "to ann").await;
+    send(&store, c, cd, "later").await;
+    cdc.drain(&store, wal_lsn(&store).await).await;
+
+    assert_eq!(
+        listed(&store, d, cd).await,
+        Some((Some("later".into()), 1)),
+        "an event after the poison still applies"
+    );
+    assert_eq!(
+        listed(&store, b, ab).await,
+        Some((Some("to an".into()), 0)),
+        "the sender's own row, from an event of the same batch, still applies"
+    );
+    assert_eq!(
+        listed(&store, a, ab).await,
+        Some((None, 0)),
+        "the poisoned row is not updated"
+    );
+    let diff = db.diff(&store).await;
+    assert!(
+        !diff.is_empty(),
+        "the poisoned row must differ from the oracle"
+    );
+    assert!(
+        diff.iter()
+            .all(|m| m.table == "user_conversation_view"
+                && m.row.contains(&format!("\"user_id\":{a},"))),
+        "only A's row differs:\n{}",
+        render(&diff)
+    );
+
+    let topic = cdc.dlq_topic();
+    let letters = tokio::task::spawn_blocking(move || dlq::list(&brokers(), &topic))
+        .await
+        .expect("thread")
+        .expect("dlq list");
+    assert!(!letters.is_empty(), "the poisoned events are dead-lettered");
+    for l in &letters {
+        assert_eq!(l.group, cdc.group(CONVERSATIONS), "{l:?}");
+        assert!(l.error.contains("poisoned conversation row"), "{l:?}");
+        assert_eq!(l.attempts, "2", "{l:?}");
+        assert!(cdc.topics().contains(&l.topic), "{l:?}");
+    }
+    eprintln!("dead letters: {letters:#?}");
+
+    // Fix the cause, replay: A's row catches up; a second replay has nothing left.
+    conn.batch_execute(CURE).await.expect("cure");
+    let replayed = dlq::replay(&brokers(), &cdc.dlq_topic(), store.pool(), &projection())
+        .await
+        .expect("replay");
+    assert_eq!(replayed, letters.len());
+    assert_eq!(listed(&store, a, ab).await, Some((Some("to an".into()), 1)));
+    db.assert_converged(&store).await;
+    let again = dlq::replay(&brokers(), &cdc.dlq_topic(), store.pool(), &projection())
+        .await
+        .expect("replay");
+    assert_eq!(again, 0, "each dead letter is replayed once");
+    cdc.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_outbox_row_is_set_aside_then_replayed() {
+    let db = TestDb::new().await;
+    let store = db.store_with(store_cfg(SyncMode::Async));
+    let worker = {
+        let cfg = outbox::OutboxConfig {
+            batch: 50,
+            idle_wait: Duration::from_millis(5),
+            max_attempts: 2,
+            projection: projection(),
+        };
+        let pool = store.pool().clone();
+        Task::spawn("outbox worker", |stop| async move {
+            outbox::run_outbox(cfg, pool, stop)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    };
+    let (a, b, c, d) = (
+        user(&store, "ann").await,
+        user(&store, "bob").await,
+        user(&store, "cid").await,
+        user(&store, "dan").await,
+    );
+    let ab = store.add_friend(a, b).await.expect("friends").value;
+    let cd = store.add_friend(c, d).await.expect("friends").value;
+    wait_count(&store, "SELECT count(*) FROM hermet_outbox", 0).await;
+    db.assert_converged(&store).await;
+
+    let conn = store.pool().get().await.expect("connection");
+    conn.batch_execute(&POISON.replace("{user}", &a.to_string()))
+        .await
+        .expect("install the poison");
+    send(&store, b, ab, "to ann").await;
+    send(&store, c, cd, "later").await;
+    wait_count(&store, "SELECT count(*) FROM hermet_outbox", 0).await;
+
+    let dead = conn
+        .query("SELECT error, attempts FROM hermet_outbox_dead", &[])
+        .await
+        .expect("dead rows");
+    assert_eq!(
+        dead.len(),
+        1,
+        "exactly the poisoned command's row is set aside"
+    );
+    let (error, attempts): (String, i32) = (dead[0].get(0), dead[0].get(1));
+    assert!(error.contains("poisoned conversation row"), "{error}");
+    assert_eq!(attempts, 2);
+    assert_eq!(
+        listed(&store, d, cd).await,
+        Some((Some("later".into()), 1)),
+        "a row after the poison still applies"
+    );
+    assert_eq!(listed(&store, a, ab).await, Some((None, 0)));
+
+    conn.batch_execute(CURE).await.expect("cure");
+    assert_eq!(dlq::replay_outbox(store.pool()).await.expect("replay"), 1);
+    wait_count(&store, "SELECT count(*) FROM hermet_outbox", 0).await;
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM hermet_outbox_dead").await,
+        0
+    );
+    assert_eq!(listed(&store, a, ab).await, Some((Some("to an".into()), 1)));
+    assert_eq!(listed(&store, b, ab).await, Some((Some("to an".into()), 0)));
+    db.assert_converged(&store).await;
+    worker.stop().await;
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. Read-your-writes
+
+/// The API on `store`, on a random local port.
+async fn serve(store: &Store, cfg: ApiConfig) -> String {
+    let app = hermet_api::router(AppState::new(store.clone(), cfg, None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+struct Http {
+    client: reqwest::Client,
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn lsn(&self) -> String {
+        self.header("x-hermet-lsn")
+            .unwrap_or_else(|| panic!("a write answers X-Hermet-Lsn: {:?}", self.body))
+            .to_owned()
+    }
+}
+
+impl Http {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+        min_lsn: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = self.client.request(method, url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(l) = min_lsn {
+            req = req.header("x-hermet-min-lsn", l);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_your_writes_in_cdc_mode() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    // Other WAL on the server all along (another database, as other tenants or the projectors'
+    // own writes would make): a write's LSN is then often past its commit, and only a marker
+    // at a later position covers it.
+    let other = TestDb::new().await;
+    let noise = {
+        let client = connect(&other.url).await;
+        client
+            .batch_execute("CREATE TABLE noise (x int)")
+            .await
+            .expect("noise table");
+        tokio::spawn(async move {
+            loop {
+                let _ = client.batch_execute("INSERT INTO noise VALUES (1)").await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let mut cdc = Cdc::new(&db);
+    // No heartbeat within the wait: freshness may not depend on it.
+    cdc.heartbeat = Duration::from_secs(60);
+    let store = db.store_with(store_cfg(SyncMode::Cdc));
+    cdc.start_relay().await;
+    cdc.start_groups(store.pool());
+    let prefix = cdc.group_prefix();
+    let api_cfg = |wait: Duration| ApiConfig {
+        jwt_secret: TEST_SECRET.into(),
+        read_wait: wait,
+        partitions_per_projector: Cdc::partitions_per_projector(),
+        projector_prefix: prefix.clone(),
+        ..ApiConfig::default()
+    };
+    // Generous: a fresh read normally waits for one projector batch.
+    let base = serve(&store, api_cfg(Duration::from_secs(15))).await;
+    let http = Http {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("client"),
+    };
+    use reqwest::Method;
+    let mut users = Vec::new();
+    for nick in ["ann", "bob"] {
+        let r = http
+            .call(
+                Method::POST,
+                format!("{base}/v1/users"),
+                None,
+                None,
+                Some(json!({"nickname": nick})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        users.push((
+            r.body["id"].as_i64().expect("id"),
+            r.body["token"].as_str().expect("token").to_owned(),
+        ));
+    }
+    let ((_, ann), (bob_id, bob)) = (users[0].clone(), users[1].clone());
+
+    let r = http
+        .call(
+            Method::POST,
+            format!("{base}/v1/friends"),
+            Some(&ann),
+            None,
+            Some(json!({"friend_id": bob_id})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let channel = r.body["channel_id"].as_i64().expect("channel_id");
+    let contacts = http
+        .call(
+            Method::GET,
+            format!("{base}/v1/contacts"),
+            Some(&ann),
+            Some(&r.lsn()),
+            None,
+        )
+        .await;
+    assert_eq!(contacts.status, 200);
+    assert_eq!(contacts.header("x-hermet-stale"), None);
+    assert!(
+        contacts.body["contacts"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["contact_id"] == bob_id)),
+        "the new friend is listed: {}",
+        contacts.body
+    );
+
+    for i in 1..=12i64 {
+        let text = format!("m{i}");
+        let sent = http
+            .call(
+                Method::POST,
+                format!("{base}/v1/channels/{channel}/messages"),
+                Some(&ann),
+                None,
+                Some(json!({"content": text})),
+            )
+            .await;
+        assert_eq!(sent.status, 201, "{:?}", sent.body);
+        let list = http
+            .call(
+                Method::GET,
+                format!("{base}/v1/conversations"),
+                Some(&bob),
+                Some(&sent.lsn()),
+                None,
+            )
+            .await;
+        assert_eq!(list.status, 200, "{:?}", list.body);
+        assert_eq!(list.header("x-hermet-stale"), None, "fresh within the wait");
+        let conv = list.body["conversations"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["channel_id"] == channel))
+            .unwrap_or_else(|| panic!("the conversation is listed: {}", list.body));
+        assert_eq!(conv["last_message"]["content"], text, "{conv}");
+        assert_eq!(conv["unread_count"], i, "{conv}");
+    }
+
+    noise.abort();
+
+    // Projectors stopped: a read waiting for a write they will not apply answers, stale,
+    // after the (short) bounded wait of this second API instance.
+    cdc.stop_groups().await;
+    let short = serve(&store, api_cfg(Duration::from_millis(500))).await;
+    let sent = http
+        .call(
+            Method::POST,
+            format!("{short}/v1/channels/{channel}/messages"),
+            Some(&ann),
+            None,
+            Some(json!({"content": "late"})),
+        )
+        .await;
+    assert_eq!(sent.status, 201);
+    let list = http
+        .call(
+            Method::GET,
+            format!("{short}/v1/conversations"),
+            Some(&bob),
+            Some(&sent.lsn()),
+            None,
+        )
+        .await;
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    assert_eq!(list.header("x-hermet-stale"), Some("true"));
+    let conv = list.body["conversations"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["channel_id"] == channel))
+        .expect("listed");
+    assert_eq!(
+        conv["last_message"]["content"], "m12",
+        "the stale answer is the old row"
+    );
+    cdc.finish().await;
+}

@@ -1,0 +1,673 @@
+//! The projectors as the real binary runs them (issue 4, "Done means"):
+//!
+//! - crash: `hermet serve --role projector` in `cdc` mode is SIGKILLed at random points under a
+//!   steady write load, several times, and restarted; after draining, the read side equals the
+//!   rebuild oracle and no unread count is off (by one or otherwise);
+//! - all-in-one: `hermet serve` in `cdc` mode (relay, projectors, API in one process) answers
+//!   a list with `X-Hermet-Min-Lsn` from a send with that message, not stale.
+//!
+//! Each test has its own database, slot, publication, topics, dead-letter topic and consumer
+//! groups (`projector.group_prefix`), drops its slot and topics when done, and runs alone
+//! (`SERIAL`). Waits are bounded and generous; nothing asserts timing. Needs
+//! `HERMET_DATABASE_URL` and `HERMET_KAFKA_BROKERS` (`eval "$(scripts/services.sh env)"`).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hermet_core::projection::ProjectionConfig;
+use hermet_core::validate::Limits;
+use hermet_core::Lsn;
+use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+use hermet_kafka::rdkafka::client::DefaultClientContext;
+use hermet_store::oracle::EXPECTED_CONVERSATIONS;
+use hermet_store::{Store, StoreConfig, SyncMode};
+use hermet_testkit::workload;
+use hermet_testkit::{TestDb, TEST_SECRET, TEST_SHARDS};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// Tests with a replication slot run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TABLES: [&str; 5] = [
+    "users",
+    "channels",
+    "channel_members",
+    "friendships",
+    "messages",
+];
+const PARTITIONS: i32 = 2;
+const PREVIEW: usize = 5;
+/// Bound of every wait (a restarted projector waits for the killed member's session to end).
+const WAIT: Duration = Duration::from_secs(180);
+const GROUPS: [&str; 2] = ["conversation-view-updater", "contact-view-updater"];
+
+fn brokers() -> String {
+    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A `hermet` process whose output goes to a log file.
+struct Proc {
+    what: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(what: &str, args: &[&str], env: &[(String, String)], log: PathBuf) -> Proc {
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hermet"));
+        cmd.args(args)
+            .env_remove("HERMET_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Proc {
+            what: what.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "--- {} log {:?} (tail) ---\n{}",
+            self.what,
+            self.log,
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+
+    fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("started");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("{} exited ({status})\n{}", self.what, self.tail());
+        }
+    }
+
+    /// SIGKILL (`Child::kill` on Unix) and reap.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; the process must exit cleanly.
+    async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "{} exited with {status} on SIGTERM\n{}",
+                    self.what,
+                    self.tail()
+                );
+                return;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("{} ignored SIGTERM\n{}", self.what, self.tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("{} log kept: {:?}", self.what, self.log);
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A test's names (slot, publication, topics, groups) and its processes. Declare it after
+/// the [`TestDb`], so it is dropped (and the slot with it) first.
+struct Pipeline {
+    url: String,
+    tag: String,
+    procs: Vec<Proc>,
+    starts: usize,
+}
+
+impl Pipeline {
+    fn new(db: &TestDb) -> Pipeline {
+        Pipeline {
+            url: db.url.clone(),
+            tag: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            procs: Vec::new(),
+            starts: 0,
+        }
+    }
+
+    fn slot(&self) -> String {
+        format!("pp_{}", self.tag)
+    }
+
+    fn prefix(&self) -> String {
+        format!("pp{}", self.tag)
+    }
+
+    fn group_prefix(&self) -> String {
+        format!("{}-", self.prefix())
+    }
+
+    fn topics(&self) -> Vec<String> {
+        TABLES
+            .iter()
+            .map(|t| format!("{}.{t}.changed", self.prefix()))
+            .collect()
+    }
+
+    fn dlq_topic(&self) -> String {
+        format!("{}.dlq", self.prefix())
+    }
+
+    /// The environment of every process of this pipeline.
+    fn env(&self) -> Vec<(String, String)> {
+        let kv = |k: &str, v: String| (k.to_owned(), v);
+        vec![
+            kv("HERMET_DATABASE_URL", self.url.clone()),
+            kv("HERMET_KAFKA_BROKERS", brokers()),
+            kv("HERMET_SHARDS", TEST_SHARDS.to_string()),
+            kv("HERMET_SYNC_MODE", "cdc".into()),
+            kv("HERMET_READ_SIDE__PREVIEW_CHARS", PREVIEW.to_string()),
+            kv("HERMET_CDC__SLOT", self.slot()),
+            kv("HERMET_CDC__PUBLICATION", format!("pp_pub_{}", self.tag)),
+            kv("HERMET_CDC__TOPIC_PREFIX", self.prefix()),
+            kv(
+                "HERMET_CDC__TOPIC_TEMPLATE",
+                format!("{}.{{table}}.changed", self.prefix()),
+            ),
+            kv("HERMET_CDC__PARTITIONS", PARTITIONS.to_string()),
+            // A quiet slot (and the drain below) moves on within a fraction of a second.
+            kv("HERMET_CDC__HEARTBEAT_MS", "200".into()),
+            kv("HERMET_CDC__WATERMARK_MS", "20".into()),
+            kv("HERMET_PROJECTOR__GROUP_PREFIX", self.group_prefix()),
+            kv("HERMET_PROJECTOR__DLQ_TOPIC", self.dlq_topic()),
+            // Small batches: more commits, so more kills land between apply and offset commit.
+            kv("HERMET_PROJECTOR__BATCH_MAX", "50".into()),
+        ]
+    }
+
+    fn start(&mut self, what: &str, args: &[&str], extra: &[(String, String)]) -> usize {
+        let log = std::env::temp_dir().join(format!(
+            "hermet-projector-test-{}-{what}-{}.log",
+            self.tag, self.starts
+        ));
+        self.starts += 1;
+        let mut env = self.env();
+        env.extend_from_slice(extra);
+        self.procs.push(Proc::spawn(what, args, &env, log));
+        self.procs.len() - 1
+    }
+
+    /// Waits until the relay recorded its initial snapshot as complete (the topics exist).
+    async fn wait_relay(&mut self, relay: usize) {
+        let client = connect(&self.url).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.procs[relay].assert_running();
+            let done = client
+                .query_opt(
+                    "SELECT snapshot_done FROM hermet_cdc_state WHERE slot_name = $1",
+                    &[&self.slot()],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.get::<_, bool>(0));
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no relay snapshot within {WAIT:?}\n{}",
+                self.procs[relay].tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hermet_kafka::ensure_topics(&brokers(), &[self.dlq_topic()], 1, 1)
+            .await
+            .expect("dead-letter topic");
+    }
+
+    /// Waits until both projectors cover `lsn` on every partition; `running` must stay up.
+    async fn drain(&mut self, store: &Store, lsn: Lsn, running: &[usize]) {
+        let conn = store.pool().get().await.expect("connection");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for p in running {
+                self.procs[*p].assert_running();
+            }
+            let mut all = true;
+            for g in GROUPS {
+                all &= hermet_store::sync::covers(
+                    &conn,
+                    SyncMode::Cdc,
+                    &format!("{}{g}", self.group_prefix()),
+                    TABLES.len() as i64 * i64::from(PARTITIONS),
+                    lsn,
+                )
+                .await
+                .expect("covers");
+            }
+            if all {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let tails: Vec<String> = running.iter().map(|p| self.procs[*p].tail()).collect();
+                panic!(
+                    "the projectors did not reach {lsn} within {WAIT:?}\n{}",
+                    tails.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kafka_names(&self) -> (Vec<String>, Vec<String>) {
+        let mut topics = self.topics();
+        topics.push(self.dlq_topic());
+        let groups = GROUPS
+            .iter()
+            .map(|g| format!("{}{g}", self.group_prefix()))
+            .collect();
+        (topics, groups)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            p.kill();
+        }
+        let (url, slot, names) = (self.url.clone(), self.slot(), self.kafka_names());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(cleanup(&url, &slot, &names));
+        })
+        .join();
+    }
+}
+
+/// Drops the slot (ending a walsender that still holds it), the topics and the groups.
+async fn cleanup(url: &str, slot: &str, (topics, groups): &(Vec<String>, Vec<String>)) {
+    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let row = client
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await;
+            match row {
+                Ok(None) | Err(_) => break,
+                Ok(Some(r)) => match r.get::<_, Option<i32>>(0) {
+                    Some(pid) => {
+                        let _ = client
+                            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                            .await;
+                    }
+                    None => {
+                        if client
+                            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                            .await
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                },
+            }
+            if Instant::now() >= deadline {
+                eprintln!("could not drop replication slot {slot}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        match hermet_kafka::client_config(&brokers(), "hermet-projector-test").create() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_groups(&names, &opts)).await;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&names, &opts)).await;
+}
+
+fn store_cfg() -> StoreConfig {
+    StoreConfig {
+        sync_mode: SyncMode::Cdc,
+        projection: ProjectionConfig {
+            preview_chars: PREVIEW,
+        },
+        limits: Limits::default(),
+    }
+}
+
+async fn wal_lsn(store: &Store) -> Lsn {
+    let conn = store.pool().get().await.expect("connection");
+    let s: String = conn
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_lsn")
+        .get(0);
+    s.parse().expect("lsn")
+}
+
+/// Offsets the groups have applied (from the watermarks written with each batch).
+async fn applied_offsets(store: &Store, group_prefix: &str) -> i64 {
+    let conn = store.pool().get().await.expect("connection");
+    conn.query_one(
+        "SELECT COALESCE(sum(next_offset), 0)::bigint FROM hermet_projector_watermarks
+          WHERE projector LIKE $1 || '%'",
+        &[&group_prefix],
+    )
+    .await
+    .expect("watermarks")
+    .get(0)
+}
+
+/// Random commands of every scenario from several tasks at once, until `stop`.
+async fn load(
+    store: Store,
+    base: workload::World,
+    task: u64,
+    stop: Arc<AtomicBool>,
+) -> workload::World {
+    let mut w = base;
+    w.concurrent = true;
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let cmds = workload::generate(workload::seed() ^ (task << 32) ^ round, 50);
+        for c in &cmds {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Err(e) = workload::exec(&store, &mut w, c).await {
+                panic!("load task {task}: {e}");
+            }
+        }
+        round += 1;
+    }
+    w
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn projector_killed_under_load_converges() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let mut p = Pipeline::new(&db);
+    let store = db.store_with(store_cfg());
+
+    // Everyone befriends everyone, so most sends and reads succeed from the start.
+    let mut base = workload::setup(&store).await.expect("users");
+    for i in 0..base.users.len() {
+        for j in (i + 1)..base.users.len() {
+            let ch = store
+                .add_friend(base.users[i], base.users[j])
+                .await
+                .expect("friends")
+                .value;
+            base.channels.push(ch);
+        }
+    }
+    let relay = p.start("relay", &["serve", "--role", "cdc"], &[]);
+    p.wait_relay(relay).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3u64)
+        .map(|t| tokio::spawn(load(store.clone(), base.clone(), t, stop.clone())))
+        .collect();
+
+    let mut rng = StdRng::seed_from_u64(workload::seed());
+    let kills = 5;
+    let mut progressed_kills = 0;
+    for k in 0..kills {
+        let proj = p.start("projector", &["serve", "--role", "projector"], &[]);
+        let before = applied_offsets(&store, &p.group_prefix()).await;
+        if k % 2 == 0 {
+            // Mid-work: once this process has applied something, after a random pause.
+            let deadline = Instant::now() + WAIT;
+            while applied_offsets(&store, &p.group_prefix()).await == before {
+                p.procs[proj].assert_running();
+                assert!(
+                    Instant::now() < deadline,
+                    "the projector made no progress\n{}",
+                    p.procs[proj].tail()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            progressed_kills += 1;
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
+        } else {
+            // Anywhere: starting, joining the group, or applying.
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(50..2500))).await;
+        }
+        p.procs[proj].assert_running();
+        p.procs[proj].kill();
+        eprintln!("kill {k}: applied offsets {before} before this run");
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let mut applied = std::collections::BTreeMap::new();
+    let mut retries = 0;
+    for w in writers {
+        let w = w.await.expect("load task");
+        retries += w.retries;
+        for (k, n) in w.applied {
+            *applied.entry(k).or_insert(0usize) += n;
+        }
+    }
+    eprintln!("load: {applied:?}, lost races {retries}");
+    assert!(
+        applied.get("send_message").is_some_and(|n| *n > 20),
+        "the load sent too few messages: {applied:?}"
+    );
+
+    // The last start drains everything.
+    let lsn = wal_lsn(&store).await;
+    let proj = p.start("projector", &["serve", "--role", "projector"], &[]);
+    p.drain(&store, lsn, &[relay, proj]).await;
+
+    let conn = store.pool().get().await.expect("connection");
+    let sql = format!(
+        "WITH e AS ({EXPECTED_CONVERSATIONS})
+         SELECT count(*) FILTER (WHERE v.unread_count IS DISTINCT FROM e.unread_count),
+                count(*) FILTER (WHERE e.unread_count > 0),
+                count(*)
+           FROM e LEFT JOIN user_conversation_view v USING (user_id, channel_id)"
+    );
+    let row = conn
+        .query_one(&sql, &[&(PREVIEW as i32)])
+        .await
+        .expect("unread check");
+    let (wrong, unread_rows, rows): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    eprintln!(
+        "kills {kills} ({progressed_kills} after progress); conversation rows {rows}, with unread {unread_rows}, wrong unread {wrong}"
+    );
+    assert_eq!(wrong, 0, "unread counts differ from the write side");
+    assert!(
+        unread_rows > 0,
+        "the check needs unread messages to mean anything"
+    );
+    db.assert_converged(&store).await;
+
+    let topic = p.dlq_topic();
+    let letters =
+        tokio::task::spawn_blocking(move || hermet_projector::dlq::list(&brokers(), &topic))
+            .await
+            .expect("thread")
+            .expect("dlq list");
+    assert!(
+        letters.is_empty(),
+        "crashes dead-letter nothing: {letters:?}"
+    );
+
+    p.procs[proj].stop().await;
+    p.procs[relay].stop().await;
+}
+
+/// Free local port for the API (bound, then released).
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_all_in_cdc_mode_reads_your_writes() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let mut p = Pipeline::new(&db);
+    let addr = free_addr();
+    let app = p.start(
+        "serve",
+        &["serve"],
+        &[
+            ("HERMET_HTTP_ADDR".into(), addr.clone()),
+            ("HERMET_JWT_SECRET".into(), TEST_SECRET.into()),
+            ("HERMET_PROJECTOR__READ_WAIT_MS".into(), "30000".into()),
+        ],
+    );
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        p.procs[app].assert_running();
+        if http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready\n{}",
+            p.procs[app].tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The relay inside `serve` took its snapshot (the topics exist) before projectors wait on them.
+    p.wait_relay(app).await;
+
+    let post = |path: &str, token: Option<&str>, body: Value| {
+        let mut req = http.post(format!("{base}{path}")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let mut users = Vec::new();
+    for nick in ["ann", "bob"] {
+        let r = post("/v1/users", None, json!({"nickname": nick}))
+            .await
+            .expect("create user");
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.expect("json");
+        users.push((
+            v["id"].as_i64().expect("id"),
+            v["token"].as_str().expect("token").to_owned(),
+        ));
+    }
+    let ((_, ann), (bob_id, bob)) = (users[0].clone(), users[1].clone());
+    let r = post("/v1/friends", Some(&ann), json!({"friend_id": bob_id}))
+        .await
+        .expect("befriend");
+    assert_eq!(r.status(), 201);
+    let channel = r.json::<Value>().await.expect("json")["channel_id"]
+        .as_i64()
+        .expect("channel_id");
+    for i in 1..=5i64 {
+        let text = format!("hi {i}");
+        let sent = post(
+            &format!("/v1/channels/{channel}/messages"),
+            Some(&ann),
+            json!({"content": text}),
+        )
+        .await
+        .expect("send");
+        assert_eq!(sent.status(), 201);
+        let lsn = sent
+            .headers()
+            .get("x-hermet-lsn")
+            .and_then(|v| v.to_str().ok())
+            .expect("X-Hermet-Lsn")
+            .to_owned();
+        let list = http
+            .get(format!("{base}/v1/conversations"))
+            .bearer_auth(&bob)
+            .header("x-hermet-min-lsn", &lsn)
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(list.status(), 200);
+        assert!(
+            list.headers().get("x-hermet-stale").is_none(),
+            "fresh within the wait (min lsn {lsn})"
+        );
+        let body: Value = list.json().await.expect("json");
+        let conv = body["conversations"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["channel_id"] == channel))
+            .unwrap_or_else(|| panic!("listed: {body}"));
+        // Preview of 5 characters.
+        assert_eq!(
+            conv["last_message"]["content"],
+            text.chars().take(PREVIEW).collect::<String>()
+        );
+        assert_eq!(conv["unread_count"], i);
+    }
+    p.procs[app].stop().await;
+}
