@@ -10,6 +10,9 @@ scripts/install-deps.sh
 scripts/services.sh up
 eval "$(scripts/services.sh env)"
 
+# The full pipeline by default: WAL → relay → Kafka → projectors (set HERMET_SYNC_MODE to
+# dual_write or async to try the others).
+export HERMET_SYNC_MODE=${HERMET_SYNC_MODE:-cdc}
 # The local services' admin URL points at the `postgres` database; hermet gets its own.
 if [[ -z ${HERMET_CONFIG:-} ]]; then
     export HERMET_DATABASE_URL=${HERMET_DATABASE_URL%/*}/hermet

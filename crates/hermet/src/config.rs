@@ -29,7 +29,28 @@ pub struct Config {
     pub redis: RedisConfig,
     pub cdc: CdcConfig,
     pub projector: ProjectorConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
+}
+
+/// The background audit of `serve` (exports `hermet_consistency_rate`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Seconds between audits; 0 turns the background audit off.
+    pub interval_secs: u64,
+    /// Buckets compared per audit (of `buckets`).
+    pub sample_buckets: u32,
+    pub buckets: u32,
+    /// In the eventually consistent modes a mismatch is re-checked after this long, so rows
+    /// still on their way are not counted.
+    pub recheck_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { interval_secs: 60, sample_buckets: 8, buckets: 256, recheck_ms: 5000 }
+    }
 }
 
 /// Projectors (`async`: the outbox worker; `cdc`: the Kafka consumer groups) and reads that wait
@@ -349,6 +370,10 @@ impl Config {
         }
         if !c.topic_template.contains("{table}") {
             return bad("cdc.topic_template must contain {table}".into());
+        }
+        let a = &self.audit;
+        if a.buckets == 0 || a.sample_buckets == 0 || a.sample_buckets > a.buckets {
+            return bad("audit: 1 <= sample_buckets <= buckets".into());
         }
         let p = &self.projector;
         if p.batch_max == 0 || p.max_attempts == 0 || p.outbox_batch < 1 || p.dlq_topic.is_empty() {

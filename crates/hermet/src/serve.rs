@@ -128,6 +128,15 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
             }),
         ));
     }
+    if api && cfg.audit.interval_secs > 0 {
+        let (acfg, pool, preview) =
+            (cfg.audit.clone(), store.pool().clone(), cfg.read_side.preview_chars as i32);
+        let eventual = cfg.sync.mode != Mode::DualWrite;
+        tasks.push(("background audit", supervise("background audit", stop_rx.clone(), move |stop| {
+            let (acfg, pool) = (acfg.clone(), pool.clone());
+            async move { background_audit(acfg, pool, preview, eventual, stop).await }
+        })));
+    }
     // The first background task to fail takes the process down (a supervisor restarts it).
     let failed = async move {
         if tasks.is_empty() {
@@ -290,5 +299,45 @@ fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+/// Audits a rotating sample of buckets on an interval and exports the consistency rate. In the
+/// eventually consistent modes, buckets that differ are audited again after `recheck_ms`, and
+/// only what still differs counts: rows on their way are not inconsistencies.
+async fn background_audit(
+    cfg: crate::config::AuditConfig,
+    pool: deadpool_postgres::Pool,
+    preview: i32,
+    eventual: bool,
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> anyhow::Result<()> {
+    use hermet_store::audit;
+    tokio::pin!(stop);
+    let mut next = 0u32;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(cfg.interval_secs)) => {}
+        }
+        let sample: Vec<i32> = (0..cfg.sample_buckets)
+            .map(|i| ((next + i) % cfg.buckets) as i32)
+            .collect();
+        next = (next + cfg.sample_buckets) % cfg.buckets;
+        let conn = pool.get().await?;
+        let mut report = audit::audit(&conn, preview, cfg.buckets, Some(&sample)).await?;
+        if eventual && !report.findings.is_empty() {
+            tokio::time::sleep(Duration::from_millis(cfg.recheck_ms)).await;
+            report = audit::audit(&conn, preview, cfg.buckets, Some(&sample)).await?;
+        }
+        let rate = report.consistency_rate();
+        metrics::gauge!("hermet_consistency_rate").set(rate);
+        metrics::counter!("hermet_audit_findings_total").increment(report.findings.len() as u64);
+        if report.findings.is_empty() {
+            tracing::debug!(buckets = ?sample, rows = report.expected_rows, "audit clean");
+        } else {
+            tracing::warn!(buckets = ?sample, findings = report.findings.len(), rate,
+                "audit found read-side rows that differ from the write side");
+        }
     }
 }
