@@ -427,8 +427,7 @@ fn collect_lines<R: AsyncRead + Unpin + Send + 'static>(reader: R, log: SharedLo
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             let Ok(mut log) = log.lock() else { return };
-            if log.streaming_at.is_none() && line.contains("INFO") && line.contains(" streaming")
-            {
+            if log.streaming_at.is_none() && line.contains("INFO") && line.contains(" streaming") {
                 log.streaming_at = Some(Instant::now());
             }
             if log.lines.len() == 40 {
@@ -539,11 +538,11 @@ impl RelayProc {
             Ok(r) => r.map_err(io_err("wait for the relay")),
             Err(_) => {
                 eprintln!("bench cdc: the relay did not stop within 30 s of SIGTERM; killing it");
+                self.child.kill().await.map_err(io_err("kill the relay"))?;
                 self.child
-                    .kill()
+                    .wait()
                     .await
-                    .map_err(io_err("kill the relay"))?;
-                self.child.wait().await.map_err(io_err("wait for the relay"))
+                    .map_err(io_err("wait for the relay"))
             }
         }
     }
@@ -629,13 +628,19 @@ impl Writer<'_> {
             .map_err(db_err(format!("{what}: begin")))?;
         for sql in statements {
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&first, &last];
-            params.extend(extra.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)));
+            params.extend(
+                extra
+                    .iter()
+                    .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)),
+            );
             self.rows += tx
                 .execute(*sql, &params)
                 .await
                 .map_err(db_err(what.to_owned()))?;
         }
-        tx.commit().await.map_err(db_err(format!("{what}: commit")))?;
+        tx.commit()
+            .await
+            .map_err(db_err(format!("{what}: commit")))?;
         self.transactions += 1;
         Ok(())
     }
@@ -660,7 +665,11 @@ impl Writer<'_> {
 }
 
 /// Writes about `target` row changes in transactions of about `txn_rows` (see the module doc).
-async fn write_backlog(client: &mut Client, target: u64, txn_rows: u64) -> Result<Backlog, BenchError> {
+async fn write_backlog(
+    client: &mut Client,
+    target: u64,
+    txn_rows: u64,
+) -> Result<Backlog, BenchError> {
     let started = Instant::now();
     let start_lsn = insert_lsn(client).await?;
     let now_ms = std::time::SystemTime::now()
@@ -725,7 +734,8 @@ async fn write_backlog(client: &mut Client, target: u64, txn_rows: u64) -> Resul
                 'message ' || g || ': ' || md5(g::text), $5::int8 + g / 1000
            FROM (SELECT g, ((g % $3::int8) * 10 + (g / $3::int8) % 10) % $4::int8 + 1 AS s
                    FROM generate_series($1::int8, $2::int8) g) x";
-    let bump_channels = "UPDATE channels c SET last_seq = s.seq, updated_at = $5::int8 + $2::int8 / 1000
+    let bump_channels =
+        "UPDATE channels c SET last_seq = s.seq, updated_at = $5::int8 + $2::int8 / 1000
            FROM (SELECT g % $3::int8 + 1 AS id, max(g / $3::int8 + 1) AS seq
                    FROM generate_series($1::int8, $2::int8) g GROUP BY 1) s
           WHERE c.id = s.id AND $4::int8 > 0";
@@ -806,7 +816,10 @@ async fn drain_recvlogical(
     }
     let mut walsender = CpuTracker::default();
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(io_err("wait for pg_recvlogical"))? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(io_err("wait for pg_recvlogical"))?
+        {
             break status;
         }
         if started.elapsed() > STALL * 5 {
@@ -900,8 +913,8 @@ async fn drain_relay(
     if let Some((_, hwm)) = memory_kib(relay.pid) {
         peak_rss = peak_rss.max(hwm);
     }
-    let startup_secs = streaming_at(&relay.log)
-        .map_or(secs, |t| t.duration_since(relay.spawned).as_secs_f64());
+    let startup_secs =
+        streaming_at(&relay.log).map_or(secs, |t| t.duration_since(relay.spawned).as_secs_f64());
     let log = relay.log.clone();
     let status = relay.stop().await?;
     if !status.success() {
@@ -1020,10 +1033,12 @@ async fn round(s: &Setup<'_>, client: &mut Client, i: usize) -> Result<CdcRound,
     let relay_first = i.is_multiple_of(2);
     let (a, b) = if relay_first {
         let b = drain_relay(client, &spec, backlog.end_lsn, s.broker_pid).await?;
-        let a = drain_recvlogical(client, s.recvlogical, s.url, &recv_slot, backlog.end_lsn).await?;
+        let a =
+            drain_recvlogical(client, s.recvlogical, s.url, &recv_slot, backlog.end_lsn).await?;
         (a, b)
     } else {
-        let a = drain_recvlogical(client, s.recvlogical, s.url, &recv_slot, backlog.end_lsn).await?;
+        let a =
+            drain_recvlogical(client, s.recvlogical, s.url, &recv_slot, backlog.end_lsn).await?;
         let b = drain_relay(client, &spec, backlog.end_lsn, s.broker_pid).await?;
         (a, b)
     };
@@ -1083,7 +1098,10 @@ async fn run_in(s: &Setup<'_>) -> Result<CdcReport, BenchError> {
         .await
         .map_err(db_err("create the publication"))?;
     let server_version: String = client
-        .query_one("SELECT 'PostgreSQL ' || current_setting('server_version')", &[])
+        .query_one(
+            "SELECT 'PostgreSQL ' || current_setting('server_version')",
+            &[],
+        )
         .await
         .map_err(db_err("read the server version"))?
         .get(0);

@@ -138,6 +138,12 @@ fn split_table(t: &str) -> (String, String) {
     }
 }
 
+/// How often the replication client reports the acknowledged position to PostgreSQL (at most;
+/// only when it moved, or as a keepalive reply). The slot's `confirmed_flush_lsn` trails Kafka's
+/// acknowledgements by up to this much: at 1 s it quantized a drain of a few seconds to whole
+/// seconds (`hermet bench cdc`, BENCHMARKS.md); a status message is a few dozen bytes.
+const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Connection settings of the replication client, from the database URL.
 fn replication_config(cfg: &RelayConfig) -> Result<ReplicationConfig, RelayError> {
     use tokio_postgres::config::Host;
@@ -164,7 +170,7 @@ fn replication_config(cfg: &RelayConfig) -> Result<ReplicationConfig, RelayError
     )
     .with_port(pg.get_ports().first().copied().unwrap_or(5432))
     .with_tls(TlsConfig::disabled())
-    .with_status_interval(Duration::from_secs(1))
+    .with_status_interval(STATUS_INTERVAL)
     .with_application_name("hermet-cdc"))
 }
 
@@ -477,7 +483,16 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
     repl.start().await?;
     repl.wait_started().await?;
     tracing::info!(slot = %cfg.slot, publication = %cfg.publication, "streaming");
-    let ctx = StreamCtx { cfg: &cfg, control: &control, catalog: &catalog, router: &router, sink: &sink, db: &db_name, options: &options, markers: &markers };
+    let ctx = StreamCtx {
+        cfg: &cfg,
+        control: &control,
+        catalog: &catalog,
+        router: &router,
+        sink: &sink,
+        db: &db_name,
+        options: &options,
+        markers: &markers,
+    };
     stream(ctx, repl, shutdown).await
 }
 
@@ -495,7 +510,9 @@ async fn partitions_of(
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for t in topics {
-            let md = producer.client().fetch_metadata(Some(&t), Duration::from_secs(10))?;
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&t), Duration::from_secs(10))?;
             let n = md.topics().first().map_or(0, |m| m.partitions().len());
             out.extend((0..n as i32).map(|p| (t.clone(), p)));
         }
@@ -635,7 +652,16 @@ async fn stream(
     mut repl: ReplicationClient,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RelayError> {
-    let StreamCtx { cfg, control, catalog, router, sink, db, options, markers } = ctx;
+    let StreamCtx {
+        cfg,
+        control,
+        catalog,
+        router,
+        sink,
+        db,
+        options,
+        markers,
+    } = ctx;
     let mut relations = RelationCache::new();
     let mut marker_tick = tokio::time::interval(cfg.watermark_interval);
     let mut marked: Option<Lsn> = None;
@@ -816,7 +842,7 @@ async fn stream(
         }
     }
     // Give the worker a status interval to send the last position.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(STATUS_INTERVAL + Duration::from_millis(100)).await;
     repl.shutdown().await?;
     Ok(())
 }

@@ -280,7 +280,8 @@ pub async fn repair(
 ) -> Result<usize, StoreError> {
     // A custom plan of `DELETE … USING UNNEST` on a partitioned table scans every partition
     // (docs/sharding.md); the generic plan prunes at run time.
-    tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan").await?;
+    tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        .await?;
     let mut affected = Affected::default();
     let mut conv: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
     let mut cont: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());

@@ -49,7 +49,12 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { interval_secs: 60, sample_buckets: 8, buckets: 256, recheck_ms: 5000 }
+        AuditConfig {
+            interval_secs: 60,
+            sample_buckets: 8,
+            buckets: 256,
+            recheck_ms: 5000,
+        }
     }
 }
 

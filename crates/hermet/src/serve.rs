@@ -129,13 +129,19 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         ));
     }
     if api && cfg.audit.interval_secs > 0 {
-        let (acfg, pool, preview) =
-            (cfg.audit.clone(), store.pool().clone(), cfg.read_side.preview_chars as i32);
+        let (acfg, pool, preview) = (
+            cfg.audit.clone(),
+            store.pool().clone(),
+            cfg.read_side.preview_chars as i32,
+        );
         let eventual = cfg.sync.mode != Mode::DualWrite;
-        tasks.push(("background audit", supervise("background audit", stop_rx.clone(), move |stop| {
-            let (acfg, pool) = (acfg.clone(), pool.clone());
-            async move { background_audit(acfg, pool, preview, eventual, stop).await }
-        })));
+        tasks.push((
+            "background audit",
+            supervise("background audit", stop_rx.clone(), move |stop| {
+                let (acfg, pool) = (acfg.clone(), pool.clone());
+                async move { background_audit(acfg, pool, preview, eventual, stop).await }
+            }),
+        ));
     }
     // The first background task to fail takes the process down (a supervisor restarts it).
     let failed = async move {
