@@ -40,7 +40,7 @@ use tokio_postgres::Client;
 use crate::{admin_connect, drop_database, with_dbname, BenchEnv, BenchError, BenchOptions};
 
 /// The captured write-side tables.
-const TABLES: [&str; 5] = [
+pub(crate) const TABLES: [&str; 5] = [
     "users",
     "channels",
     "channel_members",
@@ -980,7 +980,7 @@ struct Setup<'a> {
     broker_pid: Option<u32>,
 }
 
-fn topic_template(tag: &str, round: usize) -> String {
+pub(crate) fn topic_template(tag: &str, round: usize) -> String {
     format!("hermet_bench_{tag}_{round}.{{table}}")
 }
 
@@ -1127,7 +1127,7 @@ async fn run_in(s: &Setup<'_>) -> Result<CdcReport, BenchError> {
 }
 
 /// Drops every slot of the scratch database (their walsenders first).
-async fn drop_all_slots(admin_url: &str, database: &str) -> Result<(), BenchError> {
+pub(crate) async fn drop_all_slots(admin_url: &str, database: &str) -> Result<(), BenchError> {
     let admin = admin_connect(admin_url).await?;
     let slots: Vec<String> = admin
         .query(
@@ -1145,7 +1145,7 @@ async fn drop_all_slots(admin_url: &str, database: &str) -> Result<(), BenchErro
     Ok(())
 }
 
-async fn delete_topics(brokers: &str, tag: &str, runs: usize) -> Result<(), BenchError> {
+pub(crate) async fn delete_topics(brokers: &str, tag: &str, runs: usize) -> Result<(), BenchError> {
     use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
     use hermet_kafka::rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> =

@@ -8,6 +8,7 @@
 //! --role cdc` process) draining a WAL backlog into Kafka next to `pg_recvlogical`.
 
 pub mod cdc;
+pub mod modes;
 mod report;
 mod scenarios;
 pub mod workload;
@@ -85,6 +86,9 @@ pub enum Scenario {
     /// CDC relay: rows/s from a WAL backlog to Kafka (acknowledged), next to `pg_recvlogical`
     /// draining the same backlog; the relay's peak RSS.
     Cdc,
+    /// Sync lag of `dual_write`, `async` and `cdc` at a fixed offered send rate, and the Kafka
+    /// projectors' apply throughput on a backlog.
+    Modes,
 }
 
 impl std::fmt::Display for Scenario {
@@ -93,6 +97,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Send => "send",
             Scenario::List => "list",
             Scenario::Cdc => "cdc",
+            Scenario::Modes => "modes",
         })
     }
 }
@@ -184,6 +189,12 @@ pub struct BenchOptions {
     /// /usr/lib/postgresql/*/bin/pg_recvlogical, else the one on PATH].
     #[arg(long)]
     pub pg_recvlogical: Option<PathBuf>,
+    /// `modes`: offered message sends per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// `modes`: messages in the backlog the projectors' throughput is measured on (0: skip).
+    #[arg(long, default_value_t = 20_000)]
+    pub backlog: u64,
 }
 
 impl Default for BenchOptions {
@@ -208,6 +219,8 @@ impl Default for BenchOptions {
             txn_rows: 10_000,
             partitions: 8,
             pg_recvlogical: None,
+            rate: 1000.0,
+            backlog: 20_000,
         }
     }
 }
@@ -229,6 +242,7 @@ impl BenchOptions {
             Scenario::Send => 8,
             Scenario::List => 16,
             Scenario::Cdc => 1,
+            Scenario::Modes => 16,
         })
     }
 
@@ -333,9 +347,9 @@ pub async fn run(
     scenario: Scenario,
     opts: &BenchOptions,
 ) -> Result<Report, BenchError> {
-    if scenario == Scenario::Cdc {
+    if matches!(scenario, Scenario::Cdc | Scenario::Modes) {
         return Err(BenchError::InvalidOptions(
-            "`cdc` has its own report: use cdc::run or run_and_print".to_owned(),
+            "`cdc` and `modes` have their own reports: use run_and_print".to_owned(),
         ));
     }
     opts.check(scenario)?;
@@ -380,6 +394,16 @@ pub async fn run_and_print(
     scenario: Scenario,
     opts: &BenchOptions,
 ) -> Result<(), BenchError> {
+    if scenario == Scenario::Modes {
+        opts.check(scenario)?;
+        let report = modes::run(env, opts).await?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
     if scenario == Scenario::Cdc {
         let report = cdc::run(env, opts).await?;
         if opts.json {
@@ -497,7 +521,7 @@ async fn measure_all(
     let load = |secs: u64| Load {
         measured: match scenario {
             // `run` refuses `cdc` before getting here.
-            Scenario::Send | Scenario::Cdc => Source::Send,
+            Scenario::Send | Scenario::Cdc | Scenario::Modes => Source::Send,
             Scenario::List => Source::List,
         },
         workers,
