@@ -510,11 +510,29 @@ async fn partitions_of(
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for t in topics {
-            let md = producer
-                .client()
-                .fetch_metadata(Some(&t), Duration::from_secs(10))?;
-            let n = md.topics().first().map_or(0, |m| m.partitions().len());
-            out.extend((0..n as i32).map(|p| (t.clone(), p)));
+            // A topic created a moment ago may not show its partitions yet: wait for them, or
+            // markers would miss whole topics and reads waiting on them would answer stale.
+            let mut tries = 0;
+            let ids: Vec<i32> = loop {
+                let md = producer.client().fetch_metadata(Some(&t), Duration::from_secs(10))?;
+                let ids: Vec<i32> = md.topics().first().map_or_else(Vec::new, |m| {
+                    let ps = m.partitions();
+                    if ps.iter().all(|p| p.leader() >= 0) {
+                        ps.iter().map(|p| p.id()).collect()
+                    } else {
+                        Vec::new()
+                    }
+                });
+                tries += 1;
+                if !ids.is_empty() || tries >= 150 {
+                    break ids;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            if ids.is_empty() {
+                tracing::warn!(topic = %t, "no partitions with a leader: no watermark markers for this topic");
+            }
+            out.extend(ids.into_iter().map(|p| (t.clone(), p)));
         }
         Ok::<_, RdError>(out)
     })
