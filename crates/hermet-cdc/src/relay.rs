@@ -559,6 +559,19 @@ async fn send_markers(
     Ok(futs)
 }
 
+/// Sends markers for `at` and returns the acknowledgement of that position (resolved once Kafka
+/// has every marker) with the number of records it waits for.
+async fn mark(sink: &Sink, markers: &[(String, i32)], at: Lsn) -> Result<(Ack, usize), RelayError> {
+    let futs = send_markers(sink, markers, at).await?;
+    let n = futs.len();
+    let ack: Ack = async move {
+        delivered(futs).await?;
+        Ok((at, n, None))
+    }
+    .boxed();
+    Ok((ack, n))
+}
+
 /// What the streaming loop reads but does not own.
 struct StreamCtx<'a> {
     cfg: &'a RelayConfig,
@@ -796,14 +809,10 @@ async fn stream(
                         // Heartbeats and other non-transactional messages: a position with
                         // nothing to deliver, confirmed once everything before it is.
                         let at = Lsn(u64::from(lsn));
-                        let futs = send_markers(sink, markers, at).await?;
+                        let (ack, n) = mark(sink, markers, at).await?;
                         marked = Some(at);
-                        let n = futs.len();
                         in_flight += n;
-                        acks.push_back(async move {
-                            delivered(futs).await?;
-                            Ok((at, n, None))
-                        }.boxed());
+                        acks.push_back(ack);
                     }
                     ReplicationEvent::Message { .. } => {}
                     ReplicationEvent::KeepAlive { wal_end, .. } => {
@@ -820,14 +829,10 @@ async fn stream(
                 let recent = last_commit_seen.elapsed() < KEEPALIVE_MARKERS_AFTER_COMMIT;
                 let at = if recent { last_commit.max(idle_at) } else { last_commit };
                 if let Some(at) = at.filter(|l| marked.is_none_or(|m| *l > m)) {
-                    let futs = send_markers(sink, markers, at).await?;
+                    let (ack, n) = mark(sink, markers, at).await?;
                     marked = Some(at);
-                    let n = futs.len();
                     in_flight += n;
-                    acks.push_back(async move {
-                        delivered(futs).await?;
-                        Ok((at, n, None))
-                    }.boxed());
+                    acks.push_back(ack);
                 }
             }
             _ = heartbeat.tick() => {
