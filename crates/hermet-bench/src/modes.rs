@@ -522,6 +522,7 @@ impl Cdc {
                 max_attempts: 5,
                 dlq_topic: format!("hermet_bench_{}_dlq", self.tag),
                 projection: ProjectionConfig::default(),
+                cache: hermet_core::cache::no_cache(),
             };
             let pool = pool.clone();
             Task::spawn(g.to_owned(), move |rx| {
@@ -611,6 +612,7 @@ async fn run_mode(
                 idle_wait: Duration::from_millis(10),
                 max_attempts: 5,
                 projection: ProjectionConfig::default(),
+                cache: hermet_core::cache::no_cache(),
             };
             let pool = pool.clone();
             tasks.push(Task::spawn("outbox worker".into(), move |rx| {

@@ -11,12 +11,14 @@
 //! - [`validate`]: input parsed into types that cannot hold invalid values;
 //! - [`lsn`]: PostgreSQL log sequence numbers;
 //! - [`push`]: the events of WebSocket push, who receives them, and the port they go through.
+//! - [`cache`]: the conversation-list cache port and its race-free read-through rule.
 //!
 //! The convergence contract (SPEC §2) is kept by construction: every view row is recomputed from
 //! current write-side state, and every group of view columns carries the write-side version it was
 //! computed from, so a store that keeps the newer group on conflict is idempotent and
 //! order-independent.
 
+pub mod cache;
 pub mod change;
 pub mod lsn;
 pub mod projection;

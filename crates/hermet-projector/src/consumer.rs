@@ -20,15 +20,19 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
+use hermet_core::cache::ListCache;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, Views};
-use hermet_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use hermet_kafka::rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use hermet_kafka::rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use hermet_kafka::rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
 use hermet_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use hermet_kafka::rdkafka::statistics::Statistics;
+use hermet_kafka::rdkafka::{ClientConfig, ClientContext};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
 use hermet_store::sync::{advance_watermarks, PartitionProgress};
 use hermet_store::{project, StoreError};
@@ -51,6 +55,8 @@ pub struct GroupConfig {
     pub max_attempts: u32,
     pub dlq_topic: String,
     pub projection: ProjectionConfig,
+    /// Invalidated for the owners of every batch, after the batch commits.
+    pub cache: Arc<dyn ListCache>,
 }
 
 /// One record of a batch.
@@ -113,15 +119,55 @@ fn item(msg: OwnedMessage) -> Item {
 }
 
 pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, ProjectorError> {
-    Ok(hermet_kafka::client_config(brokers, group)
-        .set("group.id", group)
+    Ok(group_client_config(brokers, group).create()?)
+}
+
+/// Reports `hermet_consumer_lag_messages` (records between the group's position and the
+/// partition's end, by group, topic and partition) from librdkafka's periodic statistics, which
+/// cost no extra broker round trips.
+struct LagContext {
+    group: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                // -1: the internal "unassigned" partition, or a lag not known yet.
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!("hermet_consumer_lag_messages", "group" => self.group.clone(),
+                    "topic" => topic.clone(), "partition" => partition.to_string())
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+fn group_consumer(
+    brokers: &str,
+    group: &str,
+) -> Result<StreamConsumer<LagContext>, ProjectorError> {
+    Ok(group_client_config(brokers, group)
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(LagContext {
+            group: group.to_owned(),
+        })?)
+}
+
+fn group_client_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut c = hermet_kafka::client_config(brokers, group);
+    c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()?)
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    c
 }
 
 /// Runs one consumer group until `shutdown` resolves.
@@ -130,7 +176,7 @@ pub async fn run_group(
     pool: Pool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
-    let consumer = consumer(&cfg.brokers, &cfg.group)?;
+    let consumer = group_consumer(&cfg.brokers, &cfg.group)?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let dlq = hermet_kafka::producer(&cfg.brokers, &format!("{}-dlq", cfg.group))?;
@@ -248,9 +294,11 @@ async fn apply_once(cfg: &GroupConfig, pool: &Pool, items: &[&Item]) -> Result<(
     let progress: Vec<PartitionProgress> = progress.into_values().collect();
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    let stats = project::apply_changes(&tx, &changes, cfg.views, &cfg.projection).await?;
+    let applied = project::apply_changes(&tx, &changes, cfg.views, &cfg.projection).await?;
     advance_watermarks(&tx, &cfg.group, &progress).await?;
     tx.commit().await?;
+    cfg.cache.invalidate(&applied.conversation_owners).await;
+    let stats = applied.stats;
     let now = now_ms();
     let view = if cfg.views.conversations {
         "conversation"
@@ -321,7 +369,10 @@ async fn dead_letter(
     Ok(())
 }
 
-fn commit_offsets(consumer: &StreamConsumer, batch: &[Item]) -> Result<(), ProjectorError> {
+fn commit_offsets<C: ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    batch: &[Item],
+) -> Result<(), ProjectorError> {
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for i in batch {
         let e = next

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use hermet_core::cache::ListCache;
 use hermet_core::projection::{ProjectionConfig, Views};
 use hermet_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use hermet_kafka::rdkafka::message::{Headers, Message, OwnedMessage};
@@ -128,6 +129,7 @@ pub async fn replay(
     topic: &str,
     pool: &Pool,
     projection: &ProjectionConfig,
+    cache: &dyn ListCache,
 ) -> Result<usize, ProjectorError> {
     let (consumer, msgs) = {
         let (b, t) = (brokers.to_owned(), topic.to_owned());
@@ -151,8 +153,10 @@ pub async fn replay(
         if let Some(change) = change {
             let mut conn = pool.get().await?;
             let tx = conn.transaction().await?;
-            project::apply_changes(&tx, &[change], views_of(&group), projection).await?;
+            let applied =
+                project::apply_changes(&tx, &[change], views_of(&group), projection).await?;
             tx.commit().await?;
+            cache.invalidate(&applied.conversation_owners).await;
         }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, m.partition(), Offset::Offset(m.offset() + 1))?;

@@ -7,9 +7,11 @@
 //! `hermet admin dlq`), so later rows still apply.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use hermet_core::cache::ListCache;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, Views};
 use hermet_store::sync::{bury_outbox, finish_outbox, take_outbox};
@@ -24,6 +26,8 @@ pub struct OutboxConfig {
     pub idle_wait: Duration,
     pub max_attempts: u32,
     pub projection: ProjectionConfig,
+    /// Invalidated for the owners of every batch, after the batch commits.
+    pub cache: Arc<dyn ListCache>,
 }
 
 /// Runs the worker until `shutdown` resolves.
@@ -102,9 +106,10 @@ async fn drain_once(
     }
     let applied = project::apply_changes(&tx, &changes, Views::ALL, &cfg.projection).await;
     match applied {
-        Ok(_) => {
+        Ok(applied) => {
             finish_outbox(&tx, &ids).await?;
             tx.commit().await?;
+            cfg.cache.invalidate(&applied.conversation_owners).await;
             if oldest != i64::MAX {
                 let lag = (now_ms() - oldest).max(0) as f64 / 1000.0;
                 metrics::histogram!("hermet_sync_lag_seconds", "view" => "outbox").record(lag);

@@ -136,16 +136,21 @@ impl Store {
 
     /// Hands the changes to the sync path and commits.
     async fn finish(&self, tx: Transaction<'_>, changes: Changes) -> Result<(), StoreError> {
+        let mut owners = Vec::new();
         match self.config().sync_mode {
             SyncMode::DualWrite => {
-                project::apply_changes(&tx, &changes.0, Views::ALL, &self.config().projection)
-                    .await?;
+                owners =
+                    project::apply_changes(&tx, &changes.0, Views::ALL, &self.config().projection)
+                        .await?
+                        .conversation_owners;
             }
             SyncMode::Async => crate::sync::enqueue(&tx, &changes.0).await?,
             // The WAL carries the changes; the relay and the projectors do the rest.
             SyncMode::Cdc => {}
         }
         tx.commit().await?;
+        // Before the command is acknowledged, so no reader after the answer gets an older page.
+        self.cache().invalidate(&owners).await;
         Ok(())
     }
 

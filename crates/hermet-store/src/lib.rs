@@ -23,9 +23,11 @@ mod rows;
 pub mod sync;
 pub mod views;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use hermet_core::cache::ListCache;
 use hermet_core::projection::ProjectionConfig;
 use hermet_core::validate::Limits;
 use hermet_core::Lsn;
@@ -73,6 +75,7 @@ pub struct Written<T> {
 pub struct Store {
     pool: Pool,
     cfg: StoreConfig,
+    cache: Arc<dyn ListCache>,
 }
 
 /// Opens a connection pool. Connections are made lazily; [`Store::ping`] checks one.
@@ -97,8 +100,25 @@ pub fn connect_pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
 }
 
 impl Store {
+    /// A store without a list cache.
     pub fn new(pool: Pool, cfg: StoreConfig) -> Self {
-        Store { pool, cfg }
+        Store {
+            pool,
+            cfg,
+            cache: hermet_core::cache::no_cache(),
+        }
+    }
+
+    /// The store, invalidating `cache` after every `dual_write` command commits and before it
+    /// returns.
+    pub fn with_cache(mut self, cache: Arc<dyn ListCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// The list cache this store invalidates (and the API reads through).
+    pub fn cache(&self) -> &Arc<dyn ListCache> {
+        &self.cache
     }
 
     pub fn pool(&self) -> &Pool {

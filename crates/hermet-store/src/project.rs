@@ -34,20 +34,33 @@ pub struct ApplyStats {
     pub rows: usize,
 }
 
+/// What one apply did, and whose conversation lists it touched: once the transaction commits,
+/// the caller invalidates their cached pages (see `hermet_core::cache`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub stats: ApplyStats,
+    /// Owners of conversation rows written, sorted and distinct.
+    pub conversation_owners: Vec<UserId>,
+}
+
 /// Projects `changes` onto the read side inside `tx`.
 pub async fn apply_changes(
     tx: &Transaction<'_>,
     changes: &[RowChange],
     views: Views,
     cfg: &ProjectionConfig,
-) -> Result<ApplyStats, StoreError> {
+) -> Result<Applied, StoreError> {
     let affected = projection::affected(changes);
     if affected.is_empty() {
-        return Ok(ApplyStats::default());
+        return Ok(Applied::default());
     }
     let batch = compute(tx, &affected, views, cfg).await?;
     views::apply_batch(tx, &batch).await?;
-    Ok(ApplyStats { rows: batch.len() })
+    let owners: BTreeSet<UserId> = batch.conversations.iter().map(|r| r.user_id).collect();
+    Ok(Applied {
+        stats: ApplyStats { rows: batch.len() },
+        conversation_owners: owners.into_iter().collect(),
+    })
 }
 
 /// Resolves `affected` into view keys, loads their write-side state and builds the rows.

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use hermet_api::{ApiConfig, AppState};
 use hermet_cdc::relay::{self, RelayConfig};
+use hermet_core::cache::{no_cache, NoCache};
 use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, Views};
 use hermet_core::validate::{Avatar, Content, Limits, MessageType, Name};
@@ -255,6 +256,7 @@ impl Cdc {
             max_attempts: self.max_attempts,
             dlq_topic: self.dlq_topic(),
             projection: projection(),
+            cache: no_cache(),
         }
     }
 
@@ -598,6 +600,7 @@ async fn one_workload_three_modes_same_read_side() {
             idle_wait: Duration::from_millis(5),
             max_attempts: 3,
             projection: projection(),
+            cache: no_cache(),
         };
         let pool = as_.pool().clone();
         Task::spawn("outbox worker", |stop| async move {
@@ -927,15 +930,27 @@ async fn poison_event_is_dead_lettered_then_replayed() {
 
     // Fix the cause, replay: A's row catches up; a second replay has nothing left.
     conn.batch_execute(CURE).await.expect("cure");
-    let replayed = dlq::replay(&brokers(), &cdc.dlq_topic(), store.pool(), &projection())
-        .await
-        .expect("replay");
+    let replayed = dlq::replay(
+        &brokers(),
+        &cdc.dlq_topic(),
+        store.pool(),
+        &projection(),
+        &NoCache,
+    )
+    .await
+    .expect("replay");
     assert_eq!(replayed, letters.len());
     assert_eq!(listed(&store, a, ab).await, Some((Some("to an".into()), 1)));
     db.assert_converged(&store).await;
-    let again = dlq::replay(&brokers(), &cdc.dlq_topic(), store.pool(), &projection())
-        .await
-        .expect("replay");
+    let again = dlq::replay(
+        &brokers(),
+        &cdc.dlq_topic(),
+        store.pool(),
+        &projection(),
+        &NoCache,
+    )
+    .await
+    .expect("replay");
     assert_eq!(again, 0, "each dead letter is replayed once");
     cdc.finish().await;
 }
@@ -950,6 +965,7 @@ async fn poison_outbox_row_is_set_aside_then_replayed() {
             idle_wait: Duration::from_millis(5),
             max_attempts: 2,
             projection: projection(),
+            cache: no_cache(),
         };
         let pool = store.pool().clone();
         Task::spawn("outbox worker", |stop| async move {

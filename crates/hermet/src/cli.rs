@@ -174,7 +174,8 @@ async fn dlq(cfg: &Config, cmd: DlqCmd) -> anyhow::Result<()> {
         }
         DlqCmd::Replay => {
             let projection = cfg.store_config().projection;
-            let n = dlq::replay(&brokers, &topic, &pool, &projection).await?;
+            let cache = cfg.list_cache()?;
+            let n = dlq::replay(&brokers, &topic, &pool, &projection, cache.as_ref()).await?;
             let m = dlq::replay_outbox(&pool).await?;
             println!("replayed {n} kafka dead letters; {m} outbox rows back in the outbox");
         }
@@ -249,6 +250,8 @@ async fn audit(
         let tx = conn.transaction().await?;
         let rows = audit::repair(&tx, &report.findings, &cfg.store_config().projection).await?;
         tx.commit().await?;
+        // Repairs are rare and may touch anyone's rows: retire every cached page.
+        cfg.list_cache()?.invalidate_all().await;
         println!(
             "repaired: {} findings, {rows} view rows rewritten",
             report.findings.len()
@@ -270,6 +273,7 @@ async fn repair_user(cfg: &Config, user: i64) -> anyhow::Result<()> {
     let tx = conn.transaction().await?;
     let rows = hermet_store::audit::repair_user(&tx, user, &cfg.store_config().projection).await?;
     tx.commit().await?;
+    cfg.list_cache()?.invalidate_all().await;
     println!("user {user}: {rows} view rows recomputed (own rows, rows embedding the user, both reverse indexes)");
     Ok(())
 }

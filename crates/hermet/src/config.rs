@@ -8,9 +8,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use hermet_core::cache::ListCache;
 use hermet_core::projection::ProjectionConfig;
 use hermet_core::validate::Limits;
 use hermet_store::{StoreConfig, SyncMode};
@@ -257,12 +259,27 @@ impl Default for CdcConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
+    /// Cache first pages of conversation lists (see `hermet_core::cache`).
+    pub cache: bool,
+    /// Lifetime of a cached page, in seconds.
+    pub cache_ttl_secs: u64,
+    /// Start of every cache key, so deployments can share one Redis.
+    pub key_prefix: String,
+    /// Longest one Redis call may take before the read goes to PostgreSQL.
+    pub timeout_ms: u64,
+    /// How long the cache stays out of the way after a Redis error.
+    pub retry_after_ms: u64,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:56379".into(),
+            cache: true,
+            cache_ttl_secs: 300,
+            key_prefix: "hermet".into(),
+            timeout_ms: 100,
+            retry_after_ms: 1_000,
         }
     }
 }
@@ -347,6 +364,21 @@ impl Config {
         if self.limits.max_group_members < 2 || self.limits.max_name_chars == 0 {
             return bad(
                 "limits: max_group_members >= 2 and max_name_chars >= 1 are required".into(),
+            );
+        }
+        let r = &self.redis;
+        if r.cache
+            && (!r.url.starts_with("redis://") && !r.url.starts_with("rediss://")
+                || !(2..=86_400).contains(&r.cache_ttl_secs)
+                || !(1..=10_000).contains(&r.timeout_ms)
+                || r.retry_after_ms > 600_000
+                || r.key_prefix.is_empty()
+                || r.key_prefix.contains(char::is_whitespace))
+        {
+            return bad(
+                "redis: url must be redis://…, cache_ttl_secs 2..=86400, timeout_ms \
+                 1..=10000, retry_after_ms <= 600000, key_prefix non-empty without spaces"
+                    .into(),
             );
         }
         let c = &self.cdc;
@@ -438,6 +470,7 @@ impl Config {
         &self,
         group: &str,
         views: hermet_core::projection::Views,
+        cache: Arc<dyn ListCache>,
     ) -> Result<hermet_projector::consumer::GroupConfig, ConfigError> {
         let p = &self.projector;
         Ok(hermet_projector::consumer::GroupConfig {
@@ -450,16 +483,39 @@ impl Config {
             max_attempts: p.max_attempts,
             dlq_topic: p.dlq_topic.clone(),
             projection: self.store_config().projection,
+            cache,
         })
     }
 
-    pub fn outbox_config(&self) -> hermet_projector::outbox::OutboxConfig {
+    /// The conversation-list cache: Redis when `redis.cache`, else none. Connects lazily, so a
+    /// Redis that is down is not a start-up error (reads go to PostgreSQL until it is back).
+    pub fn list_cache(&self) -> Result<Arc<dyn ListCache>, ConfigError> {
+        let r = &self.redis;
+        if !r.cache {
+            return Ok(hermet_core::cache::no_cache());
+        }
+        let cache = hermet_redis::RedisListCache::new(&hermet_redis::RedisCacheConfig {
+            url: r.url.clone(),
+            prefix: r.key_prefix.clone(),
+            ttl: std::time::Duration::from_secs(r.cache_ttl_secs),
+            timeout: std::time::Duration::from_millis(r.timeout_ms),
+            retry_after: std::time::Duration::from_millis(r.retry_after_ms),
+        })
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(Arc::new(cache))
+    }
+
+    pub fn outbox_config(
+        &self,
+        cache: Arc<dyn ListCache>,
+    ) -> hermet_projector::outbox::OutboxConfig {
         let p = &self.projector;
         hermet_projector::outbox::OutboxConfig {
             batch: p.outbox_batch,
             idle_wait: std::time::Duration::from_millis(p.outbox_idle_ms),
             max_attempts: p.max_attempts,
             projection: self.store_config().projection,
+            cache,
         }
     }
 

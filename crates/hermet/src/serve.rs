@@ -3,7 +3,6 @@
 use anyhow::Context;
 use hermet_api::{ApiConfig, AppState};
 use hermet_store::{connect_pool, migrate, Store};
-use metrics_exporter_prometheus::PrometheusBuilder;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -37,7 +36,7 @@ async fn connect_and_migrate(cfg: &Config) -> anyhow::Result<Store> {
         .context("migrating")?;
     tracing::info!(applied = ?applied, shards = cfg.read_side.shards, "database ready");
     drop(conn);
-    Ok(Store::new(pool, cfg.store_config()))
+    Ok(Store::new(pool, cfg.store_config()).with_cache(cfg.list_cache()?))
 }
 
 pub async fn migrate_only(cfg: &Config) -> anyhow::Result<()> {
@@ -70,10 +69,9 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     if api {
         cfg.validate_for_serving()?;
     }
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let metrics = crate::telemetry::install()?;
     let store = connect_and_migrate(&cfg).await?;
+    tokio::spawn(crate::telemetry::sample_pool(store.pool().clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut tasks: Vec<(&'static str, Task)> = Vec::new();
@@ -87,7 +85,10 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         match cfg.sync.mode {
             Mode::DualWrite => tracing::info!("dual_write mode: no projector to run"),
             Mode::Async => {
-                let (ocfg, pool) = (cfg.outbox_config(), store.pool().clone());
+                let (ocfg, pool) = (
+                    cfg.outbox_config(store.cache().clone()),
+                    store.pool().clone(),
+                );
                 tasks.push((
                     "outbox worker",
                     supervise("outbox worker", stop_rx.clone(), move |stop| {
@@ -101,7 +102,10 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
                     ("conversation-view-updater", Views::CONVERSATIONS),
                     ("contact-view-updater", Views::CONTACTS),
                 ] {
-                    let (gcfg, pool) = (cfg.group_config(group, views)?, store.pool().clone());
+                    let (gcfg, pool) = (
+                        cfg.group_config(group, views, store.cache().clone())?,
+                        store.pool().clone(),
+                    );
                     tasks.push((
                         group,
                         supervise(group, stop_rx.clone(), move |stop| {
@@ -161,6 +165,22 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         if !cdc && !projector {
             anyhow::bail!("no role to run");
         }
+        // Relay- and projector-only processes still answer `/metrics` (and `/healthz`) on
+        // `http.addr`, so every process can be scraped.
+        let listener = TcpListener::bind(cfg.http.addr)
+            .await
+            .with_context(|| format!("binding {} for /metrics", cfg.http.addr))?;
+        let metrics_app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || std::future::ready(metrics.render())),
+            )
+            .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, metrics_app).await {
+                tracing::error!(error = %e, "metrics listener stopped");
+            }
+        });
         tokio::select! {
             _ = shutdown_signal() => {
                 let _ = stop_tx.send(true);

@@ -1,14 +1,17 @@
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
+use hermet_core::cache::read_through;
+use hermet_core::rows::UserId;
 use hermet_store::commands::ConversationPatch;
 use hermet_store::views::ListCursor;
+use hermet_store::SyncMode;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{page_limit, path_id};
 use crate::auth::AuthUser;
-use crate::consistency::{lsn_header, stale_header, wait_for, View};
+use crate::consistency::{lsn_header, min_lsn, stale_header, wait_for, View};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::AppState;
@@ -33,7 +36,33 @@ pub(crate) async fn list(
             ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
         })?),
     };
+    // A read that asks for its own writes in `async`/`cdc` must not take a page cached before
+    // the projector's invalidation landed (see `hermet_core::cache`).
+    let wants_own_writes =
+        min_lsn(&headers)?.is_some() && state.store().config().sync_mode != SyncMode::DualWrite;
     let stale = wait_for(&state, &headers, View::Conversations).await?;
+    let load = || load_page(&state, me, limit, after);
+    let body = if after.is_none() && !wants_own_writes && !stale {
+        read_through(state.store().cache().as_ref(), me, limit, load)
+            .await?
+            .0
+    } else {
+        load().await?
+    };
+    Ok((
+        stale_header(stale),
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    ))
+}
+
+/// One page of `me`'s conversation list as the JSON body of the answer.
+async fn load_page(
+    state: &AppState,
+    me: UserId,
+    limit: i64,
+    after: Option<ListCursor>,
+) -> Result<String, ApiError> {
     // One extra row tells whether another page exists.
     let mut items = state
         .store()
@@ -70,10 +99,7 @@ pub(crate) async fn list(
             })
         })
         .collect();
-    Ok((
-        stale_header(stale),
-        axum::Json(json!({"conversations": conversations, "next_cursor": next_cursor})),
-    ))
+    Ok(json!({"conversations": conversations, "next_cursor": next_cursor}).to_string())
 }
 
 #[derive(Deserialize)]
