@@ -184,6 +184,11 @@ impl TestApp {
     pub async fn spawn_with_preview(preview_chars: usize) -> TestApp {
         let db = TestDb::new().await;
         let store = db.store(preview_chars);
+        Self::spawn_with(db, store).await
+    }
+
+    /// The app over `store` (e.g. one with a list cache) on `db`.
+    pub async fn spawn_with(db: TestDb, store: Store) -> TestApp {
         let cfg = ApiConfig {
             jwt_secret: TEST_SECRET.into(),
             ..ApiConfig::default()
