@@ -181,6 +181,9 @@ pub async fn run_group(
     consumer.subscribe(&topics)?;
     let dlq = hermet_kafka::producer(&cfg.brokers, &format!("{}-dlq", cfg.group))?;
     tracing::info!(group = %cfg.group, topics = ?cfg.topics, "projector started");
+    // Registered at 0, so a failure rate exists before the first failure.
+    metrics::counter!("hermet_view_update_failures_total", "projector" => cfg.group.clone())
+        .increment(0);
     tokio::pin!(shutdown);
     loop {
         let first = tokio::select! {

@@ -37,6 +37,7 @@ pub async fn run_outbox(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
     tokio::pin!(shutdown);
+    metrics::counter!("hermet_view_update_failures_total", "projector" => "outbox").increment(0);
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u32;
     loop {

@@ -22,7 +22,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe();
     // Series that only move on trouble exist from the start, so dashboards and alerts see 0
     // rather than "no data".
-    metrics::counter!("hermet_cache_fallbacks_total").absolute(0);
+    metrics::counter!("hermet_cache_fallbacks_total").increment(0);
+    metrics::counter!("hermet_stale_reads_total").increment(0);
     Ok(handle)
 }
 

@@ -4,7 +4,10 @@
 //!   steady write load, several times, and restarted; after draining, the read side equals the
 //!   rebuild oracle and no unread count is off (by one or otherwise);
 //! - all-in-one: `hermet serve` in `cdc` mode (relay, projectors, API in one process) answers
-//!   a list with `X-Hermet-Min-Lsn` from a send with that message, not stale.
+//!   a list with `X-Hermet-Min-Lsn` from a send with that message, not stale; a page in the
+//!   Redis cache is retired by the projectors' invalidation; and `/metrics`, scraped after the
+//!   workload, has every documented series, the ones the workload drives moved, and passes
+//!   `promtool check metrics` (issue 6).
 //!
 //! Each test has its own database, slot, publication, topics, dead-letter topic and consumer
 //! groups (`projector.group_prefix`), drops its slot and topics when done, and runs alone
@@ -223,6 +226,10 @@ impl Pipeline {
             kv("HERMET_PROJECTOR__DLQ_TOPIC", self.dlq_topic()),
             // Small batches: more commits, so more kills land between apply and offset commit.
             kv("HERMET_PROJECTOR__BATCH_MAX", "50".into()),
+            // Its own cache keys in the shared Redis.
+            kv("HERMET_REDIS__KEY_PREFIX", self.prefix()),
+            kv("HERMET_AUDIT__INTERVAL_SECS", "1".into()),
+            kv("HERMET_AUDIT__RECHECK_MS", "200".into()),
         ]
     }
 
@@ -669,5 +676,176 @@ async fn serve_all_in_cdc_mode_reads_your_writes() {
         );
         assert_eq!(conv["unread_count"], i);
     }
+
+    // The cache in `cdc` mode: bob's page is cached (the second plain read is a hit), then a
+    // new message must show up without `X-Hermet-Min-Lsn`, which only the projectors'
+    // invalidation can make happen before the page expires (minutes).
+    let plain_seq = || async {
+        let r = http
+            .get(format!("{base}/v1/conversations"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.expect("json");
+        body["conversations"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["channel_id"] == channel))
+            .and_then(|c| c["last_message"]["seq"].as_i64())
+            .unwrap_or(0)
+    };
+    assert_eq!(plain_seq().await, 5);
+    assert_eq!(plain_seq().await, 5);
+    let sent = post(
+        &format!("/v1/channels/{channel}/messages"),
+        Some(&ann),
+        json!({"content": "six"}),
+    )
+    .await
+    .expect("send");
+    assert_eq!(sent.status(), 201);
+    let deadline = Instant::now() + WAIT;
+    while plain_seq().await < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "a cached page outlived the projectors' apply"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Metrics after the workload: wait for the slower samplers (audit, consumer statistics).
+    let scrape = || async {
+        let r = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("scrape");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("metrics text")
+    };
+    let deadline = Instant::now() + WAIT;
+    let text = loop {
+        let text = scrape().await;
+        if text.contains("hermet_consistency_rate ")
+            && text.contains("hermet_consumer_lag_messages{")
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit or consumer statistics never reported:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    check_metrics(&text);
     p.procs[app].stop().await;
+}
+
+/// Sum of every sample of `series` whose labels contain all of `labels`; `None` if absent.
+fn sample_sum(text: &str, series: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name_labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = name_labels.split('{').next().unwrap_or("");
+        if name != series || !labels.iter().all(|l| name_labels.contains(l)) {
+            continue;
+        }
+        let v: f64 = value.parse().unwrap_or(f64::NAN);
+        found = Some(found.unwrap_or(0.0) + v);
+    }
+    found
+}
+
+/// Every series README "Metrics" documents for an all-in-one `cdc` process is there; those the
+/// workload drives have moved; `promtool check metrics` accepts the text.
+fn check_metrics(text: &str) {
+    // (series, labels it must have, must it have moved above 0)
+    let expected: &[(&str, &[&str], bool)] = &[
+        (
+            "hermet_http_request_duration_seconds_count",
+            &["route=\"/v1/conversations\"", "status=\"200\""],
+            true,
+        ),
+        (
+            "hermet_http_request_duration_seconds_bucket",
+            &["le=\"0.005\""],
+            true,
+        ),
+        (
+            "hermet_sync_lag_seconds_count",
+            &["view=\"conversation\""],
+            true,
+        ),
+        ("hermet_sync_lag_seconds_count", &["view=\"contact\""], true),
+        ("hermet_consistency_rate", &[], true),
+        (
+            "hermet_view_updates_total",
+            &["view=\"conversation\""],
+            true,
+        ),
+        ("hermet_view_updates_total", &["view=\"contact\""], true),
+        ("hermet_view_update_failures_total", &[], false),
+        ("hermet_cdc_slot_lag_bytes", &[], false),
+        ("hermet_cdc_events_total", &[], true),
+        (
+            "hermet_consumer_lag_messages",
+            &["group=", "partition="],
+            false,
+        ),
+        ("hermet_projector_rows_total", &[], true),
+        ("hermet_cache_requests_total", &["result=\"hit\""], true),
+        ("hermet_cache_requests_total", &["result=\"miss\""], true),
+        ("hermet_cache_invalidations_total", &[], true),
+        ("hermet_cache_fallbacks_total", &[], false),
+        ("hermet_db_pool_connections", &["state=\"max\""], true),
+        ("hermet_db_pool_connections", &["state=\"in_use\""], false),
+        ("hermet_db_pool_waiting", &[], false),
+        ("hermet_stale_reads_total", &[], false),
+    ];
+    for (series, labels, moved) in expected {
+        let v = sample_sum(text, series, labels)
+            .unwrap_or_else(|| panic!("{series} {labels:?} is missing from /metrics:\n{text}"));
+        if *moved {
+            assert!(v > 0.0, "{series} {labels:?} did not move (value {v})");
+        }
+    }
+    // Help texts for the documented families.
+    for family in [
+        "hermet_sync_lag_seconds",
+        "hermet_consistency_rate",
+        "hermet_cache_requests_total",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}"
+        );
+    }
+    promtool_check_metrics(text);
+}
+
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian `prometheus`, installed by scripts/install-deps.sh)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write metrics to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
