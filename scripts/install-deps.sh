@@ -49,6 +49,10 @@ fi
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 
+# promtool checks the alert rules and the /metrics output in the tests (the
+# package's Prometheus server is never started: see policy-rc.d below).
+command -v promtool >/dev/null || missing+=(prometheus)
+
 # Kafka runs on the machine's Java (broker needs 17+; Debian 12's default is 17)
 # and its jars come from Maven Central through mvn.
 command -v java >/dev/null || missing+=(default-jre-headless)
@@ -84,7 +88,7 @@ fi
 
 # Final checks, so a broken install is reported here and not later.
 (( $(newest_pg_major) >= 15 )) || die "no PostgreSQL >= 15 under /usr/lib/postgresql/*/bin after install"
-for c in psql pg_isready redis-server redis-cli java mvn cmake pkg-config; do
+for c in psql pg_isready redis-server redis-cli promtool java mvn cmake pkg-config; do
     command -v "$c" >/dev/null || die "'$c' still missing after install"
 done
 
