@@ -31,6 +31,7 @@ use hermet_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use auth::TokenKeys;
+pub use routes::conversations::first_page as conversation_first_page;
 pub use error::ApiError;
 pub use push::Hub;
 

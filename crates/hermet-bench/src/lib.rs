@@ -7,6 +7,7 @@
 //! [`cdc`] (`hermet bench cdc`) is different: it measures the CDC relay (a child `hermet serve
 //! --role cdc` process) draining a WAL backlog into Kafka next to `pg_recvlogical`.
 
+pub mod cache;
 pub mod cdc;
 pub mod modes;
 mod report;
@@ -89,6 +90,8 @@ pub enum Scenario {
     /// Sync lag of `dual_write`, `async` and `cdc` at a fixed offered send rate, and the Kafka
     /// projectors' apply throughput on a backlog.
     Modes,
+    /// Conversation-list latency with the Redis cache off and on, alternating rounds.
+    Cache,
 }
 
 impl std::fmt::Display for Scenario {
@@ -98,6 +101,7 @@ impl std::fmt::Display for Scenario {
             Scenario::List => "list",
             Scenario::Cdc => "cdc",
             Scenario::Modes => "modes",
+            Scenario::Cache => "cache",
         })
     }
 }
@@ -115,6 +119,8 @@ pub struct BenchEnv {
     /// `cdc`: the `hermet` binary whose `serve --role cdc` is measured [default: the running
     /// executable, which is `hermet` when the benchmark runs as `hermet bench cdc`].
     pub hermet_bin: Option<PathBuf>,
+    /// `cache`: the Redis of the list cache.
+    pub redis_url: String,
 }
 
 impl BenchEnv {
@@ -124,6 +130,7 @@ impl BenchEnv {
             shards: 256,
             kafka_brokers: "127.0.0.1:59092".to_owned(),
             hermet_bin: None,
+            redis_url: "redis://127.0.0.1:56379".to_owned(),
         }
     }
 }
@@ -243,6 +250,7 @@ impl BenchOptions {
             Scenario::List => 16,
             Scenario::Cdc => 1,
             Scenario::Modes => 16,
+            Scenario::Cache => 50,
         })
     }
 
@@ -347,9 +355,9 @@ pub async fn run(
     scenario: Scenario,
     opts: &BenchOptions,
 ) -> Result<Report, BenchError> {
-    if matches!(scenario, Scenario::Cdc | Scenario::Modes) {
+    if matches!(scenario, Scenario::Cdc | Scenario::Modes | Scenario::Cache) {
         return Err(BenchError::InvalidOptions(
-            "`cdc` and `modes` have their own reports: use run_and_print".to_owned(),
+            "`cdc`, `modes` and `cache` have their own reports: use run_and_print".to_owned(),
         ));
     }
     opts.check(scenario)?;
@@ -397,6 +405,15 @@ pub async fn run_and_print(
     if scenario == Scenario::Modes {
         opts.check(scenario)?;
         let report = modes::run(env, opts).await?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
+    if scenario == Scenario::Cache {
+        let report = cache::run(env, opts).await?;
         if opts.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -521,7 +538,7 @@ async fn measure_all(
     let load = |secs: u64| Load {
         measured: match scenario {
             // `run` refuses `cdc` before getting here.
-            Scenario::Send | Scenario::Cdc | Scenario::Modes => Source::Send,
+            Scenario::Send | Scenario::Cdc | Scenario::Modes | Scenario::Cache => Source::Send,
             Scenario::List => Source::List,
         },
         workers,

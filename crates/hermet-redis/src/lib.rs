@@ -190,8 +190,9 @@ impl RedisListCache {
         let mut c = self.conn.clone();
         let key = self.owner_key(owner);
         let got: Result<(Option<i64>, (Option<i64>, Option<String>, Option<String>)), _> =
+            // Not MULTI: an `invalidate_all` between the two reads is concurrent with this
+            // look-up either way, and the store script re-checks both values atomically.
             redis::pipe()
-                .atomic()
                 .get(&self.epoch_key)
                 .cmd("HMGET")
                 .arg(&key)

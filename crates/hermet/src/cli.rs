@@ -97,6 +97,7 @@ pub fn run() -> anyhow::Result<()> {
             let mut env = hermet_bench::BenchEnv::new(cfg.database.url.clone());
             // `bench cdc` runs the relay (`serve --role cdc` of this same binary) on these.
             env.kafka_brokers = cfg.kafka.brokers.clone();
+            env.redis_url = cfg.redis.url.clone();
             rt.block_on(hermet_bench::run_and_print(&env, scenario, &opts))?;
             Ok(())
         }

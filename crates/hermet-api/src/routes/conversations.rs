@@ -1,11 +1,11 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
-use hermet_core::cache::read_through;
+use hermet_core::cache::{read_through, Source};
 use hermet_core::rows::UserId;
 use hermet_store::commands::ConversationPatch;
 use hermet_store::views::ListCursor;
-use hermet_store::SyncMode;
+use hermet_store::{Store, SyncMode};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -41,13 +41,10 @@ pub(crate) async fn list(
     let wants_own_writes =
         min_lsn(&headers)?.is_some() && state.store().config().sync_mode != SyncMode::DualWrite;
     let stale = wait_for(&state, &headers, View::Conversations).await?;
-    let load = || load_page(&state, me, limit, after);
     let body = if after.is_none() && !wants_own_writes && !stale {
-        read_through(state.store().cache().as_ref(), me, limit, load)
-            .await?
-            .0
+        first_page(state.store(), me, limit).await?.0
     } else {
-        load().await?
+        load_page(state.store(), me, limit, after).await?
     };
     Ok((
         stale_header(stale),
@@ -56,18 +53,28 @@ pub(crate) async fn list(
     ))
 }
 
+/// The first page of `me`'s conversation list as `GET /v1/conversations` answers it (the JSON
+/// body), through the store's list cache; also where a page came from.
+pub async fn first_page(
+    store: &Store,
+    me: UserId,
+    limit: i64,
+) -> Result<(String, Source), ApiError> {
+    read_through(store.cache().as_ref(), me, limit, || {
+        load_page(store, me, limit, None)
+    })
+    .await
+}
+
 /// One page of `me`'s conversation list as the JSON body of the answer.
 async fn load_page(
-    state: &AppState,
+    store: &Store,
     me: UserId,
     limit: i64,
     after: Option<ListCursor>,
 ) -> Result<String, ApiError> {
     // One extra row tells whether another page exists.
-    let mut items = state
-        .store()
-        .list_conversations(me, limit + 1, after)
-        .await?;
+    let mut items = store.list_conversations(me, limit + 1, after).await?;
     let more = items.len() as i64 > limit;
     items.truncate(limit as usize);
     let next_cursor = if more {

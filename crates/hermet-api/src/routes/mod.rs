@@ -1,7 +1,7 @@
 //! Route handlers, one module per resource of `API.md`.
 
 mod channels;
-mod conversations;
+pub(crate) mod conversations;
 mod friends;
 mod groups;
 mod users;
