@@ -44,6 +44,9 @@ redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return 1
 ";
 
+/// An owner's version, and the stamp and page of one page size.
+type OwnerFields = (Option<i64>, Option<String>, Option<String>);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("redis url: {0}")]
@@ -189,7 +192,7 @@ impl RedisListCache {
         }
         let mut c = self.conn.clone();
         let key = self.owner_key(owner);
-        let got: Result<(Option<i64>, (Option<i64>, Option<String>, Option<String>)), _> =
+        let got: Result<(Option<i64>, OwnerFields), _> =
             // Not MULTI: an `invalidate_all` between the two reads is concurrent with this
             // look-up either way, and the store script re-checks both values atomically.
             redis::pipe()
