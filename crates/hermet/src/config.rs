@@ -118,6 +118,9 @@ impl Default for DatabaseConfig {
 pub struct HttpConfig {
     pub addr: SocketAddr,
     pub max_body_bytes: usize,
+    /// Where processes without the API role (relay, projectors) serve `/metrics`; none if unset
+    /// (the API serves `/metrics` on `addr`).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for HttpConfig {
@@ -125,6 +128,7 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 64 * 1024,
+            metrics_addr: None,
         }
     }
 }

@@ -165,22 +165,24 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         if !cdc && !projector {
             anyhow::bail!("no role to run");
         }
-        // Relay- and projector-only processes still answer `/metrics` (and `/healthz`) on
-        // `http.addr`, so every process can be scraped.
-        let listener = TcpListener::bind(cfg.http.addr)
-            .await
-            .with_context(|| format!("binding {} for /metrics", cfg.http.addr))?;
-        let metrics_app = axum::Router::new()
-            .route(
-                "/metrics",
-                axum::routing::get(move || std::future::ready(metrics.render())),
-            )
-            .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, metrics_app).await {
-                tracing::error!(error = %e, "metrics listener stopped");
-            }
-        });
+        // Relay- and projector-only processes answer `/metrics` (and `/healthz`) on their own
+        // address when one is configured: several of them may share a host.
+        if let Some(addr) = cfg.http.metrics_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding http.metrics_addr {addr}"))?;
+            let metrics_app = axum::Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || std::future::ready(metrics.render())),
+                )
+                .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, metrics_app).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            });
+        }
         tokio::select! {
             _ = shutdown_signal() => {
                 let _ = stop_tx.send(true);
