@@ -9,6 +9,7 @@
 
 pub mod cdc;
 pub mod modes;
+pub mod rebuild;
 mod report;
 mod scenarios;
 pub mod workload;
@@ -89,6 +90,9 @@ pub enum Scenario {
     /// Sync lag of `dual_write`, `async` and `cdc` at a fixed offered send rate, and the Kafka
     /// projectors' apply throughput on a backlog.
     Modes,
+    /// Online rebuild and full audit throughput on a read side of a million rows or more
+    /// (seeded set-based; `--users`, `--mean-friends`, `--groups` size it).
+    Rebuild,
 }
 
 impl std::fmt::Display for Scenario {
@@ -98,6 +102,7 @@ impl std::fmt::Display for Scenario {
             Scenario::List => "list",
             Scenario::Cdc => "cdc",
             Scenario::Modes => "modes",
+            Scenario::Rebuild => "rebuild",
         })
     }
 }
@@ -243,6 +248,7 @@ impl BenchOptions {
             Scenario::List => 16,
             Scenario::Cdc => 1,
             Scenario::Modes => 16,
+            Scenario::Rebuild => 1,
         })
     }
 
@@ -347,7 +353,7 @@ pub async fn run(
     scenario: Scenario,
     opts: &BenchOptions,
 ) -> Result<Report, BenchError> {
-    if matches!(scenario, Scenario::Cdc | Scenario::Modes) {
+    if matches!(scenario, Scenario::Cdc | Scenario::Modes | Scenario::Rebuild) {
         return Err(BenchError::InvalidOptions(
             "`cdc` and `modes` have their own reports: use run_and_print".to_owned(),
         ));
@@ -397,6 +403,15 @@ pub async fn run_and_print(
     if scenario == Scenario::Modes {
         opts.check(scenario)?;
         let report = modes::run(env, opts).await?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
+    if scenario == Scenario::Rebuild {
+        let report = rebuild::run(env, opts).await?;
         if opts.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -521,7 +536,7 @@ async fn measure_all(
     let load = |secs: u64| Load {
         measured: match scenario {
             // `run` refuses `cdc` before getting here.
-            Scenario::Send | Scenario::Cdc | Scenario::Modes => Source::Send,
+            Scenario::Send | Scenario::Cdc | Scenario::Modes | Scenario::Rebuild => Source::Send,
             Scenario::List => Source::List,
         },
         workers,
