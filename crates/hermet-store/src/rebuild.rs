@@ -414,7 +414,9 @@ async fn create_shadow(client: &Client, t: &str, shards: i32) -> Result<(), Stor
         .await?
         .get(0);
     let key = key.ok_or_else(|| {
-        StoreError::Config(format!("{t} is not a partitioned table: run `hermet migrate`"))
+        StoreError::Config(format!(
+            "{t} is not a partitioned table: run `hermet migrate`"
+        ))
     })?;
     // `HASH (column)`, as migration 2 creates it.
     let col = key
@@ -622,7 +624,8 @@ async fn build(
 }
 
 /// Write-side rows changed after snapshot `$1` (`$2`: the horizon for [`hermet_full_xid`]).
-const CHANGED: &str = "NOT pg_visible_in_snapshot(hermet_full_xid(xmin, $2), $1::text::pg_snapshot)";
+const CHANGED: &str =
+    "NOT pg_visible_in_snapshot(hermet_full_xid(xmin, $2), $1::text::pg_snapshot)";
 
 /// Conversation keys depending on write-side rows changed after `$1`: members of changed
 /// channels (a message bumps its channel's `last_seq`), changed memberships, single chats of

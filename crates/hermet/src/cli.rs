@@ -82,7 +82,11 @@ enum AdminCmd {
         #[arg(long)]
         group: String,
         /// Start every partition at this offset (clamped to what the partition still holds).
-        #[arg(long, conflicts_with = "from_time", required_unless_present = "from_time")]
+        #[arg(
+            long,
+            conflicts_with = "from_time",
+            required_unless_present = "from_time"
+        )]
         from_offset: Option<i64>,
         /// Start every partition at its first record at or after this time: Unix milliseconds
         /// or a timestamp such as "2026-11-26 18:00:00+00".

@@ -137,7 +137,8 @@ pub async fn replay(
             "  {}[{}]  {} -> {}",
             m.topic,
             m.partition,
-            m.before.map_or_else(|| "none".to_owned(), |o| o.to_string()),
+            m.before
+                .map_or_else(|| "none".to_owned(), |o| o.to_string()),
             m.after
         );
     }
