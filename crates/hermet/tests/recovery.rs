@@ -865,3 +865,90 @@ async fn bad_input_is_refused_clearly_and_status_reports() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("last audit (cli"), "{stdout}");
 }
+
+/// The rebuild does not depend on the sync mode: the same corrupted read side and concurrent
+/// writers in `dual_write` (views in the command's transaction) and `async` (outbox worker),
+/// with the rebuild run in-process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_converges_in_dual_write_and_async_under_load() {
+    use hermet_store::rebuild;
+    for mode in [SyncMode::DualWrite, SyncMode::Async] {
+        let db = TestDb::new().await;
+        let store = db.store_with(StoreConfig {
+            sync_mode: mode,
+            ..store_cfg()
+        });
+        let (stop_worker, worker) = if mode == SyncMode::Async {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let cfg = hermet_projector::outbox::OutboxConfig {
+                batch: 100,
+                idle_wait: Duration::from_millis(20),
+                max_attempts: 5,
+                projection: store_cfg().projection,
+            };
+            let pool = store.pool().clone();
+            let h = tokio::spawn(async move {
+                hermet_projector::outbox::run_outbox(cfg, pool, async {
+                    let _ = rx.await;
+                })
+                .await
+            });
+            (Some(tx), Some(h))
+        } else {
+            (None, None)
+        };
+        let base = populate(&store).await;
+        {
+            let conn = store.pool().get().await.expect("connection");
+            conn.batch_execute(
+                "DELETE FROM user_contact_view WHERE user_id BETWEEN 10 AND 20;
+                 UPDATE user_conversation_view SET read_seq = read_seq + 1000000
+                  WHERE user_id BETWEEN 30 AND 40;
+                 DELETE FROM conversation_reverse_index WHERE peer_user_id BETWEEN 50 AND 60;",
+            )
+            .await
+            .expect("corrupt");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..3u64)
+            .map(|t| tokio::spawn(load(store.clone(), base.clone(), t, stop.clone(), None)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let opts = rebuild::RebuildOptions::new(
+            vec![rebuild::View::Conversation, rebuild::View::Contact],
+            PREVIEW as i32,
+        );
+        let report = rebuild::rebuild(store.pool(), &opts, &rebuild::NoProgress)
+            .await
+            .unwrap_or_else(|e| panic!("rebuild in {}: {e}", mode.as_str()));
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.expect("load task");
+        }
+        eprintln!("{}: {report:?}", mode.as_str());
+        assert!(
+            report.catch_up_keys.iter().sum::<u64>() + report.swap_keys > 0,
+            "writes landed during the rebuild in {}",
+            mode.as_str()
+        );
+        if let (Some(tx), Some(h)) = (stop_worker, worker) {
+            let conn = store.pool().get().await.expect("connection");
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let pending: i64 = conn
+                    .query_one("SELECT count(*) FROM hermet_outbox", &[])
+                    .await
+                    .expect("outbox")
+                    .get(0);
+                if pending == 0 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the outbox did not drain");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = tx.send(());
+            h.await.expect("worker").expect("outbox worker");
+        }
+        db.assert_converged(&store).await;
+    }
+}
