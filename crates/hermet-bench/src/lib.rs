@@ -353,7 +353,10 @@ pub async fn run(
     scenario: Scenario,
     opts: &BenchOptions,
 ) -> Result<Report, BenchError> {
-    if matches!(scenario, Scenario::Cdc | Scenario::Modes | Scenario::Rebuild) {
+    if matches!(
+        scenario,
+        Scenario::Cdc | Scenario::Modes | Scenario::Rebuild
+    ) {
         return Err(BenchError::InvalidOptions(
             "`cdc` and `modes` have their own reports: use run_and_print".to_owned(),
         ));
