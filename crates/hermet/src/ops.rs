@@ -177,6 +177,7 @@ struct Watermark {
 struct AuditStatus {
     source: String,
     finished_at_ms: i64,
+    finished_at: String,
     audited_buckets: i32,
     buckets: i32,
     expected_rows: i64,
@@ -254,7 +255,9 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
     let last_audit = conn
         .query_opt(
             "SELECT source, finished_at, audited_buckets, buckets, expected_rows, findings,
-                    consistency_rate, summary, repaired
+                    consistency_rate, summary, repaired,
+                    to_char(to_timestamp(finished_at / 1000.0) AT TIME ZONE 'UTC',
+                            'YYYY-MM-DD HH24:MI:SS\"Z\"')
                FROM hermet_audit_runs ORDER BY id DESC LIMIT 1",
             &[],
         )
@@ -269,6 +272,7 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
             consistency_rate: r.get(6),
             summary: r.get(7),
             repaired: r.get(8),
+            finished_at: r.get(9),
         });
     drop(conn);
 
@@ -342,6 +346,10 @@ fn print_status(s: &Status) {
             "group {:<40} members {}  lag {} records",
             g.group, g.members, g.lag
         );
+        if g.partitions.is_empty() {
+            println!("  (no topics yet: the relay has not created them)");
+            continue;
+        }
         println!(
             "  {:<40} {:>5} {:>10} {:>10} {:>8}",
             "topic", "part", "committed", "high", "lag"
@@ -376,9 +384,9 @@ fn print_status(s: &Status) {
     );
     match &s.last_audit {
         Some(a) => println!(
-            "last audit ({}, at {} ms): {}/{} buckets, {} rows, {} findings, consistency {:.6}%{}",
+            "last audit ({}, {}): {}/{} buckets, {} rows, {} findings, consistency {:.6}%{}",
             a.source,
-            a.finished_at_ms,
+            a.finished_at,
             a.audited_buckets,
             a.buckets,
             a.expected_rows,

@@ -863,7 +863,7 @@ async fn bad_input_is_refused_clearly_and_status_reports() {
     let out = hermet(&["admin", "status"], env.clone()).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("last audit (cli"), "{stdout}");
+    assert!(stdout.contains("last audit (cli, "), "{stdout}");
 }
 
 /// The rebuild does not depend on the sync mode: the same corrupted read side and concurrent
