@@ -9,10 +9,10 @@
 //!    shadow gets its primary key and indexes after the load (copied from the live table's
 //!    catalog), then `ANALYZE`.
 //! 2. **Catch up.** Each pass opens a new `REPEATABLE READ` snapshot `Si` and finds the
-//!    write-side rows changed after `S(i-1)`: rows whose `xmin` is not visible in `S(i-1)`
-//!    (`hermet_full_xid`, migration 5). Every view key that depends on such a row is recomputed
-//!    from the oracle as of `Si` and written over the shadow's row. Passes repeat until few keys
-//!    change.
+//!    write-side rows changed after `S(i-1)`: rows whose `xmin` is at or above the `xmin` of
+//!    `S(i-1)` (`hermet_full_xid`, migration 5), as every transaction not visible in `S(i-1)`
+//!    is. Every view key that depends on such a row is recomputed from the oracle as of `Si`
+//!    and written over the shadow's row. Passes repeat until few keys change.
 //! 3. **Swap.** One transaction: `LOCK` the live tables `IN EXCLUSIVE MODE` (writers wait,
 //!    readers go on), take snapshot `Sf`, do a last catch-up pass from the previous snapshot,
 //!    then `ALTER TABLE … RENAME` live → `<table>_retired` and shadow → live, and commit. Reads
@@ -29,15 +29,20 @@
 //! channel's `last_seq` in the same transaction. A write `W` that commits
 //!
 //! - **before `Sf`**: committed in some interval `(S(i-1), Si]` (or before `S0`). Every
-//!   write-side row it changed has an `xmin` not visible in `S(i-1)` (its own, or a later
-//!   writer's), so pass `i` recomputes every key depending on it from `Si`, which contains `W`.
-//!   The shadow therefore holds, for every key, the oracle as of a snapshot that includes `W`.
+//!   write-side row it changed has an `xmin` at or above `S(i-1)`'s `xmin` (its own, or a
+//!   later writer's), so pass `i` (the swap's pass when `Si` is `Sf`) recomputes every key
+//!   depending on it from `Si`, which contains `W`. The shadow therefore holds, for every key,
+//!   the oracle as of a snapshot that includes `W`.
 //! - **after `Sf`**: its view changes are applied by the normal projection after the swap, to
 //!   the new tables: in `dual_write` the command's own view upsert waits for the `EXCLUSIVE`
 //!   lock and, once the rename commits, PostgreSQL resolves the table name again; in `async` and
 //!   `cdc` the projection transaction that carries `W` looks up the write side after `W`
 //!   committed, so it commits after `Sf`, i.e. after the swap (it cannot hold a write lock on the
-//!   live tables while we do).
+//!   live tables while we do). Conversely, any transaction that wrote to the old live tables
+//!   held its lock until it committed, and `Sf` is taken only once the `EXCLUSIVE` lock is
+//!   granted: all of those committed before `Sf`, with look-ups older still.
+//!
+//! Write-side commands use no savepoints today; the `xmin` test above stays right if they do.
 //!
 //! Projections are idempotent, state-based and version-guarded, so everything the projection
 //! applies after the swap — also events of writes already in the shadow, such as a `cdc`
@@ -623,9 +628,13 @@ async fn build(
     Ok((snapshot, rows))
 }
 
-/// Write-side rows changed after snapshot `$1` (`$2`: the horizon for [`hermet_full_xid`]).
-const CHANGED: &str =
-    "NOT pg_visible_in_snapshot(hermet_full_xid(xmin, $2), $1::text::pg_snapshot)";
+/// Write-side rows that may have changed after snapshot `$1` (`$2`: the horizon for
+/// `hermet_full_xid`): written by a transaction at or after the snapshot's `xmin`, i.e. not
+/// certainly finished before it. That is a superset of "not visible in the snapshot", and unlike
+/// `pg_visible_in_snapshot` it is right for subtransaction ids too (a subtransaction's id is
+/// above its parent's, and a parent running at the snapshot is at or above its `xmin`); the few
+/// extra rows only cost a recomputation.
+const CHANGED: &str = "hermet_full_xid(xmin, $2) >= pg_snapshot_xmin($1::text::pg_snapshot)";
 
 /// Conversation keys depending on write-side rows changed after `$1`: members of changed
 /// channels (a message bumps its channel's `last_seq`), changed memberships, single chats of
