@@ -10,8 +10,7 @@
 //!    catalog), then `ANALYZE`.
 //! 2. **Catch up.** Each pass opens a new `REPEATABLE READ` snapshot `Si` and finds the
 //!    write-side rows changed after `S(i-1)`: rows whose `xmin` is at or above the `xmin` of
-//!    `S(i-1)` (`hermet_full_xid`, migration 5), as every transaction not visible in `S(i-1)`
-//!    is. Every view key that depends on such a row is recomputed from the oracle as of `Si`
+//!    `S(i-1)` (compared by `age()`), as every transaction not visible in `S(i-1)` is. Every view key that depends on such a row is recomputed from the oracle as of `Si`
 //!    and written over the shadow's row. Passes repeat until few keys change.
 //! 3. **Swap.** One transaction: `LOCK` the live tables `IN EXCLUSIVE MODE` (writers wait,
 //!    readers go on), take snapshot `Sf`, do a last catch-up pass from the previous snapshot,
@@ -106,9 +105,11 @@ pub struct RebuildOptions {
     /// `settle_keys` keys.
     pub max_passes: u32,
     pub settle_keys: u64,
-    /// How long the swap waits for its locks before it gives up and tries again.
+    /// How long the swap and each renaming statement of the clean-up wait for their locks
+    /// before they give up and try again (while they wait, new readers of that table queue
+    /// behind them, so this bounds how long a read can be held up).
     pub lock_timeout_ms: u64,
-    /// Swap attempts.
+    /// Attempts of the swap and of each renaming statement.
     pub swap_attempts: u32,
 }
 
@@ -120,8 +121,8 @@ impl RebuildOptions {
             chunk_rows: 100_000,
             max_passes: 5,
             settle_keys: 1_000,
-            lock_timeout_ms: 5_000,
-            swap_attempts: 5,
+            lock_timeout_ms: 1_000,
+            swap_attempts: 20,
         }
     }
 }
@@ -161,10 +162,30 @@ pub async fn rebuild(
             "another rebuild is running on this database",
         ));
     }
+    // This session only: JIT costs more than it saves on the many mid-sized statements, and
+    // the shadow indexes sort in memory.
+    client
+        .batch_execute("SET jit = off; SET maintenance_work_mem = '256MB'")
+        .await?;
+    client
+        .execute(
+            "SELECT set_config('lock_timeout', $1, false)",
+            &[&format!("{}ms", opts.lock_timeout_ms)],
+        )
+        .await?;
+    // When the swap or a rename deadlocks with a command, the rebuild should be the one to give
+    // way (it retries); the session that waits shortest runs the deadlock check and is the one
+    // aborted. Only superusers may set this; without it the default applies.
+    if let Err(e) = client.batch_execute("SET deadlock_timeout = '100ms'").await {
+        tracing::debug!(error = %e, "deadlock_timeout not lowered");
+    }
     let result = run(&mut client, opts, progress, started).await;
     // The lock is the session's: released here, or when the connection ends if this fails.
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&REBUILD_LOCK])
+        .await;
+    let _ = client
+        .batch_execute("RESET jit; RESET maintenance_work_mem; RESET lock_timeout")
         .await;
     result
 }
@@ -204,7 +225,7 @@ async fn run(
 
     progress.phase("preparing shadow tables", None);
     for t in &tables {
-        cleanup(client, t).await?;
+        cleanup(client, t, opts.swap_attempts).await?;
         create_shadow(client, t, shards).await?;
     }
 
@@ -236,8 +257,8 @@ async fn run(
             .isolation_level(IsolationLevel::RepeatableRead)
             .start()
             .await?;
-        let (next, horizon) = current_snapshot(&tx).await?;
-        let keys = refresh(&tx, &tables, &snapshot, horizon, opts.preview_chars).await?;
+        let next = current_snapshot(&tx).await?;
+        let keys = refresh(&tx, &tables, &snapshot, opts.preview_chars).await?;
         tx.commit().await?;
         snapshot = next;
         progress.rows(keys);
@@ -250,12 +271,6 @@ async fn run(
 
     // 3. Swap under the lock.
     progress.phase("swapping", None);
-    client
-        .execute(
-            "SELECT set_config('lock_timeout', $1, false)",
-            &[&format!("{}ms", opts.lock_timeout_ms)],
-        )
-        .await?;
     let mut attempt = 0;
     let swapped = loop {
         attempt += 1;
@@ -270,7 +285,6 @@ async fn run(
             Err(e) => break Err(e),
         }
     };
-    client.batch_execute("RESET lock_timeout").await?;
     let (keys, ms) = swapped?;
     report.swap_keys = keys;
     report.swap_ms = ms;
@@ -280,7 +294,7 @@ async fn run(
     // 4. Clean up.
     progress.phase("dropping the retired tables", None);
     for t in &tables {
-        cleanup(client, t).await?;
+        cleanup(client, t, opts.swap_attempts).await?;
     }
     report.total_secs = started.elapsed().as_secs_f64();
     Ok(report)
@@ -324,9 +338,40 @@ async fn partitions(client: &Client, parent: &str) -> Result<Vec<String>, StoreE
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Drops a partitioned table a partition at a time (one partition's locks per statement, not
-/// thousands in one transaction).
-async fn drop_partitioned(client: &Client, parent: &str) -> Result<(), StoreError> {
+/// DDL statements per transaction in [`run_batched`]: few commits (each waits for a WAL flush)
+/// without collecting the locks of thousands of partitions in one transaction. Only for tables
+/// nothing else writes (shadow and retired ones): on live tables, holding one partition's lock
+/// while waiting for the next could deadlock with a command.
+const DDL_BATCH: usize = 64;
+
+/// Runs `stmts` in transactions of [`DDL_BATCH`] statements, retrying a batch that waited too
+/// long for a lock (a transaction that read the retired table before the swap may still hold it).
+async fn run_batched(client: &Client, stmts: &[String], attempts: u32) -> Result<(), StoreError> {
+    for chunk in stmts.chunks(DDL_BATCH) {
+        let sql = format!("BEGIN; {}; COMMIT;", chunk.join("; "));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match client.batch_execute(&sql).await {
+                Ok(()) => break,
+                Err(e) => {
+                    // A failed statement leaves the explicit transaction open and aborted.
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    let e = StoreError::from(e);
+                    if attempt >= attempts || !retryable(&e) {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)))
+                        .await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops a partitioned table a batch of partitions at a time.
+async fn drop_partitioned(client: &Client, parent: &str, attempts: u32) -> Result<(), StoreError> {
     let exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&parent])
         .await?
@@ -334,32 +379,28 @@ async fn drop_partitioned(client: &Client, parent: &str) -> Result<(), StoreErro
     if !exists {
         return Ok(());
     }
+    let mut stmts = Vec::new();
     for p in partitions(client, parent).await? {
-        client
-            .batch_execute(&format!("DROP TABLE IF EXISTS {}", ident(&p)?))
-            .await?;
+        stmts.push(format!("DROP TABLE {}", ident(&p)?));
     }
-    client
-        .batch_execute(&format!("DROP TABLE IF EXISTS {}", ident(parent)?))
-        .await?;
-    Ok(())
+    stmts.push(format!("DROP TABLE {}", ident(parent)?));
+    run_batched(client, &stmts, attempts).await
 }
 
 /// Idempotent clean-up around a rebuild of `t`: drops a retired table and an unswapped shadow,
 /// and gives the live table's partitions, constraints and indexes their usual names back.
-async fn cleanup(client: &Client, t: &str) -> Result<(), StoreError> {
-    drop_partitioned(client, &format!("{t}_retired")).await?;
-    drop_partitioned(client, &format!("{t}_shadow")).await?;
+async fn cleanup(client: &Client, t: &str, attempts: u32) -> Result<(), StoreError> {
+    drop_partitioned(client, &format!("{t}_retired"), attempts).await?;
+    drop_partitioned(client, &format!("{t}_shadow"), attempts).await?;
     let shadow_part = format!("{t}_shadow_");
+    let mut stmts = Vec::new();
     for p in partitions(client, t).await? {
         if let Some(n) = p.strip_prefix(&shadow_part) {
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE {} RENAME TO {}",
-                    ident(&p)?,
-                    ident(&format!("{t}_{n}"))?
-                ))
-                .await?;
+            stmts.push(format!(
+                "ALTER TABLE {} RENAME TO {}",
+                ident(&p)?,
+                ident(&format!("{t}_{n}"))?
+            ));
         }
     }
     let cons = client
@@ -372,16 +413,16 @@ async fn cleanup(client: &Client, t: &str) -> Result<(), StoreError> {
     for r in cons {
         let name: String = r.get(0);
         let base = name.trim_end_matches("_shadow");
-        client
-            .batch_execute(&format!(
-                "ALTER TABLE {} RENAME CONSTRAINT {} TO {}",
-                ident(t)?,
-                ident(&name)?,
-                ident(base)?
-            ))
-            .await?;
+        stmts.push(format!(
+            "ALTER TABLE {} RENAME CONSTRAINT {} TO {}",
+            ident(t)?,
+            ident(&name)?,
+            ident(base)?
+        ));
     }
-    // Indexes of the parent and of its partitions whose names still say "shadow".
+    run_each(client, &stmts, attempts).await?;
+    // Indexes of the parent and of its partitions whose names still say "shadow", renamed
+    // where the plain name is free (partition index names are the server's choice anyway).
     let idx = client
         .query(
             "SELECT i.relname::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
@@ -391,21 +432,46 @@ async fn cleanup(client: &Client, t: &str) -> Result<(), StoreError> {
             &[&t],
         )
         .await?;
-    for r in idx {
-        let name: String = r.get(0);
-        let renamed = name.replacen("_shadow", "", 1);
-        let taken: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&renamed])
-            .await?
-            .get(0);
-        if !taken {
-            client
-                .batch_execute(&format!(
-                    "ALTER INDEX {} RENAME TO {}",
-                    ident(&name)?,
-                    ident(&renamed)?
-                ))
-                .await?;
+    let names: Vec<String> = idx.iter().map(|r| r.get(0)).collect();
+    let renamed: Vec<String> = names.iter().map(|n| n.replacen("_shadow", "", 1)).collect();
+    let free: Vec<bool> = client
+        .query(
+            "SELECT to_regclass(n) IS NULL FROM unnest($1::text[]) WITH ORDINALITY u(n, i) ORDER BY i",
+            &[&renamed],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut stmts = Vec::new();
+    for ((name, to), free) in names.iter().zip(&renamed).zip(free) {
+        if free {
+            stmts.push(format!(
+                "ALTER INDEX {} RENAME TO {}",
+                ident(name)?,
+                ident(to)?
+            ));
+        }
+    }
+    run_each(client, &stmts, attempts).await
+}
+
+/// Runs each statement in its own transaction, retrying lock timeouts and deadlocks: the
+/// renames touch live tables, so they take one table's lock at a time, briefly.
+async fn run_each(client: &Client, stmts: &[String], attempts: u32) -> Result<(), StoreError> {
+    for stmt in stmts {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match client.batch_execute(stmt).await.map_err(StoreError::from) {
+                Ok(()) => break,
+                Err(e) if attempt < attempts && retryable(&e) => {
+                    tracing::debug!(attempt, error = %e, "rename waited too long, retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)))
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())
@@ -495,17 +561,11 @@ async fn shadow_index_ddl(client: &Client, t: &str) -> Result<Vec<String>, Store
     Ok(out)
 }
 
-async fn current_snapshot(
-    tx: &deadpool_postgres::Transaction<'_>,
-) -> Result<(String, i64), StoreError> {
-    let r = tx
-        .query_one(
-            "SELECT pg_current_snapshot()::text,
-                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
-            &[],
-        )
-        .await?;
-    Ok((r.get(0), r.get(1)))
+async fn current_snapshot(tx: &deadpool_postgres::Transaction<'_>) -> Result<String, StoreError> {
+    Ok(tx
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await?
+        .get(0))
 }
 
 /// The build's `INSERT … SELECT` for table `t` over owners in `[$lo, $hi]`; `$n` numbering
@@ -628,15 +688,18 @@ async fn build(
     Ok((snapshot, rows))
 }
 
-/// Write-side rows that may have changed after snapshot `$1` (`$2`: the horizon for
-/// `hermet_full_xid`): written by a transaction at or after the snapshot's `xmin`, i.e. not
-/// certainly finished before it. That is a superset of "not visible in the snapshot", and unlike
-/// `pg_visible_in_snapshot` it is right for subtransaction ids too (a subtransaction's id is
-/// above its parent's, and a parent running at the snapshot is at or above its `xmin`); the few
-/// extra rows only cost a recomputation.
-const CHANGED: &str = "hermet_full_xid(xmin, $2) >= pg_snapshot_xmin($1::text::pg_snapshot)";
+/// Write-side rows that may have changed after a snapshot: written by a transaction at or
+/// after the snapshot's `xmin`, i.e. not certainly finished before it. `$1` is that `xmin`'s
+/// `age()` in the current transaction (stable within it), so the test is one built-in call per
+/// row: `age(xmin) <= $2`. Frozen and special xids have the largest age and never match.
+///
+/// This is a superset of "not visible in the snapshot", and unlike `pg_visible_in_snapshot` it is
+/// right for subtransaction ids too (a subtransaction's id is above its parent's, and a parent
+/// running at the snapshot is at or above its `xmin`); the few extra rows only cost a
+/// recomputation.
+const CHANGED: &str = "age(xmin) <= $1::int";
 
-/// Conversation keys depending on write-side rows changed after `$1`: members of changed
+/// Conversation keys depending on write-side rows changed after the snapshot: members of changed
 /// channels (a message bumps its channel's `last_seq`), changed memberships, single chats of
 /// changed users (their peer's row shows them), and single chats of changed friendships (the
 /// remark name).
@@ -662,7 +725,7 @@ fn dirty_conversations() -> String {
     )
 }
 
-/// Contact keys depending on rows changed after `$1`: changed friendships and friendships
+/// Contact keys depending on rows changed after the snapshot: changed friendships and friendships
 /// showing a changed user.
 fn dirty_contacts() -> String {
     format!(
@@ -680,9 +743,16 @@ async fn refresh(
     tx: &deadpool_postgres::Transaction<'_>,
     tables: &[&'static str],
     since: &str,
-    horizon: i64,
     preview_chars: i32,
 ) -> Result<u64, StoreError> {
+    // In the swap this is the first query after LOCK: it takes the snapshot the pass reads.
+    let age: i32 = tx
+        .query_one(
+            "SELECT age((pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint % 4294967296)::text::xid)",
+            &[&since],
+        )
+        .await?
+        .get(0);
     let conv = tables.contains(&"user_conversation_view");
     let contact = tables.contains(&"user_contact_view");
     let mut keys = 0;
@@ -691,9 +761,7 @@ async fn refresh(
             "CREATE TEMP TABLE hermet_rebuild_conv (user_id BIGINT, channel_id BIGINT) ON COMMIT DROP",
         )
         .await?;
-        keys += tx
-            .execute(&dirty_conversations(), &[&since, &horizon])
-            .await?;
+        keys += tx.execute(&dirty_conversations(), &[&age]).await?;
         tx.batch_execute("ANALYZE hermet_rebuild_conv").await?;
         let set: Vec<String> = oracle::STORED_CONVERSATION_COLUMNS
             .split(',')
@@ -731,7 +799,7 @@ async fn refresh(
             "CREATE TEMP TABLE hermet_rebuild_contact (user_id BIGINT, contact_id BIGINT) ON COMMIT DROP",
         )
         .await?;
-        keys += tx.execute(&dirty_contacts(), &[&since, &horizon]).await?;
+        keys += tx.execute(&dirty_contacts(), &[&age]).await?;
         tx.batch_execute("ANALYZE hermet_rebuild_contact").await?;
         let set: Vec<String> = oracle::STORED_CONTACT_COLUMNS
             .split(',')
@@ -784,8 +852,7 @@ async fn swap(
     // snapshot below sees every projection that wrote to the live tables.
     tx.batch_execute(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", live.join(", ")))
         .await?;
-    let (_, horizon) = current_snapshot(&tx).await?;
-    let keys = refresh(&tx, tables, since, horizon, preview_chars).await?;
+    let keys = refresh(&tx, tables, since, preview_chars).await?;
     for t in tables {
         tx.batch_execute(&format!(
             "ALTER TABLE {} RENAME TO {}; ALTER TABLE {} RENAME TO {}",
