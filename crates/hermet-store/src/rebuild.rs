@@ -224,8 +224,11 @@ async fn run(
     };
 
     progress.phase("preparing shadow tables", None);
-    for t in &tables {
+    // Leftovers of an interrupted rebuild of any view go first (one rebuild runs at a time).
+    for (t, _) in &TABLES {
         cleanup(client, t, opts.swap_attempts).await?;
+    }
+    for t in &tables {
         create_shadow(client, t, shards).await?;
     }
 

@@ -864,6 +864,17 @@ async fn bad_input_is_refused_clearly_and_status_reports() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("last audit (cli, "), "{stdout}");
+
+    // One view only: the other's tables are left alone.
+    let out = hermet(&["admin", "rebuild", "--view", "contact"], env.clone()).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("rebuilt user_contact_view, contact_reverse_index from"),
+        "{stdout}"
+    );
+    let out = hermet(&["admin", "audit", "--buckets", "16"], env.clone()).await;
+    assert!(out.status.success(), "{:?}", text(&out));
 }
 
 /// The rebuild does not depend on the sync mode: the same corrupted read side and concurrent
