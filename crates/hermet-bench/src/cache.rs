@@ -100,9 +100,8 @@ impl fmt::Display for CacheReport {
             "| round | cache | reads/s | p50 ms | p99 ms | p99.9 ms | hit ratio | hit p50 ms | hit p99 ms | hit p99.9 ms | miss p99 ms | errors |\n\
              |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
         );
-        let opt = |v: Option<f64>, digits: usize| {
-            v.map_or("-".to_owned(), |x| format!("{x:.digits$}"))
-        };
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
         for r in &self.rounds {
             let _ = writeln!(
                 out,
@@ -261,7 +260,13 @@ async fn run_in(
     .map_err(|e| BenchError::InvalidOptions(format!("redis: {e}")))?;
     let cached = uncached.clone().with_cache(Arc::new(cache));
     // Warm-up through the cache: connections, PostgreSQL's buffers, and the cache itself.
-    measure(&cached, opts, readers, Duration::from_secs(opts.warmup_secs)).await?;
+    measure(
+        &cached,
+        opts,
+        readers,
+        Duration::from_secs(opts.warmup_secs),
+    )
+    .await?;
 
     let mut rounds = Vec::new();
     for round in 1..=opts.runs {

@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod cdc;
 pub mod modes;
+pub mod rebuild;
 mod report;
 mod scenarios;
 pub mod workload;
@@ -92,6 +93,9 @@ pub enum Scenario {
     Modes,
     /// Conversation-list latency with the Redis cache off and on, alternating rounds.
     Cache,
+    /// Online rebuild and full audit throughput on a read side of a million rows or more
+    /// (seeded set-based; `--users`, `--mean-friends`, `--groups` size it).
+    Rebuild,
 }
 
 impl std::fmt::Display for Scenario {
@@ -102,6 +106,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Cdc => "cdc",
             Scenario::Modes => "modes",
             Scenario::Cache => "cache",
+            Scenario::Rebuild => "rebuild",
         })
     }
 }
@@ -251,6 +256,7 @@ impl BenchOptions {
             Scenario::Cdc => 1,
             Scenario::Modes => 16,
             Scenario::Cache => 50,
+            Scenario::Rebuild => 1,
         })
     }
 
@@ -355,9 +361,13 @@ pub async fn run(
     scenario: Scenario,
     opts: &BenchOptions,
 ) -> Result<Report, BenchError> {
-    if matches!(scenario, Scenario::Cdc | Scenario::Modes | Scenario::Cache) {
+    if matches!(
+        scenario,
+        Scenario::Cdc | Scenario::Modes | Scenario::Cache | Scenario::Rebuild
+    ) {
         return Err(BenchError::InvalidOptions(
-            "`cdc`, `modes` and `cache` have their own reports: use run_and_print".to_owned(),
+            "`cdc`, `modes`, `cache` and `rebuild` have their own reports: use run_and_print"
+                .to_owned(),
         ));
     }
     opts.check(scenario)?;
@@ -414,6 +424,15 @@ pub async fn run_and_print(
     }
     if scenario == Scenario::Cache {
         let report = cache::run(env, opts).await?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
+    if scenario == Scenario::Rebuild {
+        let report = rebuild::run(env, opts).await?;
         if opts.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -538,7 +557,11 @@ async fn measure_all(
     let load = |secs: u64| Load {
         measured: match scenario {
             // `run` refuses `cdc` before getting here.
-            Scenario::Send | Scenario::Cdc | Scenario::Modes | Scenario::Cache => Source::Send,
+            Scenario::Send
+            | Scenario::Cdc
+            | Scenario::Modes
+            | Scenario::Cache
+            | Scenario::Rebuild => Source::Send,
             Scenario::List => Source::List,
         },
         workers,

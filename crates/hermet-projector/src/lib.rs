@@ -7,6 +7,7 @@
 //!   then commit offsets; retry transient failures; dead-letter what keeps failing;
 //! - [`outbox`]: the `async` mode worker draining `hermet_outbox`;
 //! - [`dlq`]: listing and replaying dead letters;
+//! - [`replay`]: moving a consumer group back, and group lag;
 //! - [`push`]: the push notifier, one per API process, telling connected users what changed
 //!   (live only, at most once: it is the exception to the contract below).
 //!
@@ -19,6 +20,7 @@ pub mod debezium;
 pub mod dlq;
 pub mod outbox;
 pub mod push;
+pub mod replay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {

@@ -413,3 +413,44 @@ pub async fn repair_user(
     .await?;
     repair(tx, &findings, cfg).await
 }
+
+/// How many audit results `hermet_audit_runs` keeps.
+const KEEP_RUNS: i64 = 100;
+
+/// Records an audit result (for `hermet admin status`), keeping the newest [`KEEP_RUNS`].
+pub async fn record(
+    client: &deadpool_postgres::Client,
+    source: &str,
+    report: &AuditReport,
+    repaired: bool,
+) -> Result<(), StoreError> {
+    let summary: serde_json::Map<String, Value> = report
+        .summary()
+        .into_iter()
+        .map(|((table, kind), n)| (format!("{table} {}", kind.as_str()), Value::from(n)))
+        .collect();
+    client
+        .execute(
+            "WITH ins AS (
+                 INSERT INTO hermet_audit_runs (source, finished_at, buckets, audited_buckets,
+                     differing_buckets, expected_rows, findings, consistency_rate, summary, repaired)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id)
+             DELETE FROM hermet_audit_runs
+              WHERE id <= (SELECT id FROM ins) - $11",
+            &[
+                &source,
+                &crate::now_ms(),
+                &(report.buckets as i32),
+                &(report.audited_buckets as i32),
+                &(report.differing_buckets as i32),
+                &(report.expected_rows as i64),
+                &(report.findings.len() as i64),
+                &report.consistency_rate(),
+                &Value::Object(summary),
+                &repaired,
+                &KEEP_RUNS,
+            ],
+        )
+        .await?;
+    Ok(())
+}

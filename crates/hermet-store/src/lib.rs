@@ -8,6 +8,7 @@
 //!   runs the pure projection of `hermet-core`, and applies the result set-based ([`views`]);
 //! - [`views`]: the guarded batch upserts and the list queries of the read side;
 //! - [`oracle`]: the read side recomputed from the write side in SQL, and a diff against it;
+//! - [`rebuild`]: the online rebuild into shadow tables, swapped in atomically;
 //! - [`audience`]: who hears about a change (the push notifier's look-ups).
 //!
 //! All SQL binds its values; batches use `UNNEST` arrays.
@@ -19,6 +20,7 @@ mod error;
 pub mod migrate;
 pub mod oracle;
 pub mod project;
+pub mod rebuild;
 mod rows;
 pub mod sync;
 pub mod views;

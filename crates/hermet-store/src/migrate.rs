@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "projectors",
         include_str!("../migrations/0004_projectors.sql"),
     ),
+    (5, "ops", include_str!("../migrations/0005_ops.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.

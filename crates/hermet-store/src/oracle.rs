@@ -37,6 +37,45 @@ SELECT m.user_id, m.channel_id, c.channel_type AS conversation_type,
                        AND lm.seq = CASE WHEN m.left_at IS NULL THEN c.last_seq
                                          ELSE LEAST(m.left_seq, c.last_seq) END";
 
+/// The stored (not generated) columns of `user_conversation_view`, from the same joins as
+/// [`EXPECTED_CONVERSATIONS`], in the order of [`STORED_CONVERSATION_COLUMNS`]: what the online
+/// rebuild inserts. `$1` is the preview length. Group names and avatars are stored for groups
+/// only (a single chat shows its peer). Rebuilding and then diffing against
+/// [`EXPECTED_CONVERSATIONS`] checks that the two agree.
+pub const BUILD_CONVERSATIONS: &str = "
+SELECT m.user_id, m.channel_id, c.channel_type AS conversation_type,
+       CASE WHEN c.channel_type = 'single' THEN '' ELSE c.name END AS channel_name,
+       CASE WHEN c.channel_type = 'single' THEN '' ELSE c.avatar END AS channel_avatar,
+       c.channel_info_ver,
+       p.id AS peer_user_id, p.nickname AS peer_nickname, p.avatar AS peer_avatar,
+       COALESCE(p.profile_ver, 0) AS peer_profile_ver,
+       COALESCE(f.remark_name, '') AS remark_name, COALESCE(f.ver, 0) AS remark_ver,
+       lm.id AS last_message_id, COALESCE(lm.seq, 0) AS last_message_seq,
+       lm.msg_type AS last_message_type, left(lm.content, $1) AS last_message_content,
+       lm.sender_id AS last_message_sender_id, lm.sender_name AS last_message_sender_name,
+       lm.created_at AS last_message_time,
+       m.read_seq, m.pinned AS is_pinned, m.muted AS is_muted, m.hidden_at_seq,
+       m.joined_at AS opened_at, COALESCE(m.left_at, 0) AS closed_at, m.settings_ver
+  FROM channel_members m
+  JOIN channels c ON c.id = m.channel_id
+  LEFT JOIN users p ON c.channel_type = 'single'
+                   AND p.id = CASE WHEN c.pair_low = m.user_id THEN c.pair_high ELSE c.pair_low END
+  LEFT JOIN friendships f ON c.channel_type = 'single' AND f.user_id = m.user_id AND f.friend_id = p.id
+  LEFT JOIN messages lm ON lm.channel_id = c.id
+                       AND lm.seq = CASE WHEN m.left_at IS NULL THEN c.last_seq
+                                         ELSE LEAST(m.left_seq, c.last_seq) END";
+
+/// Columns of [`BUILD_CONVERSATIONS`] (without `updated_at`).
+pub const STORED_CONVERSATION_COLUMNS: &str = "user_id, channel_id, conversation_type, \
+channel_name, channel_avatar, channel_info_ver, peer_user_id, peer_nickname, peer_avatar, \
+peer_profile_ver, remark_name, remark_ver, last_message_id, last_message_seq, last_message_type, \
+last_message_content, last_message_sender_id, last_message_sender_name, last_message_time, \
+read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver";
+
+/// Columns of [`EXPECTED_CONTACTS`], all stored (without `updated_at`).
+pub const STORED_CONTACT_COLUMNS: &str = "user_id, contact_id, contact_nickname, contact_avatar, \
+contact_info_ver, remark_name, group_name, is_starred, deleted_at, friendship_ver";
+
 /// The same columns from the live view.
 pub const ACTUAL_CONVERSATIONS: &str = "
 SELECT user_id, channel_id, conversation_type, conversation_name, conversation_avatar,

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::serve;
+use crate::{ops, serve};
 
 #[derive(Parser)]
 #[command(name = "hermet", version, about = "CQRS instant-messaging backend")]
@@ -67,11 +67,56 @@ enum AdminCmd {
         #[arg(long)]
         user: i64,
     },
+    /// Rebuild views from the write side online: build shadow tables from a snapshot, catch up
+    /// with the writes made meanwhile, swap them in atomically. Reads keep working throughout.
+    Rebuild {
+        /// Which view (with its reverse index) to rebuild.
+        #[arg(long, value_enum, default_value_t = ViewArg::All)]
+        view: ViewArg,
+    },
+    /// Move a projector consumer group back to an offset or a time; the projectors then
+    /// reprocess from there (safe: projections are idempotent). The group must have no live
+    /// members: stop its projectors first, or pass --wait to wait until they have left.
+    Replay {
+        /// The consumer group, with `projector.group_prefix` (e.g. conversation-view-updater).
+        #[arg(long)]
+        group: String,
+        /// Start every partition at this offset (clamped to what the partition still holds).
+        #[arg(
+            long,
+            conflicts_with = "from_time",
+            required_unless_present = "from_time"
+        )]
+        from_offset: Option<i64>,
+        /// Start every partition at its first record at or after this time: Unix milliseconds
+        /// or a timestamp such as "2026-11-26 18:00:00+00".
+        #[arg(long)]
+        from_time: Option<String>,
+        /// Wait up to SECS for the group's live members to leave instead of refusing.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+        /// Show the moves without committing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Slot lag, consumer-group lag per partition, watermark LSNs, dead letters, last audit.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead letters of the projectors (Kafka topic `projector.dlq_topic`) and of the outbox.
     Dlq {
         #[command(subcommand)]
         cmd: DlqCmd,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ViewArg {
+    Conversation,
+    Contact,
+    All,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +161,37 @@ pub fn run() -> anyhow::Result<()> {
         Command::Admin {
             cmd: AdminCmd::Repair { user },
         } => rt.block_on(repair_user(&cfg, user)),
+        Command::Admin {
+            cmd: AdminCmd::Rebuild { view },
+        } => {
+            use hermet_store::rebuild::View;
+            let views = match view {
+                ViewArg::Conversation => vec![View::Conversation],
+                ViewArg::Contact => vec![View::Contact],
+                ViewArg::All => vec![View::Conversation, View::Contact],
+            };
+            rt.block_on(ops::rebuild(&cfg, views))
+        }
+        Command::Admin {
+            cmd:
+                AdminCmd::Replay {
+                    group,
+                    from_offset,
+                    from_time,
+                    wait,
+                    dry_run,
+                },
+        } => rt.block_on(ops::replay(
+            &cfg,
+            group,
+            from_offset,
+            from_time,
+            wait,
+            dry_run,
+        )),
+        Command::Admin {
+            cmd: AdminCmd::Status { json },
+        } => rt.block_on(ops::status(&cfg, json)),
         Command::Config => {
             println!("{cfg:#?}");
             Ok(())
@@ -212,7 +288,6 @@ async fn audit(
     let started = std::time::Instant::now();
     let conn = pool.get().await?;
     let report = audit::audit(&conn, preview, buckets, chosen.as_deref()).await?;
-    drop(conn);
     println!(
         "audited {} of {} buckets in {:.2}s: {} expected rows, {} buckets differ",
         report.audited_buckets,
@@ -246,6 +321,10 @@ async fn audit(
         "consistency rate: {:.6}%",
         report.consistency_rate() * 100.0
     );
+    audit::record(&conn, "cli", &report, repair)
+        .await
+        .context("recording the audit result")?;
+    drop(conn);
     if repair && !report.findings.is_empty() {
         let mut conn = pool.get().await?;
         let tx = conn.transaction().await?;

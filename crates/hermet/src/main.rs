@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod ops;
 mod serve;
 mod telemetry;
 

@@ -360,6 +360,10 @@ async fn background_audit(
         }
         let rate = report.consistency_rate();
         metrics::gauge!("hermet_consistency_rate").set(rate);
+        // For `hermet admin status`; a failure to record is not a reason to stop auditing.
+        if let Err(e) = audit::record(&conn, "serve", &report, false).await {
+            tracing::warn!(error = %e, "could not record the audit result");
+        }
         metrics::counter!("hermet_audit_findings_total").increment(report.findings.len() as u64);
         if report.findings.is_empty() {
             tracing::debug!(buckets = ?sample, rows = report.expected_rows, "audit clean");

@@ -1,0 +1,965 @@
+//! Recovery commands against real PostgreSQL and Kafka, as the `hermet` binary runs them
+//! (issue 5, "Done means"):
+//!
+//! - rebuild: `hermet admin rebuild` in `cdc` mode while writes flow and a reader lists
+//!   conversations and contacts without pause, over a read side corrupted beforehand (rows
+//!   deleted, a nickname wrong under a too-high version, reverse-index entries gone). No read
+//!   fails; after draining, the read side equals the rebuild oracle;
+//! - replay: a workload in `cdc` mode, drained; both projector groups moved back to offset 0
+//!   and reprocessed: the read side is byte for byte what it was (bookkeeping `updated_at`
+//!   included: replayed events write nothing) and equals the oracle; a replay is refused while
+//!   the group has live members;
+//! - bad input to `rebuild`, `replay` and `status` gets a clear error; `status --json` reports
+//!   the last audit.
+//!
+//! Each test has its own database, slot, publication, topics and consumer groups
+//! (`projector.group_prefix`), drops its slot and topics when done, and runs alone (`SERIAL`).
+//! Waits are bounded and generous; nothing asserts timing. Needs `HERMET_DATABASE_URL` and
+//! `HERMET_KAFKA_BROKERS` (`eval "$(scripts/services.sh env)"`).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hermet_core::projection::ProjectionConfig;
+use hermet_core::validate::Limits;
+use hermet_core::Lsn;
+use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+use hermet_kafka::rdkafka::client::DefaultClientContext;
+use hermet_store::{Store, StoreConfig, SyncMode};
+use hermet_testkit::workload;
+use hermet_testkit::{TestDb, TEST_SECRET, TEST_SHARDS};
+use serde_json::Value;
+
+/// Tests with a replication slot run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TABLES: [&str; 5] = [
+    "users",
+    "channels",
+    "channel_members",
+    "friendships",
+    "messages",
+];
+const PARTITIONS: i32 = 2;
+const PREVIEW: usize = 5;
+const WAIT: Duration = Duration::from_secs(180);
+const GROUPS: [&str; 2] = ["conversation-view-updater", "contact-view-updater"];
+
+fn brokers() -> String {
+    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
+}
+
+/// A `hermet` process whose output goes to a log file.
+struct Proc {
+    what: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(what: &str, args: &[&str], env: &[(String, String)], log: PathBuf) -> Proc {
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hermet"));
+        cmd.args(args)
+            .env_remove("HERMET_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Proc {
+            what: what.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "--- {} log {:?} (tail) ---\n{}",
+            self.what,
+            self.log,
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+
+    fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("started");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("{} exited ({status})\n{}", self.what, self.tail());
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; the process must exit cleanly (a projector leaves its group on the way out).
+    async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "{} exited with {status} on SIGTERM\n{}",
+                    self.what,
+                    self.tail()
+                );
+                return;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("{} ignored SIGTERM\n{}", self.what, self.tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("{} log kept: {:?}", self.what, self.log);
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A test's names (slot, publication, topics, groups) and its processes. Declare it after the
+/// [`TestDb`], so it is dropped (and the slot with it) first.
+struct Pipeline {
+    url: String,
+    tag: String,
+    procs: Vec<Proc>,
+    starts: usize,
+}
+
+impl Pipeline {
+    fn new(db: &TestDb) -> Pipeline {
+        Pipeline {
+            url: db.url.clone(),
+            tag: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            procs: Vec::new(),
+            starts: 0,
+        }
+    }
+
+    fn slot(&self) -> String {
+        format!("rc_{}", self.tag)
+    }
+
+    fn prefix(&self) -> String {
+        format!("rc{}", self.tag)
+    }
+
+    fn group(&self, g: &str) -> String {
+        format!("{}-{g}", self.prefix())
+    }
+
+    fn topics(&self) -> Vec<String> {
+        TABLES
+            .iter()
+            .map(|t| format!("{}.{t}.changed", self.prefix()))
+            .collect()
+    }
+
+    fn dlq_topic(&self) -> String {
+        format!("{}.dlq", self.prefix())
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let kv = |k: &str, v: String| (k.to_owned(), v);
+        vec![
+            kv("HERMET_DATABASE_URL", self.url.clone()),
+            kv("HERMET_KAFKA_BROKERS", brokers()),
+            kv("HERMET_SHARDS", TEST_SHARDS.to_string()),
+            kv("HERMET_SYNC_MODE", "cdc".into()),
+            kv("HERMET_JWT_SECRET", TEST_SECRET.into()),
+            kv("HERMET_READ_SIDE__PREVIEW_CHARS", PREVIEW.to_string()),
+            kv("HERMET_CDC__SLOT", self.slot()),
+            kv("HERMET_CDC__PUBLICATION", format!("rc_pub_{}", self.tag)),
+            kv("HERMET_CDC__TOPIC_PREFIX", self.prefix()),
+            kv(
+                "HERMET_CDC__TOPIC_TEMPLATE",
+                format!("{}.{{table}}.changed", self.prefix()),
+            ),
+            kv("HERMET_CDC__PARTITIONS", PARTITIONS.to_string()),
+            kv("HERMET_CDC__HEARTBEAT_MS", "200".into()),
+            kv("HERMET_CDC__WATERMARK_MS", "20".into()),
+            kv(
+                "HERMET_PROJECTOR__GROUP_PREFIX",
+                format!("{}-", self.prefix()),
+            ),
+            kv("HERMET_PROJECTOR__DLQ_TOPIC", self.dlq_topic()),
+            kv("HERMET_PROJECTOR__BATCH_MAX", "200".into()),
+        ]
+    }
+
+    fn start(&mut self, what: &str, args: &[&str]) -> usize {
+        let log = std::env::temp_dir().join(format!(
+            "hermet-recovery-test-{}-{what}-{}.log",
+            self.tag, self.starts
+        ));
+        self.starts += 1;
+        let env = self.env();
+        self.procs.push(Proc::spawn(what, args, &env, log));
+        self.procs.len() - 1
+    }
+
+    /// Runs `hermet <args>` to completion with this pipeline's environment.
+    async fn admin(&self, args: &[&str]) -> Output {
+        hermet(args, self.env()).await
+    }
+
+    async fn wait_relay(&mut self, relay: usize) {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.procs[relay].assert_running();
+            let done = client
+                .query_opt(
+                    "SELECT snapshot_done FROM hermet_cdc_state WHERE slot_name = $1",
+                    &[&self.slot()],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.get::<_, bool>(0));
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no relay snapshot within {WAIT:?}\n{}",
+                self.procs[relay].tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hermet_kafka::ensure_topics(&brokers(), &[self.dlq_topic()], 1, 1)
+            .await
+            .expect("dead-letter topic");
+    }
+
+    /// Waits until both projectors cover `lsn` on every partition; `running` must stay up.
+    async fn drain(&mut self, store: &Store, lsn: Lsn, running: &[usize]) {
+        let conn = store.pool().get().await.expect("connection");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for p in running {
+                self.procs[*p].assert_running();
+            }
+            let mut all = true;
+            for g in GROUPS {
+                all &= hermet_store::sync::covers(
+                    &conn,
+                    SyncMode::Cdc,
+                    &self.group(g),
+                    TABLES.len() as i64 * i64::from(PARTITIONS),
+                    lsn,
+                )
+                .await
+                .expect("covers");
+            }
+            if all {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let tails: Vec<String> = running.iter().map(|p| self.procs[*p].tail()).collect();
+                panic!(
+                    "the projectors did not reach {lsn} within {WAIT:?}\n{}",
+                    tails.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Records the groups have not consumed yet, over every partition of the topics.
+    async fn group_lag(&self, g: &str) -> i64 {
+        let (group, topics) = (self.group(g), self.topics());
+        tokio::task::spawn_blocking(move || {
+            hermet_projector::replay::group_lag(&brokers(), &group, &topics)
+        })
+        .await
+        .expect("thread")
+        .expect("group lag")
+        .iter()
+        .map(|p| p.lag)
+        .sum()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            p.kill();
+        }
+        let mut topics = self.topics();
+        topics.push(self.dlq_topic());
+        let groups: Vec<String> = GROUPS.iter().map(|g| self.group(g)).collect();
+        let (url, slot) = (self.url.clone(), self.slot());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(cleanup(&url, &slot, &topics, &groups));
+        })
+        .join();
+    }
+}
+
+/// Drops the slot (ending a walsender that still holds it), the topics and the groups.
+async fn cleanup(url: &str, slot: &str, topics: &[String], groups: &[String]) {
+    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        tokio::spawn(conn);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let row = client
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await;
+            match row {
+                Ok(None) | Err(_) => break,
+                Ok(Some(r)) => match r.get::<_, Option<i32>>(0) {
+                    Some(pid) => {
+                        let _ = client
+                            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                            .await;
+                    }
+                    None => {
+                        if client
+                            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                            .await
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                },
+            }
+            if Instant::now() >= deadline {
+                eprintln!("could not drop replication slot {slot}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let Ok(admin) = hermet_kafka::client_config(&brokers(), "hermet-recovery-test")
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_groups(&names, &opts)).await;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&names, &opts)).await;
+}
+
+/// Runs `hermet <args>` to completion.
+async fn hermet(args: &[&str], env: Vec<(String, String)>) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hermet"));
+        cmd.args(&args)
+            .env_remove("HERMET_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run hermet")
+    })
+    .await
+    .expect("thread")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn store_cfg() -> StoreConfig {
+    StoreConfig {
+        sync_mode: SyncMode::Cdc,
+        projection: ProjectionConfig {
+            preview_chars: PREVIEW,
+        },
+        limits: Limits::default(),
+    }
+}
+
+async fn wal_lsn(store: &Store) -> Lsn {
+    let conn = store.pool().get().await.expect("connection");
+    let s: String = conn
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_lsn")
+        .get(0);
+    s.parse().expect("lsn")
+}
+
+/// Random commands of every scenario, until `stop`.
+async fn load(
+    store: Store,
+    base: workload::World,
+    task: u64,
+    stop: Arc<AtomicBool>,
+    rounds: Option<u64>,
+) -> workload::World {
+    let mut w = base;
+    w.concurrent = true;
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) && rounds.is_none_or(|r| round < r) {
+        let cmds = workload::generate(workload::seed() ^ (task << 32) ^ round, 50);
+        for c in &cmds {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Err(e) = workload::exec(&store, &mut w, c).await {
+                panic!("load task {task}: {e}");
+            }
+        }
+        round += 1;
+    }
+    w
+}
+
+/// The workload's users befriending each other, plus a bulk of seeded users, chats and groups
+/// (set-based, like `hermet bench rebuild`), so the rebuild has rows to build.
+async fn populate(store: &Store) -> workload::World {
+    {
+        let conn = store.pool().get().await.expect("connection");
+        hermet_bench::rebuild::seed(&conn, 1_000, 2, 40)
+            .await
+            .expect("seed");
+    }
+    let mut base = workload::setup(store).await.expect("users");
+    for i in 0..base.users.len() {
+        for j in (i + 1)..base.users.len() {
+            let ch = store
+                .add_friend(base.users[i], base.users[j])
+                .await
+                .expect("friends")
+                .value;
+            base.channels.push(ch);
+        }
+    }
+    base
+}
+
+/// Every read-side row, bookkeeping included, as text in a stable order.
+async fn read_side(store: &Store) -> Vec<String> {
+    let conn = store.pool().get().await.expect("connection");
+    let mut out = Vec::new();
+    for t in [
+        "user_conversation_view",
+        "user_contact_view",
+        "conversation_reverse_index",
+        "contact_reverse_index",
+    ] {
+        let rows = conn
+            .query(&format!("SELECT t::text FROM {t} t ORDER BY t::text"), &[])
+            .await
+            .expect("read side");
+        out.extend(
+            rows.iter()
+                .map(|r| format!("{t} {}", r.get::<_, String>(0))),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_under_cdc_load_keeps_reads_and_converges() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let mut p = Pipeline::new(&db);
+    let store = db.store_with(store_cfg());
+    let base = populate(&store).await;
+
+    let relay = p.start("relay", &["serve", "--role", "cdc"]);
+    p.wait_relay(relay).await;
+    let proj = p.start("projector", &["serve", "--role", "projector"]);
+    let lsn = wal_lsn(&store).await;
+    p.drain(&store, lsn, &[relay, proj]).await;
+    db.assert_converged(&store).await;
+
+    // Corrupt the read side in ways the projection alone would never undo.
+    {
+        let conn = store.pool().get().await.expect("connection");
+        let gone = conn
+            .execute(
+                "DELETE FROM user_conversation_view WHERE user_id BETWEEN 10 AND 20",
+                &[],
+            )
+            .await
+            .expect("delete rows");
+        let wrong = conn
+            .execute(
+                "UPDATE user_conversation_view SET peer_nickname = 'wrong',
+                        peer_profile_ver = peer_profile_ver + 1000000
+                  WHERE user_id BETWEEN 30 AND 40 AND conversation_type = 'single'",
+                &[],
+            )
+            .await
+            .expect("wrong nicknames");
+        let refs = conn
+            .execute(
+                "DELETE FROM contact_reverse_index WHERE contact_user_id BETWEEN 50 AND 60",
+                &[],
+            )
+            .await
+            .expect("delete index entries");
+        assert!(gone > 0 && wrong > 0 && refs > 0, "corruption applied");
+    }
+    assert!(
+        !db.diff(&store).await.is_empty(),
+        "the read side is corrupted"
+    );
+
+    // Writers and a reader, all the way through the rebuild.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3u64)
+        .map(|t| tokio::spawn(load(store.clone(), base.clone(), t, stop.clone(), None)))
+        .collect();
+    let reads = Arc::new(AtomicU64::new(0));
+    let read_errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (store, stop, reads, errors) = (
+            store.clone(),
+            stop.clone(),
+            reads.clone(),
+            read_errors.clone(),
+        );
+        let users: Vec<i64> = base.users.iter().copied().chain(1..=200).collect();
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let u = users[i % users.len()];
+                i += 1;
+                let conv = store.list_conversations(u, 50, None).await;
+                let cont = store.list_contacts(u, 50).await;
+                match (conv, cont) {
+                    (Ok(_), Ok(_)) => {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        errors
+                            .lock()
+                            .expect("errors")
+                            .push(format!("user {u}: {e}"));
+                    }
+                }
+            }
+        })
+    };
+    // Let the writers get going before the rebuild starts.
+    let deadline = Instant::now() + WAIT;
+    while reads.load(Ordering::Relaxed) < 20 {
+        assert!(Instant::now() < deadline, "the reader made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reads_before = reads.load(Ordering::Relaxed);
+    let out = p.admin(&["admin", "rebuild"]).await;
+    let reads_during = reads.load(Ordering::Relaxed) - reads_before;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "rebuild failed\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+
+    stop.store(true, Ordering::Relaxed);
+    reader.await.expect("reader");
+    let mut applied = std::collections::BTreeMap::new();
+    for w in writers {
+        for (k, n) in w.await.expect("load task").applied {
+            *applied.entry(k).or_insert(0usize) += n;
+        }
+    }
+    eprintln!("load: {applied:?}; reads during the rebuild: {reads_during}");
+    let errors = read_errors.lock().expect("errors").clone();
+    assert!(errors.is_empty(), "reads failed: {errors:?}");
+    assert!(reads_during > 0, "the reader ran during the rebuild");
+    // The rebuild saw writes land after its snapshot ("catch-up passes: [..] keys; swap: N").
+    let caught_up: u64 = stdout
+        .lines()
+        .find(|l| l.contains("catch-up passes"))
+        .and_then(|l| l.split("keys under the lock").next())
+        .map(|part| {
+            part.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    assert!(
+        caught_up > 0,
+        "writes landed during the rebuild and were caught up:\n{stdout}"
+    );
+
+    let lsn = wal_lsn(&store).await;
+    p.drain(&store, lsn, &[relay, proj]).await;
+    db.assert_converged(&store).await;
+    let conn = store.pool().get().await.expect("connection");
+    let leftovers: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace
+               AND (relname LIKE '%\\_shadow%' OR relname LIKE '%\\_retired%')",
+            &[],
+        )
+        .await
+        .expect("catalog")
+        .get(0);
+    assert_eq!(leftovers, 0, "no shadow or retired table is left behind");
+    p.procs[proj].stop().await;
+    p.procs[relay].stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_from_offset_zero_changes_nothing() {
+    let _serial = SERIAL.lock().await;
+    let db = TestDb::new().await;
+    let mut p = Pipeline::new(&db);
+    let store = db.store_with(store_cfg());
+    let base = populate(&store).await;
+    let relay = p.start("relay", &["serve", "--role", "cdc"]);
+    p.wait_relay(relay).await;
+    let mut proj = p.start("projector", &["serve", "--role", "projector"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3u64)
+        .map(|t| tokio::spawn(load(store.clone(), base.clone(), t, stop.clone(), Some(3))))
+        .collect();
+    for w in writers {
+        w.await.expect("load task");
+    }
+    let lsn = wal_lsn(&store).await;
+    p.drain(&store, lsn, &[relay, proj]).await;
+    db.assert_converged(&store).await;
+    let before = read_side(&store).await;
+    assert!(before.len() > 1000, "a read side worth replaying");
+
+    // A live member: refused, with the way out named.
+    let group = p.group("conversation-view-updater");
+    let out = p
+        .admin(&["admin", "replay", "--group", &group, "--from-offset", "0"])
+        .await;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "replay with live members must fail");
+    assert!(
+        stderr.contains("live member") && stderr.contains("--wait"),
+        "clear refusal: {stdout}\n{stderr}"
+    );
+
+    p.procs[proj].stop().await;
+    for g in GROUPS {
+        let group = p.group(g);
+        let out = p
+            .admin(&[
+                "admin",
+                "replay",
+                "--group",
+                &group,
+                "--from-offset",
+                "0",
+                "--wait",
+                "120",
+            ])
+            .await;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "replay {g}: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains(&format!(
+                "moved {group} on {} partitions",
+                TABLES.len() as i32 * PARTITIONS
+            )),
+            "{stdout}"
+        );
+        assert!(
+            p.group_lag(g).await > 0,
+            "{g} was moved back: it has records to consume again"
+        );
+    }
+
+    proj = p.start("projector", &["serve", "--role", "projector"]);
+    let deadline = Instant::now() + WAIT;
+    for g in GROUPS {
+        while p.group_lag(g).await > 0 {
+            p.procs[proj].assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "{g} did not reprocess within {WAIT:?}\n{}",
+                p.procs[proj].tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let after = read_side(&store).await;
+    let changed: Vec<_> = before
+        .iter()
+        .zip(after.iter())
+        .filter(|(a, b)| a != b)
+        .take(5)
+        .collect();
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "the replay added or removed read-side rows"
+    );
+    assert!(changed.is_empty(), "the replay changed rows: {changed:?}");
+    db.assert_converged(&store).await;
+    p.procs[proj].stop().await;
+    p.procs[relay].stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_clearly_and_status_reports() {
+    let db = TestDb::new().await;
+    let env = vec![
+        ("HERMET_DATABASE_URL".to_owned(), db.url.clone()),
+        ("HERMET_KAFKA_BROKERS".to_owned(), brokers()),
+        ("HERMET_SHARDS".to_owned(), TEST_SHARDS.to_string()),
+        (
+            "HERMET_PROJECTOR__GROUP_PREFIX".to_owned(),
+            format!("rcbad{:08x}-", rand::random::<u32>()),
+        ),
+    ];
+    let prefix = env[3].1.clone();
+    let group = format!("{prefix}conversation-view-updater");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "admin".into(),
+                "rebuild".into(),
+                "--view".into(),
+                "bogus".into(),
+            ],
+            "invalid value 'bogus'",
+        ),
+        (
+            vec![
+                "admin".into(),
+                "replay".into(),
+                "--group".into(),
+                group.clone(),
+            ],
+            "--from-offset",
+        ),
+        (
+            vec![
+                "admin".into(),
+                "replay".into(),
+                "--group".into(),
+                group.clone(),
+                "--from-offset".into(),
+                "0".into(),
+                "--from-time".into(),
+                "0".into(),
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "admin".into(),
+                "replay".into(),
+                "--group".into(),
+                group.clone(),
+                "--from-offset=-1".into(),
+            ],
+            "--from-offset must be 0 or more",
+        ),
+        (
+            vec![
+                "admin".into(),
+                "replay".into(),
+                "--group".into(),
+                group.clone(),
+                "--from-time".into(),
+                "last tuesday-ish".into(),
+            ],
+            "neither Unix milliseconds nor a timestamp",
+        ),
+        (
+            vec![
+                "admin".into(),
+                "replay".into(),
+                "--group".into(),
+                "nobody-knows-me".into(),
+                "--from-offset".into(),
+                "0".into(),
+            ],
+            "is not a projector group",
+        ),
+        (
+            vec!["admin".into(), "repair".into(), "--user".into(), "0".into()],
+            "--user must be a positive id",
+        ),
+        (
+            vec!["admin".into(), "status".into(), "--bogus".into()],
+            "unexpected argument '--bogus'",
+        ),
+    ];
+    for (args, expected) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = hermet(&a, env.clone()).await;
+        let (stdout, stderr) = text(&out);
+        assert!(
+            !out.status.success(),
+            "{args:?} must fail\n{stdout}\n{stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in the error\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?} panicked\n{stderr}");
+    }
+
+    // Status before any audit, then after one.
+    let status = |env: Vec<(String, String)>| async move {
+        let out = hermet(&["admin", "status", "--json"], env).await;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "status: {stdout}\n{stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let s = status(env.clone()).await;
+    assert_eq!(s["last_audit"], Value::Null, "{s}");
+    assert_eq!(s["slot"], Value::Null, "no relay ran: {s}");
+    assert_eq!(s["outbox_pending"], 0, "{s}");
+    let out = hermet(&["admin", "audit", "--buckets", "16"], env.clone()).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let s = status(env.clone()).await;
+    assert_eq!(s["last_audit"]["source"], "cli", "{s}");
+    assert_eq!(s["last_audit"]["consistency_rate"], 1.0, "{s}");
+    assert_eq!(s["last_audit"]["audited_buckets"], 16, "{s}");
+    let out = hermet(&["admin", "status"], env.clone()).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("last audit (cli, "), "{stdout}");
+
+    // One view only: the other's tables are left alone.
+    let out = hermet(&["admin", "rebuild", "--view", "contact"], env.clone()).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("rebuilt user_contact_view, contact_reverse_index from"),
+        "{stdout}"
+    );
+    let out = hermet(&["admin", "audit", "--buckets", "16"], env.clone()).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
+/// The rebuild does not depend on the sync mode: the same corrupted read side and concurrent
+/// writers in `dual_write` (views in the command's transaction) and `async` (outbox worker),
+/// with the rebuild run in-process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_converges_in_dual_write_and_async_under_load() {
+    use hermet_store::rebuild;
+    for mode in [SyncMode::DualWrite, SyncMode::Async] {
+        let db = TestDb::new().await;
+        let store = db.store_with(StoreConfig {
+            sync_mode: mode,
+            ..store_cfg()
+        });
+        let (stop_worker, worker) = if mode == SyncMode::Async {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let cfg = hermet_projector::outbox::OutboxConfig {
+                batch: 100,
+                idle_wait: Duration::from_millis(20),
+                max_attempts: 5,
+                projection: store_cfg().projection,
+            };
+            let pool = store.pool().clone();
+            let h = tokio::spawn(async move {
+                hermet_projector::outbox::run_outbox(cfg, pool, async {
+                    let _ = rx.await;
+                })
+                .await
+            });
+            (Some(tx), Some(h))
+        } else {
+            (None, None)
+        };
+        let base = populate(&store).await;
+        {
+            let conn = store.pool().get().await.expect("connection");
+            conn.batch_execute(
+                "DELETE FROM user_contact_view WHERE user_id BETWEEN 10 AND 20;
+                 UPDATE user_conversation_view SET read_seq = read_seq + 1000000
+                  WHERE user_id BETWEEN 30 AND 40;
+                 DELETE FROM conversation_reverse_index WHERE peer_user_id BETWEEN 50 AND 60;",
+            )
+            .await
+            .expect("corrupt");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..3u64)
+            .map(|t| tokio::spawn(load(store.clone(), base.clone(), t, stop.clone(), None)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let opts = rebuild::RebuildOptions::new(
+            vec![rebuild::View::Conversation, rebuild::View::Contact],
+            PREVIEW as i32,
+        );
+        let report = rebuild::rebuild(store.pool(), &opts, &rebuild::NoProgress)
+            .await
+            .unwrap_or_else(|e| panic!("rebuild in {}: {e}", mode.as_str()));
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.expect("load task");
+        }
+        eprintln!("{}: {report:?}", mode.as_str());
+        assert!(
+            report.catch_up_keys.iter().sum::<u64>() + report.swap_keys > 0,
+            "writes landed during the rebuild in {}",
+            mode.as_str()
+        );
+        if let (Some(tx), Some(h)) = (stop_worker, worker) {
+            let conn = store.pool().get().await.expect("connection");
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let pending: i64 = conn
+                    .query_one("SELECT count(*) FROM hermet_outbox", &[])
+                    .await
+                    .expect("outbox")
+                    .get(0);
+                if pending == 0 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the outbox did not drain");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = tx.send(());
+            h.await.expect("worker").expect("outbox worker");
+        }
+        db.assert_converged(&store).await;
+    }
+}
