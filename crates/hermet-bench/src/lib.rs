@@ -9,6 +9,7 @@
 
 pub mod cdc;
 pub mod modes;
+pub mod peers;
 mod report;
 mod scenarios;
 pub mod workload;
@@ -89,6 +90,10 @@ pub enum Scenario {
     /// Sync lag of `dual_write`, `async` and `cdc` at a fixed offered send rate, and the Kafka
     /// projectors' apply throughput on a backlog.
     Modes,
+    /// hermet's CDC relay side by side with Debezium's PostgreSQL connector on Kafka Connect
+    /// (bench/peers/debezium): backlog drain, commit → Kafka latency at fixed loads, RSS, CPU,
+    /// correctness and a kill -9 of each.
+    Peers,
 }
 
 impl std::fmt::Display for Scenario {
@@ -98,6 +103,7 @@ impl std::fmt::Display for Scenario {
             Scenario::List => "list",
             Scenario::Cdc => "cdc",
             Scenario::Modes => "modes",
+            Scenario::Peers => "peers",
         })
     }
 }
@@ -164,8 +170,9 @@ pub struct BenchOptions {
     /// Read-side shards of the scratch database [default: the configured count, 256].
     #[arg(long)]
     pub shards: Option<u32>,
-    /// Measured runs on the same populated database; the report adds their median.
-    #[arg(long, default_value_t = 3)]
+    /// Measured runs on the same populated database; the report adds their median (`peers`:
+    /// rounds, also as `--rounds`).
+    #[arg(long, visible_alias = "rounds", default_value_t = 3)]
     pub runs: usize,
     /// Commands in flight while populating.
     #[arg(long, default_value_t = 8)]
@@ -195,6 +202,27 @@ pub struct BenchOptions {
     /// `modes`: messages in the backlog the projectors' throughput is measured on (0: skip).
     #[arg(long, default_value_t = 20_000)]
     pub backlog: u64,
+    /// `peers`: offered loads (row changes per second) at which commit → Kafka latency is
+    /// measured, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [200.0, 2000.0])]
+    pub rates: Vec<f64>,
+    /// `peers`: seconds of each offered load.
+    #[arg(long, default_value_t = 10)]
+    pub live_secs: u64,
+    /// `peers`: changes per second while each peer is killed (SIGKILL) and restarted.
+    #[arg(long, default_value_t = 1000.0)]
+    pub crash_rate: f64,
+    /// `peers`: seconds of the crash load (the kill comes halfway).
+    #[arg(long, default_value_t = 10)]
+    pub crash_secs: u64,
+    /// `peers`: the Debezium script [default: bench/peers/debezium/debezium.sh above the
+    /// working directory or the executable].
+    #[arg(long)]
+    pub debezium_script: Option<PathBuf>,
+    /// `peers`: extra Debezium connector properties, `k=v,k=v` (e.g. `poll.interval.ms=10`);
+    /// none by default: the seed's config.
+    #[arg(long)]
+    pub debezium_config: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -221,6 +249,12 @@ impl Default for BenchOptions {
             pg_recvlogical: None,
             rate: 1000.0,
             backlog: 20_000,
+            rates: vec![200.0, 2000.0],
+            live_secs: 10,
+            crash_rate: 1000.0,
+            crash_secs: 10,
+            debezium_script: None,
+            debezium_config: None,
         }
     }
 }
@@ -243,6 +277,7 @@ impl BenchOptions {
             Scenario::List => 16,
             Scenario::Cdc => 1,
             Scenario::Modes => 16,
+            Scenario::Peers => 1,
         })
     }
 
@@ -263,7 +298,18 @@ impl BenchOptions {
         if self.shards == Some(0) {
             return bad("--shards must be at least 1");
         }
-        if scenario == Scenario::Cdc {
+        if scenario == Scenario::Peers {
+            if self.rates.is_empty() || self.rates.iter().any(|r| !(1.0..=100_000.0).contains(r)) {
+                return bad("--rates must be between 1 and 100000 changes/s");
+            }
+            if self.live_secs == 0 {
+                return bad("--live-secs must be at least 1");
+            }
+            if self.crash_secs < 2 || !(1.0..=100_000.0).contains(&self.crash_rate) {
+                return bad("--crash-secs must be at least 2, --crash-rate between 1 and 100000");
+            }
+        }
+        if matches!(scenario, Scenario::Cdc | Scenario::Peers) {
             if self.rows < 1_000 {
                 return bad("--rows must be at least 1000");
             }
@@ -347,9 +393,9 @@ pub async fn run(
     scenario: Scenario,
     opts: &BenchOptions,
 ) -> Result<Report, BenchError> {
-    if matches!(scenario, Scenario::Cdc | Scenario::Modes) {
+    if matches!(scenario, Scenario::Cdc | Scenario::Modes | Scenario::Peers) {
         return Err(BenchError::InvalidOptions(
-            "`cdc` and `modes` have their own reports: use run_and_print".to_owned(),
+            "`cdc`, `modes` and `peers` have their own reports: use run_and_print".to_owned(),
         ));
     }
     opts.check(scenario)?;
@@ -397,6 +443,15 @@ pub async fn run_and_print(
     if scenario == Scenario::Modes {
         opts.check(scenario)?;
         let report = modes::run(env, opts).await?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
+    if scenario == Scenario::Peers {
+        let report = peers::run(env, opts).await?;
         if opts.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -521,7 +576,7 @@ async fn measure_all(
     let load = |secs: u64| Load {
         measured: match scenario {
             // `run` refuses `cdc` before getting here.
-            Scenario::Send | Scenario::Cdc | Scenario::Modes => Source::Send,
+            Scenario::Send | Scenario::Cdc | Scenario::Modes | Scenario::Peers => Source::Send,
             Scenario::List => Source::List,
         },
         workers,
