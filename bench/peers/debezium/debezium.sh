@@ -8,6 +8,7 @@
 #                                                      standalone in the foreground (the JVM keeps
 #                                                      this pid, so its RSS/CPU can be read from /proc)
 #   bench/peers/debezium/debezium.sh classpath         print the runtime classpath (for debugging)
+#   bench/peers/debezium/debezium.sh clean             delete the run folder of DBZ_NAME (offsets, configs)
 #
 # Connects to the project's private PostgreSQL and Kafka (`eval "$(scripts/services.sh env)"`).
 # Everything it writes lives under the git-ignored state folder ($HERMET_STATE_DIR, default
@@ -158,40 +159,62 @@ parse_url() {
 #   tables only (Debezium's default, all_tables, would publish every table of the database);
 # - key/value converters are the JSON converter without schemas (in the worker config below):
 #   the record shape hermet's relay writes, so both put the same bytes per change on Kafka.
+# JSON string literal of $1 (backslash, quote and control characters escaped).
+json_str() {
+    local s=$1
+    s=${s//\\/\\\\}
+    s=${s//\"/\\\"}
+    s=${s//$'\n'/\\n}
+    s=${s//$'\r'/\\r}
+    s=${s//$'\t'/\\t}
+    printf '"%s"' "$s"
+}
+
 cmd_connector_config() {
     parse_url
-    local include="" t
+    local include="" t k v kv
+    local -a tabs extra
     IFS=, read -ra tabs <<<"$TABLES"
     for t in "${tabs[@]}"; do include+="${include:+,}public.$t"; done
-    local extra="{}"
-    if [[ -n ${DBZ_EXTRA_CONFIG:-} ]]; then
-        extra=$(jq -Rn --arg s "$DBZ_EXTRA_CONFIG" \
-            '$s | split(",") | map(select(length > 0) | capture("^(?<k>[^=]+)=(?<v>.*)$")) | map({(.k): .v}) | add // {}')
-    fi
-    jq -n --arg name "$NAME" --arg host "$DB_HOST" --arg port "$DB_PORT" --arg user "$DB_USER" \
-        --arg password "$DB_PASSWORD" --arg db "$DB_NAME" --arg tables "$include" \
-        --arg prefix "$PREFIX" --arg slot "$SLOT" --arg pub "$PUBLICATION" --argjson extra "$extra" '{
-      name: $name,
-      config: ({
-        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-        "tasks.max": "1",
-        "database.hostname": $host,
-        "database.port": $port,
-        "database.user": $user,
-        "database.password": $password,
-        "database.dbname": $db,
-        "table.include.list": $tables,
-        "topic.prefix": $prefix,
-        "plugin.name": "pgoutput",
-        "slot.name": $slot,
-        "publication.name": $pub,
-        "publication.autocreate.mode": "filtered",
-        "transforms": "route",
-        "transforms.route.type": "org.apache.kafka.connect.transforms.RegexRouter",
-        "transforms.route.regex": ($prefix + "\\.public\\.(.*)"),
-        "transforms.route.replacement": ($prefix + ".$1.changed")
-      } + $extra)
-    }'
+    # key, value pairs in order; DBZ_EXTRA_CONFIG may add keys or override them.
+    local -a pairs=(
+        connector.class io.debezium.connector.postgresql.PostgresConnector
+        tasks.max 1
+        database.hostname "$DB_HOST"
+        database.port "$DB_PORT"
+        database.user "$DB_USER"
+        database.password "$DB_PASSWORD"
+        database.dbname "$DB_NAME"
+        table.include.list "$include"
+        topic.prefix "$PREFIX"
+        plugin.name pgoutput
+        slot.name "$SLOT"
+        publication.name "$PUBLICATION"
+        publication.autocreate.mode filtered
+        transforms route
+        transforms.route.type org.apache.kafka.connect.transforms.RegexRouter
+        transforms.route.regex "$PREFIX\\.public\\.(.*)"
+        transforms.route.replacement "$PREFIX.\$1.changed"
+    )
+    IFS=, read -ra extra <<<"${DBZ_EXTRA_CONFIG:-}"
+    for kv in "${extra[@]}"; do
+        [[ -n $kv ]] || continue
+        [[ $kv == *=* ]] || die "DBZ_EXTRA_CONFIG: '$kv' is not key=value"
+        k=${kv%%=*}
+        v=${kv#*=}
+        local i found=0
+        for ((i = 0; i < ${#pairs[@]}; i += 2)); do
+            if [[ ${pairs[i]} == "$k" ]]; then pairs[i + 1]=$v; found=1; fi
+        done
+        ((found)) || pairs+=("$k" "$v")
+    done
+    printf '{\n  "name": %s,\n  "config": {\n' "$(json_str "$NAME")"
+    local n=${#pairs[@]}
+    for ((i = 0; i < n; i += 2)); do
+        printf '    %s: %s%s\n' "$(json_str "${pairs[i]}")" "$(json_str "${pairs[i + 1]}")" \
+            "$( ((i + 2 < n)) && echo ,)"
+    done
+    printf '  }\n}\n'
 }
 
 write_configs() {
@@ -246,8 +269,9 @@ fetch) cmd_fetch ;;
 connector-config) cmd_connector_config ;;
 run) cmd_run ;;
 classpath) echo "$LIBS/*" ;;
+clean) rm -rf "$RUN_DIR" ;;
 *)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

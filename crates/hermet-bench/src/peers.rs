@@ -22,7 +22,8 @@
 //!      offsets, so its slot cannot be used). Then the topics are read back and checked.
 //!    - **latency** at each `--rates` offered load for `--live-secs`: one writer commits a
 //!      transaction every 10 ms (half message inserts, half `users.profile_ver` increments over
-//!      500 users, so keys get many versions). Latency of a change = the record's Kafka timestamp
+//!      500 users, so keys get many versions) with what the schedule owes by then (a late tick
+//!      writes a bigger transaction; "achieved" is what was really committed). Latency of a change = the record's Kafka timestamp
 //!      minus `source.ts_ms` of its envelope. The topics are created with
 //!      `message.timestamp.type=LogAppendTime`, so the Kafka timestamp is the broker's clock
 //!      when it appended the record; `source.ts_ms` is PostgreSQL's commit timestamp (both
@@ -731,7 +732,6 @@ async fn live_load(
         .map_err(db_err("prepare the live update"))?;
     let mut next = next_message;
     let mut next_user = 0i64;
-    let mut owed = 0.0f64;
     let mut changes = 0u64;
     let mut last_ver: HashMap<i64, i64> = HashMap::new();
     let started = Instant::now();
@@ -739,12 +739,12 @@ async fn live_load(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while started.elapsed().as_secs_f64() < secs {
         tick.tick().await;
-        owed += rate * TICK.as_secs_f64();
-        let n = owed.floor() as i64;
-        if n == 0 {
+        // What the schedule owes by now: a late tick (slow commit, busy machine) writes more in
+        // its transaction, so the offered rate holds as long as the database keeps up.
+        let n = (rate * started.elapsed().as_secs_f64()).floor() as i64 - changes as i64;
+        if n <= 0 {
             continue;
         }
-        owed -= n as f64;
         let msgs = n - n / 2;
         let users: Vec<i64> = (0..n / 2)
             .map(|i| (next_user + i) % ring.max(1) + 1)
@@ -1387,6 +1387,19 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<PeersReport, Ben
             }
         }
     }
+    // Connect's offsets and configs of each round.
+    for i in 1..=opts.runs {
+        let cleaned = Command::new("bash")
+            .arg(&script)
+            .arg("clean")
+            .env("DBZ_NAME", format!("bench_{tag}_{i}"))
+            .stdin(Stdio::null())
+            .status()
+            .await;
+        if let Err(e) = cleaned {
+            eprintln!("bench peers: could not delete Debezium's run folder of round {i}: {e}");
+        }
+    }
     if let Err(e) = delete_topics(&env.kafka_brokers, &topics).await {
         eprintln!("bench peers: could not delete the topics of the run: {e}");
     }
@@ -1435,10 +1448,9 @@ impl fmt::Display for PeersReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "peers: hermet relay vs Debezium {} on Kafka Connect, {} rounds; backlog {} row \
+            "peers: hermet relay vs Debezium (bench/peers/debezium) on Kafka Connect, {} rounds; backlog {} row \
              changes (transactions of {}), {} partitions per topic; loads {:?} changes/s for {} s; \
              crash at {}/s for {} s; {}\n",
-            "(bench/peers/debezium)",
             p.runs,
             cdc::rate(p.rows as f64),
             cdc::rate(p.txn_rows as f64),
@@ -1746,6 +1758,70 @@ mod tests {
         );
         assert_eq!(e.kafka_ms - e.commit_ms, 630);
         assert!(parse_event("users", b"{}", b"{\"op\":\"u\"}", 0).is_none());
+    }
+
+    /// The script's connector config is the seed's, routed to the topics the benchmark reads
+    /// (no download: `connector-config` only prints).
+    #[test]
+    fn debezium_script_prints_the_seed_config() {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/peers/debezium/debezium.sh");
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(&script).arg("connector-config");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DBZ_") || k.starts_with("HERMET_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .env(
+                "HERMET_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:55432/ignored",
+            )
+            .env("DBZ_DATABASE", "scratch")
+            .env("DBZ_TOPIC_PREFIX", "hermet_peers_x_1_dbz")
+            .env("DBZ_SLOT", "hp_x_1_dbz")
+            .env("DBZ_EXTRA_CONFIG", "poll.interval.ms=10")
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        let c = &v["config"];
+        let get = |k: &str| c[k].as_str().unwrap_or_else(|| panic!("no {k} in {c}"));
+        assert_eq!(
+            get("connector.class"),
+            "io.debezium.connector.postgresql.PostgresConnector"
+        );
+        assert_eq!(get("plugin.name"), "pgoutput");
+        assert_eq!(get("database.port"), "55432");
+        assert_eq!(get("database.dbname"), "scratch");
+        assert_eq!(get("slot.name"), "hp_x_1_dbz");
+        assert_eq!(get("poll.interval.ms"), "10");
+        let tables: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
+        assert_eq!(get("table.include.list"), tables.join(","));
+        // The seed's RegexRouter, under the run's prefix: the names `PeerRound` reads.
+        assert_eq!(
+            get("transforms.route.type"),
+            "org.apache.kafka.connect.transforms.RegexRouter"
+        );
+        assert_eq!(
+            get("transforms.route.regex"),
+            "hermet_peers_x_1_dbz\\.public\\.(.*)"
+        );
+        assert_eq!(
+            get("transforms.route.replacement"),
+            "hermet_peers_x_1_dbz.$1.changed"
+        );
+        let template = "hermet_peers_x_1_dbz.{table}.changed";
+        assert_eq!(
+            template.trim_end_matches(".{table}.changed"),
+            get("topic.prefix")
+        );
     }
 
     #[test]
