@@ -584,6 +584,17 @@ impl PeerRound {
             .to_owned()
     }
 
+    /// Every topic to delete at the end: the table topics, and for Debezium `<prefix>.message`,
+    /// where it writes the logical decoding messages it reads (hermet's relay heartbeats with
+    /// `pg_logical_emit_message`), outside the seed's RegexRouter.
+    fn all_topics(&self) -> Vec<String> {
+        let mut v = self.topics.names.clone();
+        if self.peer == Peer::Debezium {
+            v.push(format!("{}.message", self.prefix()));
+        }
+        v
+    }
+
     fn spawn(&self, s: &Setup<'_>, fresh: bool) -> Result<RelayProc, BenchError> {
         match self.peer {
             Peer::Hermet => RelayProc::spawn(&RelaySpec {
@@ -1132,7 +1143,7 @@ async fn round(
         PeerRound::new(s, Peer::Debezium, i),
     ];
     for pr in &peers {
-        topics.extend(pr.topics.names.iter().cloned());
+        topics.extend(pr.all_topics());
         create_topics(&s.env.kafka_brokers, &pr.topics.names, s.opts.partitions).await?;
     }
     let recv_slot = format!("hp_{}_{i}_recvlogical", s.tag);
@@ -1383,7 +1394,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<PeersReport, Ben
         // Interrupted before the first round recorded its topics: name them all.
         for i in 1..=opts.runs {
             for peer in [Peer::Hermet, Peer::Debezium] {
-                topics.extend(PeerRound::new(&setup, peer, i).topics.names);
+                topics.extend(PeerRound::new(&setup, peer, i).all_topics());
             }
         }
     }
