@@ -29,3 +29,8 @@ bench-send:
 
 bench-list:
 	scripts/with-services.sh cargo run --release -p hermet -- bench list
+
+.PHONY: bench-peers
+## hermet's relay side by side with Debezium (BENCHMARKS.md, "CDC relay vs Debezium").
+bench-peers:
+	scripts/with-services.sh cargo run --release -p hermet -- bench peers

@@ -47,10 +47,10 @@ pub(crate) const TABLES: [&str; 5] = [
     "friendships",
     "messages",
 ];
-const PUBLICATION: &str = "hermet_bench_pub";
-const POLL: Duration = Duration::from_millis(50);
+pub(crate) const PUBLICATION: &str = "hermet_bench_pub";
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 /// Longest wait for the relay to reach "streaming" or a drain to make progress.
-const STALL: Duration = Duration::from_secs(180);
+pub(crate) const STALL: Duration = Duration::from_secs(180);
 
 // ---------------------------------------------------------------------------------- report
 
@@ -112,7 +112,7 @@ pub struct CdcReport {
     pub median: CdcRound,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -154,7 +154,7 @@ fn median_round(rounds: &[CdcRound]) -> CdcRound {
     }
 }
 
-fn rate(v: f64) -> String {
+pub(crate) fn rate(v: f64) -> String {
     let n = v.round() as u64;
     let s = n.to_string();
     let mut out = String::new();
@@ -167,7 +167,7 @@ fn rate(v: f64) -> String {
     out
 }
 
-fn secs_opt(v: Option<f64>) -> String {
+pub(crate) fn secs_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |s| format!("{s:.2}"))
 }
 
@@ -227,23 +227,23 @@ impl fmt::Display for CdcReport {
 
 // ---------------------------------------------------------------------------------- helpers
 
-fn db_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> BenchError {
+pub(crate) fn db_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> BenchError {
     let what = what.into();
     move |source| BenchError::Db { what, source }
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
     let what = what.into();
     move |source| BenchError::Io { what, source }
 }
 
 /// `X/Y` as PostgreSQL prints an LSN.
-fn fmt_lsn(v: u64) -> String {
+pub(crate) fn fmt_lsn(v: u64) -> String {
     format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
 }
 
 /// The WAL insert position as a number.
-async fn insert_lsn(client: &Client) -> Result<u64, BenchError> {
+pub(crate) async fn insert_lsn(client: &Client) -> Result<u64, BenchError> {
     let row = client
         .query_one(
             "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8",
@@ -255,7 +255,10 @@ async fn insert_lsn(client: &Client) -> Result<u64, BenchError> {
 }
 
 /// A slot's confirmed position and the pid of the walsender using it.
-async fn slot_state(client: &Client, slot: &str) -> Result<Option<(u64, Option<i32>)>, BenchError> {
+pub(crate) async fn slot_state(
+    client: &Client,
+    slot: &str,
+) -> Result<Option<(u64, Option<i32>)>, BenchError> {
     let row = client
         .query_opt(
             "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8, active_pid
@@ -283,7 +286,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// User + system CPU seconds of a process, from `/proc/<pid>/stat`.
-fn cpu_secs(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: fields count from after it.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -295,7 +298,7 @@ fn cpu_secs(pid: u32) -> Option<f64> {
 }
 
 /// `(VmRSS, VmHWM)` in KiB, from `/proc/<pid>/status`.
-fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+pub(crate) fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -307,7 +310,7 @@ fn memory_kib(pid: u32) -> Option<(u64, u64)> {
 }
 
 /// `(busy, total)` jiffies of all CPUs, from `/proc/stat`.
-fn machine_jiffies() -> Option<(u64, u64)> {
+pub(crate) fn machine_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = line
@@ -319,14 +322,14 @@ fn machine_jiffies() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
-fn busy_share(start: Option<(u64, u64)>, end: Option<(u64, u64)>) -> Option<f64> {
+pub(crate) fn busy_share(start: Option<(u64, u64)>, end: Option<(u64, u64)>) -> Option<f64> {
     let ((b0, t0), (b1, t1)) = (start?, end?);
     (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64)
 }
 
 /// The pid of the local process listening on TCP `port` (the Kafka broker, to count its CPU),
 /// if it is on this machine and visible.
-fn listener_pid(port: u16) -> Option<u32> {
+pub(crate) fn listener_pid(port: u16) -> Option<u32> {
     let want = format!(":{port:04X}");
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -364,12 +367,12 @@ fn listener_pid(port: u16) -> Option<u32> {
 
 /// CPU of a process that may come and go (a walsender): the last value seen per pid.
 #[derive(Default)]
-struct CpuTracker {
+pub(crate) struct CpuTracker {
     seen: Vec<(u32, f64, f64)>,
 }
 
 impl CpuTracker {
-    fn sample(&mut self, pid: u32) {
+    pub(crate) fn sample(&mut self, pid: u32) {
         let Some(now) = cpu_secs(pid) else { return };
         match self.seen.iter_mut().find(|(p, _, _)| *p == pid) {
             Some(e) => e.2 = now,
@@ -378,12 +381,12 @@ impl CpuTracker {
     }
 
     /// CPU used since each pid was first seen (a pid first seen late loses its start).
-    fn used(&self) -> Option<f64> {
+    pub(crate) fn used(&self) -> Option<f64> {
         (!self.seen.is_empty()).then(|| self.seen.iter().map(|(_, a, b)| b - a).sum())
     }
 }
 
-fn send_sigterm(pid: u32) -> Result<(), BenchError> {
+pub(crate) fn send_sigterm(pid: u32) -> Result<(), BenchError> {
     let pid = libc::pid_t::try_from(pid)
         .map_err(|_| BenchError::Internal(format!("pid {pid} out of range")))?;
     // SAFETY: kill(2) with a pid of our own child and a valid signal number.
@@ -397,7 +400,7 @@ fn send_sigterm(pid: u32) -> Result<(), BenchError> {
 }
 
 /// The newest `/usr/lib/postgresql/<major>/bin/pg_recvlogical`, else `pg_recvlogical` (PATH).
-fn find_recvlogical() -> PathBuf {
+pub(crate) fn find_recvlogical() -> PathBuf {
     let mut best: Option<(u32, PathBuf)> = None;
     if let Ok(dir) = std::fs::read_dir("/usr/lib/postgresql") {
         for entry in dir.flatten() {
@@ -415,14 +418,14 @@ fn find_recvlogical() -> PathBuf {
 
 /// Keeps the last lines a child wrote (for error messages) and when it logged "streaming".
 #[derive(Default)]
-struct ChildLog {
+pub(crate) struct ChildLog {
     lines: VecDeque<String>,
     streaming_at: Option<Instant>,
 }
 
-type SharedLog = Arc<Mutex<ChildLog>>;
+pub(crate) type SharedLog = Arc<Mutex<ChildLog>>;
 
-fn collect_lines<R: AsyncRead + Unpin + Send + 'static>(reader: R, log: SharedLog) {
+pub(crate) fn collect_lines<R: AsyncRead + Unpin + Send + 'static>(reader: R, log: SharedLog) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -438,38 +441,38 @@ fn collect_lines<R: AsyncRead + Unpin + Send + 'static>(reader: R, log: SharedLo
     });
 }
 
-fn tail(log: &SharedLog) -> String {
+pub(crate) fn tail(log: &SharedLog) -> String {
     log.lock()
         .map(|l| l.lines.iter().cloned().collect::<Vec<_>>().join("\n"))
         .unwrap_or_default()
 }
 
-fn streaming_at(log: &SharedLog) -> Option<Instant> {
+pub(crate) fn streaming_at(log: &SharedLog) -> Option<Instant> {
     log.lock().ok().and_then(|l| l.streaming_at)
 }
 
 // ---------------------------------------------------------------------------------- the relay
 
 /// Everything needed to start the relay of one round.
-struct RelaySpec<'a> {
-    bin: &'a Path,
-    database_url: &'a str,
-    brokers: &'a str,
-    shards: u32,
-    slot: &'a str,
-    topic_template: &'a str,
-    partitions: i32,
+pub(crate) struct RelaySpec<'a> {
+    pub(crate) bin: &'a Path,
+    pub(crate) database_url: &'a str,
+    pub(crate) brokers: &'a str,
+    pub(crate) shards: u32,
+    pub(crate) slot: &'a str,
+    pub(crate) topic_template: &'a str,
+    pub(crate) partitions: i32,
 }
 
-struct RelayProc {
-    child: Child,
-    pid: u32,
-    spawned: Instant,
-    log: SharedLog,
+pub(crate) struct RelayProc {
+    pub(crate) child: Child,
+    pub(crate) pid: u32,
+    pub(crate) spawned: Instant,
+    pub(crate) log: SharedLog,
 }
 
 impl RelayProc {
-    fn spawn(spec: &RelaySpec<'_>) -> Result<RelayProc, BenchError> {
+    pub(crate) fn spawn(spec: &RelaySpec<'_>) -> Result<RelayProc, BenchError> {
         let mut cmd = Command::new(spec.bin);
         cmd.args(["serve", "--role", "cdc"]);
         // Only what this benchmark sets: no `cdc.*` key of the caller's environment.
@@ -491,13 +494,17 @@ impl RelayProc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        Self::spawn_command(cmd, &spec.bin.display().to_string())
+    }
+
+    /// Starts `cmd` (stdout/stderr piped, killed on drop), keeping its last lines and when it
+    /// logged "streaming" (`hermet serve --role cdc` and Debezium both log that word).
+    pub(crate) fn spawn_command(mut cmd: Command, what: &str) -> Result<RelayProc, BenchError> {
         let spawned = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .map_err(io_err(format!("start {}", spec.bin.display())))?;
+        let mut child = cmd.spawn().map_err(io_err(format!("start {what}")))?;
         let pid = child
             .id()
-            .ok_or_else(|| BenchError::Internal("the relay exited at once".to_owned()))?;
+            .ok_or_else(|| BenchError::Internal(format!("{what} exited at once")))?;
         let log = SharedLog::default();
         if let Some(out) = child.stdout.take() {
             collect_lines(out, log.clone());
@@ -514,7 +521,7 @@ impl RelayProc {
     }
 
     /// An error if the process has exited.
-    fn check_alive(&mut self) -> Result<(), BenchError> {
+    pub(crate) fn check_alive(&mut self) -> Result<(), BenchError> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(BenchError::Scenario(format!(
@@ -529,7 +536,7 @@ impl RelayProc {
     }
 
     /// SIGTERM, then wait (SIGKILL after 30 s).
-    async fn stop(mut self) -> Result<ExitStatus, BenchError> {
+    pub(crate) async fn stop(mut self) -> Result<ExitStatus, BenchError> {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Ok(status);
         }
@@ -549,7 +556,7 @@ impl RelayProc {
 }
 
 /// Starts the relay on a fresh slot, waits until it streams, stops it.
-async fn prime_relay(client: &Client, spec: &RelaySpec<'_>) -> Result<(), BenchError> {
+pub(crate) async fn prime_relay(client: &Client, spec: &RelaySpec<'_>) -> Result<(), BenchError> {
     let mut relay = RelayProc::spawn(spec)?;
     let deadline = Instant::now() + STALL;
     loop {
@@ -594,13 +601,13 @@ async fn prime_relay(client: &Client, spec: &RelaySpec<'_>) -> Result<(), BenchE
 
 // ---------------------------------------------------------------------------------- backlog
 
-struct Backlog {
-    rows: u64,
-    transactions: u64,
+pub(crate) struct Backlog {
+    pub(crate) rows: u64,
+    pub(crate) transactions: u64,
     /// The WAL insert position after the last commit: every row change is before it.
-    end_lsn: u64,
-    wal_bytes: u64,
-    secs: f64,
+    pub(crate) end_lsn: u64,
+    pub(crate) wal_bytes: u64,
+    pub(crate) secs: f64,
 }
 
 /// Runs one statement per transaction over `[0, count)` in chunks, counting row changes.
@@ -665,7 +672,7 @@ impl Writer<'_> {
 }
 
 /// Writes about `target` row changes in transactions of about `txn_rows` (see the module doc).
-async fn write_backlog(
+pub(crate) async fn write_backlog(
     client: &mut Client,
     target: u64,
     txn_rows: u64,
@@ -780,12 +787,12 @@ async fn write_backlog(
 
 // ---------------------------------------------------------------------------------- drains
 
-struct RecvlogicalDrain {
-    secs: f64,
-    walsender_cpu: Option<f64>,
+pub(crate) struct RecvlogicalDrain {
+    pub(crate) secs: f64,
+    pub(crate) walsender_cpu: Option<f64>,
 }
 
-async fn drain_recvlogical(
+pub(crate) async fn drain_recvlogical(
     client: &Client,
     bin: &Path,
     url: &str,
@@ -938,7 +945,7 @@ async fn drain_relay(
 // ---------------------------------------------------------------------------------- rounds
 
 /// Drops a slot, terminating its walsender first if it is still active (retries for 15 s).
-async fn drop_slot(client: &Client, slot: &str) -> Result<(), BenchError> {
+pub(crate) async fn drop_slot(client: &Client, slot: &str) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let r = client

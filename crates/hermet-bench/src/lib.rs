@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod cdc;
 pub mod modes;
+pub mod peers;
 pub mod rebuild;
 mod report;
 mod scenarios;
@@ -96,6 +97,10 @@ pub enum Scenario {
     /// Online rebuild and full audit throughput on a read side of a million rows or more
     /// (seeded set-based; `--users`, `--mean-friends`, `--groups` size it).
     Rebuild,
+    /// hermet's CDC relay side by side with Debezium's PostgreSQL connector on Kafka Connect
+    /// (bench/peers/debezium): backlog drain, commit → Kafka latency at fixed loads, RSS, CPU,
+    /// correctness and a kill -9 of each.
+    Peers,
 }
 
 impl std::fmt::Display for Scenario {
@@ -107,6 +112,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Modes => "modes",
             Scenario::Cache => "cache",
             Scenario::Rebuild => "rebuild",
+            Scenario::Peers => "peers",
         })
     }
 }
@@ -176,8 +182,9 @@ pub struct BenchOptions {
     /// Read-side shards of the scratch database [default: the configured count, 256].
     #[arg(long)]
     pub shards: Option<u32>,
-    /// Measured runs on the same populated database; the report adds their median.
-    #[arg(long, default_value_t = 3)]
+    /// Measured runs on the same populated database; the report adds their median (`peers`:
+    /// rounds, also as `--rounds`).
+    #[arg(long, visible_alias = "rounds", default_value_t = 3)]
     pub runs: usize,
     /// Commands in flight while populating.
     #[arg(long, default_value_t = 8)]
@@ -207,6 +214,27 @@ pub struct BenchOptions {
     /// `modes`: messages in the backlog the projectors' throughput is measured on (0: skip).
     #[arg(long, default_value_t = 20_000)]
     pub backlog: u64,
+    /// `peers`: offered loads (row changes per second) at which commit → Kafka latency is
+    /// measured, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [200.0, 2000.0])]
+    pub rates: Vec<f64>,
+    /// `peers`: seconds of each offered load.
+    #[arg(long, default_value_t = 10)]
+    pub live_secs: u64,
+    /// `peers`: changes per second while each peer is killed (SIGKILL) and restarted.
+    #[arg(long, default_value_t = 1000.0)]
+    pub crash_rate: f64,
+    /// `peers`: seconds of the crash load (the kill comes halfway).
+    #[arg(long, default_value_t = 10)]
+    pub crash_secs: u64,
+    /// `peers`: the Debezium script [default: bench/peers/debezium/debezium.sh above the
+    /// working directory or the executable].
+    #[arg(long)]
+    pub debezium_script: Option<PathBuf>,
+    /// `peers`: extra Debezium connector properties, `k=v,k=v` (e.g. `poll.interval.ms=10`);
+    /// none by default: the seed's config.
+    #[arg(long)]
+    pub debezium_config: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -233,6 +261,12 @@ impl Default for BenchOptions {
             pg_recvlogical: None,
             rate: 1000.0,
             backlog: 20_000,
+            rates: vec![200.0, 2000.0],
+            live_secs: 10,
+            crash_rate: 1000.0,
+            crash_secs: 10,
+            debezium_script: None,
+            debezium_config: None,
         }
     }
 }
@@ -257,6 +291,7 @@ impl BenchOptions {
             Scenario::Modes => 16,
             Scenario::Cache => 50,
             Scenario::Rebuild => 1,
+            Scenario::Peers => 1,
         })
     }
 
@@ -277,7 +312,18 @@ impl BenchOptions {
         if self.shards == Some(0) {
             return bad("--shards must be at least 1");
         }
-        if scenario == Scenario::Cdc {
+        if scenario == Scenario::Peers {
+            if self.rates.is_empty() || self.rates.iter().any(|r| !(1.0..=100_000.0).contains(r)) {
+                return bad("--rates must be between 1 and 100000 changes/s");
+            }
+            if self.live_secs == 0 {
+                return bad("--live-secs must be at least 1");
+            }
+            if self.crash_secs < 2 || !(1.0..=100_000.0).contains(&self.crash_rate) {
+                return bad("--crash-secs must be at least 2, --crash-rate between 1 and 100000");
+            }
+        }
+        if matches!(scenario, Scenario::Cdc | Scenario::Peers) {
             if self.rows < 1_000 {
                 return bad("--rows must be at least 1000");
             }
@@ -363,10 +409,11 @@ pub async fn run(
 ) -> Result<Report, BenchError> {
     if matches!(
         scenario,
-        Scenario::Cdc | Scenario::Modes | Scenario::Cache | Scenario::Rebuild
+        Scenario::Cdc | Scenario::Modes | Scenario::Cache | Scenario::Rebuild | Scenario::Peers
     ) {
         return Err(BenchError::InvalidOptions(
-            "`cdc`, `modes`, `cache` and `rebuild` have their own reports: use run_and_print"
+            "`cdc`, `modes`, `cache`, `rebuild` and `peers` have their own reports: use \
+             run_and_print"
                 .to_owned(),
         ));
     }
@@ -433,6 +480,15 @@ pub async fn run_and_print(
     }
     if scenario == Scenario::Rebuild {
         let report = rebuild::run(env, opts).await?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(());
+    }
+    if scenario == Scenario::Peers {
+        let report = peers::run(env, opts).await?;
         if opts.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -561,7 +617,8 @@ async fn measure_all(
             | Scenario::Cdc
             | Scenario::Modes
             | Scenario::Cache
-            | Scenario::Rebuild => Source::Send,
+            | Scenario::Rebuild
+            | Scenario::Peers => Source::Send,
             Scenario::List => Source::List,
         },
         workers,

@@ -39,8 +39,9 @@ enum Command {
     Bench {
         #[arg(value_enum)]
         scenario: hermet_bench::Scenario,
+        // Boxed: the options of every scenario make this variant much larger than the others.
         #[command(flatten)]
-        opts: hermet_bench::BenchOptions,
+        opts: Box<hermet_bench::BenchOptions>,
     },
 }
 

@@ -1,0 +1,1845 @@
+//! `hermet bench peers`: hermet's CDC relay side by side with the original design's pipeline,
+//! Debezium's PostgreSQL connector on Kafka Connect (standalone), on the same database, the same
+//! Kafka and the same writes, in one run.
+//!
+//! Debezium is run by `bench/peers/debezium/debezium.sh run` (pinned jars from Maven Central,
+//! the seed's connector config with its own slot, publication and topic prefix); that script
+//! `exec`s the JVM, so the child's pid is the Connect process whose RSS and CPU are read.
+//! hermet's relay is `hermet serve --role cdc` of the running binary, as in `bench cdc`.
+//!
+//! One scratch database (migrated), per round:
+//!
+//! 1. The captured tables are emptied; each peer is started once on a fresh slot (an initial
+//!    snapshot of empty tables), reaches "streaming" and is stopped with SIGTERM; a third slot is
+//!    created for `pg_recvlogical`.
+//! 2. The backlog of `bench cdc` is written (`--rows` row changes, set-based SQL).
+//! 3. Each peer in turn (the order alternates from round to round; `pg_recvlogical` drains
+//!    between them, as the ceiling):
+//!    - **drain**: started again, timed from spawn until the whole backlog is on Kafka (hermet:
+//!      its slot's `confirmed_flush_lsn` passed the backlog's end, which it confirms only after
+//!      Kafka acknowledged every record before it; Debezium: the end offsets of its topics grew
+//!      by the backlog's row count — Debezium confirms to the slot only when Connect flushes
+//!      offsets, so its slot cannot be used). Then the topics are read back and checked.
+//!    - **latency** at each `--rates` offered load for `--live-secs`: one writer commits a
+//!      transaction every 10 ms (half message inserts, half `users.profile_ver` increments over
+//!      500 users, so keys get many versions) with what the schedule owes by then (a late tick
+//!      writes a bigger transaction; "achieved" is what was really committed). Latency of a change = the record's Kafka timestamp
+//!      minus `source.ts_ms` of its envelope. The topics are created with
+//!      `message.timestamp.type=LogAppendTime`, so the Kafka timestamp is the broker's clock
+//!      when it appended the record; `source.ts_ms` is PostgreSQL's commit timestamp (both
+//!      peers fill it from the pgoutput BEGIN message). Both clocks are this machine's
+//!      `CLOCK_REALTIME`, in milliseconds, so a latency is "commit → appended on Kafka" with
+//!      1 ms resolution. It includes the commit's WAL flush (the timestamp is taken before it).
+//!    - **crash**: the writer runs at `--crash-rate` for `--crash-secs`; halfway the peer gets
+//!      SIGKILL, is started again 1 s later on the same slot (and offsets file), and the topics
+//!      are read until every change is there (or nothing new came for 90 s): lost and duplicated
+//!      changes are counted.
+//!
+//! **Correctness** (both peers, same checker, [`check_live`] / [`check_drain`]): for the live
+//! loads every committed change is known (message ids, and each user's contiguous run of
+//! `profile_ver` values read back with `RETURNING`), so a change missing from Kafka is found
+//! exactly; duplicates are counted separately (at-least-once delivery after a crash is not an
+//! error, a loss is); per-key order means the first occurrences of a key's versions come in
+//! increasing order. For the backlog, where the SQL writes rows in bulk, the check is by count
+//! and by version (`users.profile_ver`, `channels.last_seq`; the other tables get one insert per
+//! key): no duplicate (table, key, version), versions increasing per key, as many records as row
+//! changes, and the same order-independent digest of (table, key, version) on both peers.
+//!
+//! At the end (also on error or Ctrl-C) the slots, the topics and the database are dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hermet_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use hermet_kafka::rdkafka::message::Message;
+use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use tokio::process::Command;
+use tokio_postgres::Client;
+
+use crate::cdc::{
+    self, cpu_secs, db_err, drain_recvlogical, drop_slot, find_recvlogical, io_err, listener_pid,
+    memory_kib, slot_state, streaming_at, tail, write_backlog, CpuTracker, RelayProc, RelaySpec,
+    POLL, STALL, TABLES,
+};
+use crate::{admin_connect, drop_database, with_dbname, BenchEnv, BenchError, BenchOptions};
+
+/// Users whose `profile_ver` the live writer increments (ids 1..=this, capped by the backlog's
+/// user count).
+const USER_RING: i64 = 500;
+/// The live writer commits one transaction per tick.
+const TICK: Duration = Duration::from_millis(10);
+/// How long reading back waits for a change that is not there yet before calling it lost.
+const READ_IDLE: Duration = Duration::from_secs(30);
+const CRASH_READ_IDLE: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------------------------- report
+
+/// hermet's relay or Debezium.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    Hermet,
+    Debezium,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Peer::Hermet => "hermet",
+            Peer::Debezium => "Debezium",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeersParams {
+    pub rows: u64,
+    pub txn_rows: u64,
+    pub partitions: i32,
+    pub runs: usize,
+    pub rates: Vec<f64>,
+    pub live_secs: u64,
+    pub crash_rate: f64,
+    pub crash_secs: u64,
+    pub server_version: String,
+    pub hermet_bin: String,
+    pub debezium_script: String,
+    pub debezium_extra_config: Option<String>,
+}
+
+/// What the checker found on a peer's topics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Changes that had to be on Kafka.
+    pub expected: u64,
+    /// Of those, how many were found (at least once).
+    pub found: u64,
+    pub missing: u64,
+    /// Records of a change already seen (at-least-once re-delivery).
+    pub duplicates: u64,
+    /// First occurrences of a key's change that came after a later change of the same key.
+    pub out_of_order: u64,
+}
+
+impl Check {
+    fn add(&mut self, o: &Check) {
+        self.expected += o.expected;
+        self.found += o.found;
+        self.missing += o.missing;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+    }
+}
+
+/// Commit → on-Kafka latency at one offered load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LatencyStat {
+    pub offered_per_s: f64,
+    pub achieved_per_s: f64,
+    pub changes: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// CPU of the peer's process while the load ran and was drained, per 100,000 changes.
+    pub cpu_per_100k: Option<f64>,
+    pub check: Check,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CrashStat {
+    pub changes: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    /// From the restart until the last change was read back.
+    pub recovery_secs: f64,
+}
+
+/// One peer in one round (or the median over rounds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PeerStats {
+    /// Backlog drain, from spawning the process until every row change was on Kafka.
+    pub drain_secs: f64,
+    /// From spawn until it logged that it streams.
+    pub startup_secs: f64,
+    pub drain_rows_per_s: f64,
+    pub drain_stream_rows_per_s: f64,
+    /// CPU (user + system) of the peer's process during the drain.
+    pub drain_cpu_secs: Option<f64>,
+    pub drain_cpu_per_100k: Option<f64>,
+    /// The same from the moment it logged that it streams (process start left out).
+    pub drain_stream_cpu_per_100k: Option<f64>,
+    pub walsender_cpu_secs: Option<f64>,
+    pub broker_cpu_secs: Option<f64>,
+    /// Largest `VmHWM` of the peer's processes of the round.
+    pub peak_rss_mib: f64,
+    pub drain_check: Check,
+    /// Order-independent digest of (table, key, LSN) of the drained records.
+    pub drain_digest: u64,
+    pub latency: Vec<LatencyStat>,
+    pub crash: CrashStat,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PeersRound {
+    pub round: String,
+    pub rows: u64,
+    pub wal_mib: f64,
+    pub first: String,
+    pub recvlogical_secs: f64,
+    pub recvlogical_rows_per_s: f64,
+    pub hermet: PeerStats,
+    pub debezium: PeerStats,
+    /// Both peers put the same set of (table, key, LSN) on Kafka for the backlog.
+    pub same_changes: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeersReport {
+    pub params: PeersParams,
+    pub rounds: Vec<PeersRound>,
+}
+
+// ---------------------------------------------------------------------------------- checker
+
+/// A data record read back from a peer's topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub table: String,
+    /// The record's key as JSON text (`{"id":5}`), the same on both peers.
+    pub key: String,
+    /// `source.lsn` (kept for diagnostics; see [`check_drain`] for why it is not an identity).
+    pub lsn: i64,
+    /// The row's version: `after.profile_ver` for `users`, `after.last_seq` for `channels`, else
+    /// 0 (the other tables get one insert per key in this benchmark). Every change of a key in
+    /// this benchmark moves its version up, so (table, key, version) names one change.
+    pub version: i64,
+    /// `source.ts_ms`: PostgreSQL's commit time.
+    pub commit_ms: i64,
+    /// The record's Kafka timestamp (the broker's append time on the benchmark's topics).
+    pub kafka_ms: i64,
+}
+
+/// The changes a live load committed: per (table, key), the contiguous versions `first..=last`
+/// (a message: `0..=0`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expectation {
+    pub keys: HashMap<(String, String), (i64, i64)>,
+}
+
+impl Expectation {
+    pub fn total(&self) -> u64 {
+        self.keys
+            .values()
+            .map(|(a, b)| (b - a + 1).max(0) as u64)
+            .sum()
+    }
+}
+
+/// Checks `events` (in the order read: per partition, so per key, as Kafka keeps them) against
+/// what was committed. Events outside the expectation (other loads' changes) are ignored.
+/// Returns the check and the latency (ms) of each expected change's first record.
+pub fn check_live(expect: &Expectation, events: &[Event]) -> (Check, Vec<i64>) {
+    let mut seen: HashMap<(&str, &str), (HashSet<i64>, i64)> = HashMap::new();
+    let mut check = Check {
+        expected: expect.total(),
+        ..Check::default()
+    };
+    let mut latencies = Vec::new();
+    for e in events {
+        let Some(&(first, last)) = expect.keys.get(&(e.table.clone(), e.key.clone())) else {
+            continue;
+        };
+        if e.version < first || e.version > last {
+            continue;
+        }
+        let (versions, newest) = seen
+            .entry((e.table.as_str(), e.key.as_str()))
+            .or_insert_with(|| (HashSet::new(), i64::MIN));
+        if !versions.insert(e.version) {
+            check.duplicates += 1;
+            continue;
+        }
+        if e.version < *newest {
+            check.out_of_order += 1;
+        }
+        *newest = (*newest).max(e.version);
+        latencies.push(e.kafka_ms - e.commit_ms);
+    }
+    check.found = seen.values().map(|(v, _)| v.len() as u64).sum();
+    check.missing = check.expected.saturating_sub(check.found);
+    (check, latencies)
+}
+
+/// The backlog check: `expected` row changes, no duplicate (table, key, version), versions
+/// increasing per key. Returns the check and an order-independent digest of the distinct
+/// (table, key, version).
+///
+/// Not by `source.lsn`: Debezium 3.6 catching up on a backlog stamped every record with one and
+/// the same `lsn` here (25,080 records, one value), so that field does not name a change.
+pub fn check_drain(expected: u64, events: &[Event]) -> (Check, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut seen: HashSet<(&str, &str, i64)> = HashSet::with_capacity(events.len());
+    let mut newest: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut check = Check {
+        expected,
+        ..Check::default()
+    };
+    let mut digest = 0u64;
+    for e in events {
+        if !seen.insert((&e.table, &e.key, e.version)) {
+            check.duplicates += 1;
+            continue;
+        }
+        let n = newest
+            .entry((e.table.as_str(), e.key.as_str()))
+            .or_insert(i64::MIN);
+        if e.version < *n {
+            check.out_of_order += 1;
+        }
+        *n = (*n).max(e.version);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&e.table, &e.key, e.version).hash(&mut h);
+        digest = digest.wrapping_add(h.finish());
+    }
+    check.found = (seen.len() as u64).min(expected);
+    check.missing = expected.saturating_sub(seen.len() as u64);
+    (check, digest)
+}
+
+fn percentile(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64
+}
+
+// ---------------------------------------------------------------------------------- Kafka
+
+/// The topics of one peer in one round, in [`TABLES`] order.
+#[derive(Debug, Clone)]
+struct Topics {
+    names: Vec<String>,
+    partitions: i32,
+}
+
+impl Topics {
+    fn table_of(&self, topic: &str) -> Option<&'static str> {
+        self.names
+            .iter()
+            .position(|t| t == topic)
+            .and_then(|i| TABLES.get(i).copied())
+    }
+}
+
+type Offsets = HashMap<(String, i32), i64>;
+
+fn consumer(brokers: &str) -> Result<BaseConsumer, BenchError> {
+    Ok(hermet_kafka::client_config(brokers, "hermet-bench-peers")
+        // Partitions are assigned by hand; nothing is committed.
+        .set("group.id", "hermet-bench-peers")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .map_err(hermet_kafka::KafkaError::from)?)
+}
+
+/// End offsets of every partition of `topics` (one ListOffsets request).
+fn end_offsets(c: &BaseConsumer, topics: &Topics) -> Result<Offsets, BenchError> {
+    let mut tpl = TopicPartitionList::new();
+    for t in &topics.names {
+        for p in 0..topics.partitions {
+            tpl.add_partition_offset(t, p, Offset::End)
+                .map_err(hermet_kafka::KafkaError::from)?;
+        }
+    }
+    let out = c
+        .offsets_for_times(tpl, Duration::from_secs(10))
+        .map_err(hermet_kafka::KafkaError::from)?;
+    let mut m = Offsets::new();
+    for e in out.elements() {
+        let off = match e.offset() {
+            Offset::Offset(o) => o,
+            // A partition nothing was written to yet.
+            _ => 0,
+        };
+        m.insert((e.topic().to_owned(), e.partition()), off);
+    }
+    Ok(m)
+}
+
+fn total(o: &Offsets) -> i64 {
+    o.values().sum()
+}
+
+fn parse_event(table: &str, key: &[u8], payload: &[u8], kafka_ms: i64) -> Option<Event> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let source = v.get("source")?;
+    let column = match table {
+        "users" => Some("profile_ver"),
+        "channels" => Some("last_seq"),
+        _ => None,
+    };
+    let version = column
+        .and_then(|c| v.get("after").and_then(|a| a.get(c)))
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0);
+    Some(Event {
+        table: table.to_owned(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        lsn: source.get("lsn")?.as_i64()?,
+        version,
+        commit_ms: source.get("ts_ms")?.as_i64()?,
+        kafka_ms,
+    })
+}
+
+/// Reads `topics` from `from` (blocking) until `done(events)` holds with every partition read to
+/// its end, or nothing new arrived for `idle`.
+fn read_events(
+    brokers: &str,
+    topics: &Topics,
+    from: &Offsets,
+    idle: Duration,
+    done: &dyn Fn(&[Event]) -> bool,
+) -> Result<Vec<Event>, BenchError> {
+    let c = consumer(brokers)?;
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in from {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+            .map_err(hermet_kafka::KafkaError::from)?;
+    }
+    c.assign(&tpl).map_err(hermet_kafka::KafkaError::from)?;
+    let mut events = Vec::new();
+    let mut position: Offsets = from.clone();
+    let mut last_new = Instant::now();
+    let mut ends = end_offsets(&c, topics)?;
+    let mut malformed = 0u64;
+    loop {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_new = Instant::now();
+                position.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+                // Tombstones and hermet's watermark markers carry no value.
+                if let (Some(payload), Some(table)) = (m.payload(), topics.table_of(m.topic())) {
+                    let ts = m.timestamp().to_millis().unwrap_or(0);
+                    match parse_event(table, m.key().unwrap_or_default(), payload, ts) {
+                        Some(e) => events.push(e),
+                        None => malformed += 1,
+                    }
+                }
+                continue;
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "bench peers: consumer error");
+            }
+            None => {}
+        }
+        let caught_up = ends
+            .iter()
+            .all(|(k, end)| position.get(k).copied().unwrap_or(0) >= *end);
+        if caught_up {
+            if done(&events) {
+                break;
+            }
+            ends = end_offsets(&c, topics)?;
+        }
+        if last_new.elapsed() > idle {
+            break;
+        }
+    }
+    if malformed > 0 {
+        tracing::warn!(
+            malformed,
+            "bench peers: records without a Debezium envelope"
+        );
+    }
+    Ok(events)
+}
+
+async fn read_back(
+    brokers: &str,
+    topics: &Topics,
+    from: &Offsets,
+    idle: Duration,
+    done: impl Fn(&[Event]) -> bool + Send + 'static,
+) -> Result<Vec<Event>, BenchError> {
+    let (brokers, topics, from) = (brokers.to_owned(), topics.clone(), from.clone());
+    tokio::task::spawn_blocking(move || read_events(&brokers, &topics, &from, idle, &done)).await?
+}
+
+async fn offsets_now(brokers: &str, topics: &Topics) -> Result<Offsets, BenchError> {
+    let (brokers, topics) = (brokers.to_owned(), topics.clone());
+    tokio::task::spawn_blocking(move || end_offsets(&consumer(&brokers)?, &topics)).await?
+}
+
+/// Creates the topics with the broker's append time as record timestamp (see the module doc).
+async fn create_topics(brokers: &str, names: &[String], partitions: i32) -> Result<(), BenchError> {
+    use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use hermet_kafka::rdkafka::client::DefaultClientContext;
+    use hermet_kafka::rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> =
+        hermet_kafka::client_config(brokers, "hermet-bench-peers")
+            .create()
+            .map_err(hermet_kafka::KafkaError::from)?;
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|t| {
+            NewTopic::new(t, partitions, TopicReplication::Fixed(1))
+                .set("message.timestamp.type", "LogAppendTime")
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in admin
+        .create_topics(new.iter(), &opts)
+        .await
+        .map_err(hermet_kafka::KafkaError::from)?
+    {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(hermet_kafka::KafkaError::Topic { topic, code }.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn delete_topics(brokers: &str, names: &[String]) -> Result<(), BenchError> {
+    use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+    use hermet_kafka::rdkafka::client::DefaultClientContext;
+    if names.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        hermet_kafka::client_config(brokers, "hermet-bench-peers")
+            .create()
+            .map_err(hermet_kafka::KafkaError::from)?;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    admin
+        .delete_topics(&refs, &opts)
+        .await
+        .map_err(hermet_kafka::KafkaError::from)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------- processes
+
+struct Setup<'a> {
+    env: &'a BenchEnv,
+    opts: &'a BenchOptions,
+    url: &'a str,
+    database: &'a str,
+    tag: &'a str,
+    shards: u32,
+    hermet_bin: &'a Path,
+    script: &'a Path,
+    recvlogical: &'a Path,
+    broker_pid: Option<u32>,
+    rest_port: u16,
+}
+
+/// Names of one peer's slot and topics in one round.
+struct PeerRound {
+    peer: Peer,
+    round: usize,
+    slot: String,
+    template: String,
+    topics: Topics,
+}
+
+impl PeerRound {
+    fn new(s: &Setup<'_>, peer: Peer, round: usize) -> PeerRound {
+        let short = match peer {
+            Peer::Hermet => "hermet",
+            Peer::Debezium => "dbz",
+        };
+        let template = format!("hermet_peers_{}_{round}_{short}.{{table}}.changed", s.tag);
+        PeerRound {
+            peer,
+            round,
+            slot: format!("hp_{}_{round}_{short}", s.tag),
+            topics: Topics {
+                names: TABLES
+                    .iter()
+                    .map(|t| template.replace("{table}", t))
+                    .collect(),
+                partitions: s.opts.partitions,
+            },
+            template,
+        }
+    }
+
+    /// Debezium's `topic.prefix` (its RegexRouter appends `.<table>.changed`).
+    fn prefix(&self) -> String {
+        self.template
+            .trim_end_matches(".{table}.changed")
+            .to_owned()
+    }
+
+    /// Every topic to delete at the end: the table topics, and for Debezium `<prefix>.message`,
+    /// where it writes the logical decoding messages it reads (hermet's relay heartbeats with
+    /// `pg_logical_emit_message`), outside the seed's RegexRouter.
+    fn all_topics(&self) -> Vec<String> {
+        let mut v = self.topics.names.clone();
+        if self.peer == Peer::Debezium {
+            v.push(format!("{}.message", self.prefix()));
+        }
+        v
+    }
+
+    fn spawn(&self, s: &Setup<'_>, fresh: bool) -> Result<RelayProc, BenchError> {
+        match self.peer {
+            Peer::Hermet => RelayProc::spawn(&RelaySpec {
+                bin: s.hermet_bin,
+                database_url: s.url,
+                brokers: &s.env.kafka_brokers,
+                shards: s.shards,
+                slot: &self.slot,
+                topic_template: &self.template,
+                partitions: s.opts.partitions,
+            }),
+            Peer::Debezium => {
+                let mut cmd = Command::new("bash");
+                cmd.arg(s.script)
+                    .arg("run")
+                    .env("HERMET_DATABASE_URL", s.url)
+                    .env("HERMET_KAFKA_BROKERS", &s.env.kafka_brokers)
+                    .env("DBZ_DATABASE", s.database)
+                    .env("DBZ_NAME", format!("bench_{}_{}", s.tag, self.round))
+                    .env("DBZ_TOPIC_PREFIX", self.prefix())
+                    .env("DBZ_SLOT", &self.slot)
+                    .env("DBZ_PUBLICATION", format!("hp_{}_dbz_pub", s.tag))
+                    .env("DBZ_REST_PORT", s.rest_port.to_string())
+                    .env("DBZ_FRESH", if fresh { "1" } else { "0" })
+                    .env(
+                        "DBZ_EXTRA_CONFIG",
+                        s.opts.debezium_config.clone().unwrap_or_default(),
+                    )
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true);
+                RelayProc::spawn_command(cmd, "Debezium (Kafka Connect)")
+            }
+        }
+    }
+}
+
+async fn wait_streaming(p: &mut RelayProc, what: Peer) -> Result<(), BenchError> {
+    let deadline = Instant::now() + STALL;
+    loop {
+        p.check_alive()
+            .map_err(|e| BenchError::Scenario(format!("{what}: {e}")))?;
+        if streaming_at(&p.log).is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Scenario(format!(
+                "{what} did not reach \"streaming\" within {} s; its last lines:\n{}",
+                STALL.as_secs(),
+                tail(&p.log)
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits (up to 30 s) until no walsender holds the slot: PostgreSQL notices a killed client's
+/// connection only when it next writes to it, and a peer restarted before that is refused.
+async fn wait_slot_released(client: &Client, slot: &str) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some((_, Some(pid))) = slot_state(client, slot).await? {
+        if Instant::now() > deadline {
+            return Err(BenchError::Scenario(format!(
+                "slot {slot} is still held by walsender {pid} 30 s after its client was killed"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
+
+/// SIGTERM and wait; Connect exits with 143 after a clean shutdown, so the status is only logged.
+async fn stop(p: RelayProc, what: Peer) -> Result<(), BenchError> {
+    let log = p.log.clone();
+    let status = p.stop().await?;
+    if !status.success() && what == Peer::Hermet {
+        eprintln!(
+            "bench peers: {what} exited with {status} after SIGTERM; its last lines:\n{}",
+            tail(&log)
+        );
+    }
+    Ok(())
+}
+
+fn peak_rss(p: &RelayProc, peak: &mut u64) {
+    if let Some((_, hwm)) = memory_kib(p.pid) {
+        *peak = (*peak).max(hwm);
+    }
+}
+
+// ---------------------------------------------------------------------------------- live load
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct LiveLoad {
+    changes: u64,
+    secs: f64,
+    expect: Expectation,
+    next_message: i64,
+}
+
+/// Commits a transaction every [`TICK`] for `secs` at `rate` changes/s: message inserts (ids from
+/// `next_message`) and `profile_ver` increments of the ring users, half each.
+async fn live_load(
+    url: String,
+    rate: f64,
+    secs: f64,
+    ring: i64,
+    groups: i64,
+    next_message: i64,
+) -> Result<LiveLoad, BenchError> {
+    let mut client = admin_connect(&url).await?;
+    let mut expect = Expectation::default();
+    let ring_ids: Vec<i64> = (1..=ring).collect();
+    let rows = client
+        .query(
+            "SELECT id, profile_ver FROM users WHERE id = ANY($1)",
+            &[&ring_ids],
+        )
+        .await
+        .map_err(db_err("read the ring users"))?;
+    let mut first: HashMap<i64, i64> = rows
+        .iter()
+        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) + 1))
+        .collect();
+    let insert = client
+        .prepare(
+            "INSERT INTO messages (id, channel_id, seq, sender_id, sender_name, msg_type, content, created_at)
+             SELECT g, g % $3::int8 + 1, g, g % $4::int8 + 1, 'live', 'text', 'live message ' || g, $5::int8
+               FROM generate_series($1::int8, $2::int8) g",
+        )
+        .await
+        .map_err(db_err("prepare the live insert"))?;
+    let bump = client
+        .prepare(
+            "UPDATE users SET profile_ver = profile_ver + 1, updated_at = $2
+              WHERE id = ANY($1) RETURNING id, profile_ver",
+        )
+        .await
+        .map_err(db_err("prepare the live update"))?;
+    let mut next = next_message;
+    let mut next_user = 0i64;
+    let mut changes = 0u64;
+    let mut last_ver: HashMap<i64, i64> = HashMap::new();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while started.elapsed().as_secs_f64() < secs {
+        tick.tick().await;
+        // What the schedule owes by now: a late tick (slow commit, busy machine) writes more in
+        // its transaction, so the offered rate holds as long as the database keeps up.
+        let n = (rate * started.elapsed().as_secs_f64()).floor() as i64 - changes as i64;
+        if n <= 0 {
+            continue;
+        }
+        let msgs = n - n / 2;
+        let users: Vec<i64> = (0..n / 2)
+            .map(|i| (next_user + i) % ring.max(1) + 1)
+            .collect();
+        next_user = (next_user + n / 2) % ring.max(1);
+        let now_ms = now_ms();
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_err("live load: begin"))?;
+        let last = next + msgs - 1;
+        tx.execute(&insert, &[&next, &last, &groups, &ring, &now_ms])
+            .await
+            .map_err(db_err("live load: insert messages"))?;
+        let bumped = if users.is_empty() {
+            Vec::new()
+        } else {
+            tx.query(&bump, &[&users, &now_ms])
+                .await
+                .map_err(db_err("live load: update users"))?
+        };
+        tx.commit().await.map_err(db_err("live load: commit"))?;
+        for id in next..=last {
+            expect
+                .keys
+                .insert(("messages".to_owned(), format!("{{\"id\":{id}}}")), (0, 0));
+        }
+        for r in &bumped {
+            let (id, v): (i64, i64) = (r.get(0), r.get(1));
+            let e = last_ver.entry(id).or_insert(v);
+            *e = (*e).max(v);
+        }
+        next = last + 1;
+        changes += n as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for (id, last) in last_ver {
+        let first = first.remove(&id).unwrap_or(last);
+        expect.keys.insert(
+            ("users".to_owned(), format!("{{\"id\":{id}}}")),
+            (first, last),
+        );
+    }
+    Ok(LiveLoad {
+        changes,
+        secs,
+        expect,
+        next_message: next,
+    })
+}
+
+fn all_found(expect: &Expectation) -> impl Fn(&[Event]) -> bool + Send + 'static {
+    let expect = expect.clone();
+    move |events: &[Event]| check_live(&expect, events).0.missing == 0
+}
+
+// ---------------------------------------------------------------------------------- a peer's turn
+
+struct Ctx<'a> {
+    s: &'a Setup<'a>,
+    ring: i64,
+    groups: i64,
+    next_message: i64,
+}
+
+/// Drain, latency loads and crash of one peer.
+async fn peer_turn(
+    ctx: &mut Ctx<'_>,
+    client: &Client,
+    pr: &PeerRound,
+    backlog_rows: u64,
+    end_lsn: u64,
+    backlog_end_ms: i64,
+) -> Result<PeerStats, BenchError> {
+    let s = ctx.s;
+    let brokers = &s.env.kafka_brokers;
+    let mut stats = PeerStats::default();
+    let mut peak = 0u64;
+
+    // ---- drain
+    let from = offsets_now(brokers, &pr.topics).await?;
+    let base = total(&from);
+    let probe = consumer(brokers)?;
+    let broker_start = s.broker_pid.and_then(cpu_secs);
+    let mut p = pr.spawn(s, false)?;
+    let cpu_start = cpu_secs(p.pid);
+    let mut cpu_last = cpu_start;
+    let mut walsender = CpuTracker::default();
+    let mut progress_at = Instant::now();
+    let mut last_progress = 0u64;
+    let mut cpu_at_stream: Option<f64> = None;
+    // When the first change reached Kafka (Debezium) or was confirmed (hermet): the start-up
+    // time is the earlier of this and the "streaming" log line, whichever the peer showed first.
+    let mut first_progress: Option<f64> = None;
+    let mut baseline: Option<u64> = None;
+    let drain_secs = loop {
+        if cpu_at_stream.is_none() && streaming_at(&p.log).is_some() {
+            cpu_at_stream = cpu_secs(p.pid);
+        }
+        p.check_alive()
+            .map_err(|e| BenchError::Scenario(format!("{}: {e}", pr.peer)))?;
+        peak_rss(&p, &mut peak);
+        if let Some(c) = cpu_secs(p.pid) {
+            cpu_last = Some(c);
+        }
+        let state = slot_state(client, &pr.slot).await?;
+        if let Some((_, Some(pid))) = state {
+            walsender.sample(pid as u32);
+        }
+        let progress = match pr.peer {
+            Peer::Hermet => state.map_or(0, |(confirmed, _)| confirmed),
+            // Records on Kafka: the topics hold nothing but this drain's records.
+            Peer::Debezium => {
+                let ends = tokio::task::block_in_place(|| end_offsets(&probe, &pr.topics))?;
+                (total(&ends) - base).max(0) as u64
+            }
+        };
+        let target = match pr.peer {
+            Peer::Hermet => end_lsn,
+            Peer::Debezium => backlog_rows,
+        };
+        if progress >= target {
+            break p.spawned.elapsed().as_secs_f64();
+        }
+        let start = *baseline.get_or_insert(progress);
+        if first_progress.is_none() && progress > start {
+            first_progress = Some(p.spawned.elapsed().as_secs_f64());
+        }
+        if progress > last_progress {
+            last_progress = progress;
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() > STALL {
+            return Err(BenchError::Scenario(format!(
+                "{} made no progress for {} s draining the backlog; its last lines:\n{}",
+                pr.peer,
+                STALL.as_secs(),
+                tail(&p.log)
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    drop(probe);
+    peak_rss(&p, &mut peak);
+    stats.drain_secs = drain_secs;
+    stats.startup_secs = streaming_at(&p.log)
+        .map(|t| t.duration_since(p.spawned).as_secs_f64())
+        .into_iter()
+        .chain(first_progress)
+        .fold(drain_secs, f64::min);
+    stats.drain_rows_per_s = backlog_rows as f64 / drain_secs.max(1e-9);
+    stats.drain_stream_rows_per_s =
+        backlog_rows as f64 / (drain_secs - stats.startup_secs).max(1e-9);
+    stats.drain_cpu_secs = cpu_start.zip(cpu_last).map(|(a, b)| b - a);
+    stats.drain_cpu_per_100k = stats
+        .drain_cpu_secs
+        .map(|c| c / backlog_rows.max(1) as f64 * 100_000.0);
+    stats.drain_stream_cpu_per_100k = cpu_at_stream
+        .zip(cpu_last)
+        .map(|(a, b)| (b - a) / backlog_rows.max(1) as f64 * 100_000.0);
+    stats.walsender_cpu_secs = walsender.used();
+    stats.broker_cpu_secs = broker_start
+        .zip(s.broker_pid.and_then(cpu_secs))
+        .map(|(a, b)| b - a);
+    eprintln!(
+        "bench peers: round {}: {} drained {} rows in {:.2} s (start {:.2} s): {:.0} rows/s, \
+         CPU {:.2} s, peak RSS {:.1} MiB; reading back",
+        pr.round,
+        pr.peer,
+        backlog_rows,
+        drain_secs,
+        stats.startup_secs,
+        stats.drain_rows_per_s,
+        stats.drain_cpu_secs.unwrap_or(0.0),
+        peak as f64 / 1024.0
+    );
+    // Only the backlog's changes (committed before `write_backlog` returned): a peer draining
+    // second also streams, after the backlog, what the first one's loads wrote.
+    let want = backlog_rows as usize;
+    let end = backlog_end_ms;
+    let mut events = read_back(brokers, &pr.topics, &from, READ_IDLE, move |e| {
+        e.iter().filter(|x| x.commit_ms <= end).count() >= want
+    })
+    .await?;
+    let read = events.len();
+    events.retain(|x| x.commit_ms <= end);
+    let (check, digest) = check_drain(backlog_rows, &events);
+    if check.missing > 0 || check.duplicates > 0 || check.out_of_order > 0 {
+        eprintln!(
+            "bench peers: round {}: {} backlog check failed: read {read} records, {} committed \
+             by the backlog's end: {check:?}",
+            pr.round,
+            pr.peer,
+            events.len()
+        );
+    }
+    drop(events);
+    stats.drain_check = check;
+    stats.drain_digest = digest;
+
+    // ---- caught up with whatever was written after the backlog (the other peer's loads)
+    let from = offsets_now(brokers, &pr.topics).await?;
+    let sentinel: i64 = client
+        .query_one(
+            "UPDATE users SET profile_ver = profile_ver + 1 WHERE id = 1 RETURNING profile_ver",
+            &[],
+        )
+        .await
+        .map_err(db_err("write the sentinel"))?
+        .get(0);
+    let mut barrier = Expectation::default();
+    barrier.keys.insert(
+        ("users".to_owned(), "{\"id\":1}".to_owned()),
+        (sentinel, sentinel),
+    );
+    read_back(brokers, &pr.topics, &from, STALL, all_found(&barrier)).await?;
+
+    // ---- latency at fixed offered loads
+    for &rate in &s.opts.rates {
+        let from = offsets_now(brokers, &pr.topics).await?;
+        let cpu0 = cpu_secs(p.pid);
+        let load = live_load(
+            s.url.to_owned(),
+            rate,
+            s.opts.live_secs as f64,
+            ctx.ring,
+            ctx.groups,
+            ctx.next_message,
+        )
+        .await?;
+        ctx.next_message = load.next_message;
+        let events = read_back(
+            brokers,
+            &pr.topics,
+            &from,
+            READ_IDLE,
+            all_found(&load.expect),
+        )
+        .await?;
+        let cpu1 = cpu_secs(p.pid);
+        peak_rss(&p, &mut peak);
+        let (check, mut lat) = check_live(&load.expect, &events);
+        lat.sort_unstable();
+        let stat = LatencyStat {
+            offered_per_s: rate,
+            achieved_per_s: load.changes as f64 / load.secs.max(1e-9),
+            changes: load.changes,
+            p50_ms: percentile(&lat, 0.50),
+            p99_ms: percentile(&lat, 0.99),
+            max_ms: lat.last().copied().unwrap_or(0) as f64,
+            cpu_per_100k: cpu0
+                .zip(cpu1)
+                .map(|(a, b)| (b - a) / load.changes.max(1) as f64 * 100_000.0),
+            check,
+        };
+        eprintln!(
+            "bench peers: round {}: {} at {rate}/s offered ({:.0}/s achieved): p50 {:.0} ms, \
+             p99 {:.0} ms, max {:.0} ms; {} missing, {} duplicates, {} out of order",
+            pr.round,
+            pr.peer,
+            stat.achieved_per_s,
+            stat.p50_ms,
+            stat.p99_ms,
+            stat.max_ms,
+            stat.check.missing,
+            stat.check.duplicates,
+            stat.check.out_of_order
+        );
+        stats.latency.push(stat);
+    }
+
+    // ---- crash: SIGKILL halfway through a load, restart on the same slot
+    let from = offsets_now(brokers, &pr.topics).await?;
+    let secs = s.opts.crash_secs as f64;
+    let writer = tokio::spawn(live_load(
+        s.url.to_owned(),
+        s.opts.crash_rate,
+        secs,
+        ctx.ring,
+        ctx.groups,
+        ctx.next_message,
+    ));
+    tokio::time::sleep(Duration::from_secs_f64(secs / 2.0)).await;
+    p.check_alive()
+        .map_err(|e| BenchError::Scenario(format!("{}: {e}", pr.peer)))?;
+    peak_rss(&p, &mut peak);
+    p.child
+        .start_kill()
+        .map_err(io_err(format!("SIGKILL {}", pr.peer)))?;
+    p.child
+        .wait()
+        .await
+        .map_err(io_err(format!("wait for {}", pr.peer)))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_slot_released(client, &pr.slot).await?;
+    let restarted = Instant::now();
+    let mut p = pr.spawn(s, false)?;
+    let load = writer.await??;
+    ctx.next_message = load.next_message;
+    let events = read_back(
+        brokers,
+        &pr.topics,
+        &from,
+        CRASH_READ_IDLE,
+        all_found(&load.expect),
+    )
+    .await?;
+    let recovery_secs = restarted.elapsed().as_secs_f64();
+    p.check_alive()
+        .map_err(|e| BenchError::Scenario(format!("{} after the restart: {e}", pr.peer)))?;
+    peak_rss(&p, &mut peak);
+    let (check, _) = check_live(&load.expect, &events);
+    stats.crash = CrashStat {
+        changes: load.changes,
+        lost: check.missing,
+        duplicates: check.duplicates,
+        out_of_order: check.out_of_order,
+        recovery_secs,
+    };
+    eprintln!(
+        "bench peers: round {}: {} crash: {} changes, {} lost, {} duplicates, {} out of order; \
+         all back {:.1} s after the restart",
+        pr.round,
+        pr.peer,
+        load.changes,
+        check.missing,
+        check.duplicates,
+        check.out_of_order,
+        recovery_secs
+    );
+    stop(p, pr.peer).await?;
+    stats.peak_rss_mib = peak as f64 / 1024.0;
+    Ok(stats)
+}
+
+/// Starts a peer on its fresh slot (snapshot of the empty tables), waits until it streams, stops it.
+///
+/// Debezium stores its position (Connect's offsets file) only with a record it produced: after a
+/// snapshot of empty tables and no change it has none, and its next start takes a new snapshot
+/// of whatever the tables hold then, instead of streaming the backlog from its slot. So, while it
+/// streams, one change it can record is made (a user inserted and deleted in one transaction,
+/// leaving the tables empty), and it is stopped (SIGTERM: Connect commits the offsets) once that
+/// change is on Kafka. hermet is primed after this, on a slot created after that change.
+async fn prime(s: &Setup<'_>, client: &Client, pr: &PeerRound) -> Result<(), BenchError> {
+    let mut p = pr.spawn(s, true)?;
+    wait_streaming(&mut p, pr.peer).await?;
+    if pr.peer == Peer::Debezium {
+        let brokers = &s.env.kafka_brokers;
+        let from = offsets_now(brokers, &pr.topics).await?;
+        client
+            .batch_execute(
+                "BEGIN;
+                 INSERT INTO users (id, nickname, created_at, updated_at) VALUES (-1, 'primer', 0, 0);
+                 DELETE FROM users WHERE id = -1;
+                 COMMIT",
+            )
+            .await
+            .map_err(db_err("write the priming change"))?;
+        let primer = |e: &[Event]| e.iter().any(|x| x.key == "{\"id\":-1}");
+        let events = read_back(brokers, &pr.topics, &from, STALL, primer).await?;
+        if !primer(&events) {
+            return Err(BenchError::Scenario(format!(
+                "{}: the priming change did not reach Kafka within {} s; its last lines:\n{}",
+                pr.peer,
+                STALL.as_secs(),
+                tail(&p.log)
+            )));
+        }
+    }
+    stop(p, pr.peer).await
+}
+
+async fn round(
+    s: &Setup<'_>,
+    client: &mut Client,
+    i: usize,
+    ctx_next: &mut i64,
+    topics: &mut Vec<String>,
+) -> Result<PeersRound, BenchError> {
+    client
+        .batch_execute(&format!("TRUNCATE {} CASCADE", TABLES.join(", ")))
+        .await
+        .map_err(db_err("empty the captured tables"))?;
+    let peers = [
+        PeerRound::new(s, Peer::Hermet, i),
+        PeerRound::new(s, Peer::Debezium, i),
+    ];
+    for pr in &peers {
+        topics.extend(pr.all_topics());
+        create_topics(&s.env.kafka_brokers, &pr.topics.names, s.opts.partitions).await?;
+    }
+    let recv_slot = format!("hp_{}_{i}_recvlogical", s.tag);
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&recv_slot],
+        )
+        .await
+        .map_err(db_err("create the pg_recvlogical slot"))?;
+    // Debezium first: its priming change must come before hermet's slot exists.
+    for pr in peers.iter().rev() {
+        eprintln!(
+            "bench peers: round {i}: priming {} (slot {})",
+            pr.peer, pr.slot
+        );
+        prime(s, client, pr).await?;
+    }
+    let backlog = write_backlog(client, s.opts.rows, s.opts.txn_rows).await?;
+    let backlog_end_ms = now_ms();
+    eprintln!(
+        "bench peers: round {i}: backlog of {} row changes, {:.0} MiB of WAL, written in {:.1} s",
+        backlog.rows,
+        backlog.wal_bytes as f64 / 1048576.0,
+        backlog.secs
+    );
+    client
+        .batch_execute(&format!("VACUUM (ANALYZE) {}", TABLES.join(", ")))
+        .await
+        .map_err(db_err("vacuum the backlog"))?;
+    if let Err(e) = client.batch_execute("CHECKPOINT").await {
+        eprintln!("bench peers: CHECKPOINT failed (not a superuser?), continuing: {e}");
+    }
+    let users: i64 = client
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .map_err(db_err("count users"))?
+        .get(0);
+    let groups: i64 = client
+        .query_one("SELECT count(*) FROM channels", &[])
+        .await
+        .map_err(db_err("count channels"))?
+        .get(0);
+    let max_message: i64 = client
+        .query_one("SELECT coalesce(max(id), 0) FROM messages", &[])
+        .await
+        .map_err(db_err("read the last message id"))?
+        .get(0);
+    let mut ctx = Ctx {
+        s,
+        ring: USER_RING.min(users).max(1),
+        groups: groups.max(1),
+        next_message: (*ctx_next).max(max_message + 1),
+    };
+    let order: [usize; 2] = if i % 2 == 1 { [0, 1] } else { [1, 0] };
+    let mut results: [Option<PeerStats>; 2] = [None, None];
+    let mut recv = None;
+    for (n, &k) in order.iter().enumerate() {
+        results[k] = Some(
+            peer_turn(
+                &mut ctx,
+                client,
+                &peers[k],
+                backlog.rows,
+                backlog.end_lsn,
+                backlog_end_ms,
+            )
+            .await?,
+        );
+        if n == 0 {
+            recv = Some(
+                drain_recvlogical(client, s.recvlogical, s.url, &recv_slot, backlog.end_lsn)
+                    .await?,
+            );
+        }
+    }
+    *ctx_next = ctx.next_message;
+    for pr in &peers {
+        drop_slot(client, &pr.slot).await?;
+    }
+    drop_slot(client, &recv_slot).await?;
+    let [Some(hermet), Some(debezium)] = results else {
+        return Err(BenchError::Internal("a peer did not run".to_owned()));
+    };
+    let recv = recv.ok_or_else(|| BenchError::Internal("pg_recvlogical did not run".to_owned()))?;
+    Ok(PeersRound {
+        round: i.to_string(),
+        rows: backlog.rows,
+        wal_mib: backlog.wal_bytes as f64 / 1048576.0,
+        first: peers[order[0]].peer.to_string(),
+        recvlogical_secs: recv.secs,
+        recvlogical_rows_per_s: backlog.rows as f64 / recv.secs.max(1e-9),
+        same_changes: hermet.drain_digest == debezium.drain_digest,
+        hermet,
+        debezium,
+    })
+}
+
+async fn run_in(s: &Setup<'_>, topics: &mut Vec<String>) -> Result<PeersReport, BenchError> {
+    let mut client = admin_connect(s.url).await?;
+    hermet_store::migrate::migrate(&mut client, s.shards).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            cdc::PUBLICATION,
+            TABLES.join(", ")
+        ))
+        .await
+        .map_err(db_err("create the publication"))?;
+    let server_version: String = client
+        .query_one(
+            "SELECT 'PostgreSQL ' || current_setting('server_version')",
+            &[],
+        )
+        .await
+        .map_err(db_err("read the server version"))?
+        .get(0);
+    let mut rounds = Vec::with_capacity(s.opts.runs);
+    let mut next_message = 0i64;
+    for i in 1..=s.opts.runs {
+        rounds.push(round(s, &mut client, i, &mut next_message, topics).await?);
+    }
+    Ok(PeersReport {
+        params: PeersParams {
+            rows: s.opts.rows,
+            txn_rows: s.opts.txn_rows,
+            partitions: s.opts.partitions,
+            runs: s.opts.runs,
+            rates: s.opts.rates.clone(),
+            live_secs: s.opts.live_secs,
+            crash_rate: s.opts.crash_rate,
+            crash_secs: s.opts.crash_secs,
+            server_version,
+            hermet_bin: s.hermet_bin.display().to_string(),
+            debezium_script: s.script.display().to_string(),
+            debezium_extra_config: s.opts.debezium_config.clone(),
+        },
+        rounds,
+    })
+}
+
+/// `bench/peers/debezium/debezium.sh`, looked for above the working directory, then above the
+/// executable (`target/release/hermet` in a checkout).
+fn find_script() -> Option<PathBuf> {
+    let rel = Path::new("bench/peers/debezium/debezium.sh");
+    let starts = [
+        std::env::current_dir().ok(),
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+    ];
+    for start in starts.into_iter().flatten() {
+        for dir in start.ancestors() {
+            let p = dir.join(rel);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("find a free port"))?;
+    Ok(l.local_addr().map_err(io_err("find a free port"))?.port())
+}
+
+/// Runs `hermet bench peers` (progress on stderr) and returns its report.
+pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<PeersReport, BenchError> {
+    opts.check(crate::Scenario::Peers)?;
+    let hermet_bin = match &env.hermet_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(io_err("find the hermet binary"))?,
+    };
+    let script =
+        match opts.debezium_script.clone().or_else(find_script) {
+            Some(p) => p,
+            None => return Err(BenchError::InvalidOptions(
+                "bench/peers/debezium/debezium.sh not found above the working directory or the \
+                 executable: run from the checkout or pass --debezium-script"
+                    .to_owned(),
+            )),
+        };
+    // Fetch the jars now (once), so no drain is timed with a download in it.
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg("fetch")
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .map_err(io_err(format!("run {} fetch", script.display())))?;
+    if !status.success() {
+        return Err(BenchError::Scenario(format!(
+            "{} fetch failed ({status})",
+            script.display()
+        )));
+    }
+    let recvlogical = opts.pg_recvlogical.clone().unwrap_or_else(find_recvlogical);
+    let shards = opts.shards.unwrap_or(env.shards);
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let name = format!("hermet_bench_{:016x}", rand::random::<u64>());
+    let url = with_dbname(&env.database_url, &name)?;
+    {
+        let admin = admin_connect(&env.database_url).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .map_err(|source| BenchError::Admin {
+                what: "create the scratch database",
+                source,
+            })?;
+    }
+    eprintln!(
+        "bench peers: scratch database {name}, topics hermet_peers_{tag}_<round>_<peer>.<table>.changed, \
+         relay {}, Debezium via {}",
+        hermet_bin.display(),
+        script.display()
+    );
+    let setup = Setup {
+        env,
+        opts,
+        url: &url,
+        database: &name,
+        tag: &tag,
+        shards,
+        hermet_bin: &hermet_bin,
+        script: &script,
+        recvlogical: &recvlogical,
+        broker_pid: env
+            .kafka_brokers
+            .split(',')
+            .next()
+            .and_then(|b| b.rsplit_once(':'))
+            .filter(|(host, _)| ["127.0.0.1", "localhost", "[::1]"].contains(host))
+            .and_then(|(_, port)| port.parse().ok())
+            .and_then(listener_pid),
+        rest_port: free_port()?,
+    };
+    let mut topics = Vec::new();
+    let result = tokio::select! {
+        r = run_in(&setup, &mut topics) => r,
+        _ = tokio::signal::ctrl_c() => Err(BenchError::Interrupted),
+    };
+    // The peers and pg_recvlogical were children of the dropped future: killed on drop. A JVM
+    // needs a moment to let go of its replication connection.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if topics.is_empty() {
+        // Interrupted before the first round recorded its topics: name them all.
+        for i in 1..=opts.runs {
+            for peer in [Peer::Hermet, Peer::Debezium] {
+                topics.extend(PeerRound::new(&setup, peer, i).all_topics());
+            }
+        }
+    }
+    // Connect's offsets and configs of each round.
+    for i in 1..=opts.runs {
+        let cleaned = Command::new("bash")
+            .arg(&script)
+            .arg("clean")
+            .env("DBZ_NAME", format!("bench_{tag}_{i}"))
+            .stdin(Stdio::null())
+            .status()
+            .await;
+        if let Err(e) = cleaned {
+            eprintln!("bench peers: could not delete Debezium's run folder of round {i}: {e}");
+        }
+    }
+    if let Err(e) = delete_topics(&env.kafka_brokers, &topics).await {
+        eprintln!("bench peers: could not delete the topics of the run: {e}");
+    }
+    if let Err(e) = cdc::drop_all_slots(&env.database_url, &name).await {
+        eprintln!("bench peers: could not drop the slots of {name}: {e}");
+    }
+    if opts.keep_database {
+        eprintln!("bench peers: kept database {name} (its slots are dropped)");
+    } else if let Err(e) = drop_database(&env.database_url, &name).await {
+        eprintln!("bench peers: could not drop the scratch database {name}: {e}");
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------------- printing
+
+fn median(v: Vec<f64>) -> f64 {
+    cdc::median(v)
+}
+
+/// `median (min–max)` of a per-round figure.
+fn spread(
+    rounds: &[PeersRound],
+    get: &dyn Fn(&PeersRound) -> Option<f64>,
+    digits: usize,
+) -> (f64, String) {
+    let v: Vec<f64> = rounds.iter().filter_map(get).collect();
+    if v.is_empty() {
+        return (f64::NAN, "-".to_owned());
+    }
+    let m = median(v.clone());
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let s = if v.len() > 1 {
+        format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+    } else {
+        format!("{m:.digits$}")
+    };
+    (m, s)
+}
+
+impl fmt::Display for PeersReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.params;
+        let r = &self.rounds;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "peers: hermet relay vs Debezium (bench/peers/debezium) on Kafka Connect, {} rounds; backlog {} row \
+             changes (transactions of {}), {} partitions per topic; loads {:?} changes/s for {} s; \
+             crash at {}/s for {} s; {}\n",
+            p.runs,
+            cdc::rate(p.rows as f64),
+            cdc::rate(p.txn_rows as f64),
+            p.partitions,
+            p.rates,
+            p.live_secs,
+            p.crash_rate,
+            p.crash_secs,
+            p.server_version
+        );
+        out.push_str(
+            "Medians over the rounds, (min–max) when there are several.\n\n\
+             | figure | hermet | Debezium | hermet / Debezium | better |\n|---|--:|--:|--:|---|\n",
+        );
+        type Get = Box<dyn Fn(&PeerStats) -> Option<f64>>;
+        let mut row = |name: &str, get: Get, digits: usize, higher_better: bool| {
+            let (h, hs) = spread(r, &|x| get(&x.hermet), digits);
+            let (d, ds) = spread(r, &|x| get(&x.debezium), digits);
+            let ratio = if d.is_finite() && d != 0.0 && h.is_finite() {
+                format!("{:.2}", h / d)
+            } else {
+                "-".to_owned()
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {hs} | {ds} | {ratio} | {} |",
+                if higher_better { "higher" } else { "lower" }
+            );
+        };
+        row(
+            "backlog drain, rows/s (incl. process start)",
+            Box::new(|s| Some(s.drain_rows_per_s)),
+            0,
+            true,
+        );
+        row(
+            "backlog drain, rows/s after start",
+            Box::new(|s| Some(s.drain_stream_rows_per_s)),
+            0,
+            true,
+        );
+        row(
+            "backlog drain, s",
+            Box::new(|s| Some(s.drain_secs)),
+            2,
+            false,
+        );
+        row(
+            "process start until streaming, s",
+            Box::new(|s| Some(s.startup_secs)),
+            2,
+            false,
+        );
+        for (k, rate) in p.rates.iter().enumerate() {
+            row(
+                &format!("latency p50 ms at {rate}/s"),
+                Box::new(move |s| s.latency.get(k).map(|l| l.p50_ms)),
+                0,
+                false,
+            );
+            row(
+                &format!("latency p99 ms at {rate}/s"),
+                Box::new(move |s| s.latency.get(k).map(|l| l.p99_ms)),
+                0,
+                false,
+            );
+            row(
+                &format!("achieved changes/s at {rate}/s"),
+                Box::new(move |s| s.latency.get(k).map(|l| l.achieved_per_s)),
+                0,
+                true,
+            );
+            row(
+                &format!("CPU s per 100k changes at {rate}/s"),
+                Box::new(move |s| s.latency.get(k).and_then(|l| l.cpu_per_100k)),
+                2,
+                false,
+            );
+        }
+        row("peak RSS MiB", Box::new(|s| Some(s.peak_rss_mib)), 1, false);
+        row(
+            "CPU s per 100k changes (drain, incl. start)",
+            Box::new(|s| s.drain_cpu_per_100k),
+            2,
+            false,
+        );
+        row(
+            "CPU s per 100k changes (drain, after start)",
+            Box::new(|s| s.drain_stream_cpu_per_100k),
+            2,
+            false,
+        );
+        row(
+            "walsender CPU s (drain)",
+            Box::new(|s| s.walsender_cpu_secs),
+            2,
+            false,
+        );
+        row(
+            "broker CPU s (drain)",
+            Box::new(|s| s.broker_cpu_secs),
+            2,
+            false,
+        );
+        row(
+            "crash: changes lost",
+            Box::new(|s| Some(s.crash.lost as f64)),
+            0,
+            false,
+        );
+        row(
+            "crash: duplicates",
+            Box::new(|s| Some(s.crash.duplicates as f64)),
+            0,
+            false,
+        );
+        row(
+            "crash: all back after restart, s",
+            Box::new(|s| Some(s.crash.recovery_secs)),
+            1,
+            false,
+        );
+        let (_, rls) = spread(r, &|x| Some(x.recvlogical_rows_per_s), 0);
+        let _ = writeln!(
+            out,
+            "| pg_recvlogical drain, rows/s (ceiling, same backlog) | {rls} | {rls} | - | - |"
+        );
+
+        out.push_str("\nCorrectness, summed over the rounds (drain: by count and version; loads and crash: every committed change):\n\n\
+                      | peer | drain missing / duplicates / out of order | loads expected / missing / duplicates / out of order | crash changes / lost / duplicates / out of order |\n|---|---|---|---|\n");
+        for (name, get) in [
+            (
+                "hermet",
+                Box::new(|x: &PeersRound| x.hermet.clone())
+                    as Box<dyn Fn(&PeersRound) -> PeerStats>,
+            ),
+            ("Debezium", Box::new(|x: &PeersRound| x.debezium.clone())),
+        ] {
+            let mut drain = Check::default();
+            let mut live = Check::default();
+            let mut crash = CrashStat::default();
+            for x in r {
+                let s = get(x);
+                drain.add(&s.drain_check);
+                for l in &s.latency {
+                    live.add(&l.check);
+                }
+                crash.changes += s.crash.changes;
+                crash.lost += s.crash.lost;
+                crash.duplicates += s.crash.duplicates;
+                crash.out_of_order += s.crash.out_of_order;
+            }
+            let _ = writeln!(
+                out,
+                "| {name} | {} / {} / {} | {} / {} / {} / {} | {} / {} / {} / {} |",
+                drain.missing,
+                drain.duplicates,
+                drain.out_of_order,
+                live.expected,
+                live.missing,
+                live.duplicates,
+                live.out_of_order,
+                crash.changes,
+                crash.lost,
+                crash.duplicates,
+                crash.out_of_order
+            );
+        }
+        let same = r.iter().filter(|x| x.same_changes).count();
+        let _ = writeln!(
+            out,
+            "\nSame (table, key, version) set from both peers for the backlog: {same} of {} rounds.",
+            r.len()
+        );
+        out.push_str("\nPer round:\n\n| round | first | rows | WAL MiB | pg_recvlogical rows/s | hermet rows/s | Debezium rows/s | hermet RSS MiB | Debezium RSS MiB |\n|---|---|--:|--:|--:|--:|--:|--:|--:|\n");
+        for x in r {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} |",
+                x.round,
+                x.first,
+                cdc::rate(x.rows as f64),
+                x.wal_mib,
+                cdc::rate(x.recvlogical_rows_per_s),
+                cdc::rate(x.hermet.drain_rows_per_s),
+                cdc::rate(x.debezium.drain_rows_per_s),
+                x.hermet.peak_rss_mib,
+                x.debezium.peak_rss_mib
+            );
+        }
+        f.write_str(out.trim_end())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(table: &str, id: i64, version: i64, lsn: i64) -> Event {
+        Event {
+            table: table.to_owned(),
+            key: format!("{{\"id\":{id}}}"),
+            lsn,
+            version,
+            commit_ms: 1000,
+            kafka_ms: 1000 + lsn,
+        }
+    }
+
+    fn expect(entries: &[(&str, i64, i64, i64)]) -> Expectation {
+        let mut e = Expectation::default();
+        for &(t, id, a, b) in entries {
+            e.keys
+                .insert((t.to_owned(), format!("{{\"id\":{id}}}")), (a, b));
+        }
+        e
+    }
+
+    #[test]
+    fn live_check_passes_complete_ordered_input() {
+        let x = expect(&[("users", 1, 3, 5), ("messages", 7, 0, 0)]);
+        let events = vec![
+            ev("users", 1, 2, 1), // an earlier load's change: ignored
+            ev("users", 1, 3, 2),
+            ev("messages", 7, 0, 3),
+            ev("users", 1, 4, 4),
+            ev("users", 1, 5, 5),
+            ev("messages", 8, 0, 6), // not expected here: ignored
+        ];
+        let (c, lat) = check_live(&x, &events);
+        assert_eq!(
+            c,
+            Check {
+                expected: 4,
+                found: 4,
+                missing: 0,
+                duplicates: 0,
+                out_of_order: 0
+            }
+        );
+        assert_eq!(lat, vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn live_check_catches_missing_reordered_and_duplicated_changes() {
+        let x = expect(&[
+            ("users", 1, 1, 4),
+            ("messages", 7, 0, 0),
+            ("messages", 9, 0, 0),
+        ]);
+        let events = vec![
+            ev("users", 1, 1, 1),
+            ev("users", 1, 3, 3), // before 2: 2 is reordered
+            ev("users", 1, 2, 2),
+            ev("messages", 7, 0, 5),
+            ev("users", 1, 1, 1), // replay after a restart
+            ev("messages", 7, 0, 5),
+            // users 4 and message 9 never arrive
+        ];
+        let (c, _) = check_live(&x, &events);
+        assert_eq!(c.expected, 6);
+        assert_eq!(c.found, 4);
+        assert_eq!(c.missing, 2);
+        assert_eq!(c.duplicates, 2);
+        assert_eq!(c.out_of_order, 1);
+    }
+
+    #[test]
+    fn drain_check_counts_and_orders_by_version() {
+        // One LSN for all, as Debezium wrote them catching up: the version names the change.
+        let good = vec![
+            ev("users", 1, 1, 10),
+            ev("users", 2, 1, 10),
+            ev("users", 1, 2, 10),
+        ];
+        let (c, d1) = check_drain(3, &good);
+        assert_eq!((c.missing, c.duplicates, c.out_of_order), (0, 0, 0));
+        // Same changes in another partition interleaving: same digest.
+        let other = vec![
+            ev("users", 2, 1, 10),
+            ev("users", 1, 1, 10),
+            ev("users", 1, 2, 10),
+        ];
+        assert_eq!(check_drain(3, &other).1, d1);
+        // Reordered within a key, one missing, one duplicated.
+        let bad = vec![
+            ev("users", 1, 2, 10),
+            ev("users", 1, 1, 10),
+            ev("users", 1, 1, 10),
+        ];
+        let (c, d2) = check_drain(3, &bad);
+        assert_eq!((c.missing, c.duplicates, c.out_of_order), (1, 1, 1));
+        assert_ne!(d1, d2);
+    }
+
+    #[test]
+    fn events_parse_from_both_envelopes() {
+        // Shapes as written by Debezium 3.6 (JSON converter, no schemas) and by hermet's relay.
+        let dbz = br#"{"before":null,"after":{"id":1,"nickname":"a","profile_ver":4},"source":{"version":"3.6.1.Final","connector":"postgresql","name":"p","ts_ms":1795715768819,"snapshot":"false","db":"d","sequence":"[null,\"15158450904\"]","ts_us":1795715768819188,"schema":"public","table":"users","txId":599400,"lsn":15158450904,"xmin":null},"transaction":null,"op":"u","ts_ms":1795715769311}"#;
+        let e = parse_event("users", br#"{"id":1}"#, dbz, 1795715769449)
+            .unwrap_or_else(|| panic!("Debezium envelope not parsed"));
+        assert_eq!(
+            (e.version, e.lsn, e.commit_ms),
+            (4, 15158450904, 1795715768819)
+        );
+        assert_eq!(e.kafka_ms - e.commit_ms, 630);
+        assert!(parse_event("users", b"{}", b"{\"op\":\"u\"}", 0).is_none());
+    }
+
+    /// The script's connector config is the seed's, routed to the topics the benchmark reads
+    /// (no download: `connector-config` only prints).
+    #[test]
+    fn debezium_script_prints_the_seed_config() {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/peers/debezium/debezium.sh");
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(&script).arg("connector-config");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DBZ_") || k.starts_with("HERMET_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .env(
+                "HERMET_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:55432/ignored",
+            )
+            .env("DBZ_DATABASE", "scratch")
+            .env("DBZ_TOPIC_PREFIX", "hermet_peers_x_1_dbz")
+            .env("DBZ_SLOT", "hp_x_1_dbz")
+            .env("DBZ_EXTRA_CONFIG", "poll.interval.ms=10")
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        let c = &v["config"];
+        let get = |k: &str| c[k].as_str().unwrap_or_else(|| panic!("no {k} in {c}"));
+        assert_eq!(
+            get("connector.class"),
+            "io.debezium.connector.postgresql.PostgresConnector"
+        );
+        assert_eq!(get("plugin.name"), "pgoutput");
+        assert_eq!(get("database.port"), "55432");
+        assert_eq!(get("database.dbname"), "scratch");
+        assert_eq!(get("slot.name"), "hp_x_1_dbz");
+        assert_eq!(get("poll.interval.ms"), "10");
+        let tables: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
+        assert_eq!(get("table.include.list"), tables.join(","));
+        // The seed's RegexRouter, under the run's prefix: the names `PeerRound` reads.
+        assert_eq!(
+            get("transforms.route.type"),
+            "org.apache.kafka.connect.transforms.RegexRouter"
+        );
+        assert_eq!(
+            get("transforms.route.regex"),
+            "hermet_peers_x_1_dbz\\.public\\.(.*)"
+        );
+        assert_eq!(
+            get("transforms.route.replacement"),
+            "hermet_peers_x_1_dbz.$1.changed"
+        );
+        let template = "hermet_peers_x_1_dbz.{table}.changed";
+        assert_eq!(
+            template.trim_end_matches(".{table}.changed"),
+            get("topic.prefix")
+        );
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 51.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}
