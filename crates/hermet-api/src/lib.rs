@@ -31,9 +31,9 @@ use hermet_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use auth::TokenKeys;
-pub use routes::conversations::first_page as conversation_first_page;
 pub use error::ApiError;
 pub use push::Hub;
+pub use routes::conversations::first_page as conversation_first_page;
 
 /// Settings of the API layer.
 #[derive(Clone)]

@@ -896,6 +896,7 @@ async fn rebuild_converges_in_dual_write_and_async_under_load() {
                 idle_wait: Duration::from_millis(20),
                 max_attempts: 5,
                 projection: store_cfg().projection,
+                cache: hermet_core::cache::no_cache(),
             };
             let pool = store.pool().clone();
             let h = tokio::spawn(async move {
