@@ -29,7 +29,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
 
-use crate::{admin_connect, drop_database, with_dbname, BenchEnv, BenchError, BenchOptions};
+use crate::report::{histogram, quantile_ms as ms};
+use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 /// Synthetic conversation rows: user `u` has `4 + (u·37 mod 33)` conversations (4–36, mean 20).
 const SEED_SQL: &str = "
@@ -152,19 +153,6 @@ fn db(what: &str, source: tokio_postgres::Error) -> BenchError {
     }
 }
 
-fn histogram() -> Result<Histogram<u64>, BenchError> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3)
-        .map_err(|e| BenchError::Internal(format!("histogram: {e}")))
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    if h.is_empty() {
-        0.0
-    } else {
-        h.value_at_quantile(q) as f64 / 1000.0
-    }
-}
-
 /// Runs the scenario in a scratch database (dropped afterwards unless `--keep-database`).
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<CacheReport, BenchError> {
     let readers = opts.concurrency.unwrap_or(50);
@@ -180,16 +168,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<CacheReport, Ben
         ));
     }
     let shards = opts.shards.unwrap_or(env.shards);
-    let name = format!("hermet_bench_{:016x}", rand::random::<u64>());
-    let url = with_dbname(&env.database_url, &name)?;
-    admin_connect(&env.database_url)
-        .await?
-        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .map_err(|source| BenchError::Admin {
-            what: "create the scratch database",
-            source,
-        })?;
+    let (name, url) = crate::create_scratch_database(env).await?;
     eprintln!("bench cache: scratch database {name}");
     let r = tokio::select! {
         r = run_in(env, opts, &url, shards, readers) => r,

@@ -37,7 +37,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio_postgres::Client;
 
-use crate::{admin_connect, drop_database, with_dbname, BenchEnv, BenchError, BenchOptions};
+use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 /// The captured write-side tables.
 pub(crate) const TABLES: [&str; 5] = [
@@ -1185,18 +1185,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<CdcReport, Bench
     let recvlogical = opts.pg_recvlogical.clone().unwrap_or_else(find_recvlogical);
     let shards = opts.shards.unwrap_or(env.shards);
     let tag = format!("{:08x}", rand::random::<u32>());
-    let name = format!("hermet_bench_{:016x}", rand::random::<u64>());
-    let url = with_dbname(&env.database_url, &name)?;
-    {
-        let admin = admin_connect(&env.database_url).await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .map_err(|source| BenchError::Admin {
-                what: "create the scratch database",
-                source,
-            })?;
-    }
+    let (name, url) = crate::create_scratch_database(env).await?;
     eprintln!(
         "bench cdc: scratch database {name}, topics hermet_bench_{tag}_<round>.<table>, \
          relay {}, {}",

@@ -422,18 +422,7 @@ pub async fn run(
     let plan = Plan::generate(&spec)?;
     let shards = opts.shards.unwrap_or(env.shards);
 
-    let name = format!("hermet_bench_{:016x}", rand::random::<u64>());
-    let url = with_dbname(&env.database_url, &name)?;
-    {
-        let admin = admin_connect(&env.database_url).await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .map_err(|source| BenchError::Admin {
-                what: "create the scratch database",
-                source,
-            })?;
-    }
+    let (name, url) = create_scratch_database(env).await?;
     eprintln!("bench {scenario}: scratch database {name}");
     let result = tokio::select! {
         r = run_in(&url, scenario, opts, plan, shards) => r,
@@ -459,61 +448,64 @@ pub async fn run_and_print(
     scenario: Scenario,
     opts: &BenchOptions,
 ) -> Result<(), BenchError> {
-    if scenario == Scenario::Modes {
-        opts.check(scenario)?;
-        let report = modes::run(env, opts).await?;
-        if opts.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!("{report}");
+    match scenario {
+        Scenario::Modes => {
+            opts.check(scenario)?;
+            print_report(&modes::run(env, opts).await?, opts.json)
         }
-        return Ok(());
-    }
-    if scenario == Scenario::Cache {
-        let report = cache::run(env, opts).await?;
-        if opts.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!("{report}");
+        Scenario::Cache => print_report(&cache::run(env, opts).await?, opts.json),
+        Scenario::Rebuild => print_report(&rebuild::run(env, opts).await?, opts.json),
+        Scenario::Peers => print_report(&peers::run(env, opts).await?, opts.json),
+        Scenario::Cdc => print_report(&cdc::run(env, opts).await?, opts.json),
+        Scenario::Send | Scenario::List => {
+            let report = run(env, scenario, opts).await?;
+            if opts.json {
+                println!("{}", report.to_json()?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
         }
-        return Ok(());
     }
-    if scenario == Scenario::Rebuild {
-        let report = rebuild::run(env, opts).await?;
-        if opts.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!("{report}");
-        }
-        return Ok(());
-    }
-    if scenario == Scenario::Peers {
-        let report = peers::run(env, opts).await?;
-        if opts.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!("{report}");
-        }
-        return Ok(());
-    }
-    if scenario == Scenario::Cdc {
-        let report = cdc::run(env, opts).await?;
-        if opts.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!("{report}");
-        }
-        return Ok(());
-    }
-    let report = run(env, scenario, opts).await?;
-    if opts.json {
-        println!("{}", report.to_json()?);
+}
+
+/// Prints a scenario's own report: Markdown, or JSON with `--json`.
+fn print_report<R: Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> Result<(), BenchError> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         println!("{report}");
     }
     Ok(())
 }
 
+/// Creates a scratch database with a random name on the server of `env`; returns its name and
+/// URL. The caller drops it (unless `--keep-database`).
+pub(crate) async fn create_scratch_database(
+    env: &BenchEnv,
+) -> Result<(String, String), BenchError> {
+    create_named_database(env, format!("hermet_bench_{:016x}", rand::random::<u64>())).await
+}
+
+/// [`create_scratch_database`] with a name of the caller's.
+pub(crate) async fn create_named_database(
+    env: &BenchEnv,
+    name: String,
+) -> Result<(String, String), BenchError> {
+    let url = with_dbname(&env.database_url, &name)?;
+    admin_connect(&env.database_url)
+        .await?
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .map_err(|source| BenchError::Admin {
+            what: "create the scratch database",
+            source,
+        })?;
+    Ok((name, url))
+}
 async fn run_in(
     url: &str,
     scenario: Scenario,

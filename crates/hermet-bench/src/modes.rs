@@ -33,8 +33,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::report::{histogram, quantile_ms as ms};
 use crate::workload::{self, Op, Plan, PopulateOptions};
-use crate::{admin_connect, drop_database, with_dbname, BenchEnv, BenchError, BenchOptions};
+use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 const SAMPLE_EVERY: u64 = 10;
 const POLL: Duration = Duration::from_millis(2);
@@ -136,19 +137,6 @@ impl fmt::Display for ModesReport {
             );
         }
         f.write_str(&out)
-    }
-}
-
-fn histogram() -> Result<Histogram<u64>, BenchError> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3)
-        .map_err(|e| BenchError::Internal(format!("histogram: {e}")))
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    if h.is_empty() {
-        0.0
-    } else {
-        h.value_at_quantile(q) as f64 / 1000.0
     }
 }
 
@@ -765,16 +753,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, Ben
     let mut projector = None;
     for mode in [SyncMode::DualWrite, SyncMode::Async, SyncMode::Cdc] {
         let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        let name = format!("hermet_bench_{tag}");
-        let url = with_dbname(&env.database_url, &name)?;
-        admin_connect(&env.database_url)
-            .await?
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .map_err(|source| BenchError::Admin {
-                what: "create the scratch database",
-                source,
-            })?;
+        let (name, url) = crate::create_named_database(env, format!("hermet_bench_{tag}")).await?;
         eprintln!("bench modes {}: scratch database {name}", mode.as_str());
         let r = tokio::select! {
             r = run_mode(env, opts, mode, Arc::clone(&plan), shards, &url, &tag) => r,

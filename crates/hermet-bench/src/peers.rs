@@ -65,7 +65,7 @@ use crate::cdc::{
     memory_kib, slot_state, streaming_at, tail, write_backlog, CpuTracker, RelayProc, RelaySpec,
     POLL, STALL, TABLES,
 };
-use crate::{admin_connect, drop_database, with_dbname, BenchEnv, BenchError, BenchOptions};
+use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 /// Users whose `profile_ver` the live writer increments (ids 1..=this, capped by the backlog's
 /// user count).
@@ -1344,18 +1344,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<PeersReport, Ben
     let recvlogical = opts.pg_recvlogical.clone().unwrap_or_else(find_recvlogical);
     let shards = opts.shards.unwrap_or(env.shards);
     let tag = format!("{:08x}", rand::random::<u32>());
-    let name = format!("hermet_bench_{:016x}", rand::random::<u64>());
-    let url = with_dbname(&env.database_url, &name)?;
-    {
-        let admin = admin_connect(&env.database_url).await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .map_err(|source| BenchError::Admin {
-                what: "create the scratch database",
-                source,
-            })?;
-    }
+    let (name, url) = crate::create_scratch_database(env).await?;
     eprintln!(
         "bench peers: scratch database {name}, topics hermet_peers_{tag}_<round>_<peer>.<table>.changed, \
          relay {}, Debezium via {}",

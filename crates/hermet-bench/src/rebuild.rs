@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::{admin_connect, drop_database, with_dbname, BenchEnv, BenchError, BenchOptions};
+use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 /// Members of each seeded group.
 const GROUP_SIZE: i64 = 20;
@@ -175,16 +175,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<RebuildBenchRepo
     let pairs = ((opts.mean_friends / 2.0).round() as i64).clamp(1, users / 2 - 1);
     let groups = opts.groups.map_or(users / 10, |g| g as i64);
     let shards = opts.shards.unwrap_or(env.shards);
-    let name = format!("hermet_bench_{:016x}", rand::random::<u64>());
-    let url = with_dbname(&env.database_url, &name)?;
-    admin_connect(&env.database_url)
-        .await?
-        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .map_err(|source| BenchError::Admin {
-            what: "create the scratch database",
-            source,
-        })?;
+    let (name, url) = crate::create_scratch_database(env).await?;
     eprintln!("bench rebuild: scratch database {name}");
     let result = run_in(&url, users, pairs, groups, shards, opts).await;
     if opts.keep_database {

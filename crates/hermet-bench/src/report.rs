@@ -4,7 +4,22 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
-use crate::Scenario;
+use crate::{BenchError, Scenario};
+
+/// A latency histogram in microseconds, 1 µs to 1 h, 3 significant digits.
+pub(crate) fn histogram() -> Result<hdrhistogram::Histogram<u64>, BenchError> {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| BenchError::Internal(format!("histogram: {e}")))
+}
+
+/// The `q` quantile of a microsecond histogram, in milliseconds (0 when empty).
+pub(crate) fn quantile_ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

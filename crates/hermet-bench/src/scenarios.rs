@@ -16,7 +16,7 @@ use hermet_store::commands::ProfilePatch;
 use hermet_store::{Store, StoreError};
 use tokio::task::JoinSet;
 
-use crate::report::{Latency, RunStats};
+use crate::report::{histogram, Latency, RunStats};
 use crate::workload::{self, Op, OpMix, Plan, Population};
 use crate::BenchError;
 
@@ -155,12 +155,6 @@ struct WorkerStats {
     errors: u64,
     retries: u64,
     error_samples: Vec<String>,
-}
-
-fn histogram() -> Result<Histogram<u64>, BenchError> {
-    // Microseconds, 1 µs to 1 h, 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3)
-        .map_err(|e| BenchError::Internal(format!("histogram: {e}")))
 }
 
 async fn worker(
