@@ -14,9 +14,10 @@
 //! (`SERIAL`). Waits are bounded and generous; nothing asserts timing. Needs
 //! `HERMET_DATABASE_URL` and `HERMET_KAFKA_BROKERS` (`eval "$(scripts/services.sh env)"`).
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::*;
+
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,370 +25,16 @@ use std::time::{Duration, Instant};
 use hermet_core::projection::ProjectionConfig;
 use hermet_core::validate::Limits;
 use hermet_core::Lsn;
-use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
-use hermet_kafka::rdkafka::client::DefaultClientContext;
 use hermet_store::oracle::EXPECTED_CONVERSATIONS;
 use hermet_store::{Store, StoreConfig, SyncMode};
 use hermet_testkit::workload;
-use hermet_testkit::{TestDb, TEST_SECRET, TEST_SHARDS};
+use hermet_testkit::{TestDb, TEST_SECRET};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 /// Tests with a replication slot run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const TABLES: [&str; 5] = [
-    "users",
-    "channels",
-    "channel_members",
-    "friendships",
-    "messages",
-];
-const PARTITIONS: i32 = 2;
-const PREVIEW: usize = 5;
-/// Bound of every wait (a restarted projector waits for the killed member's session to end).
-const WAIT: Duration = Duration::from_secs(180);
-const GROUPS: [&str; 2] = ["conversation-view-updater", "contact-view-updater"];
-
-fn brokers() -> String {
-    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// A `hermet` process whose output goes to a log file.
-struct Proc {
-    what: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(what: &str, args: &[&str], env: &[(String, String)], log: PathBuf) -> Proc {
-        let out = File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hermet"));
-        cmd.args(args)
-            .env_remove("HERMET_CONFIG")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        Proc {
-            what: what.to_owned(),
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "--- {} log {:?} (tail) ---\n{}",
-            self.what,
-            self.log,
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
-    }
-
-    fn assert_running(&mut self) {
-        let child = self.child.as_mut().expect("started");
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            panic!("{} exited ({status})\n{}", self.what, self.tail());
-        }
-    }
-
-    /// SIGKILL (`Child::kill` on Unix) and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM; the process must exit cleanly.
-    async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                assert!(
-                    status.success(),
-                    "{} exited with {status} on SIGTERM\n{}",
-                    self.what,
-                    self.tail()
-                );
-                return;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("{} ignored SIGTERM\n{}", self.what, self.tail());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("{} log kept: {:?}", self.what, self.log);
-        } else {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
-
-/// A test's names (slot, publication, topics, groups) and its processes. Declare it after
-/// the [`TestDb`], so it is dropped (and the slot with it) first.
-struct Pipeline {
-    url: String,
-    tag: String,
-    procs: Vec<Proc>,
-    starts: usize,
-}
-
-impl Pipeline {
-    fn new(db: &TestDb) -> Pipeline {
-        Pipeline {
-            url: db.url.clone(),
-            tag: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
-            procs: Vec::new(),
-            starts: 0,
-        }
-    }
-
-    fn slot(&self) -> String {
-        format!("pp_{}", self.tag)
-    }
-
-    fn prefix(&self) -> String {
-        format!("pp{}", self.tag)
-    }
-
-    fn group_prefix(&self) -> String {
-        format!("{}-", self.prefix())
-    }
-
-    fn topics(&self) -> Vec<String> {
-        TABLES
-            .iter()
-            .map(|t| format!("{}.{t}.changed", self.prefix()))
-            .collect()
-    }
-
-    fn dlq_topic(&self) -> String {
-        format!("{}.dlq", self.prefix())
-    }
-
-    /// The environment of every process of this pipeline.
-    fn env(&self) -> Vec<(String, String)> {
-        let kv = |k: &str, v: String| (k.to_owned(), v);
-        vec![
-            kv("HERMET_DATABASE_URL", self.url.clone()),
-            kv("HERMET_KAFKA_BROKERS", brokers()),
-            kv("HERMET_SHARDS", TEST_SHARDS.to_string()),
-            kv("HERMET_SYNC_MODE", "cdc".into()),
-            kv("HERMET_READ_SIDE__PREVIEW_CHARS", PREVIEW.to_string()),
-            kv("HERMET_CDC__SLOT", self.slot()),
-            kv("HERMET_CDC__PUBLICATION", format!("pp_pub_{}", self.tag)),
-            kv("HERMET_CDC__TOPIC_PREFIX", self.prefix()),
-            kv(
-                "HERMET_CDC__TOPIC_TEMPLATE",
-                format!("{}.{{table}}.changed", self.prefix()),
-            ),
-            kv("HERMET_CDC__PARTITIONS", PARTITIONS.to_string()),
-            // A quiet slot (and the drain below) moves on within a fraction of a second.
-            kv("HERMET_CDC__HEARTBEAT_MS", "200".into()),
-            kv("HERMET_CDC__WATERMARK_MS", "20".into()),
-            kv("HERMET_PROJECTOR__GROUP_PREFIX", self.group_prefix()),
-            kv("HERMET_PROJECTOR__DLQ_TOPIC", self.dlq_topic()),
-            // Small batches: more commits, so more kills land between apply and offset commit.
-            kv("HERMET_PROJECTOR__BATCH_MAX", "50".into()),
-            // Its own cache keys in the shared Redis.
-            kv("HERMET_REDIS__KEY_PREFIX", self.prefix()),
-            kv("HERMET_AUDIT__INTERVAL_SECS", "1".into()),
-            kv("HERMET_AUDIT__RECHECK_MS", "200".into()),
-        ]
-    }
-
-    fn start(&mut self, what: &str, args: &[&str], extra: &[(String, String)]) -> usize {
-        let log = std::env::temp_dir().join(format!(
-            "hermet-projector-test-{}-{what}-{}.log",
-            self.tag, self.starts
-        ));
-        self.starts += 1;
-        let mut env = self.env();
-        env.extend_from_slice(extra);
-        self.procs.push(Proc::spawn(what, args, &env, log));
-        self.procs.len() - 1
-    }
-
-    /// Waits until the relay recorded its initial snapshot as complete (the topics exist).
-    async fn wait_relay(&mut self, relay: usize) {
-        let client = connect(&self.url).await;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.procs[relay].assert_running();
-            let done = client
-                .query_opt(
-                    "SELECT snapshot_done FROM hermet_cdc_state WHERE slot_name = $1",
-                    &[&self.slot()],
-                )
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.get::<_, bool>(0));
-            if done {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no relay snapshot within {WAIT:?}\n{}",
-                self.procs[relay].tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        hermet_kafka::ensure_topics(&brokers(), &[self.dlq_topic()], 1, 1)
-            .await
-            .expect("dead-letter topic");
-    }
-
-    /// Waits until both projectors cover `lsn` on every partition; `running` must stay up.
-    async fn drain(&mut self, store: &Store, lsn: Lsn, running: &[usize]) {
-        let conn = store.pool().get().await.expect("connection");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            for p in running {
-                self.procs[*p].assert_running();
-            }
-            let mut all = true;
-            for g in GROUPS {
-                all &= hermet_store::sync::covers(
-                    &conn,
-                    SyncMode::Cdc,
-                    &format!("{}{g}", self.group_prefix()),
-                    TABLES.len() as i64 * i64::from(PARTITIONS),
-                    lsn,
-                )
-                .await
-                .expect("covers");
-            }
-            if all {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let tails: Vec<String> = running.iter().map(|p| self.procs[*p].tail()).collect();
-                panic!(
-                    "the projectors did not reach {lsn} within {WAIT:?}\n{}",
-                    tails.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kafka_names(&self) -> (Vec<String>, Vec<String>) {
-        let mut topics = self.topics();
-        topics.push(self.dlq_topic());
-        let groups = GROUPS
-            .iter()
-            .map(|g| format!("{}{g}", self.group_prefix()))
-            .collect();
-        (topics, groups)
-    }
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            p.kill();
-        }
-        let (url, slot, names) = (self.url.clone(), self.slot(), self.kafka_names());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(cleanup(&url, &slot, &names));
-        })
-        .join();
-    }
-}
-
-/// Drops the slot (ending a walsender that still holds it), the topics and the groups.
-async fn cleanup(url: &str, slot: &str, (topics, groups): &(Vec<String>, Vec<String>)) {
-    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let row = client
-                .query_opt(
-                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await;
-            match row {
-                Ok(None) | Err(_) => break,
-                Ok(Some(r)) => match r.get::<_, Option<i32>>(0) {
-                    Some(pid) => {
-                        let _ = client
-                            .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                            .await;
-                    }
-                    None => {
-                        if client
-                            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                            .await
-                            .is_ok()
-                        {
-                            break;
-                        }
-                    }
-                },
-            }
-            if Instant::now() >= deadline {
-                eprintln!("could not drop replication slot {slot}");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        match hermet_kafka::client_config(&brokers(), "hermet-projector-test").create() {
-            Ok(a) => a,
-            Err(_) => return,
-        };
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
-    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_groups(&names, &opts)).await;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&names, &opts)).await;
-}
 
 fn store_cfg() -> StoreConfig {
     StoreConfig {
@@ -451,7 +98,7 @@ async fn load(
 async fn projector_killed_under_load_converges() {
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
-    let mut p = Pipeline::new(&db);
+    let mut p = Pipeline::new(&db, "pp", 50);
     let store = db.store_with(store_cfg());
 
     // Everyone befriends everyone, so most sends and reads succeed from the start.
@@ -572,7 +219,7 @@ fn free_addr() -> String {
 async fn serve_all_in_cdc_mode_reads_your_writes() {
     let _serial = SERIAL.lock().await;
     let db = TestDb::new().await;
-    let mut p = Pipeline::new(&db);
+    let mut p = Pipeline::new(&db, "pp", 50);
     let addr = free_addr();
     let app = p.start(
         "serve",

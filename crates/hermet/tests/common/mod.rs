@@ -1,0 +1,426 @@
+//! Helpers shared by the tests that run `hermet` as child processes (`projector_process.rs`,
+//! `recovery.rs`): a child process with its log, a pipeline's names (slot, publication, topics,
+//! groups) with its processes, and the clean-up that drops them.
+//!
+//! Each test binary uses a different subset, hence `dead_code` is allowed here.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hermet_core::Lsn;
+use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+use hermet_kafka::rdkafka::client::DefaultClientContext;
+use hermet_store::{Store, SyncMode};
+use hermet_testkit::{TestDb, TEST_SECRET, TEST_SHARDS};
+
+pub const TABLES: [&str; 5] = [
+    "users",
+    "channels",
+    "channel_members",
+    "friendships",
+    "messages",
+];
+pub const PARTITIONS: i32 = 2;
+pub const PREVIEW: usize = 5;
+/// Bound of every wait (a restarted projector waits for the killed member's session to end).
+pub const WAIT: Duration = Duration::from_secs(180);
+pub const GROUPS: [&str; 2] = ["conversation-view-updater", "contact-view-updater"];
+
+pub fn brokers() -> String {
+    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A `hermet` process whose output goes to a log file.
+pub struct Proc {
+    what: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(what: &str, args: &[&str], env: &[(String, String)], log: PathBuf) -> Proc {
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hermet"));
+        cmd.args(args)
+            .env_remove("HERMET_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Proc {
+            what: what.to_owned(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "--- {} log {:?} (tail) ---\n{}",
+            self.what,
+            self.log,
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("started");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("{} exited ({status})\n{}", self.what, self.tail());
+        }
+    }
+
+    /// SIGKILL (`Child::kill` on Unix) and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; the process must exit cleanly.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "{} exited with {status} on SIGTERM\n{}",
+                    self.what,
+                    self.tail()
+                );
+                return;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("{} ignored SIGTERM\n{}", self.what, self.tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("{} log kept: {:?}", self.what, self.log);
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A test's names (slot, publication, topics, groups) and its processes. Declare it after
+/// the [`TestDb`], so it is dropped (and the slot with it) first.
+pub struct Pipeline {
+    url: String,
+    /// Start of every name (`pp`: projector tests, `rc`: recovery tests).
+    kind: &'static str,
+    batch_max: u32,
+    pub tag: String,
+    pub procs: Vec<Proc>,
+    starts: usize,
+}
+
+impl Pipeline {
+    pub fn new(db: &TestDb, kind: &'static str, batch_max: u32) -> Pipeline {
+        Pipeline {
+            url: db.url.clone(),
+            kind,
+            batch_max,
+            tag: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            procs: Vec::new(),
+            starts: 0,
+        }
+    }
+
+    pub fn slot(&self) -> String {
+        format!("{}_{}", self.kind, self.tag)
+    }
+
+    pub fn prefix(&self) -> String {
+        format!("{}{}", self.kind, self.tag)
+    }
+
+    pub fn group_prefix(&self) -> String {
+        format!("{}-", self.prefix())
+    }
+
+    /// The full name of consumer group `g` of this pipeline.
+    pub fn group(&self, g: &str) -> String {
+        format!("{}{g}", self.group_prefix())
+    }
+
+    /// Runs `hermet <args>` to completion with this pipeline's environment.
+    pub async fn admin(&self, args: &[&str]) -> Output {
+        hermet(args, self.env()).await
+    }
+
+    /// Records the groups have not consumed yet, over every partition of the topics.
+    pub async fn group_lag(&self, g: &str) -> i64 {
+        let (group, topics) = (self.group(g), self.topics());
+        tokio::task::spawn_blocking(move || {
+            hermet_projector::replay::group_lag(&brokers(), &group, &topics)
+        })
+        .await
+        .expect("thread")
+        .expect("group lag")
+        .iter()
+        .map(|p| p.lag)
+        .sum()
+    }
+
+    pub fn topics(&self) -> Vec<String> {
+        TABLES
+            .iter()
+            .map(|t| format!("{}.{t}.changed", self.prefix()))
+            .collect()
+    }
+
+    pub fn dlq_topic(&self) -> String {
+        format!("{}.dlq", self.prefix())
+    }
+
+    /// The environment of every process of this pipeline.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let kv = |k: &str, v: String| (k.to_owned(), v);
+        vec![
+            kv("HERMET_DATABASE_URL", self.url.clone()),
+            kv("HERMET_KAFKA_BROKERS", brokers()),
+            kv("HERMET_SHARDS", TEST_SHARDS.to_string()),
+            kv("HERMET_SYNC_MODE", "cdc".into()),
+            kv("HERMET_READ_SIDE__PREVIEW_CHARS", PREVIEW.to_string()),
+            kv("HERMET_CDC__SLOT", self.slot()),
+            kv(
+                "HERMET_CDC__PUBLICATION",
+                format!("{}_pub_{}", self.kind, self.tag),
+            ),
+            kv("HERMET_CDC__TOPIC_PREFIX", self.prefix()),
+            kv(
+                "HERMET_CDC__TOPIC_TEMPLATE",
+                format!("{}.{{table}}.changed", self.prefix()),
+            ),
+            kv("HERMET_CDC__PARTITIONS", PARTITIONS.to_string()),
+            // A quiet slot (and the drain below) moves on within a fraction of a second.
+            kv("HERMET_CDC__HEARTBEAT_MS", "200".into()),
+            kv("HERMET_CDC__WATERMARK_MS", "20".into()),
+            kv("HERMET_PROJECTOR__GROUP_PREFIX", self.group_prefix()),
+            kv("HERMET_PROJECTOR__DLQ_TOPIC", self.dlq_topic()),
+            kv("HERMET_PROJECTOR__BATCH_MAX", self.batch_max.to_string()),
+            kv("HERMET_JWT_SECRET", TEST_SECRET.into()),
+            // Its own cache keys in the shared Redis.
+            kv("HERMET_REDIS__KEY_PREFIX", self.prefix()),
+            kv("HERMET_AUDIT__INTERVAL_SECS", "1".into()),
+            kv("HERMET_AUDIT__RECHECK_MS", "200".into()),
+        ]
+    }
+
+    pub fn start(&mut self, what: &str, args: &[&str], extra: &[(String, String)]) -> usize {
+        let log = std::env::temp_dir().join(format!(
+            "hermet-{}-test-{}-{what}-{}.log",
+            self.kind, self.tag, self.starts
+        ));
+        self.starts += 1;
+        let mut env = self.env();
+        env.extend_from_slice(extra);
+        self.procs.push(Proc::spawn(what, args, &env, log));
+        self.procs.len() - 1
+    }
+
+    /// Waits until the relay recorded its initial snapshot as complete (the topics exist).
+    pub async fn wait_relay(&mut self, relay: usize) {
+        let client = connect(&self.url).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            self.procs[relay].assert_running();
+            let done = client
+                .query_opt(
+                    "SELECT snapshot_done FROM hermet_cdc_state WHERE slot_name = $1",
+                    &[&self.slot()],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.get::<_, bool>(0));
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no relay snapshot within {WAIT:?}\n{}",
+                self.procs[relay].tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hermet_kafka::ensure_topics(&brokers(), &[self.dlq_topic()], 1, 1)
+            .await
+            .expect("dead-letter topic");
+    }
+
+    /// Waits until both projectors cover `lsn` on every partition; `running` must stay up.
+    pub async fn drain(&mut self, store: &Store, lsn: Lsn, running: &[usize]) {
+        let conn = store.pool().get().await.expect("connection");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for p in running {
+                self.procs[*p].assert_running();
+            }
+            let mut all = true;
+            for g in GROUPS {
+                all &= hermet_store::sync::covers(
+                    &conn,
+                    SyncMode::Cdc,
+                    &format!("{}{g}", self.group_prefix()),
+                    TABLES.len() as i64 * i64::from(PARTITIONS),
+                    lsn,
+                )
+                .await
+                .expect("covers");
+            }
+            if all {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let tails: Vec<String> = running.iter().map(|p| self.procs[*p].tail()).collect();
+                panic!(
+                    "the projectors did not reach {lsn} within {WAIT:?}\n{}",
+                    tails.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kafka_names(&self) -> (Vec<String>, Vec<String>) {
+        let mut topics = self.topics();
+        topics.push(self.dlq_topic());
+        let groups = GROUPS
+            .iter()
+            .map(|g| format!("{}{g}", self.group_prefix()))
+            .collect();
+        (topics, groups)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            p.kill();
+        }
+        let (url, slot, names) = (self.url.clone(), self.slot(), self.kafka_names());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(cleanup(&url, &slot, &names));
+        })
+        .join();
+    }
+}
+
+/// Drops the slot (ending a walsender that still holds it), the topics and the groups.
+pub async fn cleanup(url: &str, slot: &str, (topics, groups): &(Vec<String>, Vec<String>)) {
+    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let row = client
+                .query_opt(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await;
+            match row {
+                Ok(None) | Err(_) => break,
+                Ok(Some(r)) => match r.get::<_, Option<i32>>(0) {
+                    Some(pid) => {
+                        let _ = client
+                            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                            .await;
+                    }
+                    None => {
+                        if client
+                            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                            .await
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                },
+            }
+            if Instant::now() >= deadline {
+                eprintln!("could not drop replication slot {slot}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        match hermet_kafka::client_config(&brokers(), "hermet-process-test").create() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_groups(&names, &opts)).await;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&names, &opts)).await;
+}
+
+/// Runs `hermet <args>` to completion.
+pub async fn hermet(args: &[&str], env: Vec<(String, String)>) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hermet"));
+        cmd.args(&args)
+            .env_remove("HERMET_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run hermet")
+    })
+    .await
+    .expect("thread")
+}
+
+pub fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
