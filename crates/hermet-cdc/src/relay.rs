@@ -678,6 +678,33 @@ struct OpenTx {
 /// Acknowledgement of one position: `(lsn, records, commit time)`, resolved when Kafka has them.
 type Ack = BoxFuture<'static, Result<(Lsn, usize, Option<i64>), RelayError>>;
 
+/// The heartbeat (so an idle slot advances) and the slot-lag gauge, forever.
+async fn housekeeping(control: &Client, cfg: &RelayConfig) {
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    let mut lag = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                if let Err(e) = control
+                    .execute("SELECT pg_logical_emit_message(false, 'hermet.heartbeat', '')", &[])
+                    .await
+                {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+            _ = lag.tick() => {
+                let row = control.query_opt(
+                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8
+                       FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.slot]).await;
+                if let Ok(Some(row)) = row {
+                    let bytes: Option<f64> = row.get(0);
+                    metrics::gauge!("hermet_cdc_slot_lag_bytes").set(bytes.unwrap_or(0.0));
+                }
+            }
+        }
+    }
+}
+
 async fn stream(
     ctx: StreamCtx<'_>,
     mut repl: ReplicationClient,
@@ -709,8 +736,10 @@ async fn stream(
     let mut acks: FuturesOrdered<Ack> = FuturesOrdered::new();
     let mut in_flight = 0usize;
     let mut last_commit: Option<Lsn> = None;
-    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
-    let mut lag = tokio::time::interval(Duration::from_secs(5));
+    // Polled alongside the event loop rather than awaited inside it, so a slow control query
+    // never holds up decoding, producing or acknowledging.
+    let housekeeping = housekeeping(control, cfg);
+    tokio::pin!(housekeeping);
     tokio::pin!(shutdown);
 
     loop {
@@ -835,20 +864,7 @@ async fn stream(
                     acks.push_back(ack);
                 }
             }
-            _ = heartbeat.tick() => {
-                if let Err(e) = control.execute("SELECT pg_logical_emit_message(false, 'hermet.heartbeat', '')", &[]).await {
-                    tracing::warn!(error = %e, "heartbeat failed");
-                }
-            }
-            _ = lag.tick() => {
-                let row = control.query_opt(
-                    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8
-                       FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.slot]).await;
-                if let Ok(Some(row)) = row {
-                    let bytes: Option<f64> = row.get(0);
-                    metrics::gauge!("hermet_cdc_slot_lag_bytes").set(bytes.unwrap_or(0.0));
-                }
-            }
+            () = &mut housekeeping => {}
         }
     }
     // Shutting down: let what is in flight be acknowledged, then confirm it.
