@@ -184,6 +184,8 @@ pub async fn run_group(
     // Registered at 0, so a failure rate exists before the first failure.
     metrics::counter!("hermet_view_update_failures_total", "projector" => cfg.group.clone())
         .increment(0);
+    metrics::counter!("hermet_projector_dead_letters_total", "projector" => cfg.group.clone())
+        .increment(0);
     tokio::pin!(shutdown);
     loop {
         let first = tokio::select! {

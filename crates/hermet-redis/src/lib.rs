@@ -116,6 +116,9 @@ impl RedisListCache {
             .set_max_delay(cfg.timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, mgr_cfg)
             .map_err(|e| CacheError::Url(e.to_string()))?;
+        for op in ["lookup", "store", "invalidate", "invalidate_all", "epoch"] {
+            metrics::counter!("hermet_cache_errors_total", "op" => op).increment(0);
+        }
         Ok(RedisListCache {
             conn,
             epoch_key: format!("{}:cl:epoch", cfg.prefix),

@@ -22,8 +22,20 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe();
     // Series that only move on trouble exist from the start, so dashboards and alerts see 0
     // rather than "no data".
-    metrics::counter!("hermet_cache_fallbacks_total").increment(0);
-    metrics::counter!("hermet_stale_reads_total").increment(0);
+    for counter in [
+        "hermet_cache_fallbacks_total",
+        "hermet_stale_reads_total",
+        "hermet_audit_findings_total",
+        "hermet_cdc_errors_total",
+        "hermet_cdc_truncates_ignored_total",
+        "hermet_push_events_total",
+        "hermet_push_notified_total",
+        "hermet_push_failures_total",
+        "hermet_push_slow_drops_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    metrics::gauge!("hermet_push_connections").increment(0.0);
     Ok(handle)
 }
 

@@ -451,6 +451,24 @@ fn check_metrics(text: &str) {
         ("hermet_db_pool_connections", &["state=\"in_use\""], false),
         ("hermet_db_pool_waiting", &[], false),
         ("hermet_stale_reads_total", &[], false),
+        ("hermet_cdc_confirmed_lsn", &[], true),
+        ("hermet_cdc_commit_to_ack_seconds_count", &[], true),
+        ("hermet_projector_batch_seconds_count", &[], true),
+        ("hermet_cache_stores_total", &["result=\"stored\""], true),
+        (
+            "hermet_projector_dead_letters_total",
+            &["projector="],
+            false,
+        ),
+        ("hermet_cdc_errors_total", &[], false),
+        ("hermet_cdc_truncates_ignored_total", &[], false),
+        ("hermet_audit_findings_total", &[], false),
+        ("hermet_cache_errors_total", &["op=\"store\""], false),
+        ("hermet_push_connections", &[], false),
+        ("hermet_push_events_total", &[], false),
+        ("hermet_push_notified_total", &[], false),
+        ("hermet_push_failures_total", &[], false),
+        ("hermet_push_slow_drops_total", &[], false),
     ];
     for (series, labels, moved) in expected {
         let v = sample_sum(text, series, labels)
