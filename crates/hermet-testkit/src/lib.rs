@@ -5,6 +5,7 @@
 //! starting the project's private PostgreSQL. Each [`TestDb`] is a database with a random name,
 //! dropped when the value is dropped.
 
+pub mod pipeline;
 pub mod workload;
 
 use std::net::SocketAddr;

@@ -30,11 +30,10 @@ use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, Views};
 use hermet_core::validate::{Avatar, Content, Limits, MessageType, Name};
 use hermet_core::Lsn;
-use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
-use hermet_kafka::rdkafka::client::DefaultClientContext;
 use hermet_projector::consumer::{self, GroupConfig};
 use hermet_projector::{dlq, outbox};
 use hermet_store::{project, sync, Store, StoreConfig, SyncMode};
+use hermet_testkit::pipeline::{brokers, cleanup, cleanup_blocking, connect};
 use hermet_testkit::workload::{self, Cmd};
 use hermet_testkit::{render, TestDb, TEST_SECRET};
 use proptest::prelude::*;
@@ -64,10 +63,6 @@ const PREVIEW: usize = 5;
 const WAIT: Duration = Duration::from_secs(120);
 const CONVERSATIONS: &str = "conversation-view-updater";
 const CONTACTS: &str = "contact-view-updater";
-
-fn brokers() -> String {
-    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
-}
 
 fn store_cfg(mode: SyncMode) -> StoreConfig {
     StoreConfig {
@@ -348,7 +343,8 @@ impl Cdc {
         if let Some(r) = self.relay.take() {
             r.stop().await;
         }
-        cleanup(&self.url, &self.slot(), &self.kafka_names()).await;
+        let (topics, groups) = self.kafka_names();
+        cleanup(&self.url, &self.slot(), &topics, &groups).await;
     }
 
     fn kafka_names(&self) -> (Vec<String>, Vec<String>) {
@@ -364,79 +360,9 @@ impl Drop for Cdc {
         // After `finish` this finds nothing left to do.
         self.groups.clear();
         self.relay = None;
-        let (url, slot, names) = (self.url.clone(), self.slot(), self.kafka_names());
-        // Async cleanup from any context: a thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(cleanup(&url, &slot, &names));
-        })
-        .join();
+        let (topics, groups) = self.kafka_names();
+        cleanup_blocking(self.url.clone(), self.slot(), topics, groups);
     }
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
-/// Drops the slot (ending a walsender that still holds it), the topics and the groups.
-async fn cleanup(url: &str, slot: &str, (topics, groups): &(Vec<String>, Vec<String>)) {
-    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let row = client
-                .query_opt(
-                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await;
-            match row {
-                Ok(None) | Err(_) => break,
-                Ok(Some(r)) => match r.get::<_, Option<i32>>(0) {
-                    Some(pid) => {
-                        let _ = client
-                            .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                            .await;
-                    }
-                    None => {
-                        if client
-                            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                            .await
-                            .is_ok()
-                        {
-                            break;
-                        }
-                    }
-                },
-            }
-            if Instant::now() >= deadline {
-                eprintln!("could not drop replication slot {slot}");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        match hermet_kafka::client_config(&brokers(), "hermet-modes-test").create() {
-            Ok(a) => a,
-            Err(_) => return,
-        };
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
-    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_groups(&names, &opts)).await;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&names, &opts)).await;
 }
 
 async fn wal_lsn(store: &Store) -> Lsn {

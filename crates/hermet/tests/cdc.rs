@@ -18,18 +18,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hermet_core::validate::{Avatar, Content, Label, Limits, MessageType, Name};
-use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
-use hermet_kafka::rdkafka::client::DefaultClientContext;
 use hermet_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use hermet_kafka::rdkafka::{Message, Offset, TopicPartitionList};
 use hermet_store::commands::{ConversationPatch, FriendPatch, GroupPatch, ProfilePatch};
 use hermet_store::Store;
+use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, drop_slot};
 use hermet_testkit::{TestDb, TEST_SHARDS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Tests that use replication slots run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -48,10 +47,6 @@ const PARTITIONS: i32 = 3;
 /// Bound of every wait for the relay (start, snapshot, catching up, exiting).
 const WAIT: Duration = Duration::from_secs(180);
 
-fn brokers() -> String {
-    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
-}
-
 fn name(s: &str) -> Name {
     Name::parse("nickname", s, &Limits::default()).expect("name")
 }
@@ -66,16 +61,6 @@ fn content(s: &str) -> Content {
 
 fn label(s: &str) -> Label {
     Label::parse("remark_name", s, &Limits::default()).expect("label")
-}
-
-async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 // ------------------------------------------------------------------------------------------
@@ -355,80 +340,9 @@ impl Drop for Cdc {
                 let _ = std::fs::remove_file(log);
             }
         }
-        let url = self.db.url.clone();
-        let slot = self.slot.clone();
         let topics: Vec<String> = TABLES.iter().map(|t| self.topic(t)).collect();
-        // Async cleanup from any context: a thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Err(e) = drop_slot(&url, &slot).await {
-                    eprintln!("could not drop slot {slot}: {e}");
-                }
-                delete_topics(&topics).await;
-            });
-        })
-        .join();
+        cleanup_blocking(self.db.url.clone(), self.slot.clone(), topics, Vec::new());
     }
-}
-
-/// Drops the slot once no walsender holds it (ending one that still does).
-async fn drop_slot(url: &str, slot: &str) -> Result<(), String> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let row = client
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let last_error = match row {
-            None => return Ok(()),
-            Some(r) => match r.get::<_, Option<i32>>(0) {
-                Some(pid) => {
-                    let _ = client
-                        .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                        .await;
-                    format!("slot still active in pid {pid}")
-                }
-                None => match client
-                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                    .await
-                {
-                    Ok(_) => return Ok(()),
-                    Err(e) => e.to_string(),
-                },
-            },
-        };
-        if Instant::now() >= deadline {
-            return Err(last_error);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn delete_topics(topics: &[String]) {
-    let admin: AdminClient<DefaultClientContext> =
-        match hermet_kafka::client_config(&brokers(), "hermet-cdc-test").create() {
-            Ok(a) => a,
-            Err(_) => return,
-        };
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(30),
-        admin.delete_topics(&names, &AdminOptions::new()),
-    )
-    .await;
 }
 
 // ------------------------------------------------------------------------------------------

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use hermet_cdc::relay::{self, RelayConfig};
 use hermet_core::push::{PushEvent, PushSink};
-use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
-use hermet_kafka::rdkafka::client::DefaultClientContext;
 use hermet_projector::push::{PushConfig, PushNotifier};
+use hermet_testkit::pipeline::{brokers, cleanup};
 use hermet_testkit::{TestApp, User};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -43,10 +42,6 @@ const TABLES: [&str; 5] = [
 const PARTITIONS: i32 = 3;
 /// Bound of every wait on the pipeline (relay start, a push arriving).
 const WAIT: Duration = Duration::from_secs(60);
-
-fn brokers() -> String {
-    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
-}
 
 // ------------------------------------------------------------------------------------------
 // A WebSocket client
@@ -257,64 +252,10 @@ impl Drop for Cleanup {
                     // The tasks run on the test's runtime: give them time to see the signal.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                if let Err(e) = drop_slot(&url, &slot).await {
-                    eprintln!("could not drop slot {slot}: {e}");
-                }
-                if let Ok(admin) = hermet_kafka::client_config(&brokers(), "hermet-push-test")
-                    .create::<AdminClient<DefaultClientContext>>()
-                {
-                    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(30),
-                        admin.delete_topics(&names, &AdminOptions::new()),
-                    )
-                    .await;
-                }
+                cleanup(&url, &slot, &topics, &[]).await;
             });
         })
         .join();
-    }
-}
-
-/// Drops the slot once no walsender holds it (ending one that still does).
-async fn drop_slot(url: &str, slot: &str) -> Result<(), String> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let row = client
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let last_error = match row {
-            None => return Ok(()),
-            Some(r) => match r.get::<_, Option<i32>>(0) {
-                Some(pid) => {
-                    let _ = client
-                        .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                        .await;
-                    format!("slot still active in pid {pid}")
-                }
-                None => match client
-                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                    .await
-                {
-                    Ok(_) => return Ok(()),
-                    Err(e) => e.to_string(),
-                },
-            },
-        };
-        if Instant::now() >= deadline {
-            return Err(last_error);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

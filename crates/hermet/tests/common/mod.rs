@@ -11,9 +11,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hermet_core::Lsn;
-use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
-use hermet_kafka::rdkafka::client::DefaultClientContext;
 use hermet_store::{Store, SyncMode};
+pub use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect};
 use hermet_testkit::{TestDb, TEST_SECRET, TEST_SHARDS};
 
 pub const TABLES: [&str; 5] = [
@@ -28,20 +27,6 @@ pub const PREVIEW: usize = 5;
 /// Bound of every wait (a restarted projector waits for the killed member's session to end).
 pub const WAIT: Duration = Duration::from_secs(180);
 pub const GROUPS: [&str; 2] = ["conversation-view-updater", "contact-view-updater"];
-
-pub fn brokers() -> String {
-    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
-}
-
-pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test database");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
 
 /// A `hermet` process whose output goes to a log file.
 pub struct Proc {
@@ -336,68 +321,9 @@ impl Drop for Pipeline {
         for p in &mut self.procs {
             p.kill();
         }
-        let (url, slot, names) = (self.url.clone(), self.slot(), self.kafka_names());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(cleanup(&url, &slot, &names));
-        })
-        .join();
+        let (topics, groups) = self.kafka_names();
+        cleanup_blocking(self.url.clone(), self.slot(), topics, groups);
     }
-}
-
-/// Drops the slot (ending a walsender that still holds it), the topics and the groups.
-pub async fn cleanup(url: &str, slot: &str, (topics, groups): &(Vec<String>, Vec<String>)) {
-    if let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let row = client
-                .query_opt(
-                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&slot],
-                )
-                .await;
-            match row {
-                Ok(None) | Err(_) => break,
-                Ok(Some(r)) => match r.get::<_, Option<i32>>(0) {
-                    Some(pid) => {
-                        let _ = client
-                            .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                            .await;
-                    }
-                    None => {
-                        if client
-                            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                            .await
-                            .is_ok()
-                        {
-                            break;
-                        }
-                    }
-                },
-            }
-            if Instant::now() >= deadline {
-                eprintln!("could not drop replication slot {slot}");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        match hermet_kafka::client_config(&brokers(), "hermet-process-test").create() {
-            Ok(a) => a,
-            Err(_) => return,
-        };
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let names: Vec<&str> = groups.iter().map(String::as_str).collect();
-    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_groups(&names, &opts)).await;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&names, &opts)).await;
 }
 
 /// Runs `hermet <args>` to completion.

@@ -1,0 +1,109 @@
+//! Helpers of the tests that run a CDC pipeline (relay, projectors, push) against the project's
+//! PostgreSQL and Kafka: connecting, and cleaning up the slot, topics and consumer groups a test
+//! made, from `Drop` too (where no runtime may be at hand).
+
+use std::time::{Duration, Instant};
+
+use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+use hermet_kafka::rdkafka::client::DefaultClientContext;
+
+/// The brokers of `HERMET_KAFKA_BROKERS` (the project's private Kafka by default).
+pub fn brokers() -> String {
+    std::env::var("HERMET_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:59092".into())
+}
+
+/// A connection to `url` whose connection task runs in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Drops the slot once no walsender holds it (ending one that still does); gives up after a
+/// minute with the last error.
+pub async fn drop_slot(url: &str, slot: &str) -> Result<(), String> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let last_error = match row {
+            None => return Ok(()),
+            Some(r) => match r.get::<_, Option<i32>>(0) {
+                Some(pid) => {
+                    let _ = client
+                        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                        .await;
+                    format!("slot still active in pid {pid}")
+                }
+                None => match client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                },
+            },
+        };
+        if Instant::now() >= deadline {
+            return Err(last_error);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Deletes consumer groups and topics, best effort (bounded waits).
+pub async fn delete_kafka(topics: &[String], groups: &[String]) {
+    let Ok(admin) = hermet_kafka::client_config(&brokers(), "hermet-test-cleanup")
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    if !groups.is_empty() {
+        let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(30), admin.delete_groups(&names, &opts)).await;
+    }
+    if !topics.is_empty() {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(30), admin.delete_topics(&names, &opts)).await;
+    }
+}
+
+/// Drops the slot (reporting, not failing, if it cannot), then the topics and groups.
+pub async fn cleanup(url: &str, slot: &str, topics: &[String], groups: &[String]) {
+    if let Err(e) = drop_slot(url, slot).await {
+        eprintln!("could not drop replication slot {slot}: {e}");
+    }
+    delete_kafka(topics, groups).await;
+}
+
+/// [`cleanup`] from any context (a `Drop` impl, a panicking test): on a thread with a runtime of
+/// its own, waited for.
+pub fn cleanup_blocking(url: String, slot: String, topics: Vec<String>, groups: Vec<String>) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(cleanup(&url, &slot, &topics, &groups));
+        }
+    })
+    .join();
+}
