@@ -23,6 +23,17 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The server's current WAL position: a position every commit so far is at or before.
+pub async fn wal_lsn(store: &hermet_store::Store) -> hermet_core::Lsn {
+    let conn = store.pool().get().await.expect("connection");
+    let s: String = conn
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_lsn")
+        .get(0);
+    s.parse().expect("lsn")
+}
+
 /// Drops the slot once no walsender holds it (ending one that still does); gives up after a
 /// minute with the last error.
 pub async fn drop_slot(url: &str, slot: &str) -> Result<(), String> {

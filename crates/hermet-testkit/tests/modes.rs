@@ -33,7 +33,7 @@ use hermet_core::Lsn;
 use hermet_projector::consumer::{self, GroupConfig};
 use hermet_projector::{dlq, outbox};
 use hermet_store::{project, sync, Store, StoreConfig, SyncMode};
-use hermet_testkit::pipeline::{brokers, cleanup, cleanup_blocking, connect};
+use hermet_testkit::pipeline::{brokers, cleanup, cleanup_blocking, connect, wal_lsn};
 use hermet_testkit::workload::{self, Cmd};
 use hermet_testkit::{render, TestDb, TEST_SECRET};
 use proptest::prelude::*;
@@ -363,16 +363,6 @@ impl Drop for Cdc {
         let (topics, groups) = self.kafka_names();
         cleanup_blocking(self.url.clone(), self.slot(), topics, groups);
     }
-}
-
-async fn wal_lsn(store: &Store) -> Lsn {
-    let conn = store.pool().get().await.expect("connection");
-    let s: String = conn
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .expect("pg_current_wal_lsn")
-        .get(0);
-    s.parse().expect("lsn")
 }
 
 async fn count(store: &Store, sql: &str) -> i64 {

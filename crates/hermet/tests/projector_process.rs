@@ -22,39 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hermet_core::projection::ProjectionConfig;
-use hermet_core::validate::Limits;
-use hermet_core::Lsn;
 use hermet_store::oracle::EXPECTED_CONVERSATIONS;
-use hermet_store::{Store, StoreConfig, SyncMode};
+use hermet_store::Store;
 use hermet_testkit::workload;
 use hermet_testkit::{TestDb, TEST_SECRET};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-
-/// Tests with a replication slot run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn store_cfg() -> StoreConfig {
-    StoreConfig {
-        sync_mode: SyncMode::Cdc,
-        projection: ProjectionConfig {
-            preview_chars: PREVIEW,
-        },
-        limits: Limits::default(),
-    }
-}
-
-async fn wal_lsn(store: &Store) -> Lsn {
-    let conn = store.pool().get().await.expect("connection");
-    let s: String = conn
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .expect("pg_current_wal_lsn")
-        .get(0);
-    s.parse().expect("lsn")
-}
 
 /// Offsets the groups have applied (from the watermarks written with each batch).
 async fn applied_offsets(store: &Store, group_prefix: &str) -> i64 {
@@ -67,31 +41,6 @@ async fn applied_offsets(store: &Store, group_prefix: &str) -> i64 {
     .await
     .expect("watermarks")
     .get(0)
-}
-
-/// Random commands of every scenario from several tasks at once, until `stop`.
-async fn load(
-    store: Store,
-    base: workload::World,
-    task: u64,
-    stop: Arc<AtomicBool>,
-) -> workload::World {
-    let mut w = base;
-    w.concurrent = true;
-    let mut round = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let cmds = workload::generate(workload::seed() ^ (task << 32) ^ round, 50);
-        for c in &cmds {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            if let Err(e) = workload::exec(&store, &mut w, c).await {
-                panic!("load task {task}: {e}");
-            }
-        }
-        round += 1;
-    }
-    w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -118,7 +67,7 @@ async fn projector_killed_under_load_converges() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..3u64)
-        .map(|t| tokio::spawn(load(store.clone(), base.clone(), t, stop.clone())))
+        .map(|t| tokio::spawn(load(store.clone(), base.clone(), t, stop.clone(), None)))
         .collect();
 
     let mut rng = StdRng::seed_from_u64(workload::seed());

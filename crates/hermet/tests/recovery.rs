@@ -24,62 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hermet_core::projection::ProjectionConfig;
-use hermet_core::validate::Limits;
-use hermet_core::Lsn;
 use hermet_store::{Store, StoreConfig, SyncMode};
 use hermet_testkit::workload;
 use hermet_testkit::{TestDb, TEST_SHARDS};
 use serde_json::Value;
-
-/// Tests with a replication slot run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn store_cfg() -> StoreConfig {
-    StoreConfig {
-        sync_mode: SyncMode::Cdc,
-        projection: ProjectionConfig {
-            preview_chars: PREVIEW,
-        },
-        limits: Limits::default(),
-    }
-}
-
-async fn wal_lsn(store: &Store) -> Lsn {
-    let conn = store.pool().get().await.expect("connection");
-    let s: String = conn
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .expect("pg_current_wal_lsn")
-        .get(0);
-    s.parse().expect("lsn")
-}
-
-/// Random commands of every scenario, until `stop`.
-async fn load(
-    store: Store,
-    base: workload::World,
-    task: u64,
-    stop: Arc<AtomicBool>,
-    rounds: Option<u64>,
-) -> workload::World {
-    let mut w = base;
-    w.concurrent = true;
-    let mut round = 0u64;
-    while !stop.load(Ordering::Relaxed) && rounds.is_none_or(|r| round < r) {
-        let cmds = workload::generate(workload::seed() ^ (task << 32) ^ round, 50);
-        for c in &cmds {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            if let Err(e) = workload::exec(&store, &mut w, c).await {
-                panic!("load task {task}: {e}");
-            }
-        }
-        round += 1;
-    }
-    w
-}
 
 /// The workload's users befriending each other, plus a bulk of seeded users, chats and groups
 /// (set-based, like `hermet bench rebuild`), so the rebuild has rows to build.

@@ -8,11 +8,16 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hermet_core::projection::ProjectionConfig;
+use hermet_core::validate::Limits;
 use hermet_core::Lsn;
-use hermet_store::{Store, SyncMode};
-pub use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect};
+use hermet_store::{Store, StoreConfig, SyncMode};
+pub use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, wal_lsn};
+use hermet_testkit::workload;
 use hermet_testkit::{TestDb, TEST_SECRET, TEST_SHARDS};
 
 pub const TABLES: [&str; 5] = [
@@ -27,6 +32,45 @@ pub const PREVIEW: usize = 5;
 /// Bound of every wait (a restarted projector waits for the killed member's session to end).
 pub const WAIT: Duration = Duration::from_secs(180);
 pub const GROUPS: [&str; 2] = ["conversation-view-updater", "contact-view-updater"];
+
+/// Tests with a replication slot run one at a time.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn store_cfg() -> StoreConfig {
+    StoreConfig {
+        sync_mode: SyncMode::Cdc,
+        projection: ProjectionConfig {
+            preview_chars: PREVIEW,
+        },
+        limits: Limits::default(),
+    }
+}
+
+/// Random commands of every scenario, until `stop` (or for `rounds` sequences of 50).
+pub async fn load(
+    store: Store,
+    base: workload::World,
+    task: u64,
+    stop: Arc<AtomicBool>,
+    rounds: Option<u64>,
+) -> workload::World {
+    let mut w = base;
+    w.concurrent = true;
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) && rounds.is_none_or(|r| round < r) {
+        let cmds = workload::generate(workload::seed() ^ (task << 32) ^ round, 50);
+        for c in &cmds {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Err(e) = workload::exec(&store, &mut w, c).await {
+                panic!("load task {task}: {e}");
+            }
+        }
+        round += 1;
+    }
+    w
+}
 
 /// A `hermet` process whose output goes to a log file.
 pub struct Proc {
