@@ -77,3 +77,37 @@ pub async fn ensure_topics(
     }
     Ok(())
 }
+
+/// Owns a librdkafka client whose drop may block: closing a consumer leaves its group, and with
+/// the brokers away librdkafka waits for them. Dropping this hands the client's drop to a thread
+/// of its own, so it never stalls an async runtime's worker (with every worker stuck there, a
+/// process stops answering, even to SIGTERM) and never holds up the process's exit.
+pub struct DropOffRuntime<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> DropOffRuntime<T> {
+    pub fn new(client: T) -> Self {
+        DropOffRuntime(Some(client))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for DropOffRuntime<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(c) => c,
+            // Only `drop` takes the client out.
+            None => unreachable!("client used after drop"),
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for DropOffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            // If no thread can be started, the closure (and the client) is dropped right here.
+            let _ = std::thread::Builder::new()
+                .name("kafka-close".into())
+                .spawn(move || drop(client));
+        }
+    }
+}

@@ -34,6 +34,7 @@ use hermet_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use hermet_kafka::rdkafka::statistics::Statistics;
 use hermet_kafka::rdkafka::{ClientConfig, ClientContext};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
+use hermet_kafka::DropOffRuntime;
 use hermet_store::sync::{advance_watermarks, PartitionProgress};
 use hermet_store::{project, StoreError};
 
@@ -176,7 +177,7 @@ pub async fn run_group(
     pool: Pool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
-    let consumer = group_consumer(&cfg.brokers, &cfg.group)?;
+    let consumer = DropOffRuntime::new(group_consumer(&cfg.brokers, &cfg.group)?);
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let dlq = hermet_kafka::producer(&cfg.brokers, &format!("{}-dlq", cfg.group))?;

@@ -33,6 +33,7 @@ use hermet_core::rows::{ChannelId, UserId};
 use hermet_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use hermet_kafka::rdkafka::message::{BorrowedMessage, Headers, Message};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
+use hermet_kafka::DropOffRuntime;
 use hermet_store::{audience, StoreError};
 
 use crate::consumer::WATERMARK_HEADER;
@@ -107,7 +108,7 @@ pub struct PushNotifier {
     cfg: PushConfig,
     pool: Pool,
     sink: Arc<dyn PushSink>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<DropOffRuntime<StreamConsumer>>,
     assigned: BTreeSet<(String, i32)>,
     /// When `start` ran: partitions found later begin at their first record from then on.
     started_ms: i64,
@@ -129,7 +130,7 @@ impl PushNotifier {
             cfg,
             pool,
             sink,
-            consumer: Arc::new(consumer),
+            consumer: Arc::new(DropOffRuntime::new(consumer)),
             assigned: BTreeSet::new(),
             started_ms: now_ms(),
         })

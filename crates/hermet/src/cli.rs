@@ -136,7 +136,15 @@ pub fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match cli.command {
+    let result = run_command(&rt, cli.command, cfg);
+    // Work still on a blocking thread (a Kafka metadata look-up waits up to its timeout while
+    // the brokers are away) must not keep a finished command from exiting.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+fn run_command(rt: &tokio::runtime::Runtime, command: Command, cfg: Config) -> anyhow::Result<()> {
+    match command {
         Command::Serve { role } => rt.block_on(serve::serve(cfg, &role)),
         Command::Migrate => rt.block_on(serve::migrate_only(&cfg)),
         Command::Bench { scenario, opts } => {
