@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
 
-use crate::report::{histogram, quantile_ms as ms};
+use crate::report::{histogram, median, quantile_ms as ms};
 use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 /// Synthetic conversation rows: user `u` has `4 + (u·37 mod 33)` conversations (4–36, mean 20).
@@ -73,14 +73,6 @@ pub struct CacheReport {
     pub duration_secs: u64,
     pub shards: u32,
     pub rounds: Vec<CacheRound>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 impl fmt::Display for CacheReport {

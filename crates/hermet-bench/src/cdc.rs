@@ -37,6 +37,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio_postgres::Client;
 
+use crate::report::median;
 use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 /// The captured write-side tables.
@@ -110,19 +111,6 @@ pub struct CdcReport {
     pub params: CdcParams,
     pub rounds: Vec<CdcRound>,
     pub median: CdcRound,
-}
-
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn median_round(rounds: &[CdcRound]) -> CdcRound {

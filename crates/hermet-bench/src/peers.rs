@@ -65,6 +65,7 @@ use crate::cdc::{
     memory_kib, slot_state, streaming_at, tail, write_backlog, CpuTracker, RelayProc, RelaySpec,
     POLL, STALL, TABLES,
 };
+use crate::report::median;
 use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 /// Users whose `profile_ver` the live writer increments (ids 1..=this, capped by the backlog's
@@ -1415,10 +1416,6 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<PeersReport, Ben
 }
 
 // ---------------------------------------------------------------------------------- printing
-
-fn median(v: Vec<f64>) -> f64 {
-    cdc::median(v)
-}
 
 /// `median (min–max)` of a per-round figure.
 fn spread(

@@ -99,7 +99,8 @@ pub struct Report {
     pub error_samples: Vec<String>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (the mean of the middle two for an even count); 0 for none.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }

@@ -365,6 +365,23 @@ impl Drop for Cdc {
     }
 }
 
+/// The outbox worker on `store`'s pool, giving up on a row after `max_attempts`.
+fn outbox_worker(store: &Store, max_attempts: u32) -> Task {
+    let cfg = outbox::OutboxConfig {
+        batch: 50,
+        idle_wait: Duration::from_millis(5),
+        max_attempts,
+        projection: projection(),
+        cache: no_cache(),
+    };
+    let pool = store.pool().clone();
+    Task::spawn("outbox worker", |stop| async move {
+        outbox::run_outbox(cfg, pool, stop)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
 async fn count(store: &Store, sql: &str) -> i64 {
     let conn = store.pool().get().await.expect("connection");
     conn.query_one(sql, &[]).await.expect(sql).get(0)
@@ -510,21 +527,7 @@ async fn one_workload_three_modes_same_read_side() {
     // async: the worker drains the outbox while the workload runs.
     let db_as = TestDb::new().await;
     let as_ = db_as.store_with(store_cfg(SyncMode::Async));
-    let worker = {
-        let cfg = outbox::OutboxConfig {
-            batch: 50,
-            idle_wait: Duration::from_millis(5),
-            max_attempts: 3,
-            projection: projection(),
-            cache: no_cache(),
-        };
-        let pool = as_.pool().clone();
-        Task::spawn("outbox worker", |stop| async move {
-            outbox::run_outbox(cfg, pool, stop)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    };
+    let worker = outbox_worker(&as_, 3);
     run_workload(&as_, &cmds).await;
     wait_count(&as_, "SELECT count(*) FROM hermet_outbox", 0).await;
     assert_eq!(
@@ -875,21 +878,7 @@ async fn poison_event_is_dead_lettered_then_replayed() {
 async fn poison_outbox_row_is_set_aside_then_replayed() {
     let db = TestDb::new().await;
     let store = db.store_with(store_cfg(SyncMode::Async));
-    let worker = {
-        let cfg = outbox::OutboxConfig {
-            batch: 50,
-            idle_wait: Duration::from_millis(5),
-            max_attempts: 2,
-            projection: projection(),
-            cache: no_cache(),
-        };
-        let pool = store.pool().clone();
-        Task::spawn("outbox worker", |stop| async move {
-            outbox::run_outbox(cfg, pool, stop)
-                .await
-                .map_err(|e| e.to_string())
-        })
-    };
+    let worker = outbox_worker(&store, 2);
     let (a, b, c, d) = (
         user(&store, "ann").await,
         user(&store, "bob").await,
