@@ -214,7 +214,7 @@ async fn run_in(
     );
     drop(client);
 
-    let pool = hermet_store::connect_pool(url, readers + 2)?;
+    let pool = hermet_store::connect_pool(url, opts.pool_size.unwrap_or(readers + 2))?;
     let store_cfg = StoreConfig {
         sync_mode: SyncMode::DualWrite,
         projection: ProjectionConfig::default(),

@@ -211,6 +211,13 @@ pub struct BenchOptions {
     /// `modes`: offered message sends per second.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
+    /// `cache`, `modes`: PostgreSQL connections of the measured pool [default: one per worker,
+    /// plus a few].
+    #[arg(long)]
+    pub pool_size: Option<usize>,
+    /// `modes`: the sync modes to run, comma-separated (`dual_write`, `async`, `cdc`).
+    #[arg(long = "modes", value_delimiter = ',', default_values_t = ["dual_write".to_owned(), "async".to_owned(), "cdc".to_owned()])]
+    pub sync_modes: Vec<String>,
     /// `modes`: messages in the backlog the projectors' throughput is measured on (0: skip).
     #[arg(long, default_value_t = 20_000)]
     pub backlog: u64,
@@ -258,6 +265,8 @@ impl Default for BenchOptions {
             rows: 500_000,
             txn_rows: 10_000,
             partitions: 8,
+            pool_size: None,
+            sync_modes: vec!["dual_write".into(), "async".into(), "cdc".into()],
             pg_recvlogical: None,
             rate: 1000.0,
             backlog: 20_000,

@@ -211,6 +211,18 @@ impl Coverage {
         Ok(true)
     }
 
+    async fn covered_upto(&self) -> Result<Option<Lsn>, BenchError> {
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(hermet_store::StoreError::from)?;
+        Ok(
+            hermet_store::sync::covered_upto(&conn, self.mode, &self.projectors, self.partitions)
+                .await?,
+        )
+    }
+
     async fn wait(
         &self,
         lsn: Lsn,
@@ -260,28 +272,11 @@ async fn lag_poller(
             closed_at = Some(Instant::now());
         }
         if !pending.is_empty() {
-            let newest = *pending.keys().next_back().unwrap_or(&Lsn(0));
-            let covered_upto = if cov.covers(newest).await? {
-                Some(newest)
-            } else {
-                // Coverage is monotonic in the LSN: binary search for the newest covered one
-                // (a few queries per poll, so a long pending list does not slow detection).
-                let keys: Vec<Lsn> = pending.keys().copied().collect();
-                let (mut lo, mut hi) = (0usize, keys.len() - 1);
-                while lo < hi {
-                    let mid = (lo + hi) / 2;
-                    if cov.covers(keys[mid]).await? {
-                        lo = mid + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                // `lo` is the oldest not covered (the newest is not).
-                lo.checked_sub(1).map(|i| keys[i])
-            };
-            if let Some(upto) = covered_upto {
+            // One query per poll however many samples wait (the poller must not load the
+            // database it measures).
+            if let Some(upto) = cov.covered_upto().await? {
                 let now = Instant::now();
-                let rest = pending.split_off(&Lsn(upto.0 + 1));
+                let rest = pending.split_off(&Lsn(upto.0.saturating_add(1)));
                 for at in std::mem::replace(&mut pending, rest)
                     .into_values()
                     .flatten()
@@ -571,7 +566,11 @@ async fn run_mode(
         hermet_store::migrate::migrate(&mut client, shards).await?;
     }
     let workers = opts.concurrency.unwrap_or(16);
-    let pool = hermet_store::connect_pool(url, workers + opts.setup_concurrency + 12)?;
+    let pool = hermet_store::connect_pool(
+        url,
+        opts.pool_size
+            .unwrap_or(workers + opts.setup_concurrency + 12),
+    )?;
     let store = Store::new(
         pool.clone(),
         StoreConfig {
@@ -746,12 +745,31 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, Ben
     if !opts.rate.is_finite() || opts.rate <= 0.0 {
         return Err(BenchError::InvalidOptions("--rate must be positive".into()));
     }
+    let mut modes = Vec::new();
+    for m in &opts.sync_modes {
+        let mode = [SyncMode::DualWrite, SyncMode::Async, SyncMode::Cdc]
+            .into_iter()
+            .find(|x| x.as_str() == m.trim())
+            .ok_or_else(|| {
+                BenchError::InvalidOptions(format!(
+                    "--modes: unknown sync mode {m:?} (dual_write, async, cdc)"
+                ))
+            })?;
+        if !modes.contains(&mode) {
+            modes.push(mode);
+        }
+    }
+    if modes.is_empty() {
+        return Err(BenchError::InvalidOptions(
+            "--modes: name at least one".into(),
+        ));
+    }
     let plan = Arc::new(Plan::generate(&opts.workload())?);
     let shards = opts.shards.unwrap_or(env.shards);
     let load_before = load_average();
     let mut rows = Vec::new();
     let mut projector = None;
-    for mode in [SyncMode::DualWrite, SyncMode::Async, SyncMode::Cdc] {
+    for mode in modes {
         let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let (name, url) = crate::create_named_database(env, format!("hermet_bench_{tag}")).await?;
         eprintln!("bench modes {}: scratch database {name}", mode.as_str());

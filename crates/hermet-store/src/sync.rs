@@ -140,6 +140,49 @@ pub async fn advance_watermarks(
     Ok(())
 }
 
+/// The newest LSN up to which every write is applied for all of `projectors` (one query, for
+/// pollers that track many LSNs at once): `covers(lsn)` holds for every projector exactly when
+/// `lsn <= covered_upto(..)`. `None`: not even the oldest LSN is known to be covered (a `cdc`
+/// projector has not reported all its `partitions` yet).
+pub async fn covered_upto(
+    client: &deadpool_postgres::Client,
+    mode: SyncMode,
+    projectors: &[String],
+    partitions: i64,
+) -> Result<Option<Lsn>, StoreError> {
+    match mode {
+        SyncMode::DualWrite => Ok(Some(Lsn(u64::MAX))),
+        SyncMode::Async => {
+            let stmt = client
+                .prepare_cached("SELECT (min(wal_lsn) - '0/0'::pg_lsn)::bigint FROM hermet_outbox")
+                .await?;
+            let oldest: Option<i64> = client.query_one(&stmt, &[]).await?.get(0);
+            Ok(Some(Lsn(oldest.map_or(u64::MAX, |l| l as u64))))
+        }
+        SyncMode::Cdc => {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT count(*), min(applied_lsn) FROM hermet_projector_watermarks
+                      WHERE projector = ANY($1) GROUP BY projector",
+                )
+                .await?;
+            let rows = client.query(&stmt, &[&projectors]).await?;
+            if rows.len() < projectors.len() {
+                return Ok(None);
+            }
+            let mut upto = u64::MAX;
+            for r in rows {
+                let (n, min): (i64, i64) = (r.get(0), r.get(1));
+                if n < partitions {
+                    return Ok(None);
+                }
+                upto = upto.min(min.max(0) as u64);
+            }
+            Ok(Some(Lsn(upto)))
+        }
+    }
+}
+
 /// Whether the view maintained by `projector` has applied every write up to `lsn`.
 ///
 /// - `dual_write`: always (views change in the write's own transaction);

@@ -7,6 +7,7 @@
 use deadpool_postgres::Transaction;
 use hermet_core::rows::{ChannelId, ChannelType, UserId};
 use hermet_core::views::{ContactRow, ConversationRow, ViewBatch};
+use std::sync::LazyLock;
 
 use crate::{now_ms, StoreError};
 
@@ -290,16 +291,17 @@ const LIST_COLS: &str = "channel_id, conversation_type, conversation_name, conve
     last_message_sender_id, last_message_sender_name, last_message_time, unread_count,
     is_pinned, is_muted, activity_at";
 
-fn list_first_sql() -> String {
+// Built once: the statement cache is keyed by the text, and this runs on every list read.
+static LIST_FIRST_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {LIST_COLS} FROM user_conversation_view
           WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden
           ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
           LIMIT $2"
     )
-}
+});
 
-fn list_after_sql() -> String {
+static LIST_AFTER_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {LIST_COLS} FROM user_conversation_view
           WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden
@@ -307,7 +309,7 @@ fn list_after_sql() -> String {
           ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
           LIMIT $2"
     )
-}
+});
 
 /// One page of a user's conversation list: pinned first, newest activity first, channel id as
 /// the tie-break; closed and hidden conversations left out.
@@ -319,11 +321,11 @@ pub async fn list_conversations(
 ) -> Result<Vec<ConversationItem>, StoreError> {
     let rows = match after {
         None => {
-            let stmt = client.prepare_cached(&list_first_sql()).await?;
+            let stmt = client.prepare_cached(&LIST_FIRST_SQL).await?;
             client.query(&stmt, &[&user, &limit]).await?
         }
         Some(c) => {
-            let stmt = client.prepare_cached(&list_after_sql()).await?;
+            let stmt = client.prepare_cached(&LIST_AFTER_SQL).await?;
             client
                 .query(
                     &stmt,

@@ -291,6 +291,16 @@ impl Cdc {
         let deadline = Instant::now() + WAIT;
         loop {
             self.check().await;
+            let groups = [self.group(CONVERSATIONS), self.group(CONTACTS)];
+            // Read before `covers`: watermarks only advance, so a covered `upto` implies `all`.
+            let upto = sync::covered_upto(
+                &conn,
+                SyncMode::Cdc,
+                &groups,
+                Self::partitions_per_projector(),
+            )
+            .await
+            .expect("covered_upto");
             let mut all = true;
             for base in [CONVERSATIONS, CONTACTS] {
                 all &= sync::covers(
@@ -303,7 +313,23 @@ impl Cdc {
                 .await
                 .expect("covers");
             }
+            assert!(
+                all || upto.is_none_or(|u| u < lsn),
+                "covered_upto says {upto:?} covers {lsn}, covers says no"
+            );
             if all {
+                let upto = sync::covered_upto(
+                    &conn,
+                    SyncMode::Cdc,
+                    &groups,
+                    Self::partitions_per_projector(),
+                )
+                .await
+                .expect("covered_upto");
+                assert!(
+                    upto.is_some_and(|u| u >= lsn),
+                    "covers says {lsn} is applied, covered_upto says {upto:?}"
+                );
                 return;
             }
             if Instant::now() >= deadline {
