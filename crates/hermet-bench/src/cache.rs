@@ -11,6 +11,11 @@
 //! the cache-on rounds share it (nothing is written, so nothing is invalidated): the figures are a
 //! warm cache's, and the hit ratio says how warm.
 //!
+//! `--read-rate R` paces the readers instead: R reads/s in all, each reader on a fixed schedule,
+//! a read delayed by the reader's previous one timed from its scheduled start. That is latency at
+//! a given load; a closed loop measures saturation, where latency is mostly the queue (Little's
+//! law: readers / throughput).
+//!
 //! Reported per round and as medians: reads/s and latency p50/p99/p99.9 of all reads; with the
 //! cache on also the hit ratio and the latency of hits and of misses separately.
 
@@ -51,6 +56,8 @@ pub struct CacheRound {
     pub round: usize,
     pub cache: bool,
     pub reads: u64,
+    /// Scheduled reads that had not started when the round ended (paced rounds only).
+    pub missed: u64,
     pub errors: u64,
     pub reads_per_s: f64,
     pub p50_ms: f64,
@@ -72,16 +79,22 @@ pub struct CacheReport {
     pub page_size: i64,
     pub duration_secs: u64,
     pub shards: u32,
+    /// Offered reads/s of paced rounds; `None`: closed loop.
+    pub read_rate: Option<f64>,
     pub rounds: Vec<CacheRound>,
 }
 
 impl fmt::Display for CacheReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut out = String::new();
+        let load = match self.read_rate {
+            None => "closed loop".to_owned(),
+            Some(r) => format!("paced at {r:.0} reads/s offered"),
+        };
         let _ = writeln!(
             out,
-            "cache: {} users, {} conversation rows, {} shards, {} readers, first page of {}, \
-             Zipf(s=1) users, {} s per round\n",
+            "cache: {} users, {} conversation rows, {} shards, {} readers ({load}), first page \
+             of {}, Zipf(s=1) users, {} s per round\n",
             self.users,
             self.view_rows,
             self.shards,
@@ -90,15 +103,15 @@ impl fmt::Display for CacheReport {
             self.duration_secs
         );
         out.push_str(
-            "| round | cache | reads/s | p50 ms | p99 ms | p99.9 ms | hit ratio | hit p50 ms | hit p99 ms | hit p99.9 ms | miss p99 ms | errors |\n\
-             |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+            "| round | cache | reads/s | p50 ms | p99 ms | p99.9 ms | hit ratio | hit p50 ms | hit p99 ms | hit p99.9 ms | miss p99 ms | missed | errors |\n\
+             |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
         );
         let opt =
             |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
         for r in &self.rounds {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} | {} |",
                 r.round,
                 if r.cache { "on" } else { "off" },
                 r.reads_per_s,
@@ -110,6 +123,7 @@ impl fmt::Display for CacheReport {
                 opt(r.hit_p99_ms, 3),
                 opt(r.hit_p999_ms, 3),
                 opt(r.miss_p99_ms, 3),
+                r.missed,
                 r.errors
             );
         }
@@ -121,7 +135,7 @@ impl fmt::Display for CacheReport {
             };
             let _ = writeln!(
                 out,
-                "| **median** | **{}** | **{:.0}** | **{:.3}** | **{:.3}** | **{:.3}** | {} | {} | **{}** | {} | {} | |",
+                "| **median** | **{}** | **{:.0}** | **{:.3}** | **{:.3}** | **{:.3}** | {} | {} | **{}** | {} | {} | | |",
                 if cache { "on" } else { "off" },
                 m(&|r| Some(r.reads_per_s)).unwrap_or(0.0),
                 m(&|r| Some(r.p50_ms)).unwrap_or(0.0),
@@ -152,6 +166,11 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<CacheReport, Ben
         return Err(BenchError::InvalidOptions(
             "cache: --concurrency, --runs and --duration-secs must be at least 1, --users at least 100"
                 .into(),
+        ));
+    }
+    if !opts.read_rate.is_finite() || opts.read_rate < 0.0 {
+        return Err(BenchError::InvalidOptions(
+            "cache: --read-rate must be 0 (closed loop) or a positive rate".into(),
         ));
     }
     if !(1..=100).contains(&opts.page_size) {
@@ -268,6 +287,7 @@ async fn run_in(
         page_size: opts.page_size,
         duration_secs: opts.duration_secs,
         shards,
+        read_rate: (opts.read_rate > 0.0).then_some(opts.read_rate),
         rounds,
     })
 }
@@ -278,6 +298,7 @@ struct Measured {
     hits: Histogram<u64>,
     misses: Histogram<u64>,
     errors: u64,
+    missed: u64,
 }
 
 impl Measured {
@@ -288,6 +309,7 @@ impl Measured {
             round,
             cache,
             reads,
+            missed: self.missed,
             errors: self.errors,
             reads_per_s: reads as f64 / self.secs.max(1e-9),
             p50_ms: ms(&self.all, 0.5),
@@ -316,16 +338,40 @@ async fn measure(
     for w in 0..readers {
         let (store, stop) = (store.clone(), stop.clone());
         let (page, seed) = (opts.page_size, opts.seed ^ (w as u64).wrapping_mul(0x9e37));
+        // Paced: reader `w` starts at its share of one period and keeps a fixed schedule.
+        let period = (opts.read_rate > 0.0)
+            .then(|| Duration::from_secs_f64(readers as f64 / opts.read_rate));
+        let first = Instant::now()
+            + period.map_or(Duration::ZERO, |p| p.mul_f64(w as f64 / readers as f64));
         tasks.spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let (mut all, mut hits, mut misses) = (histogram()?, histogram()?, histogram()?);
-            let mut errors = 0u64;
+            let (mut errors, mut missed) = (0u64, 0u64);
+            let mut next = first;
             while !stop.load(Ordering::Relaxed) {
                 let rank = zipf.sample(&mut rng) as u64;
                 // Rank → user through a multiplicative permutation, so hot users sit on all
                 // shards rather than on the lowest ids.
                 let user = ((rank.saturating_sub(1)).wrapping_mul(2_654_435_761) % users) + 1;
-                let t = Instant::now();
+                let t = match period {
+                    Some(p) => {
+                        let due = next;
+                        next += p;
+                        if Instant::now() < due {
+                            // On time: the read starts when it is sent (the timer's own
+                            // wake-up delay, up to a millisecond, is not the service's).
+                            tokio::time::sleep_until(due.into()).await;
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            Instant::now()
+                        } else {
+                            // Late because the previous read was slow: that wait counts.
+                            due
+                        }
+                    }
+                    None => Instant::now(),
+                };
                 let r = hermet_api::conversation_first_page(&store, user as i64, page).await;
                 let us = u64::try_from(t.elapsed().as_micros())
                     .unwrap_or(u64::MAX)
@@ -341,12 +387,20 @@ async fn measure(
                     }
                     Err(_) => errors += 1,
                 }
-                // Let other readers in on a busy runtime.
-                if rng.gen_ratio(1, 64) {
+                if period.is_none() && rng.gen_ratio(1, 64) {
+                    // Let other readers in on a busy runtime.
                     tokio::task::yield_now().await;
                 }
             }
-            Ok::<_, BenchError>((all, hits, misses, errors))
+            if let Some(p) = period {
+                // Slots scheduled before the end that never started.
+                let end = Instant::now();
+                while next < end {
+                    missed += 1;
+                    next += p;
+                }
+            }
+            Ok::<_, BenchError>((all, hits, misses, errors, missed))
         });
     }
     let started = Instant::now();
@@ -358,9 +412,10 @@ async fn measure(
         hits: histogram()?,
         misses: histogram()?,
         errors: 0,
+        missed: 0,
     };
     while let Some(r) = tasks.join_next().await {
-        let (all, hits, misses, errors) =
+        let (all, hits, misses, errors, missed) =
             r.map_err(|e| BenchError::Internal(format!("reader: {e}")))??;
         let add = |into: &mut Histogram<u64>, from: &Histogram<u64>| {
             into.add(from)
@@ -370,6 +425,7 @@ async fn measure(
         add(&mut m.hits, &hits)?;
         add(&mut m.misses, &misses)?;
         m.errors += errors;
+        m.missed += missed;
     }
     m.secs = started.elapsed().as_secs_f64();
     Ok(m)

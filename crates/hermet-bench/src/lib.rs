@@ -211,6 +211,11 @@ pub struct BenchOptions {
     /// `modes`: offered message sends per second.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
+    /// `cache`: total reads per second offered by the readers, each on its own fixed schedule
+    /// (a read delayed by the reader's previous one is timed from its scheduled start); 0: closed
+    /// loop, every reader as fast as it goes.
+    #[arg(long, default_value_t = 0.0)]
+    pub read_rate: f64,
     /// `cache`, `modes`: PostgreSQL connections of the measured pool [default: one per worker,
     /// plus a few].
     #[arg(long)]
@@ -266,6 +271,7 @@ impl Default for BenchOptions {
             txn_rows: 10_000,
             partitions: 8,
             pool_size: None,
+            read_rate: 0.0,
             sync_modes: vec!["dual_write".into(), "async".into(), "cdc".into()],
             pg_recvlogical: None,
             rate: 1000.0,
