@@ -292,15 +292,18 @@ impl Cdc {
         loop {
             self.check().await;
             let groups = [self.group(CONVERSATIONS), self.group(CONTACTS)];
-            // Read before `covers`: watermarks only advance, so a covered `upto` implies `all`.
-            let upto = sync::covered_upto(
-                &conn,
-                SyncMode::Cdc,
-                &groups,
-                Self::partitions_per_projector(),
-            )
-            .await
-            .expect("covered_upto");
+            let upto = || async {
+                sync::covered_upto(
+                    &conn,
+                    SyncMode::Cdc,
+                    &groups,
+                    Self::partitions_per_projector(),
+                )
+                .await
+                .expect("covered_upto")
+            };
+            // Read before `covers`: watermarks only advance, so a covered `before` implies `all`.
+            let before = upto().await;
             let mut all = true;
             for base in [CONVERSATIONS, CONTACTS] {
                 all &= sync::covers(
@@ -314,21 +317,14 @@ impl Cdc {
                 .expect("covers");
             }
             assert!(
-                all || upto.is_none_or(|u| u < lsn),
-                "covered_upto says {upto:?} covers {lsn}, covers says no"
+                all || before.is_none_or(|u| u < lsn),
+                "covered_upto says {before:?} covers {lsn}, covers says no"
             );
             if all {
-                let upto = sync::covered_upto(
-                    &conn,
-                    SyncMode::Cdc,
-                    &groups,
-                    Self::partitions_per_projector(),
-                )
-                .await
-                .expect("covered_upto");
+                let after = upto().await;
                 assert!(
-                    upto.is_some_and(|u| u >= lsn),
-                    "covers says {lsn} is applied, covered_upto says {upto:?}"
+                    after.is_some_and(|u| u >= lsn),
+                    "covers says {lsn} is applied, covered_upto says {after:?}"
                 );
                 return;
             }
