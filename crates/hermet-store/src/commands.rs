@@ -6,6 +6,8 @@
 //! (`FOR UPDATE`), so membership changes and sends in one channel are serialized and each sees
 //! the other's effect; commands that copy a profile lock the user row `FOR SHARE`.
 
+use std::sync::LazyLock;
+
 use deadpool_postgres::Transaction;
 use hermet_core::change::{Change, Op, RowChange};
 use hermet_core::projection::Views;
@@ -15,7 +17,10 @@ use hermet_core::Lsn;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::rows::{self, CHANNEL_COLS, FRIEND_COLS, MEMBER_COLS, MESSAGE_COLS, USER_COLS};
+use crate::rows::{
+    self, prefixed, CHANNEL_COLS, CHANNEL_WIDTH, FRIEND_COLS, MEMBER_COLS, MESSAGE_COLS,
+    MESSAGE_WIDTH, USER_COLS,
+};
 use crate::views::{self, ContactItem, ConversationItem, ListCursor};
 use crate::{now_ms, project, Store, StoreError, SyncMode, Written};
 
@@ -101,6 +106,30 @@ fn not_member() -> StoreError {
     StoreError::forbidden("not_member", "you are not a member of this channel")
 }
 
+/// A send's three writes in one statement (one round trip): number the message, store it, and
+/// move the sender's own read position past it (own messages are never unread). The channel row
+/// is already locked by the send, so `last_seq + 1` is the message's number.
+static SEND_WRITES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ch AS (
+             UPDATE channels SET last_seq = last_seq + 1, updated_at = $2
+              WHERE id = $1 RETURNING {CHANNEL_COLS}),
+         msg AS (
+             INSERT INTO messages (channel_id, seq, sender_id, sender_name, msg_type, content, created_at)
+             SELECT $1, ch.last_seq, $3, $4, $5, $6, $2 FROM ch
+             RETURNING {MESSAGE_COLS}),
+         own AS (
+             UPDATE channel_members m SET read_seq = ch.last_seq FROM ch
+              WHERE m.channel_id = $1 AND m.user_id = $3 AND m.read_seq < ch.last_seq
+             RETURNING {own})
+         SELECT ch.*, msg.*, own.* FROM ch CROSS JOIN msg LEFT JOIN own ON true",
+        own = prefixed("m", MEMBER_COLS),
+    )
+});
+
+/// The WAL position after a command's commit (its `X-Hermet-Lsn`).
+const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+
 /// Runs a statement through the connection's statement cache: one round trip instead of two.
 async fn q(
     tx: &Transaction<'_>,
@@ -155,9 +184,8 @@ impl Store {
     }
 
     async fn lsn(conn: &deadpool_postgres::Client) -> Result<Lsn, StoreError> {
-        let row = conn
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await?;
+        let stmt = conn.prepare_cached(CURRENT_LSN).await?;
+        let row = conn.query_one(&stmt, &[]).await?;
         let s: String = row.get(0);
         s.parse().map_err(|e| StoreError::Decode(format!("{e}")))
     }
@@ -712,44 +740,25 @@ impl Store {
         }
         let me = Self::lock_users(&tx, &[sender]).await?;
         let sender_name = me.first().map(|u| u.nickname.clone()).unwrap_or_default();
-        let sql = format!(
-            "UPDATE channels SET last_seq = last_seq + 1, updated_at = $2
-              WHERE id = $1 RETURNING {CHANNEL_COLS}"
-        );
-        let after = rows::channel(&q_one(&tx, &sql, &[&channel_id, &now]).await?, 0)?;
+        let row = q_one(
+            &tx,
+            &SEND_WRITES,
+            &[
+                &channel_id,
+                &now,
+                &sender,
+                &sender_name,
+                &msg_type.as_str(),
+                &content.as_str(),
+            ],
+        )
+        .await?;
+        let after = rows::channel(&row, 0)?;
         let seq = after.last_seq;
-        let sql = format!(
-            "INSERT INTO messages (channel_id, seq, sender_id, sender_name, msg_type, content, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             RETURNING {MESSAGE_COLS}"
-        );
-        let msg = rows::message(
-            &q_one(
-                &tx,
-                &sql,
-                &[
-                    &channel_id,
-                    &seq,
-                    &sender,
-                    &sender_name,
-                    &msg_type.as_str(),
-                    &content.as_str(),
-                    &now,
-                ],
-            )
-            .await?,
-            0,
-        )?;
-        // Own messages are never unread.
-        let sql = format!(
-            "UPDATE channel_members SET read_seq = $3
-              WHERE channel_id = $1 AND user_id = $2 AND read_seq < $3
-             RETURNING {MEMBER_COLS}"
-        );
-        let read = rows::all(
-            &q(&tx, &sql, &[&channel_id, &sender, &seq]).await?,
-            rows::member,
-        )?;
+        let msg = rows::message(&row, CHANNEL_WIDTH)?;
+        let read: Vec<MemberRow> = rows::member_opt(&row, CHANNEL_WIDTH + MESSAGE_WIDTH)?
+            .into_iter()
+            .collect();
         let sent = SentMessage {
             message_id: msg.id,
             seq,

@@ -24,7 +24,9 @@ use hermet_core::projection::{
 use hermet_core::rows::{ChannelId, FriendshipRow, MemberRow, MessageRow, UserId, UserRow};
 use hermet_core::views::ViewBatch;
 
-use crate::rows::{self, CHANNEL_WIDTH, FRIEND_COLS, MEMBER_WIDTH, MESSAGE_COLS, USER_COLS};
+use crate::rows::{
+    self, prefixed, CHANNEL_WIDTH, FRIEND_COLS, MEMBER_WIDTH, MESSAGE_COLS, USER_COLS,
+};
 use crate::{views, StoreError};
 
 /// What one apply did.
@@ -220,13 +222,6 @@ static VISIBLE_MESSAGES: LazyLock<String> = LazyLock::new(|| {
         prefixed("m", MESSAGE_COLS)
     )
 });
-
-fn prefixed(alias: &str, cols: &str) -> String {
-    cols.split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 async fn load_inputs(
     tx: &Transaction<'_>,

@@ -18,11 +18,29 @@ pub(crate) const MESSAGE_COLS: &str =
     "id, channel_id, seq, sender_id, sender_name, msg_type, content, created_at";
 
 pub(crate) const MEMBER_WIDTH: usize = 11;
+pub(crate) const MESSAGE_WIDTH: usize = 8;
 pub(crate) const CHANNEL_WIDTH: usize = 13;
 
 fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T, StoreError> {
     row.try_get(idx)
         .map_err(|e| StoreError::Decode(format!("column {idx}: {e}")))
+}
+
+/// `cols` with each column qualified by `alias`, for joins.
+pub(crate) fn prefixed(alias: &str, cols: &str) -> String {
+    cols.split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A member row at `at`, or `None` when a left join found none (its key column is NULL).
+pub(crate) fn member_opt(row: &Row, at: usize) -> Result<Option<MemberRow>, StoreError> {
+    let key: Option<i64> = get(row, at)?;
+    if key.is_none() {
+        return Ok(None);
+    }
+    member(row, at).map(Some)
 }
 
 pub(crate) fn user(row: &Row, at: usize) -> Result<UserRow, StoreError> {
