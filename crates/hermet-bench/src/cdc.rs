@@ -1014,16 +1014,7 @@ async fn round(s: &Setup<'_>, client: &mut Client, i: usize) -> Result<CdcRound,
         backlog.wal_bytes as f64 / 1048576.0,
         backlog.secs
     );
-    // Autovacuum would otherwise visit the fresh tables during whichever drain runs first, and
-    // dirty buffers be flushed meanwhile: do both now, unmeasured (their WAL comes after the
-    // end of the backlog, so neither drain has to decode it).
-    client
-        .batch_execute(&format!("VACUUM (ANALYZE) {}", TABLES.join(", ")))
-        .await
-        .map_err(db_err("vacuum the backlog"))?;
-    if let Err(e) = client.batch_execute("CHECKPOINT").await {
-        eprintln!("bench cdc: CHECKPOINT failed (not a superuser?), continuing: {e}");
-    }
+    settle_backlog(client, "cdc").await?;
 
     let relay_first = i.is_multiple_of(2);
     let (a, b) = if relay_first {
@@ -1083,23 +1074,7 @@ async fn round(s: &Setup<'_>, client: &mut Client, i: usize) -> Result<CdcRound,
 }
 
 async fn run_in(s: &Setup<'_>) -> Result<CdcReport, BenchError> {
-    let mut client = admin_connect(s.url).await?;
-    hermet_store::migrate::migrate(&mut client, s.shards).await?;
-    client
-        .batch_execute(&format!(
-            "CREATE PUBLICATION {PUBLICATION} FOR TABLE {}",
-            TABLES.join(", ")
-        ))
-        .await
-        .map_err(db_err("create the publication"))?;
-    let server_version: String = client
-        .query_one(
-            "SELECT 'PostgreSQL ' || current_setting('server_version')",
-            &[],
-        )
-        .await
-        .map_err(db_err("read the server version"))?
-        .get(0);
+    let (mut client, server_version) = prepare_database(s.url, s.shards).await?;
     let mut rounds = Vec::with_capacity(s.opts.runs);
     for i in 1..=s.opts.runs {
         rounds.push(round(s, &mut client, i).await?);
@@ -1140,22 +1115,45 @@ pub(crate) async fn drop_all_slots(admin_url: &str, database: &str) -> Result<()
     Ok(())
 }
 
+/// Vacuums and checkpoints after a backlog is written. Autovacuum would otherwise visit the
+/// fresh tables during whichever drain runs first, and dirty buffers be flushed meanwhile: both
+/// now, unmeasured (their WAL comes after the end of the backlog, so no drain decodes it).
+pub(crate) async fn settle_backlog(client: &Client, bench: &str) -> Result<(), BenchError> {
+    client
+        .batch_execute(&format!("VACUUM (ANALYZE) {}", TABLES.join(", ")))
+        .await
+        .map_err(db_err("vacuum the backlog"))?;
+    if let Err(e) = client.batch_execute("CHECKPOINT").await {
+        eprintln!("bench {bench}: CHECKPOINT failed (not a superuser?), continuing: {e}");
+    }
+    Ok(())
+}
+
+/// Deletes the topics of a `bench cdc`/`bench modes` run (`runs` rounds under `tag`).
 pub(crate) async fn delete_topics(brokers: &str, tag: &str, runs: usize) -> Result<(), BenchError> {
-    use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
-    use hermet_kafka::rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> =
-        hermet_kafka::client_config(brokers, "hermet-bench")
-            .create()
-            .map_err(hermet_kafka::KafkaError::from)?;
     let names: Vec<String> = (1..=runs)
         .flat_map(|i| {
             let template = topic_template(tag, i);
             TABLES.map(|t| template.replace("{table}", t))
         })
         .collect();
+    delete_topic_names(brokers, &names).await
+}
+
+/// Deletes the named topics. Topics a failed round never created come back as errors: nothing
+/// to do for those.
+pub(crate) async fn delete_topic_names(brokers: &str, names: &[String]) -> Result<(), BenchError> {
+    use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+    use hermet_kafka::rdkafka::client::DefaultClientContext;
+    if names.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        hermet_kafka::client_config(brokers, "hermet-bench")
+            .create()
+            .map_err(hermet_kafka::KafkaError::from)?;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    // Topics a failed round never created come back as errors: nothing to do for those.
     admin
         .delete_topics(&refs, &opts)
         .await
@@ -1163,13 +1161,56 @@ pub(crate) async fn delete_topics(brokers: &str, tag: &str, runs: usize) -> Resu
     Ok(())
 }
 
+/// The `hermet` binary the relays run as: `--hermet-bin`, else this executable.
+pub(crate) fn hermet_binary(env: &BenchEnv) -> Result<PathBuf, BenchError> {
+    match &env.hermet_bin {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe().map_err(io_err("find the hermet binary")),
+    }
+}
+
+/// The pid of the Kafka broker when the first bootstrap server is on this machine (its CPU and
+/// memory are then measured too).
+pub(crate) fn local_broker_pid(brokers: &str) -> Option<u32> {
+    brokers
+        .split(',')
+        .next()
+        .and_then(|b| b.rsplit_once(':'))
+        .filter(|(host, _)| ["127.0.0.1", "localhost", "[::1]"].contains(host))
+        .and_then(|(_, port)| port.parse().ok())
+        .and_then(listener_pid)
+}
+
+/// Migrates the scratch database and publishes the relayed tables; returns the admin
+/// connection and the server's version for the report.
+pub(crate) async fn prepare_database(
+    url: &str,
+    shards: u32,
+) -> Result<(Client, String), BenchError> {
+    let mut client = admin_connect(url).await?;
+    hermet_store::migrate::migrate(&mut client, shards).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {PUBLICATION} FOR TABLE {}",
+            TABLES.join(", ")
+        ))
+        .await
+        .map_err(db_err("create the publication"))?;
+    let server_version: String = client
+        .query_one(
+            "SELECT 'PostgreSQL ' || current_setting('server_version')",
+            &[],
+        )
+        .await
+        .map_err(db_err("read the server version"))?
+        .get(0);
+    Ok((client, server_version))
+}
+
 /// Runs `hermet bench cdc` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<CdcReport, BenchError> {
     opts.check(crate::Scenario::Cdc)?;
-    let hermet_bin = match &env.hermet_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(io_err("find the hermet binary"))?,
-    };
+    let hermet_bin = hermet_binary(env)?;
     let recvlogical = opts.pg_recvlogical.clone().unwrap_or_else(find_recvlogical);
     let shards = opts.shards.unwrap_or(env.shards);
     let tag = format!("{:08x}", rand::random::<u32>());
@@ -1188,14 +1229,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<CdcReport, Bench
         shards,
         hermet_bin: &hermet_bin,
         recvlogical: &recvlogical,
-        broker_pid: env
-            .kafka_brokers
-            .split(',')
-            .next()
-            .and_then(|b| b.rsplit_once(':'))
-            .filter(|(host, _)| ["127.0.0.1", "localhost", "[::1]"].contains(host))
-            .and_then(|(_, port)| port.parse().ok())
-            .and_then(listener_pid),
+        broker_pid: local_broker_pid(&env.kafka_brokers),
     };
     let result = tokio::select! {
         r = run_in(&setup) => r,

@@ -61,9 +61,9 @@ use tokio::process::Command;
 use tokio_postgres::Client;
 
 use crate::cdc::{
-    self, cpu_secs, db_err, drain_recvlogical, drop_slot, find_recvlogical, io_err, listener_pid,
-    memory_kib, slot_state, streaming_at, tail, write_backlog, CpuTracker, RelayProc, RelaySpec,
-    POLL, STALL, TABLES,
+    self, cpu_secs, db_err, drain_recvlogical, drop_slot, find_recvlogical, io_err, memory_kib,
+    slot_state, streaming_at, tail, write_backlog, CpuTracker, RelayProc, RelaySpec, POLL, STALL,
+    TABLES,
 };
 use crate::report::median;
 use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
@@ -509,25 +509,6 @@ async fn create_topics(brokers: &str, names: &[String], partitions: i32) -> Resu
             }
         }
     }
-    Ok(())
-}
-
-async fn delete_topics(brokers: &str, names: &[String]) -> Result<(), BenchError> {
-    use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
-    use hermet_kafka::rdkafka::client::DefaultClientContext;
-    if names.is_empty() {
-        return Ok(());
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        hermet_kafka::client_config(brokers, "hermet-bench-peers")
-            .create()
-            .map_err(hermet_kafka::KafkaError::from)?;
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    admin
-        .delete_topics(&refs, &opts)
-        .await
-        .map_err(hermet_kafka::KafkaError::from)?;
     Ok(())
 }
 
@@ -1171,13 +1152,7 @@ async fn round(
         backlog.wal_bytes as f64 / 1048576.0,
         backlog.secs
     );
-    client
-        .batch_execute(&format!("VACUUM (ANALYZE) {}", TABLES.join(", ")))
-        .await
-        .map_err(db_err("vacuum the backlog"))?;
-    if let Err(e) = client.batch_execute("CHECKPOINT").await {
-        eprintln!("bench peers: CHECKPOINT failed (not a superuser?), continuing: {e}");
-    }
+    cdc::settle_backlog(client, "peers").await?;
     let users: i64 = client
         .query_one("SELECT count(*) FROM users", &[])
         .await
@@ -1244,24 +1219,7 @@ async fn round(
 }
 
 async fn run_in(s: &Setup<'_>, topics: &mut Vec<String>) -> Result<PeersReport, BenchError> {
-    let mut client = admin_connect(s.url).await?;
-    hermet_store::migrate::migrate(&mut client, s.shards).await?;
-    client
-        .batch_execute(&format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
-            cdc::PUBLICATION,
-            TABLES.join(", ")
-        ))
-        .await
-        .map_err(db_err("create the publication"))?;
-    let server_version: String = client
-        .query_one(
-            "SELECT 'PostgreSQL ' || current_setting('server_version')",
-            &[],
-        )
-        .await
-        .map_err(db_err("read the server version"))?
-        .get(0);
+    let (mut client, server_version) = cdc::prepare_database(s.url, s.shards).await?;
     let mut rounds = Vec::with_capacity(s.opts.runs);
     let mut next_message = 0i64;
     for i in 1..=s.opts.runs {
@@ -1315,10 +1273,7 @@ fn free_port() -> Result<u16, BenchError> {
 /// Runs `hermet bench peers` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<PeersReport, BenchError> {
     opts.check(crate::Scenario::Peers)?;
-    let hermet_bin = match &env.hermet_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(io_err("find the hermet binary"))?,
-    };
+    let hermet_bin = cdc::hermet_binary(env)?;
     let script =
         match opts.debezium_script.clone().or_else(find_script) {
             Some(p) => p,
@@ -1362,14 +1317,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<PeersReport, Ben
         hermet_bin: &hermet_bin,
         script: &script,
         recvlogical: &recvlogical,
-        broker_pid: env
-            .kafka_brokers
-            .split(',')
-            .next()
-            .and_then(|b| b.rsplit_once(':'))
-            .filter(|(host, _)| ["127.0.0.1", "localhost", "[::1]"].contains(host))
-            .and_then(|(_, port)| port.parse().ok())
-            .and_then(listener_pid),
+        broker_pid: cdc::local_broker_pid(&env.kafka_brokers),
         rest_port: free_port()?,
     };
     let mut topics = Vec::new();
@@ -1401,7 +1349,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<PeersReport, Ben
             eprintln!("bench peers: could not delete Debezium's run folder of round {i}: {e}");
         }
     }
-    if let Err(e) = delete_topics(&env.kafka_brokers, &topics).await {
+    if let Err(e) = cdc::delete_topic_names(&env.kafka_brokers, &topics).await {
         eprintln!("bench peers: could not delete the topics of the run: {e}");
     }
     if let Err(e) = cdc::drop_all_slots(&env.database_url, &name).await {

@@ -140,14 +140,52 @@ pub async fn advance_watermarks(
     Ok(())
 }
 
-/// The newest LSN up to which every write is applied for all of `projectors` (one query, for
-/// pollers that track many LSNs at once): `covers(lsn)` holds for every projector exactly when
-/// `lsn <= covered_upto(..)`. `None`: not even the oldest LSN is known to be covered (a `cdc`
-/// projector has not reported all its `partitions` yet).
+/// Whether the view maintained by `projector` has applied every write up to `lsn`:
+/// `lsn <= covered_upto(projector)`.
+pub async fn covers(
+    client: &deadpool_postgres::Client,
+    mode: SyncMode,
+    projector: &str,
+    partitions: i64,
+    lsn: Lsn,
+) -> Result<bool, StoreError> {
+    Ok(covered(client, mode, projector, partitions)
+        .await?
+        .is_some_and(|upto| upto >= lsn))
+}
+
+/// The newest LSN up to which every write is applied for all of `projectors`, so one call
+/// answers [`covers`] for any number of LSNs (pollers that track many). `None`: not even the
+/// oldest write is known to be covered.
 pub async fn covered_upto(
     client: &deadpool_postgres::Client,
     mode: SyncMode,
     projectors: &[String],
+    partitions: i64,
+) -> Result<Option<Lsn>, StoreError> {
+    let mut upto = Lsn(u64::MAX);
+    for p in projectors {
+        match covered(client, mode, p, partitions).await? {
+            Some(l) => upto = upto.min(l),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(upto))
+}
+
+/// The coverage rule, in one place: the newest LSN `projector`'s view has applied every write
+/// up to.
+///
+/// - `dual_write`: everything (views change in the write's own transaction);
+/// - `async`: just before the oldest outbox row still pending (`wal_lsn` is a lower bound of
+///   its commit);
+/// - `cdc`: every one of the projector's `partitions` has applied an event or a watermark
+///   marker at or past it (markers come from the relay, so a quiet partition catches up too):
+///   the `partitions`-th highest applied position. `None` while fewer partitions reported.
+async fn covered(
+    client: &deadpool_postgres::Client,
+    mode: SyncMode,
+    projector: &str,
     partitions: i64,
 ) -> Result<Option<Lsn>, StoreError> {
     match mode {
@@ -157,66 +195,20 @@ pub async fn covered_upto(
                 .prepare_cached("SELECT (min(wal_lsn) - '0/0'::pg_lsn)::bigint FROM hermet_outbox")
                 .await?;
             let oldest: Option<i64> = client.query_one(&stmt, &[]).await?.get(0);
-            Ok(Some(Lsn(oldest.map_or(u64::MAX, |l| l as u64))))
+            Ok(Some(Lsn(oldest.map_or(u64::MAX, |l| l.max(0) as u64))))
         }
+        SyncMode::Cdc if partitions <= 0 => Ok(Some(Lsn(u64::MAX))),
         SyncMode::Cdc => {
             let stmt = client
                 .prepare_cached(
-                    "SELECT count(*), min(applied_lsn) FROM hermet_projector_watermarks
-                      WHERE projector = ANY($1) GROUP BY projector",
+                    "SELECT applied_lsn FROM hermet_projector_watermarks
+                      WHERE projector = $1 ORDER BY applied_lsn DESC OFFSET $2 LIMIT 1",
                 )
                 .await?;
-            let rows = client.query(&stmt, &[&projectors]).await?;
-            if rows.len() < projectors.len() {
-                return Ok(None);
-            }
-            let mut upto = u64::MAX;
-            for r in rows {
-                let (n, min): (i64, i64) = (r.get(0), r.get(1));
-                if n < partitions {
-                    return Ok(None);
-                }
-                upto = upto.min(min.max(0) as u64);
-            }
-            Ok(Some(Lsn(upto)))
-        }
-    }
-}
-
-/// Whether the view maintained by `projector` has applied every write up to `lsn`.
-///
-/// - `dual_write`: always (views change in the write's own transaction);
-/// - `async`: no outbox row written before `lsn` is still pending;
-/// - `cdc`: every one of the projector's `partitions` has applied an event or a watermark
-///   marker at or past `lsn` (markers come from the relay, so a quiet partition catches up too).
-pub async fn covers(
-    client: &deadpool_postgres::Client,
-    mode: SyncMode,
-    projector: &str,
-    partitions: i64,
-    lsn: Lsn,
-) -> Result<bool, StoreError> {
-    let lsn_text = lsn.to_string();
-    match mode {
-        SyncMode::DualWrite => Ok(true),
-        SyncMode::Async => {
-            let stmt = client
-                .prepare_cached(
-                    "SELECT NOT EXISTS (SELECT 1 FROM hermet_outbox WHERE wal_lsn < $1::text::pg_lsn)",
-                )
+            let row = client
+                .query_opt(&stmt, &[&projector, &(partitions - 1)])
                 .await?;
-            Ok(client.query_one(&stmt, &[&lsn_text]).await?.get(0))
-        }
-        SyncMode::Cdc => {
-            let at = i64::try_from(lsn.0).unwrap_or(i64::MAX);
-            let stmt = client
-                .prepare_cached(
-                    "SELECT count(*) FILTER (WHERE applied_lsn >= $2) FROM hermet_projector_watermarks
-                      WHERE projector = $1",
-                )
-                .await?;
-            let done: i64 = client.query_one(&stmt, &[&projector, &at]).await?.get(0);
-            Ok(done >= partitions)
+            Ok(row.map(|r| Lsn(r.get::<_, i64>(0).max(0) as u64)))
         }
     }
 }

@@ -34,6 +34,20 @@ pub async fn wal_lsn(store: &hermet_store::Store) -> hermet_core::Lsn {
     s.parse().expect("lsn")
 }
 
+/// Whether the relay on `slot` recorded its initial snapshot as complete (its topics exist).
+/// The state table does not exist until the relay made it: an error is "not yet".
+pub async fn snapshot_done(client: &tokio_postgres::Client, slot: &str) -> bool {
+    client
+        .query_opt(
+            "SELECT snapshot_done FROM hermet_cdc_state WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.get::<_, bool>(0))
+}
+
 /// Drops the slot once no walsender holds it (ending one that still does); gives up after a
 /// minute with the last error.
 pub async fn drop_slot(url: &str, slot: &str) -> Result<(), String> {

@@ -33,7 +33,9 @@ use hermet_core::Lsn;
 use hermet_projector::consumer::{self, GroupConfig};
 use hermet_projector::{dlq, outbox};
 use hermet_store::{project, sync, Store, StoreConfig, SyncMode};
-use hermet_testkit::pipeline::{brokers, cleanup, cleanup_blocking, connect, wal_lsn};
+use hermet_testkit::pipeline::{
+    brokers, cleanup, cleanup_blocking, connect, snapshot_done, wal_lsn,
+};
 use hermet_testkit::workload::{self, Cmd};
 use hermet_testkit::{render, TestDb, TEST_SECRET};
 use proptest::prelude::*;
@@ -216,16 +218,7 @@ impl Cdc {
         let deadline = Instant::now() + WAIT;
         loop {
             self.relay.as_mut().expect("relay").check().await;
-            // The state table does not exist until the relay made it: an error is "not yet".
-            let done = client
-                .query_opt(
-                    "SELECT snapshot_done FROM hermet_cdc_state WHERE slot_name = $1",
-                    &[&self.slot()],
-                )
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.get::<_, bool>(0));
+            let done = snapshot_done(&client, &self.slot()).await;
             if done {
                 break;
             }
@@ -871,27 +864,23 @@ async fn poison_event_is_dead_lettered_then_replayed() {
 
     // Fix the cause, replay: A's row catches up; a second replay has nothing left.
     conn.batch_execute(CURE).await.expect("cure");
-    let replayed = dlq::replay(
-        &brokers(),
-        &cdc.dlq_topic(),
-        store.pool(),
-        &projection(),
-        &NoCache,
-    )
-    .await
-    .expect("replay");
+    let dlq_topic = cdc.dlq_topic();
+    let replay = || async {
+        dlq::replay(
+            &brokers(),
+            &dlq_topic,
+            store.pool(),
+            &projection(),
+            &NoCache,
+        )
+        .await
+        .expect("replay")
+    };
+    let replayed = replay().await;
     assert_eq!(replayed, letters.len());
     assert_eq!(listed(&store, a, ab).await, Some((Some("to an".into()), 1)));
     db.assert_converged(&store).await;
-    let again = dlq::replay(
-        &brokers(),
-        &cdc.dlq_topic(),
-        store.pool(),
-        &projection(),
-        &NoCache,
-    )
-    .await
-    .expect("replay");
+    let again = replay().await;
     assert_eq!(again, 0, "each dead letter is replayed once");
     cdc.finish().await;
 }

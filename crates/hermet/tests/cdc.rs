@@ -22,7 +22,7 @@ use hermet_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use hermet_kafka::rdkafka::{Message, Offset, TopicPartitionList};
 use hermet_store::commands::{ConversationPatch, FriendPatch, GroupPatch, ProfilePatch};
 use hermet_store::Store;
-use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, drop_slot};
+use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, drop_slot, snapshot_done};
 use hermet_testkit::{TestDb, TEST_SHARDS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -214,17 +214,7 @@ impl Cdc {
         let deadline = Instant::now() + WAIT;
         loop {
             self.assert_running("taking the initial snapshot");
-            // The state table does not exist until the relay made it: an error is "not yet".
-            let done = self
-                .client
-                .query_opt(
-                    "SELECT snapshot_done FROM hermet_cdc_state WHERE slot_name = $1",
-                    &[&self.slot],
-                )
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.get::<_, bool>(0));
+            let done = snapshot_done(&self.client, &self.slot).await;
             if done {
                 return;
             }

@@ -16,7 +16,7 @@ use hermet_core::projection::ProjectionConfig;
 use hermet_core::validate::Limits;
 use hermet_core::Lsn;
 use hermet_store::{Store, StoreConfig, SyncMode};
-pub use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, wal_lsn};
+pub use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, snapshot_done, wal_lsn};
 use hermet_testkit::workload;
 use hermet_testkit::{TestDb, TEST_SECRET, TEST_SHARDS};
 
@@ -291,15 +291,7 @@ impl Pipeline {
         let deadline = Instant::now() + WAIT;
         loop {
             self.procs[relay].assert_running();
-            let done = client
-                .query_opt(
-                    "SELECT snapshot_done FROM hermet_cdc_state WHERE slot_name = $1",
-                    &[&self.slot()],
-                )
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.get::<_, bool>(0));
+            let done = snapshot_done(&client, &self.slot()).await;
             if done {
                 break;
             }
