@@ -2,8 +2,9 @@
 # Query plans of the two list reads (docs/query-plans.md): a scratch database with the real
 # schema (`hermet migrate`, 256 shards), both views filled with synthetic rows
 # (BENCH_USERS users, ~20 conversations and ~10 contacts each), then EXPLAIN (ANALYZE, BUFFERS)
-# of the exact statements of crates/hermet-store/src/views.rs, as a custom and as a generic plan
-# (prepared statements switch to the generic plan after five executions).
+# of the list statements of crates/hermet-store/src/views.rs: on the partitioned parent as a custom
+# and as a generic plan (prepared statements switch to the generic plan after five executions),
+# then on the owner's partition, which is what hermet runs (crates/hermet-store/src/shard.rs).
 #
 # Usage: eval "$(scripts/services.sh env)"; cargo build -p hermet; bench/plans/explain.sh > out.txt
 set -euo pipefail
@@ -69,3 +70,33 @@ EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE conv(4242, 51);
 EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE contacts(4242, 200);
 SQL
 done
+CONV_PART=$(psql -q "$URL" -At -c "SELECT tableoid::regclass FROM user_conversation_view WHERE user_id = 4242 LIMIT 1")
+CONT_PART=$(psql -q "$URL" -At -c "SELECT tableoid::regclass FROM user_contact_view WHERE user_id = 4242 LIMIT 1")
+echo
+echo "== owner's partition ($CONV_PART, $CONT_PART), as hermet runs it: cached generic plan"
+psql -q -v ON_ERROR_STOP=1 "$URL" <<SQL
+SET plan_cache_mode = force_generic_plan;
+PREPARE conv(bigint, bigint) AS
+SELECT channel_id, conversation_type, conversation_name, conversation_avatar,
+    peer_user_id, last_message_id, last_message_seq, last_message_type, last_message_content,
+    last_message_sender_id, last_message_sender_name, last_message_time, unread_count,
+    is_pinned, is_muted, activity_at FROM $CONV_PART
+ WHERE user_id = \$1 AND closed_at = 0 AND NOT is_hidden
+ ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
+ LIMIT \$2;
+PREPARE contacts(bigint, bigint) AS
+SELECT contact_id, contact_nickname, contact_avatar, remark_name, group_name, is_starred
+  FROM $CONT_PART
+ WHERE user_id = \$1 AND deleted_at = 0
+ ORDER BY is_starred DESC, contact_nickname, contact_id
+ LIMIT \$2;
+-- the first execution builds the cached plan; the explained one reuses it
+\o /dev/null
+EXECUTE conv(4242, 51);
+EXECUTE contacts(4242, 200);
+\o
+\echo '-- conversation list, first page (user 4242, limit 50)'
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE conv(4242, 51);
+\echo '-- contact list (user 4242, limit 200)'
+EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, SUMMARY ON) EXECUTE contacts(4242, 200);
+SQL

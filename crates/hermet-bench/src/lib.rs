@@ -216,8 +216,9 @@ pub struct BenchOptions {
     /// loop, every reader as fast as it goes.
     #[arg(long, default_value_t = 0.0)]
     pub read_rate: f64,
-    /// `cache`, `modes`: PostgreSQL connections of the measured pool [default: one per worker,
-    /// plus a few].
+    /// `cache`, `modes`: PostgreSQL connections of the measured pool [default: `cache`, the
+    /// list reads' pool of a deployment (`database.read_pool_size`, 8); `modes`, one per
+    /// worker, plus a few].
     #[arg(long)]
     pub pool_size: Option<usize>,
     /// `modes`: the sync modes to run, comma-separated (`dual_write`, `async`, `cdc`).

@@ -914,8 +914,9 @@ impl Store {
         limit: i64,
         after: Option<ListCursor>,
     ) -> Result<Vec<ConversationItem>, StoreError> {
-        let conn = self.conn().await?;
-        views::list_conversations(&conn, user, limit, after).await
+        let conn = self.read_pool().get().await?;
+        let queries = self.list_queries(&conn).await?;
+        views::list_conversations(&conn, queries, user, limit, after).await
     }
 
     pub async fn list_contacts(
@@ -923,7 +924,8 @@ impl Store {
         user: UserId,
         limit: i64,
     ) -> Result<Vec<ContactItem>, StoreError> {
-        let conn = self.conn().await?;
-        views::list_contacts(&conn, user, limit).await
+        let conn = self.read_pool().get().await?;
+        let queries = self.list_queries(&conn).await?;
+        views::list_contacts(&conn, queries, user, limit).await
     }
 }

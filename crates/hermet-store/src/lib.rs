@@ -22,6 +22,7 @@ pub mod oracle;
 pub mod project;
 pub mod rebuild;
 mod rows;
+pub mod shard;
 pub mod sync;
 pub mod views;
 
@@ -72,12 +73,20 @@ pub struct Written<T> {
     pub lsn: Lsn,
 }
 
-/// The PostgreSQL side of hermet: write-side commands and read-side queries on one pool.
+/// Default size of the list reads' pool (`database.read_pool_size`).
+pub const DEFAULT_READ_POOL_SIZE: usize = 8;
+
+/// The PostgreSQL side of hermet: write-side commands and read-side queries.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// The list reads' connections: each prepares statements per shard (see [`views`]), so
+    /// their number bounds that memory on the server. The commands' pool unless set apart.
+    read_pool: Pool,
     cfg: StoreConfig,
     cache: Arc<dyn ListCache>,
+    /// Built at the first list read, from the catalog.
+    lists: Arc<tokio::sync::OnceCell<views::ListQueries>>,
 }
 
 /// Opens a connection pool. Connections are made lazily; [`Store::ping`] checks one.
@@ -105,9 +114,11 @@ impl Store {
     /// A store without a list cache.
     pub fn new(pool: Pool, cfg: StoreConfig) -> Self {
         Store {
+            read_pool: pool.clone(),
             pool,
             cfg,
             cache: hermet_core::cache::no_cache(),
+            lists: Arc::default(),
         }
     }
 
@@ -116,6 +127,17 @@ impl Store {
     pub fn with_cache(mut self, cache: Arc<dyn ListCache>) -> Self {
         self.cache = cache;
         self
+    }
+
+    /// The store, serving list reads from `pool` instead of the commands' pool.
+    pub fn with_read_pool(mut self, pool: Pool) -> Self {
+        self.read_pool = pool;
+        self
+    }
+
+    /// The list reads' pool.
+    pub fn read_pool(&self) -> &Pool {
+        &self.read_pool
     }
 
     /// The list cache this store invalidates (and the API reads through).
@@ -129,6 +151,16 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
+    }
+
+    /// The list queries, loaded from the catalog once.
+    pub async fn list_queries(
+        &self,
+        client: &deadpool_postgres::Client,
+    ) -> Result<&views::ListQueries, StoreError> {
+        self.lists
+            .get_or_try_init(|| views::ListQueries::load(client))
+            .await
     }
 
     /// Checks that the database answers.

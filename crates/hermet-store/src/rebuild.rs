@@ -14,11 +14,13 @@
 //!    and written over the shadow's row. Passes repeat until few keys change.
 //! 3. **Swap.** One transaction: `LOCK` the live tables `IN EXCLUSIVE MODE` (writers wait,
 //!    readers go on), take snapshot `Sf`, do a last catch-up pass from the previous snapshot,
-//!    then `ALTER TABLE … RENAME` live → `<table>_retired` and shadow → live, and commit. Reads
-//!    wait only for the renames.
-//! 4. **Clean up.** The retired tables are dropped a partition at a time; the new partitions,
-//!    constraints and indexes get the live names back. The clean-up is idempotent and also runs
-//!    before a rebuild, so a rebuild killed at any point leaves nothing that breaks the next.
+//!    then `ALTER TABLE … RENAME` live → `<table>_retired` and shadow → live, their partitions
+//!    likewise (`<table>_<n>` → `<table>_retired_<n>`, `<table>_shadow_<n>` → `<table>_<n>`:
+//!    list reads name partitions, see [`crate::shard`]), and commit. Reads wait only for the
+//!    renames.
+//! 4. **Clean up.** The retired tables are dropped a partition at a time; the new constraints
+//!    and indexes get the live names back. The clean-up is idempotent and also runs before a
+//!    rebuild, so a rebuild killed at any point leaves nothing that breaks the next.
 //!
 //! # Contract: writes that land during the rebuild
 //!
@@ -329,15 +331,13 @@ pub(crate) fn ident(name: &str) -> Result<String, StoreError> {
     }
 }
 
+const PARTITIONS: &str =
+    "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                           WHERE i.inhparent = to_regclass($1) ORDER BY 1";
+
 /// Partitions of `parent` (none when it does not exist).
 async fn partitions(client: &Client, parent: &str) -> Result<Vec<String>, StoreError> {
-    let rows = client
-        .query(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-              WHERE i.inhparent = to_regclass($1) ORDER BY 1",
-            &[&parent],
-        )
-        .await?;
+    let rows = client.query(PARTITIONS, &[&parent]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -865,6 +865,34 @@ async fn swap(
             ident(t)?
         ))
         .await?;
+        // The partitions swap names too, in the same transaction: list reads name the owner's
+        // partition (`shard`), so `<t>_<n>` must never be a retired one.
+        let mut renames = Vec::new();
+        for (parent, from, to) in [
+            (
+                format!("{t}_retired"),
+                format!("{t}_"),
+                format!("{t}_retired_"),
+            ),
+            (t.to_string(), format!("{t}_shadow_"), format!("{t}_")),
+        ] {
+            for r in tx.query(PARTITIONS, &[&parent]).await? {
+                let name: String = r.get(0);
+                if let Some(n) = name
+                    .strip_prefix(&from)
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    renames.push(format!(
+                        "ALTER TABLE {} RENAME TO {}",
+                        ident(&name)?,
+                        ident(&format!("{to}{n}"))?
+                    ));
+                }
+            }
+        }
+        if !renames.is_empty() {
+            tx.batch_execute(&renames.join("; ")).await?;
+        }
     }
     tx.commit().await?;
     Ok(keys)

@@ -7,8 +7,10 @@
 use deadpool_postgres::Transaction;
 use hermet_core::rows::{ChannelId, ChannelType, UserId};
 use hermet_core::views::{ContactRow, ConversationRow, ViewBatch};
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio_postgres::error::SqlState;
 
+use crate::shard::{self, ShardNames};
 use crate::{now_ms, StoreError};
 
 const UPSERT_CONVERSATIONS: &str = "
@@ -291,47 +293,156 @@ const LIST_COLS: &str = "channel_id, conversation_type, conversation_name, conve
     last_message_sender_id, last_message_sender_name, last_message_time, unread_count,
     is_pinned, is_muted, activity_at";
 
-// Built once: the statement cache is keyed by the text, and this runs on every list read.
-static LIST_FIRST_SQL: LazyLock<String> = LazyLock::new(|| {
+fn list_first_sql(table: &str) -> String {
     format!(
-        "SELECT {LIST_COLS} FROM user_conversation_view
+        "SELECT {LIST_COLS} FROM {table}
           WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden
           ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
           LIMIT $2"
     )
-});
+}
 
-static LIST_AFTER_SQL: LazyLock<String> = LazyLock::new(|| {
+fn list_after_sql(table: &str) -> String {
     format!(
-        "SELECT {LIST_COLS} FROM user_conversation_view
+        "SELECT {LIST_COLS} FROM {table}
           WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden
             AND (is_pinned, activity_at, channel_id) < ($3, $4, $5)
           ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
           LIMIT $2"
     )
-});
+}
+
+fn list_contacts_sql(table: &str) -> String {
+    format!(
+        "SELECT contact_id, contact_nickname, contact_avatar, remark_name, group_name, is_starred
+           FROM {table}
+          WHERE user_id = $1 AND deleted_at = 0
+          ORDER BY is_starred DESC, contact_nickname, contact_id
+          LIMIT $2"
+    )
+}
+
+/// The list statements of one table: one per partition, routed by the owner's id, or one on
+/// the partitioned parent when the partitions are not laid out as [`shard`] expects.
+#[derive(Debug)]
+struct Routed<T> {
+    shards: Option<ShardNames>,
+    parent: T,
+    per_shard: Vec<T>,
+}
+
+impl<T> Routed<T> {
+    fn new(table: &str, shards: Option<ShardNames>, sql: impl Fn(&str) -> T) -> Self {
+        let per_shard = shards
+            .as_ref()
+            .map(|s| s.names().iter().map(|n| sql(n)).collect())
+            .unwrap_or_default();
+        Routed {
+            shards,
+            parent: sql(table),
+            per_shard,
+        }
+    }
+
+    fn of(&self, user: UserId) -> &T {
+        match &self.shards {
+            Some(s) => &self.per_shard[shard::hash_partition(user, s.count()) as usize],
+            None => &self.parent,
+        }
+    }
+}
+
+/// The list queries, built once per process from the catalog (texts only: the statements are
+/// prepared per connection, by the pool's statement cache).
+///
+/// Reads name the owner's partition (see [`shard`] for why and when that is safe). Should a
+/// partition have gone missing anyway (a rebuild by an older hermet, which renamed partitions
+/// after its swap), the read is answered from the parent instead.
+#[derive(Debug)]
+pub struct ListQueries {
+    conversations: Routed<(String, String)>,
+    contacts: Routed<String>,
+    /// Reads answered from the parent because their partition was missing.
+    fallbacks: AtomicU64,
+}
+
+impl ListQueries {
+    pub async fn load(client: &deadpool_postgres::Client) -> Result<Self, StoreError> {
+        const CONV: &str = "user_conversation_view";
+        const CONTACTS: &str = "user_contact_view";
+        let conv = ShardNames::load(client, CONV).await?;
+        let contacts = ShardNames::load(client, CONTACTS).await?;
+        if conv.is_none() || contacts.is_none() {
+            tracing::warn!(
+                "read-side partitions are not named as hermet creates them; \
+                 list reads go through the partitioned tables"
+            );
+        }
+        Ok(ListQueries {
+            conversations: Routed::new(CONV, conv, |t| (list_first_sql(t), list_after_sql(t))),
+            contacts: Routed::new(CONTACTS, contacts, list_contacts_sql),
+            fallbacks: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether reads name the owner's partition (both lists).
+    pub fn routed(&self) -> bool {
+        self.conversations.shards.is_some() && self.contacts.shards.is_some()
+    }
+
+    /// Reads so far answered from the parent because their partition was missing.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `sql` (prepared, cached per connection); on a missing relation, runs `fallback`.
+async fn query_routed(
+    client: &deadpool_postgres::Client,
+    queries: &ListQueries,
+    sql: &str,
+    fallback: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let run = |sql: &str| {
+        let sql = sql.to_owned();
+        async move {
+            let stmt = client.prepare_cached(&sql).await?;
+            client.query(&stmt, params).await
+        }
+    };
+    match run(sql).await {
+        Err(e) if sql != fallback && e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+            tracing::warn!(error = %e, "read-side partition missing; reading the parent table");
+            queries.fallbacks.fetch_add(1, Ordering::Relaxed);
+            Ok(run(fallback).await?)
+        }
+        r => Ok(r?),
+    }
+}
 
 /// One page of a user's conversation list: pinned first, newest activity first, channel id as
 /// the tie-break; closed and hidden conversations left out.
 pub async fn list_conversations(
     client: &deadpool_postgres::Client,
+    queries: &ListQueries,
     user: UserId,
     limit: i64,
     after: Option<ListCursor>,
 ) -> Result<Vec<ConversationItem>, StoreError> {
+    let (first, after_sql) = queries.conversations.of(user);
+    let (parent_first, parent_after) = &queries.conversations.parent;
     let rows = match after {
-        None => {
-            let stmt = client.prepare_cached(&LIST_FIRST_SQL).await?;
-            client.query(&stmt, &[&user, &limit]).await?
-        }
+        None => query_routed(client, queries, first, parent_first, &[&user, &limit]).await?,
         Some(c) => {
-            let stmt = client.prepare_cached(&LIST_AFTER_SQL).await?;
-            client
-                .query(
-                    &stmt,
-                    &[&user, &limit, &c.pinned, &c.activity_at, &c.channel_id],
-                )
-                .await?
+            query_routed(
+                client,
+                queries,
+                after_sql,
+                parent_after,
+                &[&user, &limit, &c.pinned, &c.activity_at, &c.channel_id],
+            )
+            .await?
         }
     };
     rows.iter()
@@ -403,35 +514,33 @@ pub struct ContactItem {
     pub starred: bool,
 }
 
-const LIST_CONTACTS: &str = "
-    SELECT contact_id, contact_nickname, contact_avatar, remark_name, group_name, is_starred
-      FROM user_contact_view
-     WHERE user_id = $1 AND deleted_at = 0
-     ORDER BY is_starred DESC, contact_nickname, contact_id
-     LIMIT $2";
-
 /// A user's contacts: starred first, then by nickname; deleted friendships left out.
 pub async fn list_contacts(
     client: &deadpool_postgres::Client,
+    queries: &ListQueries,
     user: UserId,
     limit: i64,
 ) -> Result<Vec<ContactItem>, StoreError> {
-    let stmt = client.prepare_cached(LIST_CONTACTS).await?;
-    client
-        .query(&stmt, &[&user, &limit])
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ContactItem {
-                contact_id: r.try_get(0).map_err(decode)?,
-                nickname: r.try_get(1).map_err(decode)?,
-                avatar: r.try_get(2).map_err(decode)?,
-                remark_name: r.try_get(3).map_err(decode)?,
-                group_name: r.try_get(4).map_err(decode)?,
-                starred: r.try_get(5).map_err(decode)?,
-            })
+    query_routed(
+        client,
+        queries,
+        queries.contacts.of(user),
+        &queries.contacts.parent,
+        &[&user, &limit],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(ContactItem {
+            contact_id: r.try_get(0).map_err(decode)?,
+            nickname: r.try_get(1).map_err(decode)?,
+            avatar: r.try_get(2).map_err(decode)?,
+            remark_name: r.try_get(3).map_err(decode)?,
+            group_name: r.try_get(4).map_err(decode)?,
+            starred: r.try_get(5).map_err(decode)?,
         })
-        .collect()
+    })
+    .collect()
 }
 
 #[cfg(test)]

@@ -102,6 +102,8 @@ pub struct DatabaseConfig {
     /// PostgreSQL URL of the hermet database (write and read side).
     pub url: String,
     pub pool_size: usize,
+    /// Connections of the list reads, apart from the commands' pool (`Store::with_read_pool`).
+    pub read_pool_size: usize,
 }
 
 impl Default for DatabaseConfig {
@@ -109,6 +111,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "postgres://postgres@127.0.0.1:55432/hermet".into(),
             pool_size: 32,
+            read_pool_size: hermet_store::DEFAULT_READ_POOL_SIZE,
         }
     }
 }
@@ -358,6 +361,9 @@ impl Config {
         }
         if self.database.pool_size == 0 {
             return bad("database.pool_size must be at least 1".into());
+        }
+        if self.database.read_pool_size == 0 {
+            return bad("database.read_pool_size must be at least 1".into());
         }
         if !(1..=4096).contains(&self.read_side.shards) {
             return bad("read_side.shards must be between 1 and 4096".into());

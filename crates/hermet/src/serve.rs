@@ -36,7 +36,10 @@ async fn connect_and_migrate(cfg: &Config) -> anyhow::Result<Store> {
         .context("migrating")?;
     tracing::info!(applied = ?applied, shards = cfg.read_side.shards, "database ready");
     drop(conn);
-    Ok(Store::new(pool, cfg.store_config()).with_cache(cfg.list_cache()?))
+    let reads = connect_pool(&cfg.database.url, cfg.database.read_pool_size)?;
+    Ok(Store::new(pool, cfg.store_config())
+        .with_read_pool(reads)
+        .with_cache(cfg.list_cache()?))
 }
 
 pub async fn migrate_only(cfg: &Config) -> anyhow::Result<()> {
@@ -71,7 +74,14 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     }
     let metrics = crate::telemetry::install()?;
     let store = connect_and_migrate(&cfg).await?;
-    tokio::spawn(crate::telemetry::sample_pool(store.pool().clone()));
+    tokio::spawn(crate::telemetry::sample_pool(
+        store.pool().clone(),
+        "commands",
+    ));
+    tokio::spawn(crate::telemetry::sample_pool(
+        store.read_pool().clone(),
+        "reads",
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut tasks: Vec<(&'static str, Task)> = Vec::new();

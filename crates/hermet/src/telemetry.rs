@@ -132,7 +132,7 @@ fn describe() {
     );
     describe_gauge!(
         "hermet_db_pool_connections",
-        "Database pool connections by state (in_use, idle) and the pool's maximum (max)."
+        "Database pool connections by pool (commands, reads) and state (in_use, idle), and each pool's maximum (max)."
     );
     describe_gauge!(
         "hermet_db_pool_waiting",
@@ -159,17 +159,18 @@ fn describe() {
     );
 }
 
-/// Samples the pool every second until the process ends.
-pub async fn sample_pool(pool: deadpool_postgres::Pool) {
+/// Samples a pool (`name`: `commands` or `reads`) every second until the process ends.
+pub async fn sample_pool(pool: deadpool_postgres::Pool, name: &'static str) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let s = pool.status();
         let idle = s.available as f64;
-        metrics::gauge!("hermet_db_pool_connections", "state" => "in_use")
+        metrics::gauge!("hermet_db_pool_connections", "pool" => name, "state" => "in_use")
             .set(s.size as f64 - idle);
-        metrics::gauge!("hermet_db_pool_connections", "state" => "idle").set(idle);
-        metrics::gauge!("hermet_db_pool_connections", "state" => "max").set(s.max_size as f64);
-        metrics::gauge!("hermet_db_pool_waiting").set(s.waiting as f64);
+        metrics::gauge!("hermet_db_pool_connections", "pool" => name, "state" => "idle").set(idle);
+        metrics::gauge!("hermet_db_pool_connections", "pool" => name, "state" => "max")
+            .set(s.max_size as f64);
+        metrics::gauge!("hermet_db_pool_waiting", "pool" => name).set(s.waiting as f64);
     }
 }

@@ -52,6 +52,30 @@ async fn populate(store: &Store) -> workload::World {
     base
 }
 
+/// The swapped-in partitions carry the live names (`<table>_<n>`, which list reads name), and
+/// no list read had to fall back to the parent table for a missing one.
+async fn assert_partitions_named(store: &Store, users: &[i64]) {
+    for &u in users {
+        store.list_conversations(u, 50, None).await.expect("list");
+        store.list_contacts(u, 50).await.expect("contacts");
+    }
+    let conn = store.pool().get().await.expect("connection");
+    for t in [
+        "user_conversation_view",
+        "user_contact_view",
+        "conversation_reverse_index",
+        "contact_reverse_index",
+    ] {
+        let names = hermet_store::shard::ShardNames::load(&conn, t)
+            .await
+            .expect("catalog");
+        assert!(names.is_some(), "{t}: partitions have their live names");
+    }
+    let queries = store.list_queries(&conn).await.expect("list queries");
+    assert!(queries.routed(), "list reads name partitions");
+    assert_eq!(queries.fallbacks(), 0, "no list read missed its partition");
+}
+
 /// Every read-side row, bookkeeping included, as text in a stable order.
 async fn read_side(store: &Store) -> Vec<String> {
     let conn = store.pool().get().await.expect("connection");
@@ -213,6 +237,7 @@ async fn rebuild_under_cdc_load_keeps_reads_and_converges() {
         .expect("catalog")
         .get(0);
     assert_eq!(leftovers, 0, "no shadow or retired table is left behind");
+    assert_partitions_named(&store, &base.users).await;
     p.procs[proj].stop().await;
     p.procs[relay].stop().await;
 }
@@ -499,10 +524,44 @@ async fn rebuild_converges_in_dual_write_and_async_under_load() {
             .map(|t| tokio::spawn(load(store.clone(), base.clone(), t, stop.clone(), None)))
             .collect();
         tokio::time::sleep(Duration::from_millis(300)).await;
+        // Prepare the routed list reads before the swap renames their partitions.
+        for &u in &base.users {
+            store.list_conversations(u, 50, None).await.expect("list");
+            store.list_contacts(u, 50).await.expect("contacts");
+        }
         let opts = rebuild::RebuildOptions::new(
             vec![rebuild::View::Conversation, rebuild::View::Contact],
             PREVIEW as i32,
         );
+        // The seeded users' rows exist only once the rebuild swaps them in. A routed read that
+        // starts after the parent table showed a user's contacts must show them too: reading a
+        // retired partition under the live name would not.
+        let reader = {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let conn = store.pool().get().await.expect("connection");
+                let (mut reads, mut stale) = (0u64, Vec::new());
+                for u in (1..=200i64).cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let parent: i64 = conn
+                        .query_one(
+                            "SELECT count(*) FROM user_contact_view WHERE user_id = $1 AND deleted_at = 0",
+                            &[&u],
+                        )
+                        .await
+                        .expect("parent read")
+                        .get(0);
+                    let routed = store.list_contacts(u, 100).await.expect("routed read");
+                    reads += 1;
+                    if parent > 0 && routed.is_empty() {
+                        stale.push(u);
+                    }
+                }
+                (reads, stale)
+            })
+        };
         let report = rebuild::rebuild(store.pool(), &opts, &rebuild::NoProgress)
             .await
             .unwrap_or_else(|e| panic!("rebuild in {}: {e}", mode.as_str()));
@@ -510,6 +569,12 @@ async fn rebuild_converges_in_dual_write_and_async_under_load() {
         for w in writers {
             w.await.expect("load task");
         }
+        let (reads, stale) = reader.await.expect("reader");
+        assert!(reads > 0, "the reader ran");
+        assert!(
+            stale.is_empty(),
+            "routed reads older than the parent's: {stale:?}"
+        );
         eprintln!("{}: {report:?}", mode.as_str());
         assert!(
             report.catch_up_keys.iter().sum::<u64>() + report.swap_keys > 0,
@@ -535,5 +600,6 @@ async fn rebuild_converges_in_dual_write_and_async_under_load() {
             h.await.expect("worker").expect("outbox worker");
         }
         db.assert_converged(&store).await;
+        assert_partitions_named(&store, &base.users).await;
     }
 }
