@@ -14,12 +14,12 @@
 //!    and written over the shadow's row. Passes repeat until few keys change.
 //! 3. **Swap.** One transaction: `LOCK` the live tables `IN EXCLUSIVE MODE` (writers wait,
 //!    readers go on), take snapshot `Sf`, do a last catch-up pass from the previous snapshot,
-//!    then `ALTER TABLE … RENAME` live → `<table>_retired` and shadow → live, their partitions
-//!    likewise (`<table>_<n>` → `<table>_retired_<n>`, `<table>_shadow_<n>` → `<table>_<n>`:
-//!    list reads name partitions, see [`crate::shard`]), and commit. Reads wait only for the
-//!    renames.
-//! 4. **Clean up.** The retired tables are dropped a partition at a time; the new constraints
-//!    and indexes get the live names back. The clean-up is idempotent and also runs before a
+//!    then `ALTER TABLE … RENAME` live → `<table>_retired` and shadow → live, the two views'
+//!    partitions likewise (`<table>_<n>` → `<table>_retired_<n>`, `<table>_shadow_<n>` →
+//!    `<table>_<n>`: list reads name partitions, see [`crate::shard`]), and commit. Reads wait
+//!    only for the renames.
+//! 4. **Clean up.** The retired tables are dropped a partition at a time; the reverse indexes'
+//!    partitions, and the new constraints and indexes, get the live names back. The clean-up is idempotent and also runs before a
 //!    rebuild, so a rebuild killed at any point leaves nothing that breaks the next.
 //!
 //! # Contract: writes that land during the rebuild
@@ -59,7 +59,7 @@ use std::time::Instant;
 use deadpool_postgres::{Client, Pool};
 use tokio_postgres::IsolationLevel;
 
-use crate::{now_ms, oracle, StoreError};
+use crate::{now_ms, oracle, views, StoreError};
 
 /// An arbitrary constant: the advisory lock that lets one rebuild run at a time.
 const REBUILD_LOCK: i64 = 0x6865_726d_6574_7262;
@@ -865,8 +865,13 @@ async fn swap(
             ident(t)?
         ))
         .await?;
-        // The partitions swap names too, in the same transaction: list reads name the owner's
-        // partition (`shard`), so `<t>_<n>` must never be a retired one.
+        // The partitions of the listed views swap names too, in the same transaction: list
+        // reads name the owner's partition (`shard`), so `<t>_<n>` must never be a retired one.
+        // (The reverse indexes' partitions get their names back in the clean-up: fewer renames
+        // while writers wait.)
+        if !views::READ_BY_PARTITION.contains(t) {
+            continue;
+        }
         let mut renames = Vec::new();
         for (parent, from, to) in [
             (

@@ -352,6 +352,10 @@ impl<T> Routed<T> {
     }
 }
 
+/// The tables whose partitions the list reads name; the rebuild keeps their partitions' names
+/// live across its swap.
+pub(crate) const READ_BY_PARTITION: [&str; 2] = ["user_conversation_view", "user_contact_view"];
+
 /// The list queries, built once per process from the catalog (texts only: the statements are
 /// prepared per connection, by the pool's statement cache).
 ///
@@ -368,10 +372,9 @@ pub struct ListQueries {
 
 impl ListQueries {
     pub async fn load(client: &deadpool_postgres::Client) -> Result<Self, StoreError> {
-        const CONV: &str = "user_conversation_view";
-        const CONTACTS: &str = "user_contact_view";
-        let conv = ShardNames::load(client, CONV).await?;
-        let contacts = ShardNames::load(client, CONTACTS).await?;
+        let [conv_table, contacts_table] = READ_BY_PARTITION;
+        let conv = ShardNames::load(client, conv_table).await?;
+        let contacts = ShardNames::load(client, contacts_table).await?;
         if conv.is_none() || contacts.is_none() {
             tracing::warn!(
                 "read-side partitions are not named as hermet creates them; \
@@ -379,8 +382,10 @@ impl ListQueries {
             );
         }
         Ok(ListQueries {
-            conversations: Routed::new(CONV, conv, |t| (list_first_sql(t), list_after_sql(t))),
-            contacts: Routed::new(CONTACTS, contacts, list_contacts_sql),
+            conversations: Routed::new(conv_table, conv, |t| {
+                (list_first_sql(t), list_after_sql(t))
+            }),
+            contacts: Routed::new(contacts_table, contacts, list_contacts_sql),
             fallbacks: AtomicU64::new(0),
         })
     }
