@@ -572,6 +572,9 @@ mod tests {
         let mut c = valid();
         c.projector.max_attempts = 0;
         assert!(c.validate().is_err());
+        let mut c = valid();
+        c.database.read_pool_size = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]
@@ -585,7 +588,9 @@ mod tests {
             jail.set_env("HERMET_JWT_SECRET", "s".repeat(40));
             jail.set_env("HERMET_HTTP__ADDR", "127.0.0.1:9100");
             jail.set_env("HERMET_DATABASE_URL", "postgres://u@h:1/db");
+            jail.set_env("HERMET_DATABASE__READ_POOL_SIZE", "3");
             let c = Config::load(Some(Path::new("hermet.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.database.read_pool_size, 3);
             assert_eq!(c.read_side.shards, 8);
             assert_eq!(c.http.addr.port(), 9100, "env wins over the file");
             assert_eq!(c.database.url, "postgres://u@h:1/db");
