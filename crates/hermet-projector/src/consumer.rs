@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,9 +129,27 @@ pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, ProjectorE
 /// cost no extra broker round trips.
 struct LagContext {
     group: String,
+    /// Whether the wait for the change topics has been reported.
+    told_waiting: AtomicBool,
 }
 
 impl ClientContext for LagContext {
+    /// A group may start before the relay has ever run and created the change topics; it then
+    /// waits for them (`run_group`). librdkafka reports each missing topic as an error every
+    /// metadata refresh: say once that the group is waiting, instead of logging errors.
+    fn error(&self, error: RdError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+            if !self.told_waiting.swap(true, Ordering::Relaxed) {
+                tracing::info!(group = %self.group, %reason,
+                    "waiting for the change topics (the relay creates them when it first runs)");
+            } else {
+                tracing::debug!(group = %self.group, %reason, "change topic not there yet");
+            }
+        } else {
+            tracing::error!(group = %self.group, %error, %reason, "kafka client error");
+        }
+    }
+
     fn stats(&self, stats: Statistics) {
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
@@ -156,6 +175,7 @@ fn group_consumer(
         .set("statistics.interval.ms", "5000")
         .create_with_context(LagContext {
             group: group.to_owned(),
+            told_waiting: AtomicBool::new(false),
         })?)
 }
 
