@@ -87,6 +87,7 @@ pub struct Store {
     cache: Arc<dyn ListCache>,
     /// Built at the first list read, from the catalog.
     lists: Arc<tokio::sync::OnceCell<views::ListQueries>>,
+    max_list_statements: usize,
 }
 
 /// Opens a connection pool. Connections are made lazily; [`Store::ping`] checks one.
@@ -119,6 +120,7 @@ impl Store {
             cfg,
             cache: hermet_core::cache::no_cache(),
             lists: Arc::default(),
+            max_list_statements: views::DEFAULT_MAX_LIST_STATEMENTS,
         }
     }
 
@@ -132,6 +134,13 @@ impl Store {
     /// The store, serving list reads from `pool` instead of the commands' pool.
     pub fn with_read_pool(mut self, pool: Pool) -> Self {
         self.read_pool = pool;
+        self
+    }
+
+    /// The store, keeping at most `n` statements prepared per connection for list reads
+    /// (instead of [`views::DEFAULT_MAX_LIST_STATEMENTS`]); takes effect before the first read.
+    pub fn with_max_list_statements(mut self, n: usize) -> Self {
+        self.max_list_statements = n.max(1);
         self
     }
 
@@ -159,7 +168,7 @@ impl Store {
         client: &deadpool_postgres::Client,
     ) -> Result<&views::ListQueries, StoreError> {
         self.lists
-            .get_or_try_init(|| views::ListQueries::load(client))
+            .get_or_try_init(|| views::ListQueries::load(client, self.max_list_statements))
             .await
     }
 

@@ -352,6 +352,13 @@ impl<T> Routed<T> {
     }
 }
 
+/// Statements one connection keeps prepared at most. A routed read prepares one statement per
+/// partition and kind (about 51 KB of server memory each, measured), up to three per shard:
+/// 768 at the default 256 shards, 12,288 at the maximum of 4,096. Past this bound the
+/// connection's statement cache is emptied (the statements are closed on the server and
+/// prepared again as reads need them), so no connection holds more than about 50 MB of them.
+pub const DEFAULT_MAX_LIST_STATEMENTS: usize = 1024;
+
 /// The tables whose partitions the list reads name; the rebuild keeps their partitions' names
 /// live across its swap.
 pub(crate) const READ_BY_PARTITION: [&str; 2] = ["user_conversation_view", "user_contact_view"];
@@ -366,12 +373,18 @@ pub(crate) const READ_BY_PARTITION: [&str; 2] = ["user_conversation_view", "user
 pub struct ListQueries {
     conversations: Routed<(String, String)>,
     contacts: Routed<String>,
+    /// Statements a connection may keep prepared before its cache is emptied (see
+    /// [`DEFAULT_MAX_LIST_STATEMENTS`]).
+    max_statements: usize,
     /// Reads answered from the parent because their partition was missing.
     fallbacks: AtomicU64,
 }
 
 impl ListQueries {
-    pub async fn load(client: &deadpool_postgres::Client) -> Result<Self, StoreError> {
+    pub async fn load(
+        client: &deadpool_postgres::Client,
+        max_statements: usize,
+    ) -> Result<Self, StoreError> {
         let [conv_table, contacts_table] = READ_BY_PARTITION;
         let conv = ShardNames::load(client, conv_table).await?;
         let contacts = ShardNames::load(client, contacts_table).await?;
@@ -386,6 +399,7 @@ impl ListQueries {
                 (list_first_sql(t), list_after_sql(t))
             }),
             contacts: Routed::new(contacts_table, contacts, list_contacts_sql),
+            max_statements,
             fallbacks: AtomicU64::new(0),
         })
     }
@@ -413,6 +427,10 @@ async fn query_routed(
         let sql = sql.to_owned();
         async move {
             let stmt = client.prepare_cached(&sql).await?;
+            if client.statement_cache.size() > queries.max_statements {
+                // `stmt` stays usable: the server closes it once this read drops it.
+                client.statement_cache.clear();
+            }
             client.query(&stmt, params).await
         }
     };

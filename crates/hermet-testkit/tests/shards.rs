@@ -123,3 +123,39 @@ async fn an_unexpected_layout_reads_the_parent_with_the_same_answers() {
         0
     );
 }
+
+#[tokio::test]
+async fn prepared_list_statements_stay_bounded_per_connection() {
+    let db = TestDb::new().await;
+    let store = db.store(40);
+    let cmds = workload::generate(workload::seed(), 400);
+    let world = workload::run(&store, &cmds).await.expect("workload");
+    let expected = all_lists(&store, &world.users).await;
+
+    // One read connection, allowed 5 statements: the 8 shards' first-page, later-page and
+    // contact statements (up to 24) do not fit.
+    let bounded = db
+        .store(40)
+        .with_read_pool(hermet_store::connect_pool(&db.url, 1).expect("pool"))
+        .with_max_list_statements(5);
+    let mut seen_max = 0;
+    let mut got = Vec::new();
+    for &u in &world.users {
+        got.extend(all_lists(&bounded, &[u]).await);
+        let conn = bounded.read_pool().get().await.expect("connection");
+        let size = conn.statement_cache.size();
+        assert!(size <= 5, "{size} statements cached");
+        seen_max = seen_max.max(size);
+        let prepared: i64 = conn
+            .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+            .await
+            .expect("server's statements")
+            .get(0);
+        assert!(
+            prepared <= 5,
+            "{prepared} statements prepared on the server"
+        );
+    }
+    assert_eq!(got, expected, "bounded reads answer the same");
+    assert!(seen_max >= 3, "the cache was used ({seen_max})");
+}
