@@ -34,6 +34,7 @@ pub use auth::TokenKeys;
 pub use error::ApiError;
 pub use push::Hub;
 pub use routes::conversations::first_page as conversation_first_page;
+pub use routes::retrying as retry_conflicts;
 
 /// Settings of the API layer.
 #[derive(Clone)]

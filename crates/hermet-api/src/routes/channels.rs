@@ -1,3 +1,4 @@
+use super::retrying;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -33,10 +34,7 @@ pub(crate) async fn send(
         None => MessageType::text(),
         Some(t) => MessageType::parse(t, limits)?,
     };
-    let w = state
-        .store()
-        .send_message(me, channel, &content, &msg_type)
-        .await?;
+    let w = retrying(|| state.store().send_message(me, channel, &content, &msg_type)).await?;
     let m = w.value;
     Ok((
         StatusCode::CREATED,
@@ -100,6 +98,6 @@ pub(crate) async fn read(
     Json(body): Json<MarkRead>,
 ) -> Result<impl IntoResponse, ApiError> {
     let channel = path_id("channel_id", channel)?;
-    let w = state.store().mark_read(me, channel, body.seq).await?;
+    let w = retrying(|| state.store().mark_read(me, channel, body.seq)).await?;
     Ok((lsn_header(w.lsn), axum::Json(json!({}))))
 }

@@ -1,3 +1,4 @@
+use super::retrying;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
@@ -176,9 +177,6 @@ pub(crate) async fn update(
         muted: body.muted,
         hidden: body.hidden,
     };
-    let w = state
-        .store()
-        .update_conversation(me, channel, patch)
-        .await?;
+    let w = retrying(|| state.store().update_conversation(me, channel, patch)).await?;
     Ok((lsn_header(w.lsn), axum::Json(serde_json::json!({}))))
 }

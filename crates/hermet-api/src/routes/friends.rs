@@ -1,3 +1,4 @@
+use super::retrying;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -25,7 +26,7 @@ pub(crate) async fn add(
     Json(body): Json<AddFriend>,
 ) -> Result<impl IntoResponse, ApiError> {
     let friend = hermet_core::validate::id("friend_id", body.friend_id)?;
-    let w = state.store().add_friend(me, friend).await?;
+    let w = retrying(|| state.store().add_friend(me, friend)).await?;
     Ok((
         StatusCode::CREATED,
         lsn_header(w.lsn),
@@ -39,7 +40,7 @@ pub(crate) async fn remove(
     Path(friend): Path<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     let friend = path_id("friend_id", friend)?;
-    let w = state.store().delete_friend(me, friend).await?;
+    let w = retrying(|| state.store().delete_friend(me, friend)).await?;
     Ok((StatusCode::NO_CONTENT, lsn_header(w.lsn)))
 }
 
@@ -78,7 +79,7 @@ pub(crate) async fn update(
             "give `remark_name`, `group_name` and/or `starred`",
         ));
     }
-    let w = state.store().update_friend(me, friend, &patch).await?;
+    let w = retrying(|| state.store().update_friend(me, friend, &patch)).await?;
     Ok((lsn_header(w.lsn), axum::Json(json!({}))))
 }
 

@@ -1,3 +1,4 @@
+use super::retrying;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -40,10 +41,7 @@ pub(crate) async fn create(
     let name = Name::parse("name", &body.name, limits)?;
     let avatar = Avatar::parse(body.avatar.as_deref().unwrap_or(""), limits)?;
     let members = user_ids("member_ids", &body.member_ids, limits.max_group_members)?;
-    let w = state
-        .store()
-        .create_group(me, &name, &avatar, &members)
-        .await?;
+    let w = retrying(|| state.store().create_group(me, &name, &avatar, &members)).await?;
     Ok((
         StatusCode::CREATED,
         lsn_header(w.lsn),
@@ -84,7 +82,7 @@ pub(crate) async fn update(
             "give `name` and/or `avatar`",
         ));
     }
-    let w = state.store().update_group(me, channel, &patch).await?;
+    let w = retrying(|| state.store().update_group(me, channel, &patch)).await?;
     Ok((lsn_header(w.lsn), axum::Json(json!({}))))
 }
 
@@ -103,7 +101,7 @@ pub(crate) async fn add_members(
     let channel = path_id("channel_id", channel)?;
     let limits = &state.store().config().limits;
     let ids = user_ids("user_ids", &body.user_ids, limits.max_group_members)?;
-    let w = state.store().add_members(me, channel, &ids).await?;
+    let w = retrying(|| state.store().add_members(me, channel, &ids)).await?;
     Ok((lsn_header(w.lsn), axum::Json(json!({}))))
 }
 
@@ -114,6 +112,6 @@ pub(crate) async fn remove_member(
 ) -> Result<impl IntoResponse, ApiError> {
     let channel = path_id("channel_id", channel)?;
     let user = path_id("user_id", user)?;
-    let w = state.store().remove_member(me, channel, user).await?;
+    let w = retrying(|| state.store().remove_member(me, channel, user)).await?;
     Ok((StatusCode::NO_CONTENT, lsn_header(w.lsn)))
 }

@@ -59,3 +59,33 @@ fn page_limit(raw: Option<i64>) -> Result<i64, ApiError> {
         )),
     }
 }
+
+/// Attempts a command gets when its transaction loses a race.
+const COMMAND_ATTEMPTS: u32 = 3;
+
+/// Runs a write-side command, again when its transaction lost a race (a deadlock or a
+/// serialization failure: `StoreError::Retry`). Such a transaction rolled back and nothing
+/// outside it happened (cache invalidation and the outbox follow a commit), so running it again
+/// is safe. After [`COMMAND_ATTEMPTS`] the client gets `503 conflict_retry`, as before.
+pub async fn retrying<T, F, Fut>(mut command: F) -> Result<T, hermet_store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, hermet_store::StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match command().await {
+            Err(hermet_store::StoreError::Retry(e)) if attempt < COMMAND_ATTEMPTS => {
+                tracing::debug!(attempt, error = %e, "transaction conflict, running the command again");
+                // A few milliseconds apart (the clock's nanoseconds as jitter), so the
+                // transactions that collided do not meet again in step.
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos() % 8));
+                tokio::time::sleep(std::time::Duration::from_millis(2 + jitter)).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}

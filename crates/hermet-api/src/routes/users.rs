@@ -1,3 +1,4 @@
+use super::retrying;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -31,7 +32,7 @@ pub(crate) async fn create(
     let limits = &state.store().config().limits;
     let nickname = Name::parse("nickname", &body.nickname, limits)?;
     let avatar = Avatar::parse(body.avatar.as_deref().unwrap_or(""), limits)?;
-    let w = state.store().create_user(&nickname, &avatar).await?;
+    let w = retrying(|| state.store().create_user(&nickname, &avatar)).await?;
     let token = state.keys().issue(w.value.id)?;
     let mut body = user_json(&w.value);
     body["token"] = json!(token);
@@ -77,6 +78,6 @@ pub(crate) async fn update_me(
             "give `nickname` and/or `avatar`",
         ));
     }
-    let w = state.store().update_profile(me, &patch).await?;
+    let w = retrying(|| state.store().update_profile(me, &patch)).await?;
     Ok((lsn_header(w.lsn), axum::Json(user_json(&w.value))))
 }
