@@ -46,11 +46,20 @@ async fn lost_races_are_run_again_a_bounded_number_of_times() {
     let mut failures = Vec::new();
     for _ in 0..5 {
         let e = serialization_failure(&db).await;
-        assert!(matches!(e, StoreError::Retry(_)), "a lost race maps to Retry: {e}");
+        assert!(
+            matches!(e, StoreError::Retry(_)),
+            "a lost race maps to Retry: {e}"
+        );
         failures.push(e);
     }
     let failures = std::sync::Mutex::new(failures);
-    let next_failure = || failures.lock().expect("failures").pop().expect("a failure left");
+    let next_failure = || {
+        failures
+            .lock()
+            .expect("failures")
+            .pop()
+            .expect("a failure left")
+    };
 
     // Two lost races, then success: the caller sees the success.
     let calls = AtomicU32::new(0);

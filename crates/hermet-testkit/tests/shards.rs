@@ -29,6 +29,15 @@ async fn all_lists(store: &Store, users: &[i64]) -> Vec<String> {
     out
 }
 
+/// A database after the seeded random workload.
+async fn populated() -> (TestDb, Store, workload::World) {
+    let db = TestDb::new().await;
+    let store = db.store(40);
+    let cmds = workload::generate(workload::seed(), 400);
+    let world = workload::run(&store, &cmds).await.expect("workload");
+    (db, store, world)
+}
+
 #[tokio::test]
 async fn routing_is_postgres_own() {
     let db = TestDb::new().await;
@@ -89,10 +98,7 @@ async fn routing_is_postgres_own() {
 
 #[tokio::test]
 async fn an_unexpected_layout_reads_the_parent_with_the_same_answers() {
-    let db = TestDb::new().await;
-    let store = db.store(40);
-    let cmds = workload::generate(workload::seed(), 400);
-    let world = workload::run(&store, &cmds).await.expect("workload");
+    let (db, store, world) = populated().await;
     let conn = store.pool().get().await.expect("connection");
     assert!(store.list_queries(&conn).await.expect("load").routed());
     let routed = all_lists(&store, &world.users).await;
@@ -126,10 +132,7 @@ async fn an_unexpected_layout_reads_the_parent_with_the_same_answers() {
 
 #[tokio::test]
 async fn prepared_list_statements_stay_bounded_per_connection() {
-    let db = TestDb::new().await;
-    let store = db.store(40);
-    let cmds = workload::generate(workload::seed(), 400);
-    let world = workload::run(&store, &cmds).await.expect("workload");
+    let (db, store, world) = populated().await;
     let expected = all_lists(&store, &world.users).await;
 
     // One read connection, allowed 5 statements: the 8 shards' first-page, later-page and
