@@ -19,8 +19,9 @@
 //!    `<table>_<n>`: list reads name partitions, see [`crate::shard`]), and commit. Reads wait
 //!    only for the renames.
 //! 4. **Clean up.** The retired tables are dropped a partition at a time; the reverse indexes'
-//!    partitions, and the new constraints and indexes, get the live names back. The clean-up is idempotent and also runs before a
-//!    rebuild, so a rebuild killed at any point leaves nothing that breaks the next.
+//!    partitions, and the new constraints and indexes, get the live names back. The clean-up
+//!    is idempotent and also runs before a rebuild, so a rebuild killed at any point leaves
+//!    nothing that breaks the next.
 //!
 //! # Contract: writes that land during the rebuild
 //!
@@ -56,7 +57,7 @@
 
 use std::time::Instant;
 
-use deadpool_postgres::{Client, Pool};
+use deadpool_postgres::{Client, GenericClient, Pool};
 use tokio_postgres::IsolationLevel;
 
 use crate::{now_ms, oracle, views, StoreError};
@@ -331,14 +332,39 @@ pub(crate) fn ident(name: &str) -> Result<String, StoreError> {
     }
 }
 
-const PARTITIONS: &str =
-    "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                           WHERE i.inhparent = to_regclass($1) ORDER BY 1";
-
 /// Partitions of `parent` (none when it does not exist).
-async fn partitions(client: &Client, parent: &str) -> Result<Vec<String>, StoreError> {
-    let rows = client.query(PARTITIONS, &[&parent]).await?;
+async fn partitions(client: &impl GenericClient, parent: &str) -> Result<Vec<String>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+              WHERE i.inhparent = to_regclass($1) ORDER BY 1",
+            &[&parent],
+        )
+        .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The renames that give each partition of `parent` named `<from><n>` the name `<to><n>`.
+async fn partition_renames(
+    client: &impl GenericClient,
+    parent: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for name in partitions(client, parent).await? {
+        if let Some(n) = name
+            .strip_prefix(from)
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            out.push(format!(
+                "ALTER TABLE {} RENAME TO {}",
+                ident(&name)?,
+                ident(&format!("{to}{n}"))?
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// DDL statements per transaction in [`run_batched`]: few commits (each waits for a WAL flush)
@@ -395,17 +421,7 @@ async fn drop_partitioned(client: &Client, parent: &str, attempts: u32) -> Resul
 async fn cleanup(client: &Client, t: &str, attempts: u32) -> Result<(), StoreError> {
     drop_partitioned(client, &format!("{t}_retired"), attempts).await?;
     drop_partitioned(client, &format!("{t}_shadow"), attempts).await?;
-    let shadow_part = format!("{t}_shadow_");
-    let mut stmts = Vec::new();
-    for p in partitions(client, t).await? {
-        if let Some(n) = p.strip_prefix(&shadow_part) {
-            stmts.push(format!(
-                "ALTER TABLE {} RENAME TO {}",
-                ident(&p)?,
-                ident(&format!("{t}_{n}"))?
-            ));
-        }
-    }
+    let mut stmts = partition_renames(client, t, &format!("{t}_shadow_"), &format!("{t}_")).await?;
     let cons = client
         .query(
             "SELECT conname::text FROM pg_constraint
@@ -872,29 +888,14 @@ async fn swap(
         if !views::READ_BY_PARTITION.contains(t) {
             continue;
         }
-        let mut renames = Vec::new();
-        for (parent, from, to) in [
-            (
-                format!("{t}_retired"),
-                format!("{t}_"),
-                format!("{t}_retired_"),
-            ),
-            (t.to_string(), format!("{t}_shadow_"), format!("{t}_")),
-        ] {
-            for r in tx.query(PARTITIONS, &[&parent]).await? {
-                let name: String = r.get(0);
-                if let Some(n) = name
-                    .strip_prefix(&from)
-                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-                {
-                    renames.push(format!(
-                        "ALTER TABLE {} RENAME TO {}",
-                        ident(&name)?,
-                        ident(&format!("{to}{n}"))?
-                    ));
-                }
-            }
-        }
+        let mut renames = partition_renames(
+            &tx,
+            &format!("{t}_retired"),
+            &format!("{t}_"),
+            &format!("{t}_retired_"),
+        )
+        .await?;
+        renames.extend(partition_renames(&tx, t, &format!("{t}_shadow_"), &format!("{t}_")).await?);
         if !renames.is_empty() {
             tx.batch_execute(&renames.join("; ")).await?;
         }

@@ -322,33 +322,34 @@ fn list_contacts_sql(table: &str) -> String {
     )
 }
 
-/// The list statements of one table: one per partition, routed by the owner's id, or one on
-/// the partitioned parent when the partitions are not laid out as [`shard`] expects.
+/// The list statements of one table: one per partition (by remainder), routed by the owner's
+/// id, or none when the partitions are not laid out as [`shard`] expects; and one on the
+/// partitioned parent.
 #[derive(Debug)]
 struct Routed<T> {
-    shards: Option<ShardNames>,
     parent: T,
     per_shard: Vec<T>,
 }
 
 impl<T> Routed<T> {
     fn new(table: &str, shards: Option<ShardNames>, sql: impl Fn(&str) -> T) -> Self {
-        let per_shard = shards
-            .as_ref()
-            .map(|s| s.names().iter().map(|n| sql(n)).collect())
-            .unwrap_or_default();
         Routed {
-            shards,
             parent: sql(table),
-            per_shard,
+            per_shard: shards
+                .map(|s| s.names().iter().map(|n| sql(n)).collect())
+                .unwrap_or_default(),
         }
     }
 
+    fn routed(&self) -> bool {
+        !self.per_shard.is_empty()
+    }
+
     fn of(&self, user: UserId) -> &T {
-        match &self.shards {
-            Some(s) => &self.per_shard[shard::hash_partition(user, s.count()) as usize],
-            None => &self.parent,
+        if !self.routed() {
+            return &self.parent;
         }
+        &self.per_shard[shard::hash_partition(user, self.per_shard.len() as u32) as usize]
     }
 }
 
@@ -406,7 +407,7 @@ impl ListQueries {
 
     /// Whether reads name the owner's partition (both lists).
     pub fn routed(&self) -> bool {
-        self.conversations.shards.is_some() && self.contacts.shards.is_some()
+        self.conversations.routed() && self.contacts.routed()
     }
 
     /// Reads so far answered from the parent because their partition was missing.
@@ -423,25 +424,29 @@ async fn query_routed(
     fallback: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-    let run = |sql: &str| {
-        let sql = sql.to_owned();
-        async move {
-            let stmt = client.prepare_cached(&sql).await?;
-            if client.statement_cache.size() > queries.max_statements {
-                // `stmt` stays usable: the server closes it once this read drops it.
-                client.statement_cache.clear();
-            }
-            client.query(&stmt, params).await
-        }
-    };
-    match run(sql).await {
+    match query_prepared(client, queries.max_statements, sql, params).await {
         Err(e) if sql != fallback && e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
             tracing::warn!(error = %e, "read-side partition missing; reading the parent table");
             queries.fallbacks.fetch_add(1, Ordering::Relaxed);
-            Ok(run(fallback).await?)
+            Ok(query_prepared(client, queries.max_statements, fallback, params).await?)
         }
         r => Ok(r?),
     }
+}
+
+/// Runs `sql` as a statement of the connection's cache, which it keeps at `max_statements`.
+async fn query_prepared(
+    client: &deadpool_postgres::Client,
+    max_statements: usize,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(sql).await?;
+    if client.statement_cache.size() > max_statements {
+        // `stmt` stays usable: the server closes it once this read drops it.
+        client.statement_cache.clear();
+    }
+    client.query(&stmt, params).await
 }
 
 /// One page of a user's conversation list: pinned first, newest activity first, channel id as
