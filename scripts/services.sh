@@ -90,6 +90,16 @@ pid_matches() {
         tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$needle"
 }
 
+# Process $1 exists and has not exited (a zombie has). Only for a child this
+# script has just started: right after the fork its command line is still
+# this script's, so pid_matches would call it dead until the exec.
+pid_alive() {
+    local pid=$1 stat
+    [[ $pid =~ ^[0-9]+$ ]] && stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
 # SIGTERM, wait up to $3 seconds, then SIGKILL.
 stop_pid() {
     local name=$1 pid=$2 grace=$3 i
@@ -372,6 +382,7 @@ KAFKA_PIDFILE=$KAFKA_DIR/kafka.pid
 kafka_pid() { cat "$KAFKA_PIDFILE" 2>/dev/null || true; }
 # The pid must be *our* broker (pid files go stale, pids get reused).
 kafka_running() { pid_matches "$(kafka_pid)" "kafka.Kafka $KAFKA_CONF/server.properties"; }
+kafka_started() { pid_alive "$(kafka_pid)"; }
 
 require_java17() {
     command -v java >/dev/null || die "kafka: no java (run scripts/install-deps.sh)"
@@ -513,6 +524,7 @@ kafka_up() {
     require_java17
     kafka_fetch
     kafka_write_config
+    local alive=kafka_running
     if kafka_running; then
         log "kafka: already running"
     else
@@ -540,9 +552,10 @@ kafka_up() {
             -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_CONF/server.properties" \
             >>"$KAFKA_LOGDIR/stdout.log" 2>&1 </dev/null 9>&- &
         echo $! >"$KAFKA_PIDFILE"
+        alive=kafka_started
     fi
     # stdout.log has JVM-level errors from before log4j was up
-    wait_ready kafka "${HERMET_UP_TIMEOUT:-180}" "$KAFKA_LOGDIR/stdout.log:$KAFKA_LOGFILE" kafka_running kafka_ready
+    wait_ready kafka "${HERMET_UP_TIMEOUT:-180}" "$KAFKA_LOGDIR/stdout.log:$KAFKA_LOGFILE" "$alive" kafka_ready
     log "kafka: ready ($LOCAL_KAFKA_BROKERS)"
 }
 
