@@ -204,6 +204,10 @@ pub struct BenchOptions {
     /// `cdc`: partitions of each topic the relay creates.
     #[arg(long, default_value_t = 8)]
     pub partitions: i32,
+    /// `modes`: the relay's watermark-marker interval in milliseconds [default: the relay's,
+    /// `cdc.watermark_ms`].
+    #[arg(long)]
+    pub watermark_ms: Option<u64>,
     /// `cdc`: the pg_recvlogical binary [default: the newest
     /// /usr/lib/postgresql/*/bin/pg_recvlogical, else the one on PATH].
     #[arg(long)]
@@ -271,6 +275,7 @@ impl Default for BenchOptions {
             rows: 500_000,
             txn_rows: 10_000,
             partitions: 8,
+            watermark_ms: None,
             pool_size: None,
             read_rate: 0.0,
             sync_modes: vec!["dual_write".into(), "async".into(), "cdc".into()],

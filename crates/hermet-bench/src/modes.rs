@@ -81,6 +81,8 @@ pub struct ModesReport {
     pub concurrency: usize,
     pub duration_secs: u64,
     pub partitions: i32,
+    /// The relay's watermark-marker interval (cdc).
+    pub watermark_ms: u64,
     pub load_before: Option<String>,
     pub modes: Vec<ModeRow>,
     pub projector: Option<ProjectorRow>,
@@ -92,12 +94,13 @@ impl fmt::Display for ModesReport {
         let _ = writeln!(
             out,
             "modes: {} users, {} groups, {} send workers, {} s per mode, {} partitions per topic \
-             (cdc); load average before: {}\n",
+             and watermark markers every {} ms (cdc); load average before: {}\n",
             self.users,
             self.groups,
             self.concurrency,
             self.duration_secs,
             self.partitions,
+            self.watermark_ms,
             self.load_before.as_deref().unwrap_or("-")
         );
         out.push_str(
@@ -452,6 +455,7 @@ async fn offer(
 struct Cdc {
     tag: String,
     partitions: i32,
+    watermark: Duration,
     brokers: String,
     url: String,
 }
@@ -472,7 +476,7 @@ impl Cdc {
             transaction_topic: false,
             max_in_flight: 100_000,
             snapshot_batch: 5_000,
-            watermark_interval: Duration::from_millis(50),
+            watermark_interval: self.watermark,
         };
         Task::spawn("relay".into(), |rx| {
             hermet_cdc::relay::run(cfg, shutdown(rx))
@@ -582,6 +586,7 @@ async fn run_mode(
     let cdc = Cdc {
         tag: tag.to_owned(),
         partitions: opts.partitions,
+        watermark: watermark(opts),
         brokers: env.kafka_brokers.clone(),
         url: url.to_owned(),
     };
@@ -740,10 +745,24 @@ async fn run_mode(
     result
 }
 
+/// The relay's watermark-marker interval: `--watermark-ms`, else the relay's default.
+fn watermark(opts: &BenchOptions) -> Duration {
+    opts.watermark_ms.map_or(
+        hermet_cdc::relay::DEFAULT_WATERMARK_INTERVAL,
+        Duration::from_millis,
+    )
+}
+
 /// Runs `hermet bench modes` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, BenchError> {
     if !opts.rate.is_finite() || opts.rate <= 0.0 {
         return Err(BenchError::InvalidOptions("--rate must be positive".into()));
+    }
+    if opts.watermark_ms.is_some_and(|ms| ms < 5) {
+        // The relay's own lower bound (`cdc.watermark_ms`).
+        return Err(BenchError::InvalidOptions(
+            "--watermark-ms must be at least 5".into(),
+        ));
     }
     let mut modes = Vec::new();
     for m in &opts.sync_modes {
@@ -802,6 +821,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, Ben
         concurrency: opts.concurrency.unwrap_or(16),
         duration_secs: opts.duration_secs,
         partitions: opts.partitions,
+        watermark_ms: u64::try_from(watermark(opts).as_millis()).unwrap_or(u64::MAX),
         load_before,
         modes: rows,
         projector,

@@ -74,6 +74,9 @@ pub struct RelayConfig {
     pub watermark_interval: Duration,
 }
 
+/// Default of [`RelayConfig::watermark_interval`].
+pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Header of a watermark marker: a record with neither key nor value (consumers written for
 /// Debezium skip it like a tombstone) whose header says "every event of this partition up to
 /// this LSN came before me". Projectors use it to know that a quiet partition is caught up.

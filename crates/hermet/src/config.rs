@@ -257,7 +257,7 @@ impl Default for CdcConfig {
             transaction_topic: false,
             max_in_flight: 100_000,
             snapshot_batch: 5_000,
-            watermark_ms: 50,
+            watermark_ms: hermet_cdc::relay::DEFAULT_WATERMARK_INTERVAL.as_millis() as u64,
         }
     }
 }
