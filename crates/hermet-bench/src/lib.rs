@@ -208,6 +208,10 @@ pub struct BenchOptions {
     /// `cdc.watermark_ms`].
     #[arg(long)]
     pub watermark_ms: Option<u64>,
+    /// `modes`: how long a projector group waits to fill a batch, in milliseconds (0: apply what
+    /// has arrived) [default: the projector's, `projector.batch_wait_ms`].
+    #[arg(long)]
+    pub batch_wait_ms: Option<u64>,
     /// `cdc`: the pg_recvlogical binary [default: the newest
     /// /usr/lib/postgresql/*/bin/pg_recvlogical, else the one on PATH].
     #[arg(long)]
@@ -276,6 +280,7 @@ impl Default for BenchOptions {
             txn_rows: 10_000,
             partitions: 8,
             watermark_ms: None,
+            batch_wait_ms: None,
             pool_size: None,
             read_rate: 0.0,
             sync_modes: vec!["dual_write".into(), "async".into(), "cdc".into()],

@@ -83,6 +83,8 @@ pub struct ModesReport {
     pub partitions: i32,
     /// The relay's watermark-marker interval (cdc).
     pub watermark_ms: u64,
+    /// The projector groups' batch wait (cdc).
+    pub batch_wait_ms: u64,
     pub load_before: Option<String>,
     pub modes: Vec<ModeRow>,
     pub projector: Option<ProjectorRow>,
@@ -94,13 +96,15 @@ impl fmt::Display for ModesReport {
         let _ = writeln!(
             out,
             "modes: {} users, {} groups, {} send workers, {} s per mode, {} partitions per topic \
-             and watermark markers every {} ms (cdc); load average before: {}\n",
+             and watermark markers every {} ms, group batch wait {} ms (cdc); load average \
+             before: {}\n",
             self.users,
             self.groups,
             self.concurrency,
             self.duration_secs,
             self.partitions,
             self.watermark_ms,
+            self.batch_wait_ms,
             self.load_before.as_deref().unwrap_or("-")
         );
         out.push_str(
@@ -456,6 +460,7 @@ struct Cdc {
     tag: String,
     partitions: i32,
     watermark: Duration,
+    batch_wait: Duration,
     brokers: String,
     url: String,
 }
@@ -505,7 +510,7 @@ impl Cdc {
                 topics: topics.clone(),
                 views,
                 batch_max: 1000,
-                batch_wait: Duration::from_millis(10),
+                batch_wait: self.batch_wait,
                 max_attempts: 5,
                 dlq_topic: format!("hermet_bench_{}_dlq", self.tag),
                 projection: ProjectionConfig::default(),
@@ -587,6 +592,7 @@ async fn run_mode(
         tag: tag.to_owned(),
         partitions: opts.partitions,
         watermark: watermark(opts),
+        batch_wait: batch_wait(opts),
         brokers: env.kafka_brokers.clone(),
         url: url.to_owned(),
     };
@@ -753,6 +759,14 @@ fn watermark(opts: &BenchOptions) -> Duration {
     )
 }
 
+/// The projector groups' batch wait: `--batch-wait-ms`, else the projector's default.
+fn batch_wait(opts: &BenchOptions) -> Duration {
+    opts.batch_wait_ms.map_or(
+        hermet_projector::consumer::DEFAULT_BATCH_WAIT,
+        Duration::from_millis,
+    )
+}
+
 /// Runs `hermet bench modes` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, BenchError> {
     if !opts.rate.is_finite() || opts.rate <= 0.0 {
@@ -822,6 +836,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, Ben
         duration_secs: opts.duration_secs,
         partitions: opts.partitions,
         watermark_ms: u64::try_from(watermark(opts).as_millis()).unwrap_or(u64::MAX),
+        batch_wait_ms: u64::try_from(batch_wait(opts).as_millis()).unwrap_or(u64::MAX),
         load_before,
         modes: rows,
         projector,

@@ -61,6 +61,9 @@ pub struct GroupConfig {
     pub cache: Arc<dyn ListCache>,
 }
 
+/// Default of [`GroupConfig::batch_wait`].
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(10);
+
 /// One record of a batch.
 struct Item {
     msg: OwnedMessage,

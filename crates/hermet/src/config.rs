@@ -85,7 +85,7 @@ impl Default for ProjectorConfig {
     fn default() -> Self {
         ProjectorConfig {
             batch_max: 1000,
-            batch_wait_ms: 10,
+            batch_wait_ms: hermet_projector::consumer::DEFAULT_BATCH_WAIT.as_millis() as u64,
             max_attempts: 5,
             dlq_topic: "hermet.dlq".into(),
             outbox_batch: 500,
