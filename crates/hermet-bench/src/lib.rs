@@ -16,6 +16,7 @@ mod report;
 mod scenarios;
 pub mod workload;
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,6 +133,19 @@ pub struct BenchEnv {
     pub hermet_bin: Option<PathBuf>,
     /// `cache`: the Redis of the list cache.
     pub redis_url: String,
+    /// `modes --stage-metrics`: renders the pipeline stages recorded by the process's metrics
+    /// recorder (installed by the caller, which owns the exporter).
+    pub stages: Option<StageReport>,
+}
+
+/// Renders recent metrics of the sync pipeline's stages (see [`BenchOptions::stage_metrics`]).
+#[derive(Clone)]
+pub struct StageReport(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl fmt::Debug for StageReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StageReport")
+    }
 }
 
 impl BenchEnv {
@@ -142,6 +156,7 @@ impl BenchEnv {
             kafka_brokers: "127.0.0.1:59092".to_owned(),
             hermet_bin: None,
             redis_url: "redis://127.0.0.1:56379".to_owned(),
+            stages: None,
         }
     }
 }
@@ -212,6 +227,12 @@ pub struct BenchOptions {
     /// has arrived) [default: the projector's, `projector.batch_wait_ms`].
     #[arg(long)]
     pub batch_wait_ms: Option<u64>,
+    /// `modes`: record hermet's own metrics and print, after each mode's measured phase, p50/p99
+    /// of the sync pipeline's stages (relay commit → Kafka ack, commit → view applied, batch
+    /// apply time) over about that phase. Off by default: with it, every metric call does real
+    /// work.
+    #[arg(long)]
+    pub stage_metrics: bool,
     /// `cdc`: the pg_recvlogical binary [default: the newest
     /// /usr/lib/postgresql/*/bin/pg_recvlogical, else the one on PATH].
     #[arg(long)]
@@ -281,6 +302,7 @@ impl Default for BenchOptions {
             partitions: 8,
             watermark_ms: None,
             batch_wait_ms: None,
+            stage_metrics: false,
             pool_size: None,
             read_rate: 0.0,
             sync_modes: vec!["dual_write".into(), "async".into(), "cdc".into()],

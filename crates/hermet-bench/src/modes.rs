@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use crate::report::{histogram, quantile_ms as ms};
 use crate::workload::{self, Op, Plan, PopulateOptions};
-use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
+use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions, StageReport};
 
 const SAMPLE_EVERY: u64 = 10;
 const POLL: Duration = Duration::from_millis(2);
@@ -700,6 +700,13 @@ async fn run_mode(
             lag_max_ms: if lag.is_empty() { 0.0 } else { lag.max() as f64 / 1000.0 },
         };
         eprintln!("bench modes {}: {row:?}", mode.as_str());
+        if let Some(StageReport(render)) = &env.stages {
+            eprint!(
+                "bench modes {}: pipeline stages over about the measured phase:\n{}",
+                mode.as_str(),
+                render()
+            );
+        }
         let mut proj = None;
         if mode == SyncMode::Cdc && opts.backlog > 0 {
             for t in tasks.drain(..) {
