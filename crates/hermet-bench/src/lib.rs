@@ -14,9 +14,9 @@ pub mod peers;
 pub mod rebuild;
 mod report;
 mod scenarios;
+pub mod stages;
 pub mod workload;
 
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,19 +133,6 @@ pub struct BenchEnv {
     pub hermet_bin: Option<PathBuf>,
     /// `cache`: the Redis of the list cache.
     pub redis_url: String,
-    /// `modes --stage-metrics`: renders the pipeline stages recorded by the process's metrics
-    /// recorder (installed by the caller, which owns the exporter).
-    pub stages: Option<StageReport>,
-}
-
-/// Renders recent metrics of the sync pipeline's stages (see [`BenchOptions::stage_metrics`]).
-#[derive(Clone)]
-pub struct StageReport(pub Arc<dyn Fn() -> String + Send + Sync>);
-
-impl fmt::Debug for StageReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StageReport")
-    }
 }
 
 impl BenchEnv {
@@ -156,7 +143,6 @@ impl BenchEnv {
             kafka_brokers: "127.0.0.1:59092".to_owned(),
             hermet_bin: None,
             redis_url: "redis://127.0.0.1:56379".to_owned(),
-            stages: None,
         }
     }
 }
@@ -227,10 +213,9 @@ pub struct BenchOptions {
     /// has arrived) [default: the projector's, `projector.batch_wait_ms`].
     #[arg(long)]
     pub batch_wait_ms: Option<u64>,
-    /// `modes`: record hermet's own metrics and print, after each mode's measured phase, p50/p99
-    /// of the sync pipeline's stages (relay commit → Kafka ack, commit → view applied, batch
-    /// apply time) over about that phase. Off by default: with it, every metric call does real
-    /// work.
+    /// `modes`: record the sync pipeline's own latency metrics (relay commit → Kafka ack, commit
+    /// → view applied, batch apply time) during each measured phase and print their p50/p99
+    /// after it. Off by default: with it, those metric calls do real work.
     #[arg(long)]
     pub stage_metrics: bool,
     /// `cdc`: the pg_recvlogical binary [default: the newest
@@ -763,10 +748,23 @@ mod tests {
             <Cli as clap::Parser>::try_parse_from(["bench"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cli.opts, BenchOptions::default());
         let cli = <Cli as clap::Parser>::try_parse_from([
-            "bench", "--users", "5", "--mix", "send=1", "--json",
+            "bench",
+            "--users",
+            "5",
+            "--mix",
+            "send=1",
+            "--json",
+            "--watermark-ms",
+            "10",
+            "--batch-wait-ms",
+            "0",
+            "--stage-metrics",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cli.opts.users, 5);
+        assert_eq!(cli.opts.watermark_ms, Some(10));
+        assert_eq!(cli.opts.batch_wait_ms, Some(0));
+        assert!(cli.opts.stage_metrics);
         assert_eq!(cli.opts.mix, OpMix::send_only());
         assert!(cli.opts.json);
     }

@@ -34,8 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::report::{histogram, quantile_ms as ms};
+use crate::stages::StageRecorder;
 use crate::workload::{self, Op, Plan, PopulateOptions};
-use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions, StageReport};
+use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 const SAMPLE_EVERY: u64 = 10;
 const POLL: Duration = Duration::from_millis(2);
@@ -566,12 +567,13 @@ async fn run_mode(
     opts: &BenchOptions,
     mode: SyncMode,
     plan: Arc<Plan>,
-    shards: u32,
     url: &str,
     tag: &str,
+    stages: Option<&StageRecorder>,
 ) -> Result<(ModeRow, Option<ProjectorRow>), BenchError> {
     {
         let mut client = admin_connect(url).await?;
+        let shards = opts.shards.unwrap_or(env.shards);
         hermet_store::migrate::migrate(&mut client, shards).await?;
     }
     let workers = opts.concurrency.unwrap_or(16);
@@ -667,6 +669,9 @@ async fn run_mode(
             t.elapsed().as_secs_f64() - waited.as_secs_f64(),
             waited.as_secs_f64()
         );
+        if let Some(stages) = stages {
+            stages.reset();
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let poller = (mode != SyncMode::DualWrite).then(|| tokio::spawn(lag_poller(cov.clone(), rx)));
         let (st, secs) = offer(
@@ -700,11 +705,11 @@ async fn run_mode(
             lag_max_ms: if lag.is_empty() { 0.0 } else { lag.max() as f64 / 1000.0 },
         };
         eprintln!("bench modes {}: {row:?}", mode.as_str());
-        if let Some(StageReport(render)) = &env.stages {
+        if let Some(stages) = stages {
             eprint!(
-                "bench modes {}: pipeline stages over about the measured phase:\n{}",
+                "bench modes {}: pipeline stages during the measured phase:\n{}",
                 mode.as_str(),
-                render()
+                stages.report()
             );
         }
         let mut proj = None;
@@ -804,8 +809,12 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, Ben
             "--modes: name at least one".into(),
         ));
     }
+    let stages = if opts.stage_metrics {
+        Some(StageRecorder::install()?)
+    } else {
+        None
+    };
     let plan = Arc::new(Plan::generate(&opts.workload())?);
-    let shards = opts.shards.unwrap_or(env.shards);
     let load_before = load_average();
     let mut rows = Vec::new();
     let mut projector = None;
@@ -814,7 +823,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, Ben
         let (name, url) = crate::create_named_database(env, format!("hermet_bench_{tag}")).await?;
         eprintln!("bench modes {}: scratch database {name}", mode.as_str());
         let r = tokio::select! {
-            r = run_mode(env, opts, mode, Arc::clone(&plan), shards, &url, &tag) => r,
+            r = run_mode(env, opts, mode, Arc::clone(&plan), &url, &tag, stages.as_ref()) => r,
             _ = tokio::signal::ctrl_c() => Err(BenchError::Interrupted),
         };
         if mode == SyncMode::Cdc {

@@ -152,14 +152,6 @@ fn run_command(rt: &tokio::runtime::Runtime, command: Command, cfg: Config) -> a
             // `bench cdc` runs the relay (`serve --role cdc` of this same binary) on these.
             env.kafka_brokers = cfg.kafka.brokers.clone();
             env.redis_url = cfg.redis.url.clone();
-            if opts.stage_metrics {
-                // Summaries kept over about one measured phase, rendered at its end.
-                let window = std::time::Duration::from_secs(opts.duration_secs);
-                let h = crate::telemetry::install_summaries(window)?;
-                env.stages = Some(hermet_bench::StageReport(std::sync::Arc::new(move || {
-                    crate::telemetry::stage_summaries(&h)
-                })));
-            }
             rt.block_on(hermet_bench::run_and_print(&env, scenario, &opts))?;
             Ok(())
         }

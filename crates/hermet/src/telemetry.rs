@@ -39,40 +39,6 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Where the sync lag goes, as summaries (p50/p99 over the last minute): `hermet bench modes
-/// --stage-metrics` records hermet's own metrics and prints these after the run.
-const STAGES: &[&str] = &[
-    "hermet_cdc_commit_to_ack_seconds",
-    "hermet_sync_lag_seconds",
-    "hermet_projector_batch_seconds",
-];
-
-/// A recorder that keeps summaries (quantiles) rather than buckets, over between two thirds of
-/// `window` and all of it: for one process's own report.
-pub fn install_summaries(window: Duration) -> anyhow::Result<PrometheusHandle> {
-    const BUCKETS: u32 = 3;
-    let width = (window / BUCKETS).max(Duration::from_secs(1));
-    PrometheusBuilder::new()
-        .set_quantiles(&[0.5, 0.99])
-        .context("summary quantiles")?
-        .set_bucket_duration(width)
-        .context("summary window")?
-        .set_bucket_count(std::num::NonZeroU32::new(BUCKETS).context("summary buckets")?)
-        .install_recorder()
-        .context("installing the metrics recorder")
-}
-
-/// The [`STAGES`] series of `handle`, one line each.
-pub fn stage_summaries(handle: &PrometheusHandle) -> String {
-    handle
-        .render()
-        .lines()
-        .filter(|l| !l.starts_with('#') && STAGES.iter().any(|s| l.starts_with(s)))
-        .filter(|l| !l.contains("_sum"))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 fn describe() {
     describe_histogram!(
         "hermet_http_request_duration_seconds",
