@@ -784,10 +784,14 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, Ben
     if !opts.rate.is_finite() || opts.rate <= 0.0 {
         return Err(BenchError::InvalidOptions("--rate must be positive".into()));
     }
-    if opts.watermark_ms.is_some_and(|ms| ms < 5) {
-        // The relay's own lower bound (`cdc.watermark_ms`).
+    // The bounds of `cdc.watermark_ms` and `projector.batch_wait_ms`.
+    if !opts
+        .watermark_ms
+        .is_none_or(|ms| (5..=3_600_000).contains(&ms))
+        || opts.batch_wait_ms.is_some_and(|ms| ms > 3_600_000)
+    {
         return Err(BenchError::InvalidOptions(
-            "--watermark-ms must be at least 5".into(),
+            "--watermark-ms must be 5..=3600000 and --batch-wait-ms at most 3600000".into(),
         ));
     }
     let mut modes = Vec::new();

@@ -413,7 +413,10 @@ impl Config {
             || c.max_in_flight == 0
             || c.snapshot_batch == 0
         {
-            return bad("cdc: heartbeat_ms >= 100, max_in_flight and snapshot_batch >= 1".into());
+            return bad(
+                "cdc: heartbeat_ms >= 100, watermark_ms >= 5, max_in_flight and snapshot_batch >= 1"
+                    .into(),
+            );
         }
         if !c.topic_template.contains("{table}") {
             return bad("cdc.topic_template must contain {table}".into());
@@ -425,6 +428,19 @@ impl Config {
         let p = &self.projector;
         if p.batch_max == 0 || p.max_attempts == 0 || p.outbox_batch < 1 || p.dlq_topic.is_empty() {
             return bad("projector: batch_max, max_attempts, outbox_batch >= 1 and a dlq_topic are required".into());
+        }
+        // Waits are added to clock readings; an absurd one would overflow the clock.
+        const MAX_WAIT_MS: u64 = 3_600_000;
+        let waits = [
+            ("projector.batch_wait_ms", p.batch_wait_ms),
+            ("projector.outbox_idle_ms", p.outbox_idle_ms),
+            ("projector.read_wait_ms", p.read_wait_ms),
+            ("cdc.heartbeat_ms", c.heartbeat_ms),
+            ("cdc.watermark_ms", c.watermark_ms),
+            ("audit.recheck_ms", a.recheck_ms),
+        ];
+        if let Some((name, _)) = waits.iter().find(|(_, ms)| *ms > MAX_WAIT_MS) {
+            return bad(format!("{name} must be at most {MAX_WAIT_MS} (one hour)"));
         }
         Ok(())
     }
@@ -575,6 +591,23 @@ mod tests {
         let mut c = valid();
         c.database.read_pool_size = 0;
         assert!(c.validate().is_err());
+        let mut c = valid();
+        c.cdc.watermark_ms = 4;
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.projector.batch_wait_ms = u64::MAX;
+        let e = c.validate().map(|_| ()).map_err(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("projector.batch_wait_ms must be at most")),
+            "{e:?}"
+        );
+        let mut c = valid();
+        c.audit.recheck_ms = 3_600_001;
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.projector.batch_wait_ms = 0;
+        assert!(c.validate().is_ok(), "0 applies what has arrived");
     }
 
     #[test]
