@@ -93,8 +93,9 @@ enum AdminCmd {
         /// or a timestamp such as "2026-11-26 18:00:00+00".
         #[arg(long)]
         from_time: Option<String>,
-        /// Wait up to SECS for the group's live members to leave instead of refusing.
-        #[arg(long, value_name = "SECS")]
+        /// Wait up to SECS (at most a day) for the group's live members to leave instead of
+        /// refusing.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=86_400))]
         wait: Option<u64>,
         /// Show the moves without committing them.
         #[arg(long)]
@@ -365,4 +366,28 @@ async fn repair_user(cfg: &Config, user: i64) -> anyhow::Result<()> {
     cfg.list_cache()?.invalidate_all().await;
     println!("user {user}: {rows} view rows recomputed (own rows, rows embedding the user, both reverse indexes)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hermet").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn replay_wait_is_bounded() {
+        let replay = ["admin", "replay", "--group", "g", "--from-offset", "0"];
+        let with = |wait: &str| {
+            let mut a = replay.to_vec();
+            a.extend(["--wait", wait]);
+            parse(&a)
+        };
+        assert!(with("86400").is_ok());
+        // Added to a clock reading: an unbounded value would overflow it.
+        assert!(with("86401").is_err());
+        assert!(with("18446744073709551615").is_err());
+        assert!(parse(&replay).is_ok());
+    }
 }
