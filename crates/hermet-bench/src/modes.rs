@@ -785,10 +785,18 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, Ben
         return Err(BenchError::InvalidOptions("--rate must be positive".into()));
     }
     // The bounds of `cdc.watermark_ms` and `projector.batch_wait_ms`.
+    let (min, max) = (
+        hermet_cdc::relay::MIN_WATERMARK_INTERVAL,
+        hermet_core::validate::MAX_WAIT,
+    );
     if !opts
         .watermark_ms
-        .is_none_or(|ms| (5..=3_600_000).contains(&ms))
-        || opts.batch_wait_ms.is_some_and(|ms| ms > 3_600_000)
+        .map(Duration::from_millis)
+        .is_none_or(|w| (min..=max).contains(&w))
+        || opts
+            .batch_wait_ms
+            .map(Duration::from_millis)
+            .is_some_and(|w| w > max)
     {
         return Err(BenchError::InvalidOptions(
             "--watermark-ms must be 5..=3600000 and --batch-wait-ms at most 3600000".into(),

@@ -29,7 +29,7 @@ type Series = Arc<Mutex<Histogram<u64>>>;
 /// The recorder; clones share the series.
 #[derive(Clone, Default)]
 pub struct StageRecorder {
-    series: Arc<Mutex<BTreeMap<String, Series>>>,
+    series: Arc<Mutex<BTreeMap<Key, Series>>>,
 }
 
 struct Stage(Series);
@@ -68,14 +68,15 @@ impl StageRecorder {
     /// One line per series with samples: count, p50, p99 and max in milliseconds.
     pub fn report(&self) -> String {
         let mut out = String::new();
-        for (name, s) in self.lock().iter() {
+        for (key, s) in self.lock().iter() {
             let h = s.lock().unwrap_or_else(PoisonError::into_inner);
             if h.is_empty() {
                 continue;
             }
             let _ = writeln!(
                 out,
-                "  {name}: {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "  {}: {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                series_name(key),
                 h.len(),
                 quantile_ms(&h, 0.5),
                 quantile_ms(&h, 0.99),
@@ -85,7 +86,7 @@ impl StageRecorder {
         out
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Series>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Series>> {
         self.series.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -120,14 +121,18 @@ impl Recorder for StageRecorder {
         if !STAGES.contains(&key.name()) {
             return metrics::Histogram::noop();
         }
-        let Ok(fresh) = histogram() else {
-            return metrics::Histogram::noop();
+        // Called on every recording: a histogram is only made for a series not seen before.
+        let mut all = self.lock();
+        let series = match all.get(key) {
+            Some(s) => s.clone(),
+            None => match histogram() {
+                Ok(h) => all
+                    .entry(key.clone())
+                    .or_insert_with(|| Arc::new(Mutex::new(h)))
+                    .clone(),
+                Err(_) => return metrics::Histogram::noop(),
+            },
         };
-        let series = self
-            .lock()
-            .entry(series_name(key))
-            .or_insert_with(|| Arc::new(Mutex::new(fresh)))
-            .clone();
         metrics::Histogram::from_arc(Arc::new(Stage(series)))
     }
 }

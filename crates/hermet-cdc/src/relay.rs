@@ -77,6 +77,10 @@ pub struct RelayConfig {
 /// Default of [`RelayConfig::watermark_interval`].
 pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Shortest [`RelayConfig::watermark_interval`] accepted: every interval sends a marker to
+/// every partition.
+pub const MIN_WATERMARK_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Header of a watermark marker: a record with neither key nor value (consumers written for
 /// Debezium skip it like a tombstone) whose header says "every event of this partition up to
 /// this LSN came before me". Projectors use it to know that a quiet partition is caught up.

@@ -3,7 +3,13 @@
 //! The API turns request fields into these at the boundary; the store takes only these types, so
 //! nothing past the boundary re-checks a nickname or a content length.
 
+use std::time::Duration;
+
 use serde::Deserialize;
+
+/// Longest wait a setting may ask for (the configuration's `*_ms` keys, benchmark options):
+/// waits are added to clock readings, and an absurd one would overflow them.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// Why an input was refused. The message is safe to show to a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -409,7 +409,7 @@ impl Config {
             );
         }
         if c.heartbeat_ms < 100
-            || c.watermark_ms < 5
+            || u128::from(c.watermark_ms) < hermet_cdc::relay::MIN_WATERMARK_INTERVAL.as_millis()
             || c.max_in_flight == 0
             || c.snapshot_batch == 0
         {
@@ -429,8 +429,7 @@ impl Config {
         if p.batch_max == 0 || p.max_attempts == 0 || p.outbox_batch < 1 || p.dlq_topic.is_empty() {
             return bad("projector: batch_max, max_attempts, outbox_batch >= 1 and a dlq_topic are required".into());
         }
-        // Waits are added to clock readings; an absurd one would overflow the clock.
-        const MAX_WAIT_MS: u64 = 3_600_000;
+        let max_wait_ms = hermet_core::validate::MAX_WAIT.as_millis();
         let waits = [
             ("projector.batch_wait_ms", p.batch_wait_ms),
             ("projector.outbox_idle_ms", p.outbox_idle_ms),
@@ -439,8 +438,8 @@ impl Config {
             ("cdc.watermark_ms", c.watermark_ms),
             ("audit.recheck_ms", a.recheck_ms),
         ];
-        if let Some((name, _)) = waits.iter().find(|(_, ms)| *ms > MAX_WAIT_MS) {
-            return bad(format!("{name} must be at most {MAX_WAIT_MS} (one hour)"));
+        if let Some((name, _)) = waits.iter().find(|(_, ms)| u128::from(*ms) > max_wait_ms) {
+            return bad(format!("{name} must be at most {max_wait_ms} (one hour)"));
         }
         Ok(())
     }
