@@ -8,6 +8,7 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hermet_core::Lsn;
+use hermet_store::sync::Coverage;
 
 use crate::error::ApiError;
 
@@ -34,21 +35,43 @@ pub fn min_lsn(headers: &HeaderMap) -> Result<Option<Lsn>, ApiError> {
 
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-hermet-stale");
 
-/// Which projector maintains a view (its name in `hermet_projector_watermarks`).
+/// Which projector a read waits on.
 #[derive(Debug, Clone, Copy)]
 pub enum View {
     Conversations,
     Contacts,
 }
 
-impl View {
-    /// The projector's name: its consumer group id, after `prefix` (`projector.group_prefix`).
-    pub fn projector(self, prefix: &str) -> String {
-        let name = match self {
-            View::Conversations => "conversation-view-updater",
-            View::Contacts => "contact-view-updater",
+/// What read-your-writes waits on per view: the projector and, in `cdc`, the topics and
+/// partitions it consumes (see `hermet_store::sync::Coverage`).
+#[derive(Debug, Clone)]
+pub struct ViewCoverage {
+    pub conversations: Coverage,
+    pub contacts: Coverage,
+}
+
+impl ViewCoverage {
+    pub fn of(&self, view: View) -> &Coverage {
+        match view {
+            View::Conversations => &self.conversations,
+            View::Contacts => &self.contacts,
+        }
+    }
+}
+
+impl Default for ViewCoverage {
+    /// No partitions known: in `cdc` a read with `X-Hermet-Min-Lsn` answers stale after its wait
+    /// rather than claim a write is applied.
+    fn default() -> Self {
+        let unknown = |name: &str| Coverage {
+            projector: name.to_owned(),
+            topics: Vec::new(),
+            partitions: 1,
         };
-        format!("{prefix}{name}")
+        ViewCoverage {
+            conversations: unknown("conversation-view-updater"),
+            contacts: unknown("contact-view-updater"),
+        }
     }
 }
 
@@ -75,11 +98,9 @@ pub async fn wait_for(
         .await
         .map_err(hermet_store::StoreError::from)?;
     let mut pause = std::time::Duration::from_millis(2);
-    let projector = view.projector(&cfg.projector_prefix);
+    let coverage = cfg.coverage.of(view);
     loop {
-        let covered =
-            hermet_store::sync::covers(&conn, mode, &projector, cfg.partitions_per_projector, lsn)
-                .await?;
+        let covered = hermet_store::sync::covers(&conn, mode, coverage, lsn).await?;
         if covered {
             return Ok(false);
         }

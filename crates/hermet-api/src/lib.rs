@@ -31,6 +31,7 @@ use hermet_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use auth::TokenKeys;
+pub use consistency::ViewCoverage;
 pub use error::ApiError;
 pub use push::Hub;
 pub use routes::conversations::first_page as conversation_first_page;
@@ -46,11 +47,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Longest a read with `X-Hermet-Min-Lsn` waits for the view before answering stale.
     pub read_wait: std::time::Duration,
-    /// Partitions each projector consumes (`cdc`): all must have caught up for a read to be fresh.
-    pub partitions_per_projector: i64,
-    /// `projector.group_prefix`: prepended to the projector names waited on (see
-    /// [`consistency::View::projector`]).
-    pub projector_prefix: String,
+    /// What a read of each view waits on: the projector and (`cdc`) every partition it consumes,
+    /// all of which must have caught up for the read to be fresh.
+    pub coverage: consistency::ViewCoverage,
 }
 
 impl Default for ApiConfig {
@@ -60,8 +59,7 @@ impl Default for ApiConfig {
             token_ttl_secs: 30 * 24 * 3600,
             max_body_bytes: 64 * 1024,
             read_wait: std::time::Duration::from_secs(2),
-            partitions_per_projector: 40,
-            projector_prefix: String::new(),
+            coverage: consistency::ViewCoverage::default(),
         }
     }
 }

@@ -28,6 +28,7 @@ use hdrhistogram::Histogram;
 use hermet_core::lsn::Lsn;
 use hermet_core::projection::{ProjectionConfig, Views};
 use hermet_core::validate::{Content, Limits, MessageType};
+use hermet_projector::consumer::GROUPS;
 use hermet_store::{Store, StoreConfig, SyncMode};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -42,8 +43,6 @@ const SAMPLE_EVERY: u64 = 10;
 const POLL: Duration = Duration::from_millis(2);
 /// Longest wait for the projectors to cover something after the load stopped.
 const CATCH_UP: Duration = Duration::from_secs(120);
-const CONV_GROUP: &str = "conversation-view-updater";
-const CONTACT_GROUP: &str = "contact-view-updater";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ModeRow {
@@ -195,13 +194,12 @@ async fn shutdown(rx: oneshot::Receiver<()>) {
     let _ = rx.await;
 }
 
-/// What the lag checks need: the mode, the projector names and their partition count.
+/// What the lag checks need: the mode and what each projector's coverage is judged on.
 #[derive(Clone)]
 struct Coverage {
     pool: deadpool_postgres::Pool,
     mode: SyncMode,
-    projectors: Vec<String>,
-    partitions: i64,
+    projectors: Vec<hermet_store::sync::Coverage>,
 }
 
 impl Coverage {
@@ -212,7 +210,7 @@ impl Coverage {
             .await
             .map_err(hermet_store::StoreError::from)?;
         for p in &self.projectors {
-            if !hermet_store::sync::covers(&conn, self.mode, p, self.partitions, lsn).await? {
+            if !hermet_store::sync::covers(&conn, self.mode, p, lsn).await? {
                 return Ok(false);
             }
         }
@@ -225,10 +223,7 @@ impl Coverage {
             .get()
             .await
             .map_err(hermet_store::StoreError::from)?;
-        Ok(
-            hermet_store::sync::covered_upto(&conn, self.mode, &self.projectors, self.partitions)
-                .await?,
-        )
+        Ok(hermet_store::sync::covered_upto(&conn, self.mode, &self.projectors).await?)
     }
 
     async fn wait(
@@ -493,36 +488,47 @@ impl Cdc {
         format!("hb_{}_{group}", self.tag)
     }
 
-    fn groups(&self, pool: &deadpool_postgres::Pool) -> Vec<Task> {
+    /// The topics a group maintaining `views` reads.
+    fn topics(&self, views: Views) -> Vec<String> {
         let template = crate::cdc::topic_template(&self.tag, 1);
-        let topics: Vec<String> = crate::cdc::TABLES
+        crate::cdc::TABLES
             .iter()
+            .filter(|t| views.reads_table(t))
             .map(|t| template.replace("{table}", t))
-            .collect();
-        [
-            (CONV_GROUP, Views::CONVERSATIONS),
-            (CONTACT_GROUP, Views::CONTACTS),
-        ]
-        .into_iter()
-        .map(|(g, views)| {
-            let cfg = hermet_projector::consumer::GroupConfig {
-                brokers: self.brokers.clone(),
-                group: self.group_name(g),
-                topics: topics.clone(),
-                views,
-                batch_max: 1000,
-                batch_wait: self.batch_wait,
-                max_attempts: 5,
-                dlq_topic: format!("hermet_bench_{}_dlq", self.tag),
-                projection: ProjectionConfig::default(),
-                cache: hermet_core::cache::no_cache(),
-            };
-            let pool = pool.clone();
-            Task::spawn(g.to_owned(), move |rx| {
-                hermet_projector::consumer::run_group(cfg, pool, shutdown(rx))
+            .collect()
+    }
+
+    fn coverage(&self, group: &str, views: Views) -> hermet_store::sync::Coverage {
+        let topics = self.topics(views);
+        hermet_store::sync::Coverage {
+            projector: self.group_name(group),
+            partitions: topics.len() as i64 * i64::from(self.partitions),
+            topics,
+        }
+    }
+
+    fn groups(&self, pool: &deadpool_postgres::Pool) -> Vec<Task> {
+        GROUPS
+            .into_iter()
+            .map(|(g, views)| {
+                let cfg = hermet_projector::consumer::GroupConfig {
+                    brokers: self.brokers.clone(),
+                    group: self.group_name(g),
+                    topics: self.topics(views),
+                    views,
+                    batch_max: 1000,
+                    batch_wait: self.batch_wait,
+                    max_attempts: 5,
+                    dlq_topic: format!("hermet_bench_{}_dlq", self.tag),
+                    projection: ProjectionConfig::default(),
+                    cache: hermet_core::cache::no_cache(),
+                };
+                let pool = pool.clone();
+                Task::spawn(g.to_owned(), move |rx| {
+                    hermet_projector::consumer::run_group(cfg, pool, shutdown(rx))
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// Waits until the relay's slot confirmed `lsn`.
@@ -600,10 +606,10 @@ async fn run_mode(
     };
     let mut tasks: Vec<Task> = Vec::new();
     let mut relay: Option<Task> = None;
-    let projectors = match mode {
-        SyncMode::Cdc => vec![cdc.group_name(CONV_GROUP), cdc.group_name(CONTACT_GROUP)],
-        _ => vec![CONV_GROUP.to_owned(), CONTACT_GROUP.to_owned()],
-    };
+    let projectors = GROUPS
+        .iter()
+        .map(|(g, views)| cdc.coverage(g, *views))
+        .collect();
     match mode {
         SyncMode::DualWrite => {}
         SyncMode::Async => {
@@ -635,7 +641,6 @@ async fn run_mode(
         pool: pool.clone(),
         mode,
         projectors,
-        partitions: crate::cdc::TABLES.len() as i64 * i64::from(opts.partitions),
     };
     let result = async {
         let t = Instant::now();

@@ -60,6 +60,15 @@ impl Views {
         conversations: false,
         contacts: true,
     };
+
+    /// Whether a change of write-side `table` can alter these views, so a projector for them
+    /// must read that table's changes. The contact views embed only users and friendships (see
+    /// [`affected`]: `profile_users`, `friend_pairs`); conversations embed every table. A table
+    /// this does not know is read by the conversation projector, which reports it as poison
+    /// rather than dropping it.
+    pub fn reads_table(self, table: &str) -> bool {
+        self.conversations || (self.contacts && matches!(table, "users" | "friendships"))
+    }
 }
 
 /// What a batch of changes touches, before any look-up.
@@ -357,6 +366,39 @@ mod tests {
         assert_eq!(preview("short", 50), "short");
         assert_eq!(preview("", 3), "");
         assert_eq!(preview("👍👍", 1), "👍");
+    }
+
+    /// What the contact projector does not read must never reach a contact row: its keys come
+    /// only from `profile_users` and `friend_pairs`.
+    #[test]
+    fn contacts_read_only_users_and_friendships() {
+        let ch = channel(7, ChannelType::Single, 3);
+        let mut renamed = ch.clone();
+        renamed.channel_info_ver = 2;
+        let others = [
+            RowChange::Channels(Change::inserted(ch.clone())),
+            RowChange::Channels(Change {
+                op: crate::change::Op::Update,
+                before: Some(ch),
+                after: Some(renamed),
+            }),
+            RowChange::ChannelMembers(Change::updated(member(7, 1))),
+            RowChange::Messages(Change::inserted(message(7, 4, "a"))),
+        ];
+        for c in &others {
+            assert!(!Views::CONTACTS.reads_table(c.table()), "{}", c.table());
+            assert!(Views::CONVERSATIONS.reads_table(c.table()));
+            let a = affected(std::slice::from_ref(c));
+            assert!(
+                a.profile_users.is_empty() && a.friend_pairs.is_empty(),
+                "{c:?}"
+            );
+        }
+        for t in ["users", "friendships"] {
+            assert!(Views::CONTACTS.reads_table(t) && Views::CONVERSATIONS.reads_table(t));
+        }
+        assert!(!Views::CONTACTS.reads_table("audit_log"));
+        assert!(Views::CONVERSATIONS.reads_table("audit_log"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Kafka consumer groups that keep a read model converged.
 //!
-//! Each group (`conversation-view-updater`, `contact-view-updater`) reads every write-side
-//! topic and maintains its own view through the shared projection. One step:
+//! Each group ([`GROUPS`]) reads the write-side topics its view depends on
+//! ([`Views::reads_table`]: the contact group only users and friendships) and maintains its own
+//! view through the shared projection. One step:
 //!
 //! 1. poll up to `batch_max` records or until `batch_wait` passes;
 //! 2. decode them into row changes (watermark markers and tombstones carry no change);
@@ -60,6 +61,12 @@ pub struct GroupConfig {
     /// Invalidated for the owners of every batch, after the batch commits.
     pub cache: Arc<dyn ListCache>,
 }
+
+/// The consumer groups, before `projector.group_prefix`, and the views each maintains.
+pub const GROUPS: [(&str, Views); 2] = [
+    ("conversation-view-updater", Views::CONVERSATIONS),
+    ("contact-view-updater", Views::CONTACTS),
+];
 
 /// Default of [`GroupConfig::batch_wait`].
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(10);
@@ -205,6 +212,7 @@ pub async fn run_group(
     consumer.subscribe(&topics)?;
     let dlq = hermet_kafka::producer(&cfg.brokers, &format!("{}-dlq", cfg.group))?;
     tracing::info!(group = %cfg.group, topics = ?cfg.topics, "projector started");
+    retire_other_topics(&cfg, &pool).await;
     // Registered at 0, so a failure rate exists before the first failure.
     metrics::counter!("hermet_view_update_failures_total", "projector" => cfg.group.clone())
         .increment(0);
@@ -237,6 +245,24 @@ pub async fn run_group(
     }
     tracing::info!(group = %cfg.group, "projector stopped");
     Ok(())
+}
+
+/// Drops the group's progress rows of topics it no longer reads. Coverage never counts them
+/// (`hermet_store::sync::Coverage`), so this only tidies status reports: a failure is logged.
+async fn retire_other_topics(cfg: &GroupConfig, pool: &Pool) {
+    let done = match pool.get().await {
+        Ok(c) => hermet_store::sync::retire_watermarks(&c, &cfg.group, &cfg.topics).await,
+        Err(e) => Err(StoreError::from(e)),
+    };
+    match done {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(group = %cfg.group, partitions = n, "forgot progress on topics no longer read")
+        }
+        Err(e) => {
+            tracing::warn!(group = %cfg.group, error = %e, "could not forget progress on topics no longer read")
+        }
+    }
 }
 
 /// Applies a batch (or dead-letters what cannot be applied); returns when every record is

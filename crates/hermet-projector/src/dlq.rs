@@ -113,13 +113,10 @@ pub fn list(brokers: &str, topic: &str) -> Result<Vec<DeadLetter>, ProjectorErro
 
 /// The views a group maintains; groups may carry a `projector.group_prefix`.
 fn views_of(group: &str) -> Views {
-    if group.ends_with("conversation-view-updater") {
-        Views::CONVERSATIONS
-    } else if group.ends_with("contact-view-updater") {
-        Views::CONTACTS
-    } else {
-        Views::ALL
-    }
+    crate::consumer::GROUPS
+        .iter()
+        .find(|(name, _)| group.ends_with(name))
+        .map_or(Views::ALL, |(_, views)| *views)
 }
 
 /// Applies every dead letter not replayed yet; stops at the first one that still fails (it

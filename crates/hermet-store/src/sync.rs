@@ -140,16 +140,26 @@ pub async fn advance_watermarks(
     Ok(())
 }
 
-/// Whether the view maintained by `projector` has applied every write up to `lsn`:
-/// `lsn <= covered_upto(projector)`.
+/// What a projector's coverage is judged on: its name (`hermet_projector_watermarks.projector`)
+/// and, in `cdc`, the topics it consumes and their partitions in all. Only those topics count,
+/// so rows left by a topic the projector no longer reads cannot make a write look applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    pub projector: String,
+    pub topics: Vec<String>,
+    /// Partitions of `topics` together: every one must have reported before anything is covered.
+    pub partitions: i64,
+}
+
+/// Whether the view maintained by `cov.projector` has applied every write up to `lsn`:
+/// `lsn <= covered_upto(cov)`.
 pub async fn covers(
     client: &deadpool_postgres::Client,
     mode: SyncMode,
-    projector: &str,
-    partitions: i64,
+    cov: &Coverage,
     lsn: Lsn,
 ) -> Result<bool, StoreError> {
-    Ok(covered(client, mode, projector, partitions)
+    Ok(covered(client, mode, cov)
         .await?
         .is_some_and(|upto| upto >= lsn))
 }
@@ -160,12 +170,11 @@ pub async fn covers(
 pub async fn covered_upto(
     client: &deadpool_postgres::Client,
     mode: SyncMode,
-    projectors: &[String],
-    partitions: i64,
+    projectors: &[Coverage],
 ) -> Result<Option<Lsn>, StoreError> {
     let mut upto = Lsn(u64::MAX);
     for p in projectors {
-        match covered(client, mode, p, partitions).await? {
+        match covered(client, mode, p).await? {
             Some(l) => upto = upto.min(l),
             None => return Ok(None),
         }
@@ -173,20 +182,35 @@ pub async fn covered_upto(
     Ok(Some(upto))
 }
 
-/// The coverage rule, in one place: the newest LSN `projector`'s view has applied every write
-/// up to.
+/// Forgets `projector`'s progress on topics outside `topics` (ones it read under an earlier
+/// configuration), so status reports show only the partitions that count.
+pub async fn retire_watermarks(
+    client: &deadpool_postgres::Client,
+    projector: &str,
+    topics: &[String],
+) -> Result<u64, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM hermet_projector_watermarks WHERE projector = $1 AND topic <> ALL($2)",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&projector, &topics]).await?)
+}
+
+/// The coverage rule, in one place: the newest LSN `cov.projector`'s view has applied every
+/// write up to.
 ///
 /// - `dual_write`: everything (views change in the write's own transaction);
 /// - `async`: just before the oldest outbox row still pending (`wal_lsn` is a lower bound of
 ///   its commit);
 /// - `cdc`: every one of the projector's `partitions` has applied an event or a watermark
 ///   marker at or past it (markers come from the relay, so a quiet partition catches up too):
-///   the `partitions`-th highest applied position. `None` while fewer partitions reported.
+///   the `partitions`-th highest applied position among its topics. `None` while fewer
+///   partitions reported.
 async fn covered(
     client: &deadpool_postgres::Client,
     mode: SyncMode,
-    projector: &str,
-    partitions: i64,
+    cov: &Coverage,
 ) -> Result<Option<Lsn>, StoreError> {
     match mode {
         SyncMode::DualWrite => Ok(Some(Lsn(u64::MAX))),
@@ -197,16 +221,17 @@ async fn covered(
             let oldest: Option<i64> = client.query_one(&stmt, &[]).await?.get(0);
             Ok(Some(Lsn(oldest.map_or(u64::MAX, |l| l.max(0) as u64))))
         }
-        SyncMode::Cdc if partitions <= 0 => Ok(Some(Lsn(u64::MAX))),
+        SyncMode::Cdc if cov.partitions <= 0 => Ok(Some(Lsn(u64::MAX))),
         SyncMode::Cdc => {
             let stmt = client
                 .prepare_cached(
                     "SELECT applied_lsn FROM hermet_projector_watermarks
-                      WHERE projector = $1 ORDER BY applied_lsn DESC OFFSET $2 LIMIT 1",
+                      WHERE projector = $1 AND topic = ANY($2)
+                      ORDER BY applied_lsn DESC OFFSET $3 LIMIT 1",
                 )
                 .await?;
             let row = client
-                .query_opt(&stmt, &[&projector, &(partitions - 1)])
+                .query_opt(&stmt, &[&cov.projector, &cov.topics, &(cov.partitions - 1)])
                 .await?;
             Ok(row.map(|r| Lsn(r.get::<_, i64>(0).max(0) as u64)))
         }

@@ -66,6 +66,15 @@ const WAIT: Duration = Duration::from_secs(120);
 const CONVERSATIONS: &str = "conversation-view-updater";
 const CONTACTS: &str = "contact-view-updater";
 
+/// The views group `base` maintains.
+fn views_of(base: &str) -> Views {
+    consumer::GROUPS
+        .iter()
+        .find(|(g, _)| *g == base)
+        .map(|(_, v)| *v)
+        .expect("a projector group")
+}
+
 fn store_cfg(mode: SyncMode) -> StoreConfig {
     StoreConfig {
         sync_mode: mode,
@@ -189,8 +198,26 @@ impl Cdc {
         format!("{}{base}", self.group_prefix())
     }
 
-    fn partitions_per_projector() -> i64 {
-        TABLES.len() as i64 * i64::from(PARTITIONS)
+    /// The topics a group maintaining `views` reads.
+    fn group_topics(&self, views: Views) -> Vec<String> {
+        let all = self.topics();
+        TABLES
+            .iter()
+            .zip(all)
+            .filter(|(t, _)| views.reads_table(t))
+            .map(|(_, topic)| topic)
+            .collect()
+    }
+
+    /// What a read of the view of group `base` waits on.
+    fn coverage(&self, base: &str) -> sync::Coverage {
+        let views = views_of(base);
+        let topics = self.group_topics(views);
+        sync::Coverage {
+            projector: self.group(base),
+            partitions: topics.len() as i64 * i64::from(PARTITIONS),
+            topics,
+        }
     }
 
     /// Starts the relay and waits for its (empty) initial snapshot, so the topics exist.
@@ -237,7 +264,7 @@ impl Cdc {
         GroupConfig {
             brokers: brokers(),
             group: self.group(base),
-            topics: self.topics(),
+            topics: self.group_topics(views),
             views,
             batch_max: 500,
             batch_wait: Duration::from_millis(10),
@@ -250,10 +277,7 @@ impl Cdc {
 
     /// Starts both consumer groups on `pool`.
     fn start_groups(&mut self, pool: &deadpool_postgres::Pool) {
-        for (base, views) in [
-            (CONVERSATIONS, Views::CONVERSATIONS),
-            (CONTACTS, Views::CONTACTS),
-        ] {
+        for (base, views) in consumer::GROUPS {
             let (cfg, pool) = (self.group_config(base, views), pool.clone());
             self.groups.push(Task::spawn(base, |stop| async move {
                 consumer::run_group(cfg, pool, stop)
@@ -284,30 +308,19 @@ impl Cdc {
         let deadline = Instant::now() + WAIT;
         loop {
             self.check().await;
-            let groups = [self.group(CONVERSATIONS), self.group(CONTACTS)];
+            let groups = [self.coverage(CONVERSATIONS), self.coverage(CONTACTS)];
             let upto = || async {
-                sync::covered_upto(
-                    &conn,
-                    SyncMode::Cdc,
-                    &groups,
-                    Self::partitions_per_projector(),
-                )
-                .await
-                .expect("covered_upto")
+                sync::covered_upto(&conn, SyncMode::Cdc, &groups)
+                    .await
+                    .expect("covered_upto")
             };
             // Read before `covers`: watermarks only advance, so a covered `before` implies `all`.
             let before = upto().await;
             let mut all = true;
-            for base in [CONVERSATIONS, CONTACTS] {
-                all &= sync::covers(
-                    &conn,
-                    SyncMode::Cdc,
-                    &self.group(base),
-                    Self::partitions_per_projector(),
-                    lsn,
-                )
-                .await
-                .expect("covers");
+            for cov in &groups {
+                all &= sync::covers(&conn, SyncMode::Cdc, cov, lsn)
+                    .await
+                    .expect("covers");
             }
             assert!(
                 all || before.is_none_or(|u| u < lsn),
@@ -885,6 +898,76 @@ async fn poison_event_is_dead_lettered_then_replayed() {
     cdc.finish().await;
 }
 
+/// A projector's coverage counts only the topics it reads now: progress rows left from a topic it
+/// read under an earlier configuration (here far ahead) must not make a write look applied, and
+/// retiring them leaves the live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coverage_counts_only_the_projectors_topics() {
+    let db = TestDb::new().await;
+    let store = db.store_with(store_cfg(SyncMode::Cdc));
+    let mut conn = store.pool().get().await.expect("connection");
+    let progress = |topic: &str, partition: i32, lsn: i64| sync::PartitionProgress {
+        topic: topic.into(),
+        partition,
+        applied_lsn: lsn,
+        next_offset: 1,
+        commit_ts_ms: None,
+    };
+    let tx = conn.transaction().await.expect("tx");
+    sync::advance_watermarks(
+        &tx,
+        "p",
+        &[
+            progress("users", 0, 100),
+            progress("users", 1, 300),
+            progress("messages", 0, 900),
+            progress("messages", 1, 900),
+        ],
+    )
+    .await
+    .expect("watermarks");
+    tx.commit().await.expect("commit");
+    let cov = sync::Coverage {
+        projector: "p".into(),
+        topics: vec!["users".into()],
+        partitions: 2,
+    };
+    let upto = sync::covered_upto(&conn, SyncMode::Cdc, std::slice::from_ref(&cov))
+        .await
+        .expect("covered_upto");
+    assert_eq!(
+        upto,
+        Some(Lsn(100)),
+        "the slowest partition of the topics read"
+    );
+    assert!(sync::covers(&conn, SyncMode::Cdc, &cov, Lsn(100))
+        .await
+        .expect("covers"));
+    assert!(!sync::covers(&conn, SyncMode::Cdc, &cov, Lsn(101))
+        .await
+        .expect("covers"));
+    let short = sync::Coverage {
+        partitions: 3,
+        ..cov.clone()
+    };
+    assert!(
+        !sync::covers(&conn, SyncMode::Cdc, &short, Lsn(1))
+            .await
+            .expect("covers"),
+        "a partition that never reported covers nothing"
+    );
+
+    let retired = sync::retire_watermarks(&conn, "p", &cov.topics)
+        .await
+        .expect("retire");
+    assert_eq!(retired, 2);
+    let left = count(&store, "SELECT count(*) FROM hermet_projector_watermarks").await;
+    assert_eq!(left, 2);
+    assert!(sync::covers(&conn, SyncMode::Cdc, &cov, Lsn(100))
+        .await
+        .expect("covers"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_outbox_row_is_set_aside_then_replayed() {
     let db = TestDb::new().await;
@@ -1037,12 +1120,14 @@ async fn read_your_writes_in_cdc_mode() {
     let store = db.store_with(store_cfg(SyncMode::Cdc));
     cdc.start_relay().await;
     cdc.start_groups(store.pool());
-    let prefix = cdc.group_prefix();
+    let coverage = hermet_api::ViewCoverage {
+        conversations: cdc.coverage(CONVERSATIONS),
+        contacts: cdc.coverage(CONTACTS),
+    };
     let api_cfg = |wait: Duration| ApiConfig {
         jwt_secret: TEST_SECRET.into(),
         read_wait: wait,
-        partitions_per_projector: Cdc::partitions_per_projector(),
-        projector_prefix: prefix.clone(),
+        coverage: coverage.clone(),
         ..ApiConfig::default()
     };
     // Generous: a fresh read normally waits for one projector batch.

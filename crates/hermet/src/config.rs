@@ -476,6 +476,19 @@ impl Config {
 
     /// The topics of the captured tables, as the relay names them.
     pub fn data_topics(&self) -> Result<Vec<String>, ConfigError> {
+        self.topics_of(|_| true)
+    }
+
+    /// The topics a projector of `views` consumes: those of the captured tables it reads.
+    pub fn group_topics(
+        &self,
+        views: hermet_core::projection::Views,
+    ) -> Result<Vec<String>, ConfigError> {
+        self.topics_of(|table| views.reads_table(table))
+    }
+
+    /// Topics of the captured tables whose name (without schema) passes `keep`.
+    fn topics_of(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, ConfigError> {
         let router = self
             .relay_config()
             .router()
@@ -484,11 +497,24 @@ impl Config {
             .cdc
             .tables
             .iter()
-            .map(|t| match t.split_once('.') {
-                Some((s, n)) => router.topic(s, n),
-                None => router.topic("public", t),
-            })
+            .map(|t| t.split_once('.').unwrap_or(("public", t)))
+            .filter(|(_, name)| keep(name))
+            .map(|(schema, name)| router.topic(schema, name))
             .collect())
+    }
+
+    /// What a read with `X-Hermet-Min-Lsn` waits on for the view `group` maintains.
+    pub fn coverage(
+        &self,
+        group: &str,
+        views: hermet_core::projection::Views,
+    ) -> Result<hermet_store::sync::Coverage, ConfigError> {
+        let topics = self.group_topics(views)?;
+        Ok(hermet_store::sync::Coverage {
+            projector: format!("{}{group}", self.projector.group_prefix),
+            partitions: topics.len() as i64 * i64::from(self.cdc.partitions),
+            topics,
+        })
     }
 
     pub fn group_config(
@@ -501,7 +527,7 @@ impl Config {
         Ok(hermet_projector::consumer::GroupConfig {
             brokers: self.kafka.brokers.clone(),
             group: format!("{}{group}", p.group_prefix),
-            topics: self.data_topics()?,
+            topics: self.group_topics(views)?,
             views,
             batch_max: p.batch_max,
             batch_wait: std::time::Duration::from_millis(p.batch_wait_ms),
@@ -607,6 +633,40 @@ mod tests {
         let mut c = valid();
         c.projector.batch_wait_ms = 0;
         assert!(c.validate().is_ok(), "0 applies what has arrived");
+    }
+
+    /// Each group reads the topics of the tables its view depends on; reads wait on those only.
+    #[test]
+    fn groups_read_the_topics_of_their_views() {
+        use hermet_core::projection::Views;
+        let mut c = valid();
+        c.cdc.partitions = 3;
+        c.cdc.tables = vec!["public.users".into(), "messages".into(), "friendships".into()];
+        c.projector.group_prefix = "t-".into();
+        let all = c.data_topics().map_err(|e| e.to_string());
+        assert_eq!(
+            all,
+            Ok(vec![
+                "users.changed".to_owned(),
+                "messages.changed".to_owned(),
+                "friendships.changed".to_owned()
+            ])
+        );
+        assert_eq!(
+            c.group_topics(Views::CONVERSATIONS).map_err(|e| e.to_string()),
+            all
+        );
+        let cov = c
+            .coverage("contact-view-updater", Views::CONTACTS)
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            cov,
+            Ok(hermet_store::sync::Coverage {
+                projector: "t-contact-view-updater".into(),
+                topics: vec!["users.changed".into(), "friendships.changed".into()],
+                partitions: 6,
+            })
+        );
     }
 
     #[test]

@@ -7,10 +7,9 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::config::Config;
+use hermet_projector::consumer::GROUPS;
 
-/// The consumer groups the projectors run (before `projector.group_prefix`).
-pub const GROUPS: [&str; 2] = ["conversation-view-updater", "contact-view-updater"];
+use crate::config::Config;
 
 /// A progress bar on stderr: rows, rows/s and ETA while the total is known, a spinner otherwise.
 struct Bar(ProgressBar);
@@ -114,14 +113,15 @@ pub async fn replay(
     };
     let known: Vec<String> = GROUPS
         .iter()
-        .map(|g| format!("{}{g}", cfg.projector.group_prefix))
+        .map(|(g, _)| format!("{}{g}", cfg.projector.group_prefix))
         .collect();
-    anyhow::ensure!(
-        known.contains(&group),
-        "--group {group:?} is not a projector group of this configuration (one of: {})",
-        known.join(", ")
-    );
-    let topics = cfg.data_topics()?;
+    let Some(views) = known.iter().position(|g| *g == group).map(|i| GROUPS[i].1) else {
+        anyhow::bail!(
+            "--group {group:?} is not a projector group of this configuration (one of: {})",
+            known.join(", ")
+        );
+    };
+    let topics = cfg.group_topics(views)?;
     let brokers = cfg.kafka.brokers.clone();
     let wait = wait_secs.map(Duration::from_secs);
     let g = group.clone();
@@ -280,17 +280,19 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
 
     // Kafka: a broker that does not answer is reported, not fatal (dual_write needs none).
     let brokers = cfg.kafka.brokers.clone();
-    let topics = cfg.data_topics()?;
-    let groups: Vec<String> = GROUPS
+    let groups = GROUPS
         .iter()
-        .map(|g| format!("{}{g}", cfg.projector.group_prefix))
-        .collect();
+        .map(|(g, views)| {
+            let topics = cfg.group_topics(*views)?;
+            Ok((format!("{}{g}", cfg.projector.group_prefix), topics))
+        })
+        .collect::<Result<Vec<_>, crate::config::ConfigError>>()?;
     let dlq_topic = cfg.projector.dlq_topic.clone();
     let dlq = dlq_topic.clone();
     let kafka = tokio::task::spawn_blocking(move || {
         use hermet_projector::replay;
         let mut out = Vec::new();
-        for g in groups {
+        for (g, topics) in groups {
             let partitions = replay::group_lag(&brokers, &g, &topics)?;
             out.push(GroupStatus {
                 members: replay::members(&brokers, &g)?.len(),

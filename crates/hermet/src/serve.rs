@@ -7,9 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use hermet_core::projection::Views;
 use hermet_core::push::PushSink;
-use hermet_projector::{consumer, outbox, push};
+use hermet_projector::consumer::{self, GROUPS};
+use hermet_projector::{outbox, push};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
@@ -108,10 +108,7 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
                 ));
             }
             Mode::Cdc => {
-                for (group, views) in [
-                    ("conversation-view-updater", Views::CONVERSATIONS),
-                    ("contact-view-updater", Views::CONTACTS),
-                ] {
+                for (group, views) in GROUPS {
                     let (gcfg, pool) = (
                         cfg.group_config(group, views, store.cache().clone())?,
                         store.pool().clone(),
@@ -208,8 +205,7 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         token_ttl_secs: cfg.auth.token_ttl_secs,
         max_body_bytes: cfg.http.max_body_bytes,
         read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
-        partitions_per_projector: cfg.cdc.tables.len() as i64 * i64::from(cfg.cdc.partitions),
-        projector_prefix: cfg.projector.group_prefix.clone(),
+        coverage: view_coverage(&cfg)?,
     };
     let app = hermet_api::router(AppState::with_hub(store, api_cfg, Some(metrics), hub));
     let listener = TcpListener::bind(cfg.http.addr)
@@ -382,4 +378,13 @@ async fn background_audit(
                 "audit found read-side rows that differ from the write side");
         }
     }
+}
+
+/// What reads with `X-Hermet-Min-Lsn` wait on, per view.
+fn view_coverage(cfg: &Config) -> anyhow::Result<hermet_api::ViewCoverage> {
+    let [(conversations, conv_views), (contacts, contact_views)] = GROUPS;
+    Ok(hermet_api::ViewCoverage {
+        conversations: cfg.coverage(conversations, conv_views)?,
+        contacts: cfg.coverage(contacts, contact_views)?,
+    })
 }

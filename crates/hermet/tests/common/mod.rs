@@ -31,7 +31,7 @@ pub const PARTITIONS: i32 = 2;
 pub const PREVIEW: usize = 5;
 /// Bound of every wait (a restarted projector waits for the killed member's session to end).
 pub const WAIT: Duration = Duration::from_secs(180);
-pub const GROUPS: [&str; 2] = ["conversation-view-updater", "contact-view-updater"];
+pub use hermet_projector::consumer::GROUPS;
 
 /// Tests with a replication slot run one at a time.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -216,7 +216,7 @@ impl Pipeline {
 
     /// Records the groups have not consumed yet, over every partition of the topics.
     pub async fn group_lag(&self, g: &str) -> i64 {
-        let (group, topics) = (self.group(g), self.topics());
+        let (group, topics) = (self.group(g), self.group_topics(g));
         tokio::task::spawn_blocking(move || {
             hermet_projector::replay::group_lag(&brokers(), &group, &topics)
         })
@@ -231,6 +231,20 @@ impl Pipeline {
     pub fn topics(&self) -> Vec<String> {
         TABLES
             .iter()
+            .map(|t| format!("{}.{t}.changed", self.prefix()))
+            .collect()
+    }
+
+    /// The topics group `g` (before the prefix) reads.
+    pub fn group_topics(&self, g: &str) -> Vec<String> {
+        let views = GROUPS
+            .iter()
+            .find(|(name, _)| *name == g)
+            .map(|(_, v)| *v)
+            .expect("a projector group");
+        TABLES
+            .iter()
+            .filter(|t| views.reads_table(t))
             .map(|t| format!("{}.{t}.changed", self.prefix()))
             .collect()
     }
@@ -316,16 +330,16 @@ impl Pipeline {
                 self.procs[*p].assert_running();
             }
             let mut all = true;
-            for g in GROUPS {
-                all &= hermet_store::sync::covers(
-                    &conn,
-                    SyncMode::Cdc,
-                    &format!("{}{g}", self.group_prefix()),
-                    TABLES.len() as i64 * i64::from(PARTITIONS),
-                    lsn,
-                )
-                .await
-                .expect("covers");
+            for (g, _) in GROUPS {
+                let topics = self.group_topics(g);
+                let cov = hermet_store::sync::Coverage {
+                    projector: self.group(g),
+                    partitions: topics.len() as i64 * i64::from(PARTITIONS),
+                    topics,
+                };
+                all &= hermet_store::sync::covers(&conn, SyncMode::Cdc, &cov, lsn)
+                    .await
+                    .expect("covers");
             }
             if all {
                 return;
@@ -344,10 +358,7 @@ impl Pipeline {
     pub fn kafka_names(&self) -> (Vec<String>, Vec<String>) {
         let mut topics = self.topics();
         topics.push(self.dlq_topic());
-        let groups = GROUPS
-            .iter()
-            .map(|g| format!("{}{g}", self.group_prefix()))
-            .collect();
+        let groups = GROUPS.iter().map(|(g, _)| self.group(g)).collect();
         (topics, groups)
     }
 }
