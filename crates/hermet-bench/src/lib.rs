@@ -213,6 +213,10 @@ pub struct BenchOptions {
     /// has arrived) [default: the projector's, `projector.batch_wait_ms`].
     #[arg(long)]
     pub batch_wait_ms: Option<u64>,
+    /// `modes`: most records a projector group applies in one transaction [default: the
+    /// projector's, `projector.batch_max`].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=hermet_projector::consumer::MAX_BATCH_MAX as u64))]
+    pub batch_max: Option<u64>,
     /// `modes`: record the sync pipeline's own latency metrics (relay commit → Kafka ack, commit
     /// → view applied, batch apply time) during each measured phase and print their p50/p99
     /// after it. Off by default: with it, those metric calls do real work.
@@ -287,6 +291,7 @@ impl Default for BenchOptions {
             partitions: 8,
             watermark_ms: None,
             batch_wait_ms: None,
+            batch_max: None,
             stage_metrics: false,
             pool_size: None,
             read_rate: 0.0,
@@ -758,12 +763,19 @@ mod tests {
             "10",
             "--batch-wait-ms",
             "0",
+            "--batch-max",
+            "5000",
             "--stage-metrics",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cli.opts.users, 5);
         assert_eq!(cli.opts.watermark_ms, Some(10));
         assert_eq!(cli.opts.batch_wait_ms, Some(0));
+        assert_eq!(cli.opts.batch_max, Some(5000));
+        assert!(
+            <Cli as clap::Parser>::try_parse_from(["bench", "--batch-max", "0"]).is_err(),
+            "an empty batch is refused"
+        );
         assert!(cli.opts.stage_metrics);
         assert_eq!(cli.opts.mix, OpMix::send_only());
         assert!(cli.opts.json);

@@ -85,6 +85,8 @@ pub struct ModesReport {
     pub watermark_ms: u64,
     /// The projector groups' batch wait (cdc).
     pub batch_wait_ms: u64,
+    /// The projector groups' batch size limit (cdc).
+    pub batch_max: usize,
     pub load_before: Option<String>,
     pub modes: Vec<ModeRow>,
     pub projector: Option<ProjectorRow>,
@@ -96,8 +98,8 @@ impl fmt::Display for ModesReport {
         let _ = writeln!(
             out,
             "modes: {} users, {} groups, {} send workers, {} s per mode, {} partitions per topic \
-             and watermark markers every {} ms, group batch wait {} ms (cdc); load average \
-             before: {}\n",
+             and watermark markers every {} ms, group batch wait {} ms and at most {} records \
+             (cdc); load average before: {}\n",
             self.users,
             self.groups,
             self.concurrency,
@@ -105,6 +107,7 @@ impl fmt::Display for ModesReport {
             self.partitions,
             self.watermark_ms,
             self.batch_wait_ms,
+            self.batch_max,
             self.load_before.as_deref().unwrap_or("-")
         );
         out.push_str(
@@ -457,6 +460,7 @@ struct Cdc {
     partitions: i32,
     watermark: Duration,
     batch_wait: Duration,
+    batch_max: usize,
     brokers: String,
     url: String,
 }
@@ -516,8 +520,8 @@ impl Cdc {
                     group: self.group_name(g),
                     topics: self.topics(views),
                     views,
-                    batch_max: 1000,
                     batch_wait: self.batch_wait,
+                    batch_max: self.batch_max,
                     max_attempts: 5,
                     dlq_topic: format!("hermet_bench_{}_dlq", self.tag),
                     projection: ProjectionConfig::default(),
@@ -601,6 +605,7 @@ async fn run_mode(
         partitions: opts.partitions,
         watermark: watermark(opts),
         batch_wait: batch_wait(opts),
+        batch_max: batch_max(opts),
         brokers: env.kafka_brokers.clone(),
         url: url.to_owned(),
     };
@@ -784,6 +789,14 @@ fn batch_wait(opts: &BenchOptions) -> Duration {
     )
 }
 
+/// The projector groups' batch size limit: `--batch-max`, else the projector's default.
+fn batch_max(opts: &BenchOptions) -> usize {
+    opts.batch_max
+        .map_or(hermet_projector::consumer::DEFAULT_BATCH_MAX, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        })
+}
+
 /// Runs `hermet bench modes` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, BenchError> {
     if !opts.rate.is_finite() || opts.rate <= 0.0 {
@@ -870,6 +883,7 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, Ben
         partitions: opts.partitions,
         watermark_ms: u64::try_from(watermark(opts).as_millis()).unwrap_or(u64::MAX),
         batch_wait_ms: u64::try_from(batch_wait(opts).as_millis()).unwrap_or(u64::MAX),
+        batch_max: batch_max(opts),
         load_before,
         modes: rows,
         projector,

@@ -68,6 +68,15 @@ pub const GROUPS: [(&str, Views); 2] = [
     ("contact-view-updater", Views::CONTACTS),
 ];
 
+/// Default of [`GroupConfig::batch_max`]. A group that keeps up applies far fewer per batch (what
+/// arrives within `batch_wait`); one that fell behind catches up faster with big batches, which
+/// coalesce repeated updates of a row and pay each touched shard's set-up once (BENCHMARKS.md,
+/// "Projector batches of up to 5,000 records").
+pub const DEFAULT_BATCH_MAX: usize = 5000;
+
+/// Largest [`GroupConfig::batch_max`] accepted: a batch is held in memory.
+pub const MAX_BATCH_MAX: usize = 1_000_000;
+
 /// Default of [`GroupConfig::batch_wait`].
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(10);
 

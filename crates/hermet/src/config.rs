@@ -84,7 +84,7 @@ pub struct ProjectorConfig {
 impl Default for ProjectorConfig {
     fn default() -> Self {
         ProjectorConfig {
-            batch_max: 1000,
+            batch_max: hermet_projector::consumer::DEFAULT_BATCH_MAX,
             batch_wait_ms: hermet_projector::consumer::DEFAULT_BATCH_WAIT.as_millis() as u64,
             max_attempts: 5,
             dlq_topic: "hermet.dlq".into(),
@@ -429,6 +429,12 @@ impl Config {
         if p.batch_max == 0 || p.max_attempts == 0 || p.outbox_batch < 1 || p.dlq_topic.is_empty() {
             return bad("projector: batch_max, max_attempts, outbox_batch >= 1 and a dlq_topic are required".into());
         }
+        let most = hermet_projector::consumer::MAX_BATCH_MAX;
+        if p.batch_max > most || p.outbox_batch > most as i64 {
+            return bad(format!(
+                "projector.batch_max and projector.outbox_batch must be at most {most} (a batch is held in memory)"
+            ));
+        }
         let max_wait_ms = hermet_core::validate::MAX_WAIT.as_millis();
         let waits = [
             ("projector.batch_wait_ms", p.batch_wait_ms),
@@ -628,6 +634,12 @@ mod tests {
             "{e:?}"
         );
         let mut c = valid();
+        c.projector.batch_max = 1_000_001;
+        assert!(c.validate().is_err(), "a batch is held in memory");
+        let mut c = valid();
+        c.projector.outbox_batch = 1_000_001;
+        assert!(c.validate().is_err());
+        let mut c = valid();
         c.audit.recheck_ms = 3_600_001;
         assert!(c.validate().is_err());
         let mut c = valid();
@@ -641,7 +653,11 @@ mod tests {
         use hermet_core::projection::Views;
         let mut c = valid();
         c.cdc.partitions = 3;
-        c.cdc.tables = vec!["public.users".into(), "messages".into(), "friendships".into()];
+        c.cdc.tables = vec![
+            "public.users".into(),
+            "messages".into(),
+            "friendships".into(),
+        ];
         c.projector.group_prefix = "t-".into();
         let all = c.data_topics().map_err(|e| e.to_string());
         assert_eq!(
@@ -653,7 +669,8 @@ mod tests {
             ])
         );
         assert_eq!(
-            c.group_topics(Views::CONVERSATIONS).map_err(|e| e.to_string()),
+            c.group_topics(Views::CONVERSATIONS)
+                .map_err(|e| e.to_string()),
             all
         );
         let cov = c
