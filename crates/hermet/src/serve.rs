@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use hermet_core::projection::Views;
 use hermet_core::push::PushSink;
 use hermet_projector::consumer::{self, GROUPS};
 use hermet_projector::{outbox, push};
@@ -382,9 +383,15 @@ async fn background_audit(
 
 /// What reads with `X-Hermet-Min-Lsn` wait on, per view.
 fn view_coverage(cfg: &Config) -> anyhow::Result<hermet_api::ViewCoverage> {
-    let [(conversations, conv_views), (contacts, contact_views)] = GROUPS;
+    let of = |views: Views| -> anyhow::Result<hermet_store::sync::Coverage> {
+        let (group, _) = GROUPS
+            .iter()
+            .find(|(_, v)| *v == views)
+            .context("no projector group maintains this view")?;
+        Ok(cfg.coverage(group, views)?)
+    };
     Ok(hermet_api::ViewCoverage {
-        conversations: cfg.coverage(conversations, conv_views)?,
-        contacts: cfg.coverage(contacts, contact_views)?,
+        conversations: of(Views::CONVERSATIONS)?,
+        contacts: of(Views::CONTACTS)?,
     })
 }
