@@ -503,12 +503,11 @@ impl Cdc {
     }
 
     fn coverage(&self, group: &str, views: Views) -> hermet_store::sync::Coverage {
-        let topics = self.topics(views);
-        hermet_store::sync::Coverage {
-            projector: self.group_name(group),
-            partitions: topics.len() as i64 * i64::from(self.partitions),
-            topics,
-        }
+        hermet_store::sync::Coverage::new(
+            self.group_name(group),
+            self.topics(views),
+            self.partitions,
+        )
     }
 
     fn groups(&self, pool: &deadpool_postgres::Pool) -> Vec<Task> {

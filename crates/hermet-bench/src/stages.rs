@@ -125,13 +125,14 @@ impl Recorder for StageRecorder {
         let mut all = self.lock();
         let series = match all.get(key) {
             Some(s) => s.clone(),
-            None => match histogram() {
-                Ok(h) => all
-                    .entry(key.clone())
-                    .or_insert_with(|| Arc::new(Mutex::new(h)))
-                    .clone(),
-                Err(_) => return metrics::Histogram::noop(),
-            },
+            None => {
+                let Ok(h) = histogram() else {
+                    return metrics::Histogram::noop();
+                };
+                let s = Arc::new(Mutex::new(h));
+                all.insert(key.clone(), s.clone());
+                s
+            }
         };
         metrics::Histogram::from_arc(Arc::new(Stage(series)))
     }

@@ -68,6 +68,14 @@ pub const GROUPS: [(&str, Views); 2] = [
     ("contact-view-updater", Views::CONTACTS),
 ];
 
+/// The views of the group named `group`, with or without its `projector.group_prefix`.
+pub fn group_views(group: &str) -> Option<Views> {
+    GROUPS
+        .iter()
+        .find(|(name, _)| group.ends_with(name))
+        .map(|(_, views)| *views)
+}
+
 /// Default of [`GroupConfig::batch_max`]. A group that keeps up applies far fewer per batch (what
 /// arrives within `batch_wait`); one that fell behind catches up faster with big batches, which
 /// coalesce repeated updates of a row and pay each touched shard's set-up once (BENCHMARKS.md,

@@ -113,10 +113,7 @@ pub fn list(brokers: &str, topic: &str) -> Result<Vec<DeadLetter>, ProjectorErro
 
 /// The views a group maintains; groups may carry a `projector.group_prefix`.
 fn views_of(group: &str) -> Views {
-    crate::consumer::GROUPS
-        .iter()
-        .find(|(name, _)| group.ends_with(name))
-        .map_or(Views::ALL, |(_, views)| *views)
+    crate::consumer::group_views(group).unwrap_or(Views::ALL)
 }
 
 /// Applies every dead letter not replayed yet; stops at the first one that still fails (it

@@ -151,6 +151,17 @@ pub struct Coverage {
     pub partitions: i64,
 }
 
+impl Coverage {
+    /// `projector` over `topics` of `partitions_per_topic` partitions each.
+    pub fn new(projector: String, topics: Vec<String>, partitions_per_topic: i32) -> Coverage {
+        Coverage {
+            projector,
+            partitions: topics.len() as i64 * i64::from(partitions_per_topic),
+            topics,
+        }
+    }
+}
+
 /// Whether the view maintained by `cov.projector` has applied every write up to `lsn`:
 /// `lsn <= covered_upto(cov)`.
 pub async fn covers(

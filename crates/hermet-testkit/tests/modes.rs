@@ -68,11 +68,7 @@ const CONTACTS: &str = "contact-view-updater";
 
 /// The views group `base` maintains.
 fn views_of(base: &str) -> Views {
-    consumer::GROUPS
-        .iter()
-        .find(|(g, _)| *g == base)
-        .map(|(_, v)| *v)
-        .expect("a projector group")
+    consumer::group_views(base).expect("a projector group")
 }
 
 fn store_cfg(mode: SyncMode) -> StoreConfig {
@@ -211,13 +207,11 @@ impl Cdc {
 
     /// What a read of the view of group `base` waits on.
     fn coverage(&self, base: &str) -> sync::Coverage {
-        let views = views_of(base);
-        let topics = self.group_topics(views);
-        sync::Coverage {
-            projector: self.group(base),
-            partitions: topics.len() as i64 * i64::from(PARTITIONS),
-            topics,
-        }
+        sync::Coverage::new(
+            self.group(base),
+            self.group_topics(views_of(base)),
+            PARTITIONS,
+        )
     }
 
     /// Starts the relay and waits for its (empty) initial snapshot, so the topics exist.

@@ -515,12 +515,11 @@ impl Config {
         group: &str,
         views: hermet_core::projection::Views,
     ) -> Result<hermet_store::sync::Coverage, ConfigError> {
-        let topics = self.group_topics(views)?;
-        Ok(hermet_store::sync::Coverage {
-            projector: format!("{}{group}", self.projector.group_prefix),
-            partitions: topics.len() as i64 * i64::from(self.cdc.partitions),
-            topics,
-        })
+        Ok(hermet_store::sync::Coverage::new(
+            format!("{}{group}", self.projector.group_prefix),
+            self.group_topics(views)?,
+            self.cdc.partitions,
+        ))
     }
 
     pub fn group_config(
@@ -608,43 +607,36 @@ mod tests {
         assert!(valid().validate_for_serving().is_ok());
     }
 
+    /// `valid()` changed by `change`, validated; the error as text.
+    fn validated(change: impl FnOnce(&mut Config)) -> Result<(), String> {
+        let mut c = valid();
+        change(&mut c);
+        c.validate().map(|_| ()).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn bad_values_are_refused() {
-        let mut c = valid();
-        c.read_side.shards = 0;
-        assert!(c.validate().is_err());
-        let mut c = valid();
-        c.database.url = "mysql://nope".into();
-        assert!(c.validate().is_err());
-        let mut c = valid();
-        c.projector.max_attempts = 0;
-        assert!(c.validate().is_err());
-        let mut c = valid();
-        c.database.read_pool_size = 0;
-        assert!(c.validate().is_err());
-        let mut c = valid();
-        c.cdc.watermark_ms = 4;
-        assert!(c.validate().is_err());
-        let mut c = valid();
-        c.projector.batch_wait_ms = u64::MAX;
-        let e = c.validate().map(|_| ()).map_err(|e| e.to_string());
+        assert!(validated(|c| c.read_side.shards = 0).is_err());
+        assert!(validated(|c| c.database.url = "mysql://nope".into()).is_err());
+        assert!(validated(|c| c.projector.max_attempts = 0).is_err());
+        assert!(validated(|c| c.database.read_pool_size = 0).is_err());
+        assert!(validated(|c| c.cdc.watermark_ms = 4).is_err());
+        let e = validated(|c| c.projector.batch_wait_ms = u64::MAX);
         assert!(
             e.as_ref()
                 .is_err_and(|e| e.contains("projector.batch_wait_ms must be at most")),
             "{e:?}"
         );
-        let mut c = valid();
-        c.projector.batch_max = 1_000_001;
-        assert!(c.validate().is_err(), "a batch is held in memory");
-        let mut c = valid();
-        c.projector.outbox_batch = 1_000_001;
-        assert!(c.validate().is_err());
-        let mut c = valid();
-        c.audit.recheck_ms = 3_600_001;
-        assert!(c.validate().is_err());
-        let mut c = valid();
-        c.projector.batch_wait_ms = 0;
-        assert!(c.validate().is_ok(), "0 applies what has arrived");
+        assert!(
+            validated(|c| c.projector.batch_max = 1_000_001).is_err(),
+            "a batch is held in memory"
+        );
+        assert!(validated(|c| c.projector.outbox_batch = 1_000_001).is_err());
+        assert!(validated(|c| c.audit.recheck_ms = 3_600_001).is_err());
+        assert!(
+            validated(|c| c.projector.batch_wait_ms = 0).is_ok(),
+            "0 applies what has arrived"
+        );
     }
 
     /// Each group reads the topics of the tables its view depends on; reads wait on those only.

@@ -237,11 +237,7 @@ impl Pipeline {
 
     /// The topics group `g` (before the prefix) reads.
     pub fn group_topics(&self, g: &str) -> Vec<String> {
-        let views = GROUPS
-            .iter()
-            .find(|(name, _)| *name == g)
-            .map(|(_, v)| *v)
-            .expect("a projector group");
+        let views = hermet_projector::consumer::group_views(g).expect("a projector group");
         TABLES
             .iter()
             .filter(|t| views.reads_table(t))
@@ -331,12 +327,11 @@ impl Pipeline {
             }
             let mut all = true;
             for (g, _) in GROUPS {
-                let topics = self.group_topics(g);
-                let cov = hermet_store::sync::Coverage {
-                    projector: self.group(g),
-                    partitions: topics.len() as i64 * i64::from(PARTITIONS),
-                    topics,
-                };
+                let cov = hermet_store::sync::Coverage::new(
+                    self.group(g),
+                    self.group_topics(g),
+                    PARTITIONS,
+                );
                 all &= hermet_store::sync::covers(&conn, SyncMode::Cdc, &cov, lsn)
                     .await
                     .expect("covers");
