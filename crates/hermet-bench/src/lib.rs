@@ -202,8 +202,9 @@ pub struct BenchOptions {
     /// `cdc`: row changes per backlog transaction.
     #[arg(long, default_value_t = 10_000)]
     pub txn_rows: u64,
-    /// `cdc`: partitions of each topic the relay creates.
-    #[arg(long, default_value_t = 8)]
+    /// `cdc`, `modes`: partitions of each topic the relay creates [default: the relay's,
+    /// `cdc.partitions`].
+    #[arg(long, default_value_t = hermet_cdc::relay::DEFAULT_PARTITIONS)]
     pub partitions: i32,
     /// `modes`: the relay's watermark-marker interval in milliseconds [default: the relay's,
     /// `cdc.watermark_ms`].
@@ -288,7 +289,7 @@ impl Default for BenchOptions {
             keep_database: false,
             rows: 500_000,
             txn_rows: 10_000,
-            partitions: 8,
+            partitions: hermet_cdc::relay::DEFAULT_PARTITIONS,
             watermark_ms: None,
             batch_wait_ms: None,
             batch_max: None,

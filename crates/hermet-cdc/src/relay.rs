@@ -77,6 +77,13 @@ pub struct RelayConfig {
 /// Default of [`RelayConfig::watermark_interval`].
 pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Default of [`RelayConfig::partitions`]. Every consumer fetch names every partition of its
+/// topics and every watermark tick writes a marker to each, so the broker's work grows with the
+/// count whatever the traffic: on two shared cores, 8 per topic gave the relay a commit → ack p99
+/// of 215–261 ms at 1,000 msg/s against 45–96 ms with 2 (BENCHMARKS.md). Two still let two
+/// processes share each group; a larger installation raises it (README, "Operations").
+pub const DEFAULT_PARTITIONS: i32 = 2;
+
 /// Shortest [`RelayConfig::watermark_interval`] accepted: every interval sends a marker to
 /// every partition.
 pub const MIN_WATERMARK_INTERVAL: Duration = Duration::from_millis(5);
@@ -438,6 +445,7 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
     };
     let options = EnvelopeOptions::default();
     let markers = partitions_of(&sink, &catalog, &router).await?;
+    check_partition_counts(&markers, &topics_of(&catalog, &router), cfg.partitions)?;
 
     let mut repl = ReplicationClient::connect_gated(replication_config(&cfg)?).await?;
     if let SlotState::Fresh = state {
@@ -512,7 +520,7 @@ async fn partitions_of(
     catalog: &HashMap<(String, String), CatalogTable>,
     router: &TopicRouter,
 ) -> Result<Vec<(String, i32)>, RelayError> {
-    let topics: Vec<String> = catalog.keys().map(|(s, n)| router.topic(s, n)).collect();
+    let topics = topics_of(catalog, router);
     let producer = sink.producer.clone();
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -546,6 +554,41 @@ async fn partitions_of(
     .await
     .map_err(|e| RelayError::Config(format!("metadata task: {e}")))?
     .map_err(RelayError::from)
+}
+
+fn topics_of(
+    catalog: &HashMap<(String, String), CatalogTable>,
+    router: &TopicRouter,
+) -> Vec<String> {
+    catalog.keys().map(|(s, n)| router.topic(s, n)).collect()
+}
+
+/// Refuses topics whose partition count is not `expected` (`cdc.partitions`). A reader's
+/// `X-Hermet-Min-Lsn` wait counts `expected` partitions per topic, so with more the wait could
+/// answer before a partition applied the write, and with fewer it could never answer fresh.
+/// Topics are only ever created with `expected`; a mismatch means they were made or altered
+/// outside hermet, or the setting changed after they were created.
+fn check_partition_counts(
+    markers: &[(String, i32)],
+    topics: &[String],
+    expected: i32,
+) -> Result<(), RelayError> {
+    let mut wrong = Vec::new();
+    for t in topics {
+        let n = markers.iter().filter(|(topic, _)| topic == t).count();
+        // No partition with a leader yet was already reported; that is not a count to judge.
+        if n > 0 && n != expected as usize {
+            wrong.push(format!("{t} has {n}"));
+        }
+    }
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(RelayError::Config(format!(
+        "cdc.partitions is {expected} but topic {}: set cdc.partitions (HERMET_CDC__PARTITIONS) \
+         to the topics' count on every hermet process, or give the topics {expected} partitions",
+        wrong.join(", topic ")
+    )))
 }
 
 /// Sends a watermark marker for `at` to every partition.
@@ -891,4 +934,41 @@ async fn stream(
     tokio::time::sleep(STATUS_INTERVAL + Duration::from_millis(100)).await;
     repl.shutdown().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(topic: &str, n: i32) -> Vec<(String, i32)> {
+        (0..n).map(|p| (topic.to_owned(), p)).collect()
+    }
+
+    #[test]
+    fn partition_counts_must_match_the_setting() {
+        let topics = ["a".to_owned(), "b".to_owned()];
+        let mut markers = parts("a", 2);
+        markers.extend(parts("b", 2));
+        assert!(check_partition_counts(&markers, &topics, 2).is_ok());
+
+        let mut markers = parts("a", 2);
+        markers.extend(parts("b", 8));
+        let e = check_partition_counts(&markers, &topics, 2)
+            .expect_err("a topic with 8 partitions under cdc.partitions = 2");
+        let text = e.to_string();
+        assert!(matches!(e, RelayError::Config(_)), "{text}");
+        assert!(text.contains("topic b has 8"), "{text}");
+        assert!(!text.contains("topic a"), "{text}");
+        assert!(text.contains("HERMET_CDC__PARTITIONS"), "{text}");
+
+        let e = check_partition_counts(&parts("a", 1), &topics[..1], 2)
+            .expect_err("fewer partitions than the setting");
+        assert!(e.to_string().contains("topic a has 1"), "{e}");
+    }
+
+    #[test]
+    fn a_topic_without_partitions_yet_is_not_judged() {
+        let topics = ["a".to_owned(), "b".to_owned()];
+        assert!(check_partition_counts(&parts("a", 3), &topics, 3).is_ok());
+    }
 }

@@ -251,7 +251,7 @@ impl Default for CdcConfig {
             .to_vec(),
             topic_prefix: "hermet".into(),
             topic_template: "{table}.changed".into(),
-            partitions: 8,
+            partitions: hermet_cdc::relay::DEFAULT_PARTITIONS,
             replication_factor: 1,
             heartbeat_ms: 10_000,
             transaction_topic: false,

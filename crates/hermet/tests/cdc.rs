@@ -1400,3 +1400,35 @@ async fn lost_slot_is_refused() {
     assert_eq!(slots, 0, "no slot was recreated");
     cdc.finish().await;
 }
+
+/// Topics made outside hermet with another partition count than `cdc.partitions` are refused
+/// before anything streams: reads waiting with `X-Hermet-Min-Lsn` count `cdc.partitions` per
+/// topic, so a mismatch would make them answer early or never. The error names the topic and
+/// the setting; once the setting matches, the same topics are used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_with_another_partition_count_are_refused() {
+    let _serial = SERIAL.lock().await;
+    let mut cdc = Cdc::new(500).await;
+    let odd = cdc.topic("messages");
+    hermet_kafka::ensure_topics(&brokers(), std::slice::from_ref(&odd), PARTITIONS + 2, 1)
+        .await
+        .expect("create a topic with another partition count");
+
+    cdc.start();
+    let status = cdc.wait_exit(WAIT).await;
+    assert!(
+        !status.success(),
+        "the relay must refuse the topic, exited {status}\n{}",
+        cdc.log_tail()
+    );
+    let log = cdc.log();
+    let wanted = format!("topic {odd} has {}", PARTITIONS + 2);
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&wanted) && l.contains("HERMET_CDC__PARTITIONS")),
+        "the error names the topic, its count and the setting\n{}",
+        cdc.log_tail()
+    );
+    assert_eq!(cdc.confirmed_lsn().await, None, "nothing was streamed");
+    cdc.finish().await;
+}
