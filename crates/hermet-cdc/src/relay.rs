@@ -586,7 +586,8 @@ fn check_partition_counts(
     }
     Err(RelayError::Config(format!(
         "cdc.partitions is {expected} but topic {}: set cdc.partitions (HERMET_CDC__PARTITIONS) \
-         to the topics' count on every hermet process, or give the topics {expected} partitions",
+         to the topics' count on every hermet process (Kafka adds partitions to a topic but \
+         never removes them)",
         wrong.join(", topic ")
     )))
 }
