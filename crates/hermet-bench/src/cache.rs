@@ -39,17 +39,28 @@ use crate::report::{histogram, median, quantile_ms as ms};
 use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 /// Synthetic conversation rows: user `u` has `4 + (u·37 mod 33)` conversations (4–36, mean 20).
+/// `$DERIVED_*` are filled with the view's derived columns, computed as every writer does.
 const SEED_SQL: &str = "
 INSERT INTO user_conversation_view (user_id, channel_id, conversation_type, channel_name,
-       channel_avatar, channel_info_ver, last_message_id, last_message_seq, last_message_type,
+       channel_avatar, channel_info_ver, peer_user_id, peer_nickname, peer_avatar,
+       peer_profile_ver, remark_name, last_message_id, last_message_seq, last_message_type,
        last_message_content, last_message_sender_id, last_message_sender_name, last_message_time,
-       read_seq, opened_at, settings_ver, updated_at)
-SELECT u, u * 64 + i, 'group', 'group ' || (u * 64 + i), 'https://example.com/g.png', 1,
-       u * 64 + i, 10 + i, 'text', left(repeat(md5((u * 64 + i)::text), 2), 50), u,
-       'member ' || u, 1700000000000 + ((u * 7919 + i * 104729) % 100000000), i, 1, 1,
-       1700000000000
-  FROM generate_series($1::bigint, $2::bigint) u
- CROSS JOIN LATERAL generate_series(1, 4 + ((u * 37) % 33)::int) i";
+       read_seq, hidden_at_seq, opened_at, settings_ver, $DERIVED_COLUMNS, updated_at)
+SELECT r.*, $DERIVED_VALUES, 1700000000000
+  FROM (SELECT u AS user_id, u * 64 + i AS channel_id, 'group' AS conversation_type,
+               'group ' || (u * 64 + i) AS channel_name,
+               'https://example.com/g.png' AS channel_avatar, 1::bigint AS channel_info_ver,
+               NULL::bigint AS peer_user_id, NULL::text AS peer_nickname,
+               NULL::text AS peer_avatar, 0::bigint AS peer_profile_ver, '' AS remark_name,
+               u * 64 + i AS last_message_id, (10 + i)::bigint AS last_message_seq,
+               'text' AS last_message_type,
+               left(repeat(md5((u * 64 + i)::text), 2), 50) AS last_message_content,
+               u AS last_message_sender_id, 'member ' || u AS last_message_sender_name,
+               1700000000000 + ((u * 7919 + i * 104729) % 100000000) AS last_message_time,
+               i::bigint AS read_seq, NULL::bigint AS hidden_at_seq, 1::bigint AS opened_at,
+               1::bigint AS settings_ver
+          FROM generate_series($1::bigint, $2::bigint) u
+         CROSS JOIN LATERAL generate_series(1, 4 + ((u * 37) % 33)::int) i) r";
 
 /// One measured round.
 #[derive(Debug, Clone, Serialize)]
@@ -206,11 +217,20 @@ async fn run_in(
     let started = Instant::now();
     let users = opts.users as i64;
     let chunk = 10_000i64;
+    let seed = SEED_SQL
+        .replace(
+            "$DERIVED_COLUMNS",
+            hermet_store::views::DERIVED_CONVERSATION_COLUMNS,
+        )
+        .replace(
+            "$DERIVED_VALUES",
+            &hermet_store::views::derive_conversation_columns("r"),
+        );
     let mut from = 1;
     while from <= users {
         let to = (from + chunk - 1).min(users);
         client
-            .execute(SEED_SQL, &[&from, &to])
+            .execute(seed.as_str(), &[&from, &to])
             .await
             .map_err(|source| db("seed the view", source))?;
         eprintln!(

@@ -6,8 +6,8 @@
 //! idempotent and lets stale or reordered computations arrive without harm.
 //!
 //! Columns that are functions of other columns (`conversation_name`, `conversation_avatar`,
-//! `conversation_info_ver`, `unread_count`, `is_hidden`) are not carried here: the store derives
-//! them, so they cannot disagree with their inputs.
+//! `conversation_info_ver`, `unread_count`, `is_hidden`, `activity_at`) are not carried here: the
+//! store derives them from the merged row in the statement that writes it.
 
 use crate::rows::{ChannelId, ChannelType, MessageId, UserId};
 

@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0004_projectors.sql"),
     ),
     (5, "ops", include_str!("../migrations/0005_ops.sql")),
+    (
+        6,
+        "derived_columns",
+        include_str!("../migrations/0006_derived_columns.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.

@@ -37,9 +37,10 @@ SELECT m.user_id, m.channel_id, c.channel_type AS conversation_type,
                        AND lm.seq = CASE WHEN m.left_at IS NULL THEN c.last_seq
                                          ELSE LEAST(m.left_seq, c.last_seq) END";
 
-/// The stored (not generated) columns of `user_conversation_view`, from the same joins as
+/// The columns of `user_conversation_view` that are not derived from others
+/// ([`crate::views::DERIVED_CONVERSATION_COLUMNS`]), from the same joins as
 /// [`EXPECTED_CONVERSATIONS`], in the order of [`STORED_CONVERSATION_COLUMNS`]: what the online
-/// rebuild inserts. `$1` is the preview length. Group names and avatars are stored for groups
+/// rebuild inserts, with the derived columns computed the way every writer computes them. `$1` is the preview length. Group names and avatars are stored for groups
 /// only (a single chat shows its peer). Rebuilding and then diffing against
 /// [`EXPECTED_CONVERSATIONS`] checks that the two agree.
 pub const BUILD_CONVERSATIONS: &str = "
@@ -65,7 +66,7 @@ SELECT m.user_id, m.channel_id, c.channel_type AS conversation_type,
                        AND lm.seq = CASE WHEN m.left_at IS NULL THEN c.last_seq
                                          ELSE LEAST(m.left_seq, c.last_seq) END";
 
-/// Columns of [`BUILD_CONVERSATIONS`] (without `updated_at`).
+/// Columns of [`BUILD_CONVERSATIONS`] (without the derived ones and `updated_at`).
 pub const STORED_CONVERSATION_COLUMNS: &str = "user_id, channel_id, conversation_type, \
 channel_name, channel_avatar, channel_info_ver, peer_user_id, peer_nickname, peer_avatar, \
 peer_profile_ver, remark_name, remark_ver, last_message_id, last_message_seq, last_message_type, \

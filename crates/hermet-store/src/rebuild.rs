@@ -496,7 +496,7 @@ async fn run_each(client: &Client, stmts: &[String], attempts: u32) -> Result<()
     Ok(())
 }
 
-/// `<t>_shadow`: the live table's columns (defaults and generated columns included) and
+/// `<t>_shadow`: the live table's columns (defaults, NOT NULL and any generated columns) and
 /// partitioning, without indexes (they are built after the load).
 async fn create_shadow(client: &Client, t: &str, shards: i32) -> Result<(), StoreError> {
     let key: Option<String> = client
@@ -594,9 +594,11 @@ fn build_sql(t: &str) -> Result<(String, bool), StoreError> {
     Ok(match t {
         "user_conversation_view" => (
             format!(
-                "INSERT INTO {shadow} ({}, updated_at)
-                 SELECT b.*, $4::bigint FROM ({}) b WHERE b.user_id BETWEEN $2 AND $3",
+                "INSERT INTO {shadow} ({}, {}, updated_at)
+                 SELECT b.*, {}, $4::bigint FROM ({}) b WHERE b.user_id BETWEEN $2 AND $3",
                 oracle::STORED_CONVERSATION_COLUMNS,
+                views::DERIVED_CONVERSATION_COLUMNS,
+                views::derive_conversation_columns("b"),
                 oracle::BUILD_CONVERSATIONS
             ),
             true,
@@ -784,17 +786,20 @@ async fn refresh(
         tx.batch_execute("ANALYZE hermet_rebuild_conv").await?;
         let set: Vec<String> = oracle::STORED_CONVERSATION_COLUMNS
             .split(',')
+            .chain(views::DERIVED_CONVERSATION_COLUMNS.split(','))
             .map(str::trim)
             .filter(|c| *c != "user_id" && *c != "channel_id")
             .map(|c| format!("{c} = excluded.{c}"))
             .collect();
         tx.execute(
             &format!(
-                "INSERT INTO user_conversation_view_shadow ({}, updated_at)
-                 SELECT b.*, $2::bigint FROM ({}) b
+                "INSERT INTO user_conversation_view_shadow ({}, {}, updated_at)
+                 SELECT b.*, {}, $2::bigint FROM ({}) b
                   WHERE (b.user_id, b.channel_id) IN (SELECT user_id, channel_id FROM hermet_rebuild_conv)
                  ON CONFLICT (user_id, channel_id) DO UPDATE SET {}, updated_at = excluded.updated_at",
                 oracle::STORED_CONVERSATION_COLUMNS,
+                views::DERIVED_CONVERSATION_COLUMNS,
+                views::derive_conversation_columns("b"),
                 oracle::BUILD_CONVERSATIONS,
                 set.join(", ")
             ),

@@ -8,23 +8,56 @@ use deadpool_postgres::Transaction;
 use hermet_core::rows::{ChannelId, ChannelType, UserId};
 use hermet_core::views::{ContactRow, ConversationRow, ViewBatch};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use tokio_postgres::error::SqlState;
 
 use crate::shard::{self, ShardNames};
 use crate::{now_ms, StoreError};
 
-const UPSERT_CONVERSATIONS: &str = "
+/// Columns of `user_conversation_view` that are functions of its other columns. They are plain
+/// columns that every writer fills (migration 6 says why they are not generated columns).
+pub const DERIVED_CONVERSATION_COLUMNS: &str =
+    "conversation_name, conversation_avatar, conversation_info_ver, unread_count, is_hidden, activity_at";
+
+/// The values of [`DERIVED_CONVERSATION_COLUMNS`], in that order, for a row whose other columns
+/// are `{row}.<column>`: migration 6's functions, which hold the rules.
+pub fn derive_conversation_columns(row: &str) -> String {
+    format!(
+        "hermet_conversation_name({row}.conversation_type, {row}.channel_name, {row}.remark_name, {row}.peer_nickname), \
+         hermet_conversation_avatar({row}.conversation_type, {row}.channel_avatar, {row}.peer_avatar), \
+         hermet_conversation_info_ver({row}.conversation_type, {row}.channel_info_ver, {row}.peer_profile_ver), \
+         hermet_unread_count({row}.last_message_seq, {row}.read_seq), \
+         hermet_is_hidden({row}.hidden_at_seq, {row}.last_message_seq), \
+         hermet_activity_at({row}.last_message_time, {row}.opened_at)"
+    )
+}
+
+/// [`UPSERT_CONVERSATIONS_SQL`] with the derived values filled in.
+static UPSERT_CONVERSATIONS: LazyLock<String> = LazyLock::new(|| {
+    UPSERT_CONVERSATIONS_SQL
+        .replace("$DERIVED_COLUMNS", DERIVED_CONVERSATION_COLUMNS)
+        .replace("$DERIVED_VALUES", &derive_conversation_columns("u"))
+});
+
+const UPSERT_CONVERSATIONS_SQL: &str = "
 INSERT INTO user_conversation_view AS v (
     user_id, channel_id, conversation_type, channel_name, channel_avatar, channel_info_ver,
     peer_user_id, peer_nickname, peer_avatar, peer_profile_ver, remark_name, remark_ver,
     last_message_id, last_message_seq, last_message_type, last_message_content,
     last_message_sender_id, last_message_sender_name, last_message_time,
-    read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver, updated_at)
-SELECT u.*, $27::bigint FROM UNNEST(
+    read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver,
+    $DERIVED_COLUMNS, updated_at)
+SELECT u.*, $DERIVED_VALUES, $27::bigint
+  FROM UNNEST(
     $1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
     $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[],
     $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::bigint[], $18::text[], $19::bigint[],
-    $20::bigint[], $21::bool[], $22::bool[], $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[]) AS u
+    $20::bigint[], $21::bool[], $22::bool[], $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[])
+    AS u(user_id, channel_id, conversation_type, channel_name, channel_avatar, channel_info_ver,
+         peer_user_id, peer_nickname, peer_avatar, peer_profile_ver, remark_name, remark_ver,
+         last_message_id, last_message_seq, last_message_type, last_message_content,
+         last_message_sender_id, last_message_sender_name, last_message_time,
+         read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver)
 ON CONFLICT (user_id, channel_id) DO UPDATE SET
     conversation_type = CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.conversation_type ELSE v.conversation_type END,
     channel_name      = CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.channel_name ELSE v.channel_name END,
@@ -50,6 +83,27 @@ ON CONFLICT (user_id, channel_id) DO UPDATE SET
     opened_at         = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.opened_at ELSE v.opened_at END,
     closed_at         = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.closed_at ELSE v.closed_at END,
     settings_ver      = GREATEST(excluded.settings_ver, v.settings_ver),
+    -- Derived columns, from the merged values above (a SET sees only the old row and excluded).
+    conversation_name = hermet_conversation_name(
+        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.conversation_type ELSE v.conversation_type END,
+        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.channel_name ELSE v.channel_name END,
+        CASE WHEN excluded.remark_ver > v.remark_ver THEN excluded.remark_name ELSE v.remark_name END,
+        CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_nickname ELSE v.peer_nickname END),
+    conversation_avatar = hermet_conversation_avatar(
+        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.conversation_type ELSE v.conversation_type END,
+        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.channel_avatar ELSE v.channel_avatar END,
+        CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_avatar ELSE v.peer_avatar END),
+    conversation_info_ver = hermet_conversation_info_ver(
+        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.conversation_type ELSE v.conversation_type END,
+        GREATEST(excluded.channel_info_ver, v.channel_info_ver),
+        GREATEST(excluded.peer_profile_ver, v.peer_profile_ver)),
+    unread_count = hermet_unread_count(GREATEST(excluded.last_message_seq, v.last_message_seq), GREATEST(excluded.read_seq, v.read_seq)),
+    is_hidden = hermet_is_hidden(
+        CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.hidden_at_seq ELSE v.hidden_at_seq END,
+        GREATEST(excluded.last_message_seq, v.last_message_seq)),
+    activity_at = hermet_activity_at(
+        CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_time ELSE v.last_message_time END,
+        CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.opened_at ELSE v.opened_at END),
     updated_at        = excluded.updated_at
 WHERE excluded.channel_info_ver > v.channel_info_ver
    OR excluded.peer_profile_ver > v.peer_profile_ver
@@ -158,7 +212,7 @@ async fn upsert_conversations(
     let opened = col(rows, |r| r.opened_at);
     let closed = col(rows, |r| r.closed_at);
     let sver = col(rows, |r| r.settings_ver);
-    let stmt = tx.prepare_cached(UPSERT_CONVERSATIONS).await?;
+    let stmt = tx.prepare_cached(&UPSERT_CONVERSATIONS).await?;
     tx.execute(
         &stmt,
         &[
