@@ -217,15 +217,7 @@ async fn run_in(
     let started = Instant::now();
     let users = opts.users as i64;
     let chunk = 10_000i64;
-    let seed = SEED_SQL
-        .replace(
-            "$DERIVED_COLUMNS",
-            hermet_store::views::DERIVED_CONVERSATION_COLUMNS,
-        )
-        .replace(
-            "$DERIVED_VALUES",
-            &hermet_store::views::derive_conversation_columns("r"),
-        );
+    let seed = hermet_store::views::with_derived_columns(SEED_SQL, "r");
     let mut from = 1;
     while from <= users {
         let to = (from + chunk - 1).min(users);

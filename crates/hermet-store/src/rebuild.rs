@@ -593,13 +593,14 @@ fn build_sql(t: &str) -> Result<(String, bool), StoreError> {
     let shadow = ident(&format!("{t}_shadow"))?;
     Ok(match t {
         "user_conversation_view" => (
-            format!(
-                "INSERT INTO {shadow} ({}, {}, updated_at)
-                 SELECT b.*, {}, $4::bigint FROM ({}) b WHERE b.user_id BETWEEN $2 AND $3",
-                oracle::STORED_CONVERSATION_COLUMNS,
-                views::DERIVED_CONVERSATION_COLUMNS,
-                views::derive_conversation_columns("b"),
-                oracle::BUILD_CONVERSATIONS
+            views::with_derived_columns(
+                &format!(
+                    "INSERT INTO {shadow} ({}, $DERIVED_COLUMNS, updated_at)
+                     SELECT b.*, $DERIVED_VALUES, $4::bigint FROM ({}) b WHERE b.user_id BETWEEN $2 AND $3",
+                    oracle::STORED_CONVERSATION_COLUMNS,
+                    oracle::BUILD_CONVERSATIONS
+                ),
+                "b",
             ),
             true,
         ),
@@ -786,22 +787,23 @@ async fn refresh(
         tx.batch_execute("ANALYZE hermet_rebuild_conv").await?;
         let set: Vec<String> = oracle::STORED_CONVERSATION_COLUMNS
             .split(',')
-            .chain(views::DERIVED_CONVERSATION_COLUMNS.split(','))
+            .chain(views::DERIVED_CONVERSATION_COLUMNS)
             .map(str::trim)
             .filter(|c| *c != "user_id" && *c != "channel_id")
             .map(|c| format!("{c} = excluded.{c}"))
             .collect();
         tx.execute(
-            &format!(
-                "INSERT INTO user_conversation_view_shadow ({}, {}, updated_at)
-                 SELECT b.*, {}, $2::bigint FROM ({}) b
-                  WHERE (b.user_id, b.channel_id) IN (SELECT user_id, channel_id FROM hermet_rebuild_conv)
-                 ON CONFLICT (user_id, channel_id) DO UPDATE SET {}, updated_at = excluded.updated_at",
-                oracle::STORED_CONVERSATION_COLUMNS,
-                views::DERIVED_CONVERSATION_COLUMNS,
-                views::derive_conversation_columns("b"),
-                oracle::BUILD_CONVERSATIONS,
-                set.join(", ")
+            &views::with_derived_columns(
+                &format!(
+                    "INSERT INTO user_conversation_view_shadow ({}, $DERIVED_COLUMNS, updated_at)
+                     SELECT b.*, $DERIVED_VALUES, $2::bigint FROM ({}) b
+                      WHERE (b.user_id, b.channel_id) IN (SELECT user_id, channel_id FROM hermet_rebuild_conv)
+                     ON CONFLICT (user_id, channel_id) DO UPDATE SET {}, updated_at = excluded.updated_at",
+                    oracle::STORED_CONVERSATION_COLUMNS,
+                    oracle::BUILD_CONVERSATIONS,
+                    set.join(", ")
+                ),
+                "b",
             ),
             &[&preview_chars, &now_ms()],
         )

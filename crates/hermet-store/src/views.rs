@@ -16,30 +16,150 @@ use crate::{now_ms, StoreError};
 
 /// Columns of `user_conversation_view` that are functions of its other columns. They are plain
 /// columns that every writer fills (migration 6 says why they are not generated columns).
-pub const DERIVED_CONVERSATION_COLUMNS: &str =
-    "conversation_name, conversation_avatar, conversation_info_ver, unread_count, is_hidden, activity_at";
+pub const DERIVED_CONVERSATION_COLUMNS: [&str; 6] = [
+    "conversation_name",
+    "conversation_avatar",
+    "conversation_info_ver",
+    "unread_count",
+    "is_hidden",
+    "activity_at",
+];
 
-/// The values of [`DERIVED_CONVERSATION_COLUMNS`], in that order, for a row whose other columns
-/// are `{row}.<column>`: migration 6's functions, which hold the rules.
-pub fn derive_conversation_columns(row: &str) -> String {
-    format!(
-        "hermet_conversation_name({row}.conversation_type, {row}.channel_name, {row}.remark_name, {row}.peer_nickname), \
-         hermet_conversation_avatar({row}.conversation_type, {row}.channel_avatar, {row}.peer_avatar), \
-         hermet_conversation_info_ver({row}.conversation_type, {row}.channel_info_ver, {row}.peer_profile_ver), \
-         hermet_unread_count({row}.last_message_seq, {row}.read_seq), \
-         hermet_is_hidden({row}.hidden_at_seq, {row}.last_message_seq), \
-         hermet_activity_at({row}.last_message_time, {row}.opened_at)"
-    )
+/// The values of [`DERIVED_CONVERSATION_COLUMNS`], in that order, given the SQL that reads each
+/// input column: migration 6's functions, which hold the rules.
+fn derived_values(col: impl Fn(&str) -> String) -> [String; 6] {
+    let c = |name: &str| col(name);
+    [
+        format!(
+            "hermet_conversation_name({}, {}, {}, {})",
+            c("conversation_type"),
+            c("channel_name"),
+            c("remark_name"),
+            c("peer_nickname")
+        ),
+        format!(
+            "hermet_conversation_avatar({}, {}, {})",
+            c("conversation_type"),
+            c("channel_avatar"),
+            c("peer_avatar")
+        ),
+        format!(
+            "hermet_conversation_info_ver({}, {}, {})",
+            c("conversation_type"),
+            c("channel_info_ver"),
+            c("peer_profile_ver")
+        ),
+        format!(
+            "hermet_unread_count({}, {})",
+            c("last_message_seq"),
+            c("read_seq")
+        ),
+        format!(
+            "hermet_is_hidden({}, {})",
+            c("hidden_at_seq"),
+            c("last_message_seq")
+        ),
+        format!(
+            "hermet_activity_at({}, {})",
+            c("last_message_time"),
+            c("opened_at")
+        ),
+    ]
 }
 
-/// [`UPSERT_CONVERSATIONS_SQL`] with the derived values filled in.
+/// `sql` with `$DERIVED_COLUMNS` replaced by [`DERIVED_CONVERSATION_COLUMNS`] and
+/// `$DERIVED_VALUES` by their values for a row whose other columns are `{row}.<column>`: how
+/// every writer that inserts whole rows fills them.
+pub fn with_derived_columns(sql: &str, row: &str) -> String {
+    sql.replace("$DERIVED_COLUMNS", &DERIVED_CONVERSATION_COLUMNS.join(", "))
+        .replace(
+            "$DERIVED_VALUES",
+            &derived_values(|c| format!("{row}.{c}")).join(", "),
+        )
+}
+
+/// The column groups of the conversation view, each with the version that guards it: a group
+/// is replaced only by a row carrying a newer version (module doc).
+const CONVERSATION_GROUPS: [(&str, &[&str]); 5] = [
+    (
+        "channel_info_ver",
+        &["conversation_type", "channel_name", "channel_avatar"],
+    ),
+    (
+        "peer_profile_ver",
+        &["peer_user_id", "peer_nickname", "peer_avatar"],
+    ),
+    ("remark_ver", &["remark_name"]),
+    (
+        "last_message_seq",
+        &[
+            "last_message_id",
+            "last_message_type",
+            "last_message_content",
+            "last_message_sender_id",
+            "last_message_sender_name",
+            "last_message_time",
+        ],
+    ),
+    (
+        "settings_ver",
+        &[
+            "is_pinned",
+            "is_muted",
+            "hidden_at_seq",
+            "opened_at",
+            "closed_at",
+        ],
+    ),
+];
+
+/// What the upsert keeps for `col` when the row exists (`v`) and a row comes in (`excluded`):
+/// a group's column from the side with the newer version; a version, and `read_seq`, the maximum.
+fn merged(col: &str) -> String {
+    match CONVERSATION_GROUPS
+        .iter()
+        .find(|(_, cols)| cols.contains(&col))
+    {
+        Some((guard, _)) => {
+            format!("CASE WHEN excluded.{guard} > v.{guard} THEN excluded.{col} ELSE v.{col} END")
+        }
+        None => format!("GREATEST(excluded.{col}, v.{col})"),
+    }
+}
+
+/// The guarded merge as one statement. Derived columns are computed from the merged values
+/// (a `SET` sees only the old row and `excluded`), and a row whose every group is as new as the
+/// incoming one is not written at all.
 static UPSERT_CONVERSATIONS: LazyLock<String> = LazyLock::new(|| {
-    UPSERT_CONVERSATIONS_SQL
-        .replace("$DERIVED_COLUMNS", DERIVED_CONVERSATION_COLUMNS)
-        .replace("$DERIVED_VALUES", &derive_conversation_columns("u"))
+    let mut set = Vec::new();
+    let mut newer = Vec::new();
+    let maxed = CONVERSATION_GROUPS
+        .iter()
+        .map(|(guard, _)| *guard)
+        .chain(["read_seq"]);
+    for (_, cols) in CONVERSATION_GROUPS {
+        set.extend(cols.iter().map(|c| format!("{c} = {}", merged(c))));
+    }
+    for c in maxed {
+        set.push(format!("{c} = {}", merged(c)));
+        newer.push(format!("excluded.{c} > v.{c}"));
+    }
+    for (c, value) in DERIVED_CONVERSATION_COLUMNS
+        .iter()
+        .zip(derived_values(merged))
+    {
+        set.push(format!("{c} = {value}"));
+    }
+    set.push("updated_at = excluded.updated_at".to_owned());
+    format!(
+        "{}\nON CONFLICT (user_id, channel_id) DO UPDATE SET\n    {}\nWHERE {}",
+        with_derived_columns(INSERT_CONVERSATIONS, "u"),
+        set.join(",\n    "),
+        newer.join("\n   OR ")
+    )
 });
 
-const UPSERT_CONVERSATIONS_SQL: &str = "
+const INSERT_CONVERSATIONS: &str = "
 INSERT INTO user_conversation_view AS v (
     user_id, channel_id, conversation_type, channel_name, channel_avatar, channel_info_ver,
     peer_user_id, peer_nickname, peer_avatar, peer_profile_ver, remark_name, remark_ver,
@@ -57,60 +177,7 @@ SELECT u.*, $DERIVED_VALUES, $27::bigint
          peer_user_id, peer_nickname, peer_avatar, peer_profile_ver, remark_name, remark_ver,
          last_message_id, last_message_seq, last_message_type, last_message_content,
          last_message_sender_id, last_message_sender_name, last_message_time,
-         read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver)
-ON CONFLICT (user_id, channel_id) DO UPDATE SET
-    conversation_type = CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.conversation_type ELSE v.conversation_type END,
-    channel_name      = CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.channel_name ELSE v.channel_name END,
-    channel_avatar    = CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.channel_avatar ELSE v.channel_avatar END,
-    channel_info_ver  = GREATEST(excluded.channel_info_ver, v.channel_info_ver),
-    peer_user_id      = CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_user_id ELSE v.peer_user_id END,
-    peer_nickname     = CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_nickname ELSE v.peer_nickname END,
-    peer_avatar       = CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_avatar ELSE v.peer_avatar END,
-    peer_profile_ver  = GREATEST(excluded.peer_profile_ver, v.peer_profile_ver),
-    remark_name       = CASE WHEN excluded.remark_ver > v.remark_ver THEN excluded.remark_name ELSE v.remark_name END,
-    remark_ver        = GREATEST(excluded.remark_ver, v.remark_ver),
-    last_message_id          = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_id ELSE v.last_message_id END,
-    last_message_type        = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_type ELSE v.last_message_type END,
-    last_message_content     = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_content ELSE v.last_message_content END,
-    last_message_sender_id   = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_sender_id ELSE v.last_message_sender_id END,
-    last_message_sender_name = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_sender_name ELSE v.last_message_sender_name END,
-    last_message_time        = CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_time ELSE v.last_message_time END,
-    last_message_seq         = GREATEST(excluded.last_message_seq, v.last_message_seq),
-    read_seq          = GREATEST(excluded.read_seq, v.read_seq),
-    is_pinned         = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.is_pinned ELSE v.is_pinned END,
-    is_muted          = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.is_muted ELSE v.is_muted END,
-    hidden_at_seq     = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.hidden_at_seq ELSE v.hidden_at_seq END,
-    opened_at         = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.opened_at ELSE v.opened_at END,
-    closed_at         = CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.closed_at ELSE v.closed_at END,
-    settings_ver      = GREATEST(excluded.settings_ver, v.settings_ver),
-    -- Derived columns, from the merged values above (a SET sees only the old row and excluded).
-    conversation_name = hermet_conversation_name(
-        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.conversation_type ELSE v.conversation_type END,
-        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.channel_name ELSE v.channel_name END,
-        CASE WHEN excluded.remark_ver > v.remark_ver THEN excluded.remark_name ELSE v.remark_name END,
-        CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_nickname ELSE v.peer_nickname END),
-    conversation_avatar = hermet_conversation_avatar(
-        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.conversation_type ELSE v.conversation_type END,
-        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.channel_avatar ELSE v.channel_avatar END,
-        CASE WHEN excluded.peer_profile_ver > v.peer_profile_ver THEN excluded.peer_avatar ELSE v.peer_avatar END),
-    conversation_info_ver = hermet_conversation_info_ver(
-        CASE WHEN excluded.channel_info_ver > v.channel_info_ver THEN excluded.conversation_type ELSE v.conversation_type END,
-        GREATEST(excluded.channel_info_ver, v.channel_info_ver),
-        GREATEST(excluded.peer_profile_ver, v.peer_profile_ver)),
-    unread_count = hermet_unread_count(GREATEST(excluded.last_message_seq, v.last_message_seq), GREATEST(excluded.read_seq, v.read_seq)),
-    is_hidden = hermet_is_hidden(
-        CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.hidden_at_seq ELSE v.hidden_at_seq END,
-        GREATEST(excluded.last_message_seq, v.last_message_seq)),
-    activity_at = hermet_activity_at(
-        CASE WHEN excluded.last_message_seq > v.last_message_seq THEN excluded.last_message_time ELSE v.last_message_time END,
-        CASE WHEN excluded.settings_ver > v.settings_ver THEN excluded.opened_at ELSE v.opened_at END),
-    updated_at        = excluded.updated_at
-WHERE excluded.channel_info_ver > v.channel_info_ver
-   OR excluded.peer_profile_ver > v.peer_profile_ver
-   OR excluded.remark_ver > v.remark_ver
-   OR excluded.last_message_seq > v.last_message_seq
-   OR excluded.read_seq > v.read_seq
-   OR excluded.settings_ver > v.settings_ver";
+         read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver)";
 
 const UPSERT_CONTACTS: &str = "
 INSERT INTO user_contact_view AS v (
