@@ -295,6 +295,16 @@ EOF
             die_with_log "$PG_LOGFILE" "postgres: failed to start"
     fi
     wait_ready postgres "${HERMET_UP_TIMEOUT:-60}" "$PG_LOGFILE" pg_running pg_ready
+    # The visibility tests hold commits with a synchronous standby that never comes
+    # (ALTER SYSTEM); one killed half-way would leave every later commit waiting.
+    if [[ -n $(as_pg "$PG_BIN/psql" "$LOCAL_DATABASE_URL" -Atc \
+        "SELECT 1 FROM pg_file_settings WHERE name IN ('synchronous_standby_names', 'synchronous_commit') AND sourcefile LIKE '%postgresql.auto.conf'" 2>/dev/null) ]]; then
+        log "postgres: clearing a synchronous standby left by an interrupted test"
+        for sql in "ALTER SYSTEM RESET synchronous_standby_names" "ALTER SYSTEM RESET synchronous_commit" \
+            "SELECT pg_reload_conf()"; do
+            as_pg "$PG_BIN/psql" "$LOCAL_DATABASE_URL" -qAtc "$sql" >/dev/null
+        done
+    fi
     log "postgres: ready ($LOCAL_DATABASE_URL, data $PG_DATA)"
 }
 

@@ -525,6 +525,7 @@ impl Cdc {
                     dlq_topic: format!("hermet_bench_{}_dlq", self.tag),
                     projection: ProjectionConfig::default(),
                     cache: hermet_core::cache::no_cache(),
+                    visibility_wait: hermet_projector::visibility::DEFAULT_VISIBILITY_WAIT,
                 };
                 let pool = pool.clone();
                 Task::spawn(g.to_owned(), move |rx| {

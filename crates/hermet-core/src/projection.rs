@@ -13,6 +13,20 @@
 //! that is already right, and the store's version guards reject anything older than what it has.
 //! The same code serves `dual_write` (inside the command's transaction), `async` (the outbox
 //! worker) and `cdc` (the Kafka projectors).
+//!
+//! # The assumption this rests on, and where it is enforced
+//!
+//! State-based rows are only right if the look-up **sees the change being applied**. That holds
+//! by construction in `dual_write` (the look-up runs in the writing transaction) and in `async`
+//! (the outbox row becomes visible atomically with the write it describes). It does *not* hold by
+//! itself in `cdc`: PostgreSQL flushes a commit record, and logical decoding may ship it, before
+//! the transaction is visible to other sessions (a synchronous standby's wait, a descheduled
+//! backend). A look-up in that window rebuilt the row from the state before the change, the
+//! event was acknowledged, and the row stayed wrong for good. So every WAL-fed reader first waits
+//! until the transactions of its batch are visible (`hermet_projector::visibility`, the check in
+//! `hermet_store::visibility`); a transaction still invisible after a bound is dead-lettered,
+//! never applied from older state. Anything new that feeds this projection from outside the
+//! writing transaction owes the same guarantee.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -6,11 +6,16 @@
 //!
 //! 1. poll up to `batch_max` records or until `batch_wait` passes;
 //! 2. decode them into row changes (watermark markers and tombstones carry no change);
-//! 3. in ONE PostgreSQL transaction: apply all changes (the projection coalesces repeated
+//! 3. wait until every transaction of the batch is visible to new snapshots ([`visibility`]):
+//!    the relay may ship a transaction that has committed but is still running for other
+//!    sessions (a synchronous standby's wait, a descheduled backend), and a look-up then would
+//!    build rows from the state before the change. Records of a transaction still invisible after
+//!    `visibility_wait` are dead-lettered with that reason, never applied from older state;
+//! 4. in ONE PostgreSQL transaction: apply all changes (the projection coalesces repeated
 //!    updates of a row into one recomputation) and advance the partition watermarks;
-//! 4. after that commit, commit the Kafka offsets.
+//! 5. after that commit, commit the Kafka offsets.
 //!
-//! Offsets are committed to Kafka after the effect, not stored with it: a crash between 3 and 4
+//! Offsets are committed to Kafka after the effect, not stored with it: a crash between 4 and 5
 //! re-delivers a batch, which the idempotent projection absorbs; keeping offsets in Kafka lets
 //! standard tooling (lag, resets, `hermet admin replay`) work on the groups.
 //!
@@ -41,6 +46,7 @@ use hermet_store::sync::{advance_watermarks, PartitionProgress};
 use hermet_store::{project, StoreError};
 
 use crate::debezium::{self, Decoded};
+use crate::visibility::{self, Gate};
 use crate::{is_transient, now_ms, ProjectorError};
 
 /// Header of the relay's watermark markers (see `hermet_cdc::relay::WATERMARK_HEADER`).
@@ -60,6 +66,8 @@ pub struct GroupConfig {
     pub projection: ProjectionConfig,
     /// Invalidated for the owners of every batch, after the batch commits.
     pub cache: Arc<dyn ListCache>,
+    /// How long a batch waits for its transactions to become visible (see the module docs).
+    pub visibility_wait: Duration,
 }
 
 /// The consumer groups, before `projector.group_prefix`, and the views each maintains.
@@ -94,6 +102,8 @@ struct Item {
     change: Option<RowChange>,
     lsn: Option<u64>,
     commit_ts_ms: Option<i64>,
+    /// The transaction of the change, when the event names it.
+    xid: Option<u32>,
     /// Set when the record cannot even be decoded.
     poison: Option<String>,
 }
@@ -115,6 +125,7 @@ fn item(msg: OwnedMessage) -> Item {
             change: None,
             lsn: Some(lsn),
             commit_ts_ms: None,
+            xid: None,
             poison: None,
         };
     }
@@ -123,11 +134,13 @@ fn item(msg: OwnedMessage) -> Item {
             change,
             lsn,
             commit_ts_ms,
+            xid,
         }) => Item {
             msg,
             change: Some(change),
             lsn: Some(lsn),
             commit_ts_ms: Some(commit_ts_ms),
+            xid,
             poison: None,
         },
         Ok(Decoded::Skip) => Item {
@@ -135,6 +148,7 @@ fn item(msg: OwnedMessage) -> Item {
             change: None,
             lsn: None,
             commit_ts_ms: None,
+            xid: None,
             poison: None,
         },
         Err(e) => Item {
@@ -142,6 +156,7 @@ fn item(msg: OwnedMessage) -> Item {
             change: None,
             lsn: None,
             commit_ts_ms: None,
+            xid: None,
             poison: Some(e.to_string()),
         },
     }
@@ -235,6 +250,7 @@ pub async fn run_group(
         .increment(0);
     metrics::counter!("hermet_projector_dead_letters_total", "projector" => cfg.group.clone())
         .increment(0);
+    visibility::register(&cfg.group);
     tokio::pin!(shutdown);
     loop {
         let first = tokio::select! {
@@ -257,7 +273,12 @@ pub async fn run_group(
                 Err(_) => break,
             }
         }
-        process(&cfg, &pool, &dlq, &batch).await?;
+        // Cancellable: the gate changes nothing, and the batch comes again after a restart.
+        let gate = tokio::select! {
+            _ = &mut shutdown => break,
+            g = gate(&cfg, &pool, &batch) => g,
+        };
+        process(&cfg, &pool, &dlq, &batch, &gate).await?;
         commit_offsets(&consumer, &batch)?;
     }
     tracing::info!(group = %cfg.group, "projector stopped");
@@ -282,6 +303,28 @@ async fn retire_other_topics(cfg: &GroupConfig, pool: &Pool) {
     }
 }
 
+/// Waits until the transactions of the batch's changes are visible ([`visibility`]), for at
+/// most `visibility_wait`. A database that cannot answer is waited for, as an apply would be.
+async fn gate(cfg: &GroupConfig, pool: &Pool, batch: &[Item]) -> Gate {
+    let xids = batch
+        .iter()
+        .filter(|i| i.change.is_some())
+        .filter_map(|i| i.xid)
+        .collect();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match visibility::wait_visible(pool, &cfg.group, &xids, cfg.visibility_wait).await {
+            Ok(gate) => return gate,
+            Err(e) => {
+                tracing::warn!(group = %cfg.group, error = %e,
+                    "projector cannot check that its transactions are visible; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Applies a batch (or dead-letters what cannot be applied); returns when every record is
 /// either applied or in the dead-letter topic.
 async fn process(
@@ -289,11 +332,30 @@ async fn process(
     pool: &Pool,
     dlq: &FutureProducer,
     batch: &[Item],
+    gate: &Gate,
 ) -> Result<(), ProjectorError> {
     let started = Instant::now();
-    let (good, bad): (Vec<&Item>, Vec<&Item>) = batch.iter().partition(|i| i.poison.is_none());
+    let running = match gate {
+        Gate::Open { .. } => None,
+        Gate::TimedOut { running } => Some(running),
+    };
+    let invisible = |i: &Item| {
+        running.is_some_and(|r| i.change.is_some() && i.xid.is_some_and(|x| r.contains(&x)))
+    };
+    let (good, bad): (Vec<&Item>, Vec<&Item>) = batch
+        .iter()
+        .partition(|i| i.poison.is_none() && !invisible(i));
     for i in bad {
-        dead_letter(cfg, dlq, i, i.poison.as_deref().unwrap_or("undecodable"), 1).await?;
+        let reason = match (&i.poison, i.xid) {
+            (Some(p), _) => p.clone(),
+            (None, Some(xid)) => format!(
+                "transaction {xid} is committed but was still not visible to new snapshots after \
+                 {} ms (projector.visibility_wait_ms); replay this record once it is",
+                cfg.visibility_wait.as_millis()
+            ),
+            (None, None) => "undecodable".to_owned(),
+        };
+        dead_letter(cfg, dlq, i, &reason, 1).await?;
     }
     match apply_with_retries(cfg, pool, &good).await {
         Ok(()) => {}

@@ -20,6 +20,10 @@ pub enum Decoded {
         change: RowChange,
         lsn: u64,
         commit_ts_ms: i64,
+        /// The 32-bit id of the transaction that made the change (`source.txId`); `None` for
+        /// snapshot reads and sources that do not say. The projector waits until it is visible
+        /// before looking anything up (`hermet_store::visibility`).
+        xid: Option<u32>,
     },
     /// Nothing to apply (a delete's tombstone).
     Skip,
@@ -49,6 +53,16 @@ struct Source {
     #[serde(default)]
     lsn: Option<u64>,
     ts_ms: i64,
+    #[serde(default, rename = "txId")]
+    tx_id: Option<i64>,
+}
+
+/// The 32-bit xid of a `txId`: its low 32 bits (a source that sends the full 64-bit id carries
+/// the epoch above them; the epoch is found again where the id is checked). Negative: none.
+fn xid_of(tx_id: Option<i64>) -> Option<u32> {
+    tx_id
+        .and_then(|t| u64::try_from(t).ok())
+        .map(|t| (t & 0xffff_ffff) as u32)
 }
 
 /// Column defaults to complete key-only images (deletes under the default replica identity
@@ -133,6 +147,7 @@ pub fn decode(value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
         change,
         lsn: env.source.lsn.unwrap_or(0),
         commit_ts_ms: env.source.ts_ms,
+        xid: xid_of(env.source.tx_id),
     })
 }
 
@@ -150,9 +165,10 @@ mod tests {
                 change: RowChange::Users(c),
                 lsn,
                 commit_ts_ms,
+                xid,
             } => {
                 assert_eq!(c.after.unwrap().profile_ver, 3);
-                assert_eq!((lsn, commit_ts_ms), (99, 123));
+                assert_eq!((lsn, commit_ts_ms, xid), (99, 123, Some(5)));
             }
             other => panic!("{other:?}"),
         }
@@ -164,10 +180,12 @@ mod tests {
         match decode(Some(v)).unwrap() {
             Decoded::Change {
                 change: RowChange::ChannelMembers(c),
+                xid,
                 ..
             } => {
                 let b = c.before.unwrap();
                 assert_eq!((b.channel_id, b.user_id), (1, 2));
+                assert_eq!(xid, None, "no txId: nothing to wait for");
             }
             other => panic!("{other:?}"),
         }

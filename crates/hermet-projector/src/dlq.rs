@@ -16,7 +16,11 @@ use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
 use hermet_store::project;
 
 use crate::debezium::{self, Decoded};
+use crate::visibility::{self, Gate};
 use crate::ProjectorError;
+
+/// How long a replay waits for a dead letter's transaction to become visible.
+const REPLAY_VISIBILITY_WAIT: Duration = Duration::from_secs(5);
 
 /// Group used by `dlq replay`, so each dead letter is replayed once.
 pub const REPLAY_GROUP: &str = "hermet-dlq-replayer";
@@ -135,7 +139,21 @@ pub async fn replay(
     for m in &msgs {
         let group = header(m, "hermet-dlq-group");
         let change = match debezium::decode(m.payload()) {
-            Ok(Decoded::Change { change, .. }) => Some(change),
+            Ok(Decoded::Change { change, xid, .. }) => {
+                // Dead letters include records whose transaction was not visible yet: applying
+                // one before it is would look up the state before the change.
+                let xids = xid.into_iter().collect();
+                if let Gate::TimedOut { running } =
+                    visibility::wait_visible(pool, "dlq-replay", &xids, REPLAY_VISIBILITY_WAIT)
+                        .await?
+                {
+                    return Err(ProjectorError::Other(format!(
+                        "dead letter at offset {}: transaction(s) {running:?} still not visible to new snapshots; replay later",
+                        m.offset()
+                    )));
+                }
+                Some(change)
+            }
             Ok(Decoded::Skip) => None,
             Err(e) => {
                 return Err(ProjectorError::Other(format!(

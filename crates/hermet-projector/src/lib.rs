@@ -8,6 +8,8 @@
 //! - [`outbox`]: the `async` mode worker draining `hermet_outbox`;
 //! - [`dlq`]: listing and replaying dead letters;
 //! - [`replay`]: moving a consumer group back, and group lag;
+//! - [`visibility`]: the gate every WAL-fed reader passes before it looks up the write side
+//!   (a transaction the relay shipped may not be visible yet);
 //! - [`push`]: the push notifier, one per API process, telling connected users what changed
 //!   (live only, at most once: it is the exception to the contract below).
 //!
@@ -21,6 +23,7 @@ pub mod dlq;
 pub mod outbox;
 pub mod push;
 pub mod replay;
+pub mod visibility;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectorError {

@@ -17,7 +17,9 @@
 //!
 //! Per batch (up to `batch_max` records or `batch_wait`): decode the envelopes (watermark markers
 //! and tombstones carry nothing), [`plan`] who is concerned, ask the sink who is connected here
-//! before looking anything up, resolve channel members and profile watchers with one query per
+//! before looking anything up, wait (at most [`PushConfig::visibility_wait`]) until the batch's
+//! transactions are visible ([`crate::visibility`]: otherwise a member added by the very
+//! transaction being told about is not found yet), then resolve channel members and profile watchers with one query per
 //! kind ([`hermet_store::audience`]), and publish each event once per user. A failed look-up
 //! loses that batch's pushes (logged and counted), never the notifier.
 
@@ -38,6 +40,7 @@ use hermet_store::{audience, StoreError};
 
 use crate::consumer::WATERMARK_HEADER;
 use crate::debezium::{self, Decoded};
+use crate::visibility;
 use crate::{now_ms, ProjectorError};
 
 /// Settings of a notifier.
@@ -52,11 +55,14 @@ pub struct PushConfig {
     pub batch_wait: Duration,
     /// How often the topics are looked up again for partitions not yet assigned.
     pub refresh: Duration,
+    /// Longest a batch waits for its transactions to become visible before its look-ups run
+    /// anyway (push is at most once; a late look-up only risks missing a new member).
+    pub visibility_wait: Duration,
 }
 
 impl PushConfig {
     /// Defaults: a fresh [`process_group_id`], batches of up to 500 records or 5 ms, topics
-    /// looked up again every 10 s.
+    /// looked up again every 10 s, look-ups wait up to 2 s for their transactions.
     pub fn new(brokers: impl Into<String>, topics: Vec<String>) -> Self {
         PushConfig {
             brokers: brokers.into(),
@@ -65,6 +71,7 @@ impl PushConfig {
             batch_max: 500,
             batch_wait: Duration::from_millis(5),
             refresh: Duration::from_secs(10),
+            visibility_wait: Duration::from_secs(2),
         }
     }
 }
@@ -100,6 +107,19 @@ pub fn process_group_id() -> String {
         std::process::id(),
         nanos
     )
+}
+
+/// The `projector` label of the notifiers' visibility metrics (their group ids are per process).
+const PUSH_PROJECTOR: &str = "push-notifier";
+
+/// What one poll gathered.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<RowChange>,
+    /// The oldest commit time among the changes.
+    oldest_ts: Option<i64>,
+    /// The transactions of the changes.
+    xids: BTreeSet<u32>,
 }
 
 /// A push notifier: [`new`](Self::new), [`start`](Self::start), then [`run`](Self::run) (or all
@@ -179,14 +199,13 @@ impl PushNotifier {
                     continue;
                 }
             };
-            let mut changes = Vec::new();
-            let mut oldest_ts = None;
-            self.take(&first, &mut changes, &mut oldest_ts);
+            let mut batch = Batch::default();
+            self.take(&first, &mut batch);
             drop(first);
             let deadline = tokio::time::Instant::now() + self.cfg.batch_wait;
             for _ in 1..self.cfg.batch_max {
                 match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(m)) => self.take(&m, &mut changes, &mut oldest_ts),
+                    Ok(Ok(m)) => self.take(&m, &mut batch),
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "push notifier consume error");
                         break;
@@ -194,8 +213,22 @@ impl PushNotifier {
                     Err(_) => break,
                 }
             }
+            let Batch {
+                changes,
+                oldest_ts,
+                xids,
+            } = batch;
             if changes.is_empty() {
                 continue;
+            }
+            let gate = tokio::select! {
+                _ = &mut shutdown => break,
+                g = visibility::wait_visible(&self.pool, PUSH_PROJECTOR, &xids,
+                    self.cfg.visibility_wait) => g,
+            };
+            // Timed out: look up anyway (at most once). An error: the look-ups below say it.
+            if let Err(e) = gate {
+                tracing::debug!(error = %e, "push notifier cannot check visibility");
             }
             match self.notify(&changes).await {
                 Ok(sent) => {
@@ -218,12 +251,7 @@ impl PushNotifier {
 
     /// Adds a record's row change to the batch; markers, tombstones and records nobody could be
     /// told about (no one connected) add nothing.
-    fn take(
-        &self,
-        m: &BorrowedMessage<'_>,
-        changes: &mut Vec<RowChange>,
-        oldest: &mut Option<i64>,
-    ) {
+    fn take(&self, m: &BorrowedMessage<'_>, batch: &mut Batch) {
         if !self.sink.any_connected() {
             return;
         }
@@ -237,10 +265,16 @@ impl PushNotifier {
             Ok(Decoded::Change {
                 change,
                 commit_ts_ms,
+                xid,
                 ..
             }) => {
-                changes.push(change);
-                *oldest = Some(oldest.map_or(commit_ts_ms, |o: i64| o.min(commit_ts_ms)));
+                batch.changes.push(change);
+                batch.xids.extend(xid);
+                batch.oldest_ts = Some(
+                    batch
+                        .oldest_ts
+                        .map_or(commit_ts_ms, |o: i64| o.min(commit_ts_ms)),
+                );
             }
             Ok(Decoded::Skip) => {}
             // The projectors dead-letter such records; push has nothing to say about them.

@@ -9,7 +9,8 @@
 //! - [`views`]: the guarded batch upserts and the list queries of the read side;
 //! - [`oracle`]: the read side recomputed from the write side in SQL, and a diff against it;
 //! - [`rebuild`]: the online rebuild into shadow tables, swapped in atomically;
-//! - [`audience`]: who hears about a change (the push notifier's look-ups).
+//! - [`audience`]: who hears about a change (the push notifier's look-ups);
+//! - [`visibility`]: whether transactions the WAL already shipped are visible to look-ups yet.
 //!
 //! All SQL binds its values; batches use `UNNEST` arrays.
 
@@ -25,6 +26,7 @@ mod rows;
 pub mod shard;
 pub mod sync;
 pub mod views;
+pub mod visibility;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -39,7 +39,8 @@
 //!   the new tables: in `dual_write` the command's own view upsert waits for the `EXCLUSIVE`
 //!   lock and, once the rename commits, PostgreSQL resolves the table name again; in `async` and
 //!   `cdc` the projection transaction that carries `W` looks up the write side after `W`
-//!   committed, so it commits after `Sf`, i.e. after the swap (it cannot hold a write lock on the
+//!   is visible (the outbox row becomes visible with `W`; the cdc projectors wait for it,
+//!   `hermet_store::visibility`), so it commits after `Sf`, i.e. after the swap (it cannot hold a write lock on the
 //!   live tables while we do). Conversely, any transaction that wrote to the old live tables
 //!   held its lock until it committed, and `Sf` is taken only once the `EXCLUSIVE` lock is
 //!   granted: all of those committed before `Sf`, with look-ups older still.

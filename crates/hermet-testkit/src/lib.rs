@@ -5,6 +5,7 @@
 //! starting the project's private PostgreSQL. Each [`TestDb`] is a database with a random name,
 //! dropped when the value is dropped.
 
+pub mod cdc;
 pub mod pipeline;
 pub mod workload;
 
@@ -361,4 +362,24 @@ impl TestApp {
 
 async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
     axum::serve(listener, app).await
+}
+
+/// Polls `probe` until it answers `Some`, for at most `bound`; panics naming `what` after that.
+/// The one bounded wait of the tests: a fixed sleep either wastes time or flakes.
+pub async fn eventually<T, F, Fut>(what: &str, bound: std::time::Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {bound:?}: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -47,7 +47,16 @@ pub struct AuditConfig {
     /// In the eventually consistent modes a mismatch is re-checked after this long, so rows
     /// still on their way are not counted.
     pub recheck_ms: u64,
+    /// Repair what an audit pass finds (delete the wrong rows, recompute them from the write
+    /// side), as `hermet admin audit --repair` does.
+    pub repair: bool,
+    /// Most findings one pass repairs: a repair is one transaction, and a badly broken read
+    /// side is `hermet admin rebuild`'s job, not a background task's.
+    pub max_repairs: usize,
 }
+
+/// Bounds of `audit.max_repairs`.
+pub const MAX_REPAIRS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 
 impl Default for AuditConfig {
     fn default() -> Self {
@@ -56,6 +65,8 @@ impl Default for AuditConfig {
             sample_buckets: 8,
             buckets: 256,
             recheck_ms: 5000,
+            repair: true,
+            max_repairs: 1000,
         }
     }
 }
@@ -79,6 +90,9 @@ pub struct ProjectorConfig {
     /// `hermet_projector_watermarks` and what the API's read-your-writes waits on. Empty by
     /// default; set it when several installations (or tests) share one Kafka cluster.
     pub group_prefix: String,
+    /// Longest a consumer-group batch waits for its transactions to become visible to new
+    /// snapshots before their records are dead-lettered (`hermet_projector::visibility`).
+    pub visibility_wait_ms: u64,
 }
 
 impl Default for ProjectorConfig {
@@ -92,6 +106,8 @@ impl Default for ProjectorConfig {
             outbox_idle_ms: 10,
             read_wait_ms: 2000,
             group_prefix: String::new(),
+            visibility_wait_ms: hermet_projector::visibility::DEFAULT_VISIBILITY_WAIT.as_millis()
+                as u64,
         }
     }
 }
@@ -425,6 +441,13 @@ impl Config {
         if a.buckets == 0 || a.sample_buckets == 0 || a.sample_buckets > a.buckets {
             return bad("audit: 1 <= sample_buckets <= buckets".into());
         }
+        if !MAX_REPAIRS.contains(&a.max_repairs) {
+            return bad(format!(
+                "audit.max_repairs must be between {} and {} (findings repaired per pass, in one transaction)",
+                MAX_REPAIRS.start(),
+                MAX_REPAIRS.end()
+            ));
+        }
         let p = &self.projector;
         if p.batch_max == 0 || p.max_attempts == 0 || p.outbox_batch < 1 || p.dlq_topic.is_empty() {
             return bad("projector: batch_max, max_attempts, outbox_batch >= 1 and a dlq_topic are required".into());
@@ -435,11 +458,18 @@ impl Config {
                 "projector.batch_max and projector.outbox_batch must be at most {most} (a batch is held in memory)"
             ));
         }
+        if p.visibility_wait_ms < 100 {
+            return bad(
+                "projector.visibility_wait_ms must be at least 100 (a shorter bound dead-letters transactions that are only a moment from visible)"
+                    .into(),
+            );
+        }
         let max_wait_ms = hermet_core::validate::MAX_WAIT.as_millis();
         let waits = [
             ("projector.batch_wait_ms", p.batch_wait_ms),
             ("projector.outbox_idle_ms", p.outbox_idle_ms),
             ("projector.read_wait_ms", p.read_wait_ms),
+            ("projector.visibility_wait_ms", p.visibility_wait_ms),
             ("cdc.heartbeat_ms", c.heartbeat_ms),
             ("cdc.watermark_ms", c.watermark_ms),
             ("audit.recheck_ms", a.recheck_ms),
@@ -540,6 +570,7 @@ impl Config {
             dlq_topic: p.dlq_topic.clone(),
             projection: self.store_config().projection,
             cache,
+            visibility_wait: std::time::Duration::from_millis(p.visibility_wait_ms),
         })
     }
 
@@ -633,10 +664,26 @@ mod tests {
         );
         assert!(validated(|c| c.projector.outbox_batch = 1_000_001).is_err());
         assert!(validated(|c| c.audit.recheck_ms = 3_600_001).is_err());
+        let e = validated(|c| c.audit.max_repairs = 0);
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("audit.max_repairs must be between 1 and 1000000")),
+            "{e:?}"
+        );
+        assert!(validated(|c| c.audit.max_repairs = 1_000_001).is_err());
+        assert!(validated(|c| c.audit.max_repairs = 1_000_000).is_ok());
         assert!(
             validated(|c| c.projector.batch_wait_ms = 0).is_ok(),
             "0 applies what has arrived"
         );
+        let e = validated(|c| c.projector.visibility_wait_ms = 99);
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("projector.visibility_wait_ms must be at least 100")),
+            "{e:?}"
+        );
+        assert!(validated(|c| c.projector.visibility_wait_ms = 3_600_001).is_err());
+        assert!(validated(|c| c.projector.visibility_wait_ms = 100).is_ok());
     }
 
     /// Each group reads the topics of the tables its view depends on; reads wait on those only.
@@ -690,8 +737,15 @@ mod tests {
             jail.set_env("HERMET_HTTP__ADDR", "127.0.0.1:9100");
             jail.set_env("HERMET_DATABASE_URL", "postgres://u@h:1/db");
             jail.set_env("HERMET_DATABASE__READ_POOL_SIZE", "3");
+            jail.set_env("HERMET_AUDIT__REPAIR", "false");
+            jail.set_env("HERMET_AUDIT__MAX_REPAIRS", "25");
             let c = Config::load(Some(Path::new("hermet.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.database.read_pool_size, 3);
+            assert!(
+                !c.audit.repair,
+                "the background audit's repair can be turned off"
+            );
+            assert_eq!(c.audit.max_repairs, 25);
             assert_eq!(c.read_side.shards, 8);
             assert_eq!(c.http.addr.port(), 9100, "env wins over the file");
             assert_eq!(c.database.url, "postgres://u@h:1/db");

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use hermet_core::projection::Views;
+use hermet_core::cache::ListCache;
+use hermet_core::projection::{ProjectionConfig, Views};
 use hermet_core::push::PushSink;
 use hermet_projector::consumer::{self, GROUPS};
 use hermet_projector::{outbox, push};
@@ -141,17 +142,18 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         ));
     }
     if api && cfg.audit.interval_secs > 0 {
-        let (acfg, pool, preview) = (
+        let (acfg, pool, projection, cache) = (
             cfg.audit.clone(),
             store.pool().clone(),
-            cfg.read_side.preview_chars as i32,
+            cfg.store_config().projection,
+            store.cache().clone(),
         );
         let eventual = cfg.sync.mode != Mode::DualWrite;
         tasks.push((
             "background audit",
             supervise("background audit", stop_rx.clone(), move |stop| {
-                let (acfg, pool) = (acfg.clone(), pool.clone());
-                async move { background_audit(acfg, pool, preview, eventual, stop).await }
+                let (acfg, pool, cache) = (acfg.clone(), pool.clone(), cache.clone());
+                async move { background_audit(acfg, pool, projection, cache, eventual, stop).await }
             }),
         ));
     }
@@ -339,15 +341,19 @@ fn redact(url: &str) -> String {
 
 /// Audits a rotating sample of buckets on an interval and exports the consistency rate. In the
 /// eventually consistent modes, buckets that differ are audited again after `recheck_ms`, and
-/// only what still differs counts: rows on their way are not inconsistencies.
+/// only what still differs counts: rows on their way are not inconsistencies. Unless
+/// `audit.repair` is off, what still differs is repaired, at most `audit.max_repairs` findings
+/// per pass (the rest waits for the next pass over those buckets).
 async fn background_audit(
     cfg: crate::config::AuditConfig,
     pool: deadpool_postgres::Pool,
-    preview: i32,
+    projection: ProjectionConfig,
+    cache: Arc<dyn ListCache>,
     eventual: bool,
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
     use hermet_store::audit;
+    let preview = projection.preview_chars as i32;
     tokio::pin!(stop);
     let mut next = 0u32;
     loop {
@@ -359,7 +365,7 @@ async fn background_audit(
             .map(|i| ((next + i) % cfg.buckets) as i32)
             .collect();
         next = (next + cfg.sample_buckets) % cfg.buckets;
-        let conn = pool.get().await?;
+        let mut conn = pool.get().await?;
         let mut report = audit::audit(&conn, preview, cfg.buckets, Some(&sample)).await?;
         if eventual && !report.findings.is_empty() {
             tokio::time::sleep(Duration::from_millis(cfg.recheck_ms)).await;
@@ -367,18 +373,51 @@ async fn background_audit(
         }
         let rate = report.consistency_rate();
         metrics::gauge!("hermet_consistency_rate").set(rate);
-        // For `hermet admin status`; a failure to record is not a reason to stop auditing.
-        if let Err(e) = audit::record(&conn, "serve", &report, false).await {
-            tracing::warn!(error = %e, "could not record the audit result");
-        }
         metrics::counter!("hermet_audit_findings_total").increment(report.findings.len() as u64);
+        let mut repaired = false;
         if report.findings.is_empty() {
             tracing::debug!(buckets = ?sample, rows = report.expected_rows, "audit clean");
-        } else {
+        } else if !cfg.repair {
             tracing::warn!(buckets = ?sample, findings = report.findings.len(), rate,
-                "audit found read-side rows that differ from the write side");
+                "audit found read-side rows that differ from the write side (audit.repair is off)");
+        } else {
+            let chosen = &report.findings[..report.findings.len().min(cfg.max_repairs)];
+            match repair_findings(&mut conn, chosen, &projection).await {
+                Ok(rows) => {
+                    // Repairs are rare and may touch anyone's rows: retire every cached page
+                    // (one epoch bump), as `hermet admin audit --repair` does.
+                    cache.invalidate_all().await;
+                    metrics::counter!("hermet_audit_repaired_total").increment(chosen.len() as u64);
+                    repaired = true;
+                    tracing::warn!(buckets = ?sample, findings = report.findings.len(), rate,
+                        repaired = chosen.len(), rows,
+                        "audit found read-side rows that differ from the write side; repaired them");
+                }
+                Err(e) => {
+                    // Logged and counted; the next pass over these buckets tries again.
+                    metrics::counter!("hermet_audit_repair_failures_total").increment(1);
+                    tracing::error!(buckets = ?sample, findings = report.findings.len(), rate,
+                        error = %e, "audit found read-side rows that differ from the write side; repairing them failed");
+                }
+            }
+        }
+        // For `hermet admin status`; a failure to record is not a reason to stop auditing.
+        if let Err(e) = audit::record(&conn, "serve", &report, repaired).await {
+            tracing::warn!(error = %e, "could not record the audit result");
         }
     }
+}
+
+/// Repairs `findings` in one transaction; returns the view rows rewritten.
+async fn repair_findings(
+    conn: &mut deadpool_postgres::Client,
+    findings: &[hermet_store::audit::Finding],
+    projection: &ProjectionConfig,
+) -> Result<usize, hermet_store::StoreError> {
+    let tx = conn.transaction().await?;
+    let rows = hermet_store::audit::repair(&tx, findings, projection).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// What reads with `X-Hermet-Min-Lsn` wait on, per view.

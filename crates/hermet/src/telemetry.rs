@@ -26,6 +26,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "hermet_cache_fallbacks_total",
         "hermet_stale_reads_total",
         "hermet_audit_findings_total",
+        "hermet_audit_repaired_total",
+        "hermet_audit_repair_failures_total",
         "hermet_cdc_errors_total",
         "hermet_cdc_truncates_ignored_total",
         "hermet_push_events_total",
@@ -64,7 +66,15 @@ fn describe() {
     );
     describe_counter!(
         "hermet_audit_findings_total",
-        "Mismatches found by the background audit, by kind."
+        "Mismatches found by the background audit."
+    );
+    describe_counter!(
+        "hermet_audit_repaired_total",
+        "Findings the background audit repaired (at most audit.max_repairs per pass)."
+    );
+    describe_counter!(
+        "hermet_audit_repair_failures_total",
+        "Background audit passes whose repair failed (rolled back; retried on the next pass)."
     );
     describe_counter!(
         "hermet_stale_reads_total",
@@ -109,6 +119,23 @@ fn describe() {
         "hermet_projector_batch_seconds",
         Unit::Seconds,
         "Time to apply one projector batch."
+    );
+    describe_counter!(
+        "hermet_projector_visibility_waits_total",
+        "Projector batches that waited for their transactions to become visible to new snapshots."
+    );
+    describe_counter!(
+        "hermet_projector_visibility_timeouts_total",
+        "Transactions still invisible after projector.visibility_wait_ms (their records were dead-lettered)."
+    );
+    describe_histogram!(
+        "hermet_projector_visibility_wait_seconds",
+        Unit::Seconds,
+        "How long a projector batch waited for its transactions to become visible."
+    );
+    describe_gauge!(
+        "hermet_projector_visibility_waiting_transactions",
+        "Transactions a projector batch is waiting on to become visible, now."
     );
     describe_counter!(
         "hermet_cache_requests_total",

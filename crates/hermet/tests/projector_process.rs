@@ -158,12 +158,6 @@ async fn projector_killed_under_load_converges() {
     p.procs[relay].stop().await;
 }
 
-/// Free local port for the API (bound, then released).
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_all_in_cdc_mode_reads_your_writes() {
     let _serial = SERIAL.lock().await;
@@ -184,24 +178,7 @@ async fn serve_all_in_cdc_mode_reads_your_writes() {
         .timeout(Duration::from_secs(120))
         .build()
         .expect("client");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        p.procs[app].assert_running();
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not ready\n{}",
-            p.procs[app].tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&mut p.procs[app], &http, &base).await;
     // The relay inside `serve` took its snapshot (the topics exist) before projectors wait on them.
     p.wait_relay(app).await;
 
@@ -338,23 +315,6 @@ async fn serve_all_in_cdc_mode_reads_your_writes() {
     p.procs[app].stop().await;
 }
 
-/// Sum of every sample of `series` whose labels contain all of `labels`; `None` if absent.
-fn sample_sum(text: &str, series: &str, labels: &[&str]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name_labels, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let name = name_labels.split('{').next().unwrap_or("");
-        if name != series || !labels.iter().all(|l| name_labels.contains(l)) {
-            continue;
-        }
-        let v: f64 = value.parse().unwrap_or(f64::NAN);
-        found = Some(found.unwrap_or(0.0) + v);
-    }
-    found
-}
-
 /// Every series README "Metrics" documents for an all-in-one `cdc` process is there; those the
 /// workload drives have moved; `promtool check metrics` accepts the text.
 fn check_metrics(text: &str) {
@@ -412,6 +372,8 @@ fn check_metrics(text: &str) {
         ("hermet_cdc_errors_total", &[], false),
         ("hermet_cdc_truncates_ignored_total", &[], false),
         ("hermet_audit_findings_total", &[], false),
+        ("hermet_audit_repaired_total", &[], false),
+        ("hermet_audit_repair_failures_total", &[], false),
         ("hermet_cache_errors_total", &["op=\"store\""], false),
         ("hermet_push_connections", &[], false),
         ("hermet_push_events_total", &[], false),

@@ -1,11 +1,14 @@
 //! Helpers shared by the tests that run `hermet` as child processes (`projector_process.rs`,
-//! `recovery.rs`): a child process with its log, a pipeline's names (slot, publication, topics,
+//! `recovery.rs`, `audit_repair.rs`): a child process with its log, a bounded poll, readiness
+//! and `/metrics` samples of a serving process, a pipeline's names (slot, publication, topics,
 //! groups) with its processes, and the clean-up that drops them.
 //!
-//! Each test binary uses a different subset, hence `dead_code` is allowed here.
-#![allow(dead_code)]
+//! Each test binary uses a different subset, hence `dead_code` and unused re-exports are
+//! allowed here.
+#![allow(dead_code, unused_imports)]
 
 use std::fs::File;
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -166,6 +169,63 @@ impl Drop for Proc {
             let _ = std::fs::remove_file(&self.log);
         }
     }
+}
+
+/// Free local port for the API (bound, then released).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// Polls `check` every 100 ms until it gives `Some`, for at most `bound`; `proc` must stay up
+/// meanwhile. Panics with `what` and the process's log when time runs out.
+pub async fn poll_until<T, F, Fut>(proc: &mut Proc, what: &str, bound: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + bound;
+    loop {
+        proc.assert_running();
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {bound:?}\n{}",
+            proc.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the `serve` process `proc` answers `/readyz` at `base` (`http://host:port`).
+pub async fn wait_ready(proc: &mut Proc, http: &reqwest::Client, base: &str) {
+    poll_until(proc, "ready", WAIT, || async move {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+            .then_some(())
+    })
+    .await
+}
+
+/// Sum of every sample of `series` whose labels contain all of `labels`; `None` if absent.
+pub fn sample_sum(text: &str, series: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name_labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = name_labels.split('{').next().unwrap_or("");
+        if name != series || !labels.iter().all(|l| name_labels.contains(l)) {
+            continue;
+        }
+        let v: f64 = value.parse().unwrap_or(f64::NAN);
+        found = Some(found.unwrap_or(0.0) + v);
+    }
+    found
 }
 
 /// A test's names (slot, publication, topics, groups) and its processes. Declare it after

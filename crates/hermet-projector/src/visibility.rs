@@ -1,0 +1,128 @@
+//! The visibility gate: a WAL-fed reader waits until the transactions of its batch are visible
+//! before it looks anything up (see `hermet_store::visibility` for why a shipped transaction can
+//! still be invisible).
+//!
+//! Contract:
+//! - [`wait_visible`] returns [`Gate::Open`] once every transaction id given is visible to new
+//!   snapshots; a look-up started after that sees all of their changes, on any connection.
+//! - It polls: one query when nothing is pending (the common case: no sleep at all), then with a
+//!   backoff from 1 ms to 20 ms. It gives up after `bound` and returns [`Gate::TimedOut`] with the
+//!   ids still running; the caller decides (the consumer groups dead-letter those records with the
+//!   reason; the push notifier, at most once anyway, goes on).
+//! - A database error is returned as is; the caller retries as it retries its apply.
+//! - It is cancel-safe: it changes nothing, so dropping it (shutdown) loses nothing.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use hermet_store::{visibility, StoreError};
+
+/// Default bound of a wait (`projector.visibility_wait_ms`): long enough for a synchronous
+/// standby's round trip or a descheduled backend many times over, short enough that a stuck
+/// transaction does not hold its partitions for long.
+pub const DEFAULT_VISIBILITY_WAIT: Duration = Duration::from_secs(30);
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(20);
+
+/// What a wait ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Every transaction is visible; `waited` is how long that took when it was not at once.
+    Open { waited: Option<Duration> },
+    /// After the bound, these transactions were still running for new snapshots.
+    TimedOut { running: BTreeSet<u32> },
+}
+
+/// Waits until every transaction in `xids` is visible, for at most `bound`, and reports the
+/// wait as `projector`'s (see [`record`]); while it waits,
+/// `hermet_projector_visibility_waiting_transactions` says on how many transactions.
+pub async fn wait_visible(
+    pool: &Pool,
+    projector: &str,
+    xids: &BTreeSet<u32>,
+    bound: Duration,
+) -> Result<Gate, StoreError> {
+    let waiting = metrics::gauge!("hermet_projector_visibility_waiting_transactions",
+        "projector" => projector.to_owned());
+    let gate = poll(pool, xids, bound, &waiting).await;
+    waiting.set(0.0);
+    if let Ok(g) = &gate {
+        record(projector, g);
+    }
+    gate
+}
+
+async fn poll(
+    pool: &Pool,
+    xids: &BTreeSet<u32>,
+    bound: Duration,
+    waiting: &metrics::Gauge,
+) -> Result<Gate, StoreError> {
+    if xids.is_empty() {
+        return Ok(Gate::Open { waited: None });
+    }
+    let started = Instant::now();
+    let client = pool.get().await?;
+    let mut pending: Vec<u32> = xids.iter().copied().collect();
+    let mut backoff = FIRST_BACKOFF;
+    let mut slept = false;
+    loop {
+        pending = visibility::invisible(&client, &pending).await?;
+        if pending.is_empty() {
+            let waited = slept.then(|| started.elapsed());
+            return Ok(Gate::Open { waited });
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= bound {
+            return Ok(Gate::TimedOut {
+                running: pending.into_iter().collect(),
+            });
+        }
+        waiting.set(pending.len() as f64);
+        tokio::time::sleep(backoff.min(bound - elapsed)).await;
+        slept = true;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Counts a gate's outcome for `projector` (the one place these series are named):
+/// `hermet_projector_visibility_waits_total` and `_wait_seconds` when a batch had to wait,
+/// `hermet_projector_visibility_timeouts_total` per transaction given up on.
+fn record(projector: &str, gate: &Gate) {
+    match gate {
+        Gate::Open { waited: None } => {}
+        Gate::Open {
+            waited: Some(waited),
+        } => {
+            tracing::debug!(
+                projector,
+                waited_ms = waited.as_millis() as u64,
+                "waited for the batch's transactions to become visible"
+            );
+            metrics::counter!("hermet_projector_visibility_waits_total", "projector" => projector.to_owned())
+                .increment(1);
+            metrics::histogram!("hermet_projector_visibility_wait_seconds", "projector" => projector.to_owned())
+                .record(waited.as_secs_f64());
+        }
+        Gate::TimedOut { running } => {
+            tracing::error!(projector, transactions = ?running,
+                "committed transactions still not visible after the bound; their records go to the dead letters");
+            metrics::counter!("hermet_projector_visibility_waits_total", "projector" => projector.to_owned())
+                .increment(1);
+            metrics::counter!("hermet_projector_visibility_timeouts_total", "projector" => projector.to_owned())
+                .increment(running.len() as u64);
+        }
+    }
+}
+
+/// Registers the series of `projector` at 0, so a dashboard sees 0 before the first wait.
+pub fn register(projector: &str) {
+    metrics::counter!("hermet_projector_visibility_waits_total", "projector" => projector.to_owned())
+        .increment(0);
+    metrics::counter!("hermet_projector_visibility_timeouts_total", "projector" => projector.to_owned())
+        .increment(0);
+    metrics::gauge!("hermet_projector_visibility_waiting_transactions", "projector" => projector.to_owned())
+        .set(0.0);
+}
