@@ -143,12 +143,31 @@ pub fn decode(value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
         "messages" => RowChange::Messages(change(t, op, b, a)?),
         other => return Err(DecodeError::UnknownTable(other.to_owned())),
     };
+    let xid = xid_of(env.source.tx_id);
+    if xid.is_none() && op != Op::Read {
+        no_txid(t);
+    }
     Ok(Decoded::Change {
         change,
         lsn: env.source.lsn.unwrap_or(0),
         commit_ts_ms: env.source.ts_ms,
-        xid: xid_of(env.source.tx_id),
+        xid,
     })
+}
+
+/// A streamed change that does not name its transaction cannot be held back until it is visible
+/// (`crate::visibility`); hermet's relay always names it, so this is another producer. Counted
+/// (`hermet_projector_changes_without_txid_total`) and said once per process.
+fn no_txid(table: &str) {
+    static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    metrics::counter!("hermet_projector_changes_without_txid_total").increment(1);
+    if !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            table,
+            "a change event carries no source.txId: it is applied without \
+            waiting until its transaction is visible, so a look-up may miss it"
+        );
+    }
 }
 
 #[cfg(test)]

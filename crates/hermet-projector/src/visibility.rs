@@ -23,6 +23,10 @@ use hermet_store::{visibility, StoreError};
 /// transaction does not hold its partitions for long.
 pub const DEFAULT_VISIBILITY_WAIT: Duration = Duration::from_secs(30);
 
+/// Longest bound accepted: the consumer is not polled while its batch waits, and librdkafka
+/// drops a member that has not polled for `max.poll.interval.ms` (300 s by default).
+pub const MAX_VISIBILITY_WAIT: Duration = Duration::from_secs(240);
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 const MAX_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -44,14 +48,25 @@ pub async fn wait_visible(
     xids: &BTreeSet<u32>,
     bound: Duration,
 ) -> Result<Gate, StoreError> {
-    let waiting = metrics::gauge!("hermet_projector_visibility_waiting_transactions",
-        "projector" => projector.to_owned());
-    let gate = poll(pool, xids, bound, &waiting).await;
-    waiting.set(0.0);
+    let waiting = Waiting(
+        metrics::gauge!("hermet_projector_visibility_waiting_transactions",
+        "projector" => projector.to_owned()),
+    );
+    let gate = poll(pool, xids, bound, &waiting.0).await;
+    drop(waiting);
     if let Ok(g) = &gate {
         record(projector, g);
     }
     gate
+}
+
+/// The waiting gauge, back at 0 however the wait ends (also when it is cancelled).
+struct Waiting(metrics::Gauge);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.set(0.0);
+    }
 }
 
 async fn poll(

@@ -18,17 +18,22 @@
 //! # The check
 //!
 //! [`invisible`] takes the 32-bit transaction ids the change events carry (pgoutput's `Begin`
-//! xid, Debezium's `source.txId`), widens each to a full `xid8` with the epoch of the current
-//! snapshot's `xmax`, and asks `pg_visible_in_snapshot(xid, pg_current_snapshot())`. A
+//! xid, Debezium's `source.txId`), widens each to a full `xid8` (below), and asks `pg_visible_in_snapshot(xid, pg_current_snapshot())`. A
 //! transaction is "visible" once it is no longer running for a new snapshot; once that holds for
 //! one snapshot it holds for every later one, on any session, so a caller may check on one
 //! connection and then look up on another.
 //!
-//! Widening: an event's transaction committed, so it is older than `xmax`; an xid whose low bits
-//! are above `xmax`'s belongs to the previous epoch. An xid more than 2^32 transactions old (a
-//! replay of very old events) cannot be widened reliably: at worst it is compared with an
-//! unrelated transaction and the caller waits for that one too. Ids below 3 (invalid, bootstrap,
-//! frozen) are never running and count as visible.
+//! Widening: a snapshot's `xmax` is one past the newest *finished* transaction, so a
+//! transaction still running (the very case checked here) may have an xid at or above it. Each
+//! 32-bit xid is therefore widened to the 64-bit id nearest to `xmax` (within ±2^31), which is
+//! right for every transaction younger than 2^31 xids, whichever side of `xmax` it is on, and
+//! across an epoch boundary. An id above `xmax` is never visible, which is the truth for a
+//! transaction that has not finished. A replay of events more than 2^31 transactions old would be
+//! judged to be in the future and waited for until the caller's bound. Ids below 3 (invalid,
+//! bootstrap, frozen) are never running and count as visible.
+//!
+//! The check and the look-ups must reach the same server: the primary (`database.url`), never a
+//! replica or a pooler that routes reads to one.
 //!
 //! The outbox (`async`) and dual-write paths do not need this: the outbox row becomes visible
 //! atomically with the write it describes, and dual-write looks up inside the writing
@@ -54,19 +59,17 @@ pub async fn invisible(
     if xids.is_empty() {
         return Ok(Vec::new());
     }
-    // `nx` is the snapshot's xmax as a 64-bit number (epoch << 32 | xid). The CASE is NULL for an
-    // xid of an epoch before the first, which `NOT NULL` then leaves out (counts as visible).
+    // `nx` is the snapshot's xmax as a 64-bit number (epoch << 32 | xid); `fx` is `x` widened to
+    // the 64-bit id nearest to it (see the module docs). `+`/`-` bind tighter than `&`.
     let stmt = client
         .prepare_cached(
             "SELECT x FROM
                  (SELECT s, pg_snapshot_xmax(s)::text::bigint AS nx
                     FROM (SELECT pg_current_snapshot() AS s) AS cur) AS c,
-                 UNNEST($1::bigint[]) AS x
-              WHERE NOT pg_visible_in_snapshot(
-                  (CASE WHEN x <= (c.nx & 4294967295) THEN ((c.nx >> 32) << 32) | x
-                        WHEN (c.nx >> 32) > 0 THEN (((c.nx >> 32) - 1) << 32) | x
-                   END)::text::xid8,
-                  c.s)",
+                 UNNEST($1::bigint[]) AS x,
+                 LATERAL (SELECT c.nx + (((x - (c.nx & 4294967295)) + 2147483648) & 4294967295)
+                                 - 2147483648 AS fx) AS w
+              WHERE w.fx >= 3 AND NOT pg_visible_in_snapshot(w.fx::text::xid8, c.s)",
         )
         .await?;
     let rows = client.query(&stmt, &[&xids]).await?;

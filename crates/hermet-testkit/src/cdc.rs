@@ -111,6 +111,8 @@ pub struct Cdc {
     pub groups: Vec<Task>,
     pub max_attempts: u32,
     pub heartbeat: Duration,
+    /// The groups' `visibility_wait` (default: the production default).
+    pub visibility_wait: Duration,
 }
 
 impl Cdc {
@@ -123,6 +125,7 @@ impl Cdc {
             max_attempts: 3,
             // Short, so a quiet slot's position (and the drain below) moves on quickly.
             heartbeat: Duration::from_millis(200),
+            visibility_wait: hermet_projector::visibility::DEFAULT_VISIBILITY_WAIT,
         }
     }
 
@@ -226,7 +229,7 @@ impl Cdc {
             dlq_topic: self.dlq_topic(),
             projection: projection(),
             cache: no_cache(),
-            visibility_wait: hermet_projector::visibility::DEFAULT_VISIBILITY_WAIT,
+            visibility_wait: self.visibility_wait,
         }
     }
 

@@ -12,8 +12,12 @@
 //!   (`pg_cancel_backend`, which makes it visible) and checks the read side against the oracle.
 //!   Once each for a friendship (contact rows), a message (conversation rows) and a profile
 //!   change (rows that embed the profile);
-//! - statistically: many concurrent friendships and messages to one user under CPU load, then
-//!   the audit must find nothing.
+//! - the check itself, with transactions left open (ids at or above the snapshot's `xmax`);
+//! - the bound: a commit held past `visibility_wait` is dead-lettered, then replayed;
+//! - a smoke test under load: many concurrent friendships and messages to one user with every
+//!   core busy, then the audit must find nothing. Whether the window opens in a given run is up
+//!   to the scheduler (it prints how many batches waited); the deterministic tests above are
+//!   the proof.
 //!
 //! Every session of the test databases uses `synchronous_commit = local` except the one store
 //! that is meant to wait. The standby setting is cluster-wide: it is set only while a test
@@ -21,12 +25,15 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use hermet_core::cache::NoCache;
 use hermet_core::validate::{Avatar, Content, Limits, MessageType, Name};
+use hermet_projector::dlq;
 use hermet_store::commands::ProfilePatch;
-use hermet_store::{audit, connect_pool, Store, StoreConfig, SyncMode};
+use hermet_store::{audit, connect_pool, visibility, Store, StoreConfig, SyncMode};
 use hermet_testkit::cdc::{projection, Cdc, CONTACTS, CONVERSATIONS, PREVIEW, WAIT};
-use hermet_testkit::pipeline::{connect, wal_lsn};
+use hermet_testkit::pipeline::{brokers, connect, wal_lsn};
 use hermet_testkit::{admin_url, eventually, render, TestDb};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -100,13 +107,62 @@ const NO_STANDBY: [&str; 3] = [
 ];
 
 impl PhantomStandby {
-    async fn start() -> PhantomStandby {
+    /// Sets the standby, and returns once a commit of `db` asking for it really waits: the
+    /// checkpointer publishes the setting some time after the reload.
+    async fn start(db: &TestDb) -> PhantomStandby {
         let admin = connect(&admin_url()).await;
         for sql in PHANTOM {
             admin.batch_execute(sql).await.expect(sql);
         }
-        PhantomStandby
+        let guard = PhantomStandby;
+        eventually(
+            "a probe commit waits for the phantom standby",
+            WAIT,
+            || async {
+                let probe = connect(&with_commit(&db.url, "on")).await;
+                let pid: i32 = probe
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await
+                    .expect("pid")
+                    .get(0);
+                let commit = tokio::spawn(async move {
+                    probe
+                        .batch_execute("BEGIN; SELECT pg_current_xact_id(); COMMIT")
+                        .await
+                });
+                // Either the commit returns (the setting is not in force yet) or it waits.
+                let waits = eventually("the probe commit returns or waits", WAIT, || async {
+                    if commit.is_finished() {
+                        return Some(false);
+                    }
+                    in_sync_rep(&admin, pid).await.then_some(true)
+                })
+                .await;
+                if waits {
+                    admin
+                        .execute("SELECT pg_cancel_backend($1)", &[&pid])
+                        .await
+                        .expect("release the probe");
+                }
+                let _ = commit.await;
+                waits.then_some(())
+            },
+        )
+        .await;
+        guard
     }
+}
+
+/// Whether backend `pid` waits for the synchronous standby.
+async fn in_sync_rep(admin: &tokio_postgres::Client, pid: i32) -> bool {
+    admin
+        .query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'",
+            &[&pid],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .is_some()
 }
 
 impl Drop for PhantomStandby {
@@ -139,12 +195,13 @@ async fn waiting_commit(admin: &tokio_postgres::Client, db: &TestDb) -> i32 {
         WAIT,
         || async {
             admin
-            .query_opt(
+            .query(
                 "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'SyncRep'",
                 &[&db.name],
             )
             .await
             .expect("pg_stat_activity")
+            .first()
             .map(|r| r.get::<_, i32>(0))
         },
     )
@@ -232,7 +289,7 @@ async fn changes_made_visible_after_the_projector_received_them_still_land() {
     let ab = store.add_friend(ann, bob).await.expect("befriend").value;
     cdc.drain(&store, wal_lsn(&store).await).await;
     db.assert_converged(&store).await;
-    let _standby = PhantomStandby::start().await;
+    let _standby = PhantomStandby::start(&db).await;
 
     // A friendship: both contact rows, both single-chat rows.
     held_then_released(
@@ -282,6 +339,123 @@ async fn changes_made_visible_after_the_projector_received_them_still_land() {
     )
     .await;
     drop(_standby);
+    cdc.finish().await;
+}
+
+/// The check itself: transactions still running are invisible, also when their xids are at or
+/// above the snapshot's `xmax` (nothing newer has finished), and visible once they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_transactions_are_invisible_until_they_end() {
+    let db = TestDb::new().await;
+    let store = store(&db);
+    let begin = |url: String| async move {
+        let c = connect(&url).await;
+        c.batch_execute("BEGIN").await.expect("begin");
+        let xid: String = c
+            .query_one("SELECT pg_current_xact_id()::text", &[])
+            .await
+            .expect("xid")
+            .get(0);
+        let xid = (xid.parse::<u64>().expect("xid8") & 0xffff_ffff) as u32;
+        (c, xid)
+    };
+    let (a, xa) = begin(db.url.clone()).await;
+    let (b, xb) = begin(db.url.clone()).await;
+    let conn = store.pool().get().await.expect("connection");
+    let mut both = visibility::invisible(&conn, &[xa, xb, 1, 2])
+        .await
+        .expect("invisible");
+    both.sort_unstable();
+    assert_eq!(
+        both,
+        vec![xa, xb],
+        "two running transactions (ids 1 and 2 never run)"
+    );
+    a.batch_execute("COMMIT").await.expect("commit a");
+    assert_eq!(
+        visibility::invisible(&conn, &[xa, xb])
+            .await
+            .expect("invisible"),
+        vec![xb]
+    );
+    b.batch_execute("COMMIT").await.expect("commit b");
+    assert!(visibility::invisible(&conn, &[xa, xb])
+        .await
+        .expect("invisible")
+        .is_empty());
+}
+
+/// A transaction that stays invisible past `visibility_wait` is dead-lettered with that reason,
+/// never applied from the older state; `dlq replay` applies it once it is visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_invisible_past_the_bound_is_dead_lettered_then_replayed() {
+    let _serial = SERIAL.lock().await;
+    metrics();
+    let db = TestDb::new().await;
+    let store = store(&db);
+    let mut cdc = Cdc::new(&db);
+    cdc.visibility_wait = Duration::from_millis(300);
+    cdc.start_relay().await;
+    cdc.start_groups(store.pool());
+    let ann = user(&store, "ann").await;
+    let bob = user(&store, "bob").await;
+    cdc.drain(&store, wal_lsn(&store).await).await;
+    let standby = PhantomStandby::start(&db).await;
+    let admin = connect(&admin_url()).await;
+    let held = tokio::spawn({
+        let s = held_store(&db);
+        async move {
+            s.add_friend(ann, bob).await.expect("befriend");
+        }
+    });
+    let pid = waiting_commit(&admin, &db).await;
+    let topic = cdc.dlq_topic();
+    let letters = eventually("the held friendship in the dead letters", WAIT, || {
+        let topic = topic.clone();
+        async move {
+            let letters = tokio::task::spawn_blocking(move || dlq::list(&brokers(), &topic))
+                .await
+                .expect("list task")
+                .expect("dlq list");
+            letters
+                .iter()
+                .any(|l| l.error.contains("not visible"))
+                .then_some(letters)
+        }
+    })
+    .await;
+    assert!(
+        letters.iter().all(|l| l.error.contains("not visible")),
+        "only the held transaction's records: {letters:?}"
+    );
+    let projectors = [cdc.group(CONVERSATIONS), cdc.group(CONTACTS)];
+    let timeouts: f64 = projectors
+        .iter()
+        .map(|p| metric("hermet_projector_visibility_timeouts_total", p))
+        .sum();
+    assert!(timeouts >= 1.0, "timeouts counted: {timeouts}");
+    // Nothing was built from the state before the friendship.
+    assert!(store
+        .list_contacts(ann, 10)
+        .await
+        .expect("contacts")
+        .is_empty());
+    admin
+        .execute("SELECT pg_cancel_backend($1)", &[&pid])
+        .await
+        .expect("release the commit");
+    held.await.expect("command task");
+    drop(standby);
+    let replayed = dlq::replay(&brokers(), &topic, store.pool(), &projection(), &NoCache)
+        .await
+        .expect("replay");
+    assert_eq!(replayed, letters.len(), "every dead letter replayed");
+    cdc.drain(&store, wal_lsn(&store).await).await;
+    db.assert_converged(&store).await;
+    assert_eq!(
+        store.list_contacts(ann, 10).await.expect("contacts").len(),
+        1
+    );
     cdc.finish().await;
 }
 

@@ -458,11 +458,11 @@ impl Config {
                 "projector.batch_max and projector.outbox_batch must be at most {most} (a batch is held in memory)"
             ));
         }
-        if p.visibility_wait_ms < 100 {
-            return bad(
-                "projector.visibility_wait_ms must be at least 100 (a shorter bound dead-letters transactions that are only a moment from visible)"
-                    .into(),
-            );
+        let most_visibility = hermet_projector::visibility::MAX_VISIBILITY_WAIT.as_millis();
+        if p.visibility_wait_ms < 100 || u128::from(p.visibility_wait_ms) > most_visibility {
+            return bad(format!(
+                "projector.visibility_wait_ms must be at least 100 (a shorter bound dead-letters transactions that are only a moment from visible) and at most {most_visibility} (the consumer does not poll Kafka while it waits)"
+            ));
         }
         let max_wait_ms = hermet_core::validate::MAX_WAIT.as_millis();
         let waits = [
@@ -682,7 +682,8 @@ mod tests {
                 .is_err_and(|e| e.contains("projector.visibility_wait_ms must be at least 100")),
             "{e:?}"
         );
-        assert!(validated(|c| c.projector.visibility_wait_ms = 3_600_001).is_err());
+        assert!(validated(|c| c.projector.visibility_wait_ms = 240_001).is_err());
+        assert!(validated(|c| c.projector.visibility_wait_ms = 240_000).is_ok());
         assert!(validated(|c| c.projector.visibility_wait_ms = 100).is_ok());
     }
 

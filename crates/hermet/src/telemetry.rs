@@ -133,6 +133,10 @@ fn describe() {
         Unit::Seconds,
         "How long a projector batch waited for its transactions to become visible."
     );
+    describe_counter!(
+        "hermet_projector_changes_without_txid_total",
+        "Streamed change events without source.txId, applied without the visibility wait."
+    );
     describe_gauge!(
         "hermet_projector_visibility_waiting_transactions",
         "Transactions a projector batch is waiting on to become visible, now."
