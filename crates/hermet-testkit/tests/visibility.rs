@@ -110,6 +110,12 @@ impl PhantomStandby {
     /// Sets the standby, and returns once a commit of `db` asking for it really waits: the
     /// checkpointer publishes the setting some time after the reload.
     async fn start(db: &TestDb) -> PhantomStandby {
+        // A commit waits for a standby only if its transaction wrote WAL: the probe inserts.
+        connect(&with_commit(&db.url, "local"))
+            .await
+            .batch_execute("CREATE TABLE IF NOT EXISTS hermet_test_probe (x int)")
+            .await
+            .expect("probe table");
         let admin = connect(&admin_url()).await;
         for sql in PHANTOM {
             admin.batch_execute(sql).await.expect(sql);
@@ -127,7 +133,7 @@ impl PhantomStandby {
                     .get(0);
                 let commit = tokio::spawn(async move {
                     probe
-                        .batch_execute("BEGIN; SELECT pg_current_xact_id(); COMMIT")
+                        .batch_execute("INSERT INTO hermet_test_probe VALUES (1)")
                         .await
                 });
                 // Either the commit returns (the setting is not in force yet) or it waits.
