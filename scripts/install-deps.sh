@@ -5,10 +5,18 @@
 # one package has to be installed, so calling it on every `services.sh up` is
 # cheap. Starts no service (services.sh does that, on its own ports).
 #
+# It also makes the Python venv of the API fuzzer (scripts/fuzz-api.sh):
+# schemathesis and its dependencies, pinned in scripts/fuzz-api-requirements.txt,
+# in <state folder>/venv with Debian's python3, so the system Python stays
+# untouched. The venv is (re)made only when that file changed.
+#
 # Env:
 #   HERMET_SKIP_RUST_CHECK=1  don't fail when no cargo is found (services.sh
 #                             sets it: the databases don't need Rust).
+#   HERMET_STATE_DIR          state folder (default: <project root>/.hermet)
 set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 export DEBIAN_FRONTEND=noninteractive
 
@@ -64,6 +72,11 @@ for p in build-essential cmake pkg-config libssl-dev libsasl2-dev zlib1g-dev lib
     pkg_installed "$p" || missing+=("$p")
 done
 
+# Debian's Python with venv/ensurepip, for the fuzzer's venv (below).
+for p in python3 python3-venv; do
+    pkg_installed "$p" || missing+=("$p")
+done
+
 if (( ${#missing[@]} )); then
     log "installing: ${missing[*]}"
 
@@ -91,6 +104,29 @@ fi
 for c in psql pg_isready redis-server redis-cli promtool java mvn cmake pkg-config; do
     command -v "$c" >/dev/null || die "'$c' still missing after install"
 done
+
+# The fuzzer's venv. A stamp holding the requirements' checksum marks a complete install, so an
+# interrupted one is made again from scratch and an unchanged one costs nothing.
+STATE_DIR=${HERMET_STATE_DIR:-$ROOT/.hermet}
+[[ $STATE_DIR == /* ]] || STATE_DIR=$PWD/$STATE_DIR
+VENV=${STATE_DIR%/}/venv
+REQS=$ROOT/scripts/fuzz-api-requirements.txt
+want=$(sha256sum "$REQS" | cut -d' ' -f1)
+mkdir -p "$STATE_DIR"
+exec 8>"$STATE_DIR/.venv.lock"   # one maker at a time (test.sh and services.sh both call us)
+flock 8
+if [[ $(cat "$VENV/.hermet-installed" 2>/dev/null) != "$want" || ! -x $VENV/bin/schemathesis ]]; then
+    log "making the fuzzer's venv in $VENV"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input -r "$REQS" </dev/null \
+        || die "pip install -r $REQS failed"
+    "$VENV/bin/schemathesis" --version >/dev/null || die "schemathesis does not run from $VENV"
+    echo "$want" > "$VENV/.hermet-installed"
+else
+    log "fuzzer venv up to date ($VENV)"
+fi
+exec 8>&-
 
 # Rust: Debian's cargo is too old for this project, so we don't install it;
 # rustup (https://rustup.rs) is the way. We only check.

@@ -261,6 +261,9 @@ wal_level = logical
 max_replication_slots = 20
 max_wal_senders = 20
 max_wal_size = 2GB
+# a slot nobody reads (relay down, mode switched away from cdc) keeps WAL without bound; past
+# this it is invalidated instead (README Operations, "Inactive replication slots")
+max_slot_wal_keep_size = 4GB
 # durable on purpose: tests exercise crash behaviour
 fsync = on
 synchronous_commit = on

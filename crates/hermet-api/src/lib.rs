@@ -47,6 +47,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Longest a read with `X-Hermet-Min-Lsn` waits for the view before answering stale.
     pub read_wait: std::time::Duration,
+    /// Most reads with `X-Hermet-Min-Lsn` waiting at once in this process; the ones beyond
+    /// answer stale at once (0: reads never wait).
+    pub max_read_waiters: usize,
     /// What a read of each view waits on: the projector and (`cdc`) every partition it consumes,
     /// all of which must have caught up for the read to be fresh.
     pub coverage: consistency::ViewCoverage,
@@ -59,6 +62,7 @@ impl Default for ApiConfig {
             token_ttl_secs: 30 * 24 * 3600,
             max_body_bytes: 64 * 1024,
             read_wait: std::time::Duration::from_secs(2),
+            max_read_waiters: consistency::DEFAULT_MAX_READ_WAITERS,
             coverage: consistency::ViewCoverage::default(),
         }
     }
@@ -76,6 +80,8 @@ pub(crate) struct Inner {
     pub(crate) cfg: ApiConfig,
     metrics: Option<PrometheusHandle>,
     hub: Hub,
+    /// Reads waiting for `X-Hermet-Min-Lsn`, and their poller.
+    pub(crate) waits: consistency::Waits,
 }
 
 impl AppState {
@@ -94,6 +100,7 @@ impl AppState {
         hub: Hub,
     ) -> Self {
         let keys = TokenKeys::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs);
+        let waits = consistency::Waits::new(cfg.max_read_waiters);
         AppState {
             inner: Arc::new(Inner {
                 store,
@@ -101,6 +108,7 @@ impl AppState {
                 cfg,
                 metrics,
                 hub,
+                waits,
             }),
         }
     }

@@ -4,27 +4,46 @@
 //! ## The rule
 //! Every cached page carries the **stamp** (an opaque version of the owner's list) that was
 //! current when its reader looked it up, *before* loading from the database. Whoever changes an
-//! owner's conversation rows bumps that owner's version **after** the change commits and
+//! owner's conversation rows moves that owner's version on **after** the change commits and
 //! **before** acknowledging it (the command's HTTP answer in `dual_write`; in `async` and `cdc` the
-//! projector bumps right after its batch commits). A page is stored only if the owner's version
-//! still equals the stamp, checked atomically by the cache. So a reader that loaded before a
-//! commit and is slow to store finds the version moved and its stale page is dropped; a reader
-//! that starts after an acknowledgement sees the new version and misses.
+//! projector invalidates right after its batch commits, before it takes the next one). A page is
+//! stored only if the owner's version still equals the stamp, checked atomically by the cache. So
+//! a reader that loaded before a commit and is slow to store finds the version moved and its
+//! stale page is dropped; a reader that starts after an acknowledgement sees the new version and
+//! misses.
 //!
-//! Two details close the remaining gaps:
-//! - Version entries expire (they are cache entries too). A store is refused when the load took
-//!   longer than [`ListCache::max_load`] (half the entry lifetime), so an invalidation that happened
-//!   during the load cannot have expired by the time the page is stored.
+//! Three details close the remaining gaps:
+//! - **Versions never repeat** for an owner (nor the global version of `invalidate_all`): once a
+//!   version has moved on, no later one equals it — not after its entry expired, was evicted, or
+//!   the cache restarted empty. Otherwise a stamp taken before the move could match again, and a
+//!   page loaded before a write be stored after it. (The Redis adapter draws versions at random
+//!   and invalidates by removing them; see `hermet_redis`.)
+//! - **An invalidation returns only once it has taken effect for every process** (see the
+//!   contract below), so a lost invalidation can never be acknowledged.
 //! - In `async`/`cdc` a view's watermark commits together with the view rows, a moment before the
-//!   projector bumps the versions. Reads that ask for read-your-writes (`X-Hermet-Min-Lsn`)
-//!   therefore bypass the cache; plain reads there are eventually consistent anyway.
+//!   projector invalidates. Reads that ask for read-your-writes (`X-Hermet-Min-Lsn`) therefore
+//!   bypass the cache; plain reads there are eventually consistent anyway.
+//!
+//! Loads that took longer than [`ListCache::max_load`] are not stored either: the rule does not
+//! need it, but such a page is likely outdated by the time it would be stored.
 //!
 //! ## Port contract ([`ListCache`])
 //! - `lookup` and `store` never fail: an unreachable cache answers [`Lookup::Unavailable`] and
 //!   refuses stores, and the caller reads the database.
-//! - `invalidate` must have taken effect (or the cache must have marked itself untrusted) when it
-//!   returns; callers await it before acknowledging the write that caused it.
-//! - `invalidate_all` drops every page (used after a rebuild swaps the read side).
+//! - `invalidate` and `invalidate_all` never fail either, and **return only once their effect is
+//!   visible to every process** sharing the cache: the owners' versions moved on, or — when that
+//!   failed — something that retires at least as much (the Redis adapter removes the global
+//!   version, retiring every page and every stamp).
+//!   - *Who retries:* the cache, for as long as it takes (while the cache is unreachable, the
+//!     call waits). Callers never retry and never time the call out to acknowledge anyway.
+//!   - *When progress may advance:* only after the call returned. The writer calls it after its
+//!     commit and acknowledges after it: the HTTP answer in `dual_write`; the next batch of a
+//!     projector or outbox worker (whose rows and watermark are committed already: nothing is
+//!     lost, the worker only waits); the end of a CLI repair or rebuild (the process exits after).
+//!   - A caller that is dropped while waiting (a request whose client hung up) does not cancel
+//!     the repair: the cache finishes it on its own.
+//! - `invalidate_all` drops every page (used after a rebuild or a repair rewrote the read side).
+//! - Versions never repeat (above).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,11 +77,12 @@ pub trait ListCache: Send + Sync + std::fmt::Debug + 'static {
     fn lookup(&self, owner: UserId, limit: i64) -> BoxFut<'_, Lookup>;
     /// Stores `page` if the owner's version still is `stamp`; returns whether it did.
     fn store(&self, owner: UserId, limit: i64, stamp: Stamp, page: String) -> BoxFut<'_, bool>;
-    /// Moves the version of every owner in `owners` on.
+    /// Moves the version of every owner in `owners` on; returns once every process sees that (or
+    /// more: every page retired), retrying as long as it takes. See the module docs.
     fn invalidate<'a>(&'a self, owners: &'a [UserId]) -> BoxFut<'a, ()>;
-    /// Moves every owner's version on.
+    /// Moves every owner's version on; returns as [`ListCache::invalidate`] does.
     fn invalidate_all(&self) -> BoxFut<'_, ()>;
-    /// Loads slower than this are not stored (half the lifetime of a version entry).
+    /// Loads slower than this are not stored (a page that took so long is likely outdated).
     fn max_load(&self) -> Duration;
 }
 
@@ -139,7 +159,9 @@ impl ListCache for NoCache {
 }
 
 /// An in-process cache with the same stamp rule as the Redis adapter, for unit tests of code that
-/// uses the port (the Redis adapter is tested against a real Redis for the same contract).
+/// uses the port (the Redis adapter is tested against a real Redis for the same contract). Its
+/// versions are counters that never expire or reset, so they never repeat; its invalidations
+/// cannot fail.
 #[derive(Debug, Default)]
 pub struct MemoryCache {
     state: Mutex<MemoryState>,

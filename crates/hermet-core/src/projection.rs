@@ -275,12 +275,16 @@ pub fn contact_row(inp: &ContactInputs) -> ContactRow {
     }
 }
 
-/// Builds the rows from the looked-up state, and the reverse-index entries of the rows whose
-/// membership or friendship changed. Other rows already have theirs: an entry is written with
-/// the member or friendship change that creates the row, in the same batch, whatever path
-/// happens to insert the row first.
+/// Builds the rows from the looked-up state, and the reverse-index entry of every row that
+/// embeds a profile: each single-chat conversation row (its peer) and each contact row.
+///
+/// The entry goes with the row whatever event built it, not only with the member or friendship
+/// change that created it: that change may have been dead-lettered while a channel or message
+/// change (re)created the row, and a row without its entry never hears of its peer's next
+/// profile change. Entries of rows that already have one cost an index probe
+/// (`ON CONFLICT DO NOTHING` in the store). An entry is never removed: a single chat's pair and a
+/// friendship's pair never change (leaving or unfriending is an update), so it stays right.
 pub fn build(
-    affected: &Affected,
     conversations: &[ConversationInputs],
     contacts: &[ContactInputs],
     cfg: &ProjectionConfig,
@@ -289,8 +293,9 @@ pub fn build(
     let mut conv_refs = BTreeSet::new();
     for inp in conversations {
         let row = conversation_row(inp, cfg);
-        let indexed = affected.conversation_keys.contains(&row.key());
-        if let Some(peer) = row.peer_user_id.filter(|_| indexed) {
+        // From the channel's pair, not from the looked-up peer row: the entry is about which
+        // rows embed whom, whatever the profile looks like.
+        if let Some(peer) = inp.channel.peer_of(inp.member.user_id) {
             conv_refs.insert(ConversationRef {
                 peer_user_id: peer,
                 owner_user_id: row.user_id,
@@ -529,11 +534,7 @@ mod tests {
             friendship: Some(f.clone()),
             last_message: None,
         };
-        let mut affected = Affected::default();
-        affected.conversation_keys.insert((1, 7));
-        affected.friend_pairs.insert((1, 2));
         let batch = build(
-            &affected,
             &[conv.clone(), conv],
             &[ContactInputs {
                 friendship: f,
@@ -566,6 +567,43 @@ mod tests {
                 contact_user_id: 2,
                 owner_user_id: 1
             }]
+        );
+    }
+
+    /// A single-chat row built by a channel or message change (its member change went
+    /// elsewhere, e.g. to the dead letters) still gets its reverse-index entry, so the peer's next
+    /// profile change finds it; a group row gets none.
+    #[test]
+    fn every_single_chat_row_built_carries_its_reverse_index_entry() {
+        let single = ConversationInputs {
+            member: member(7, 1),
+            channel: channel(7, ChannelType::Single, 4),
+            peer: None,
+            friendship: None,
+            last_message: Some(message(7, 4, "hi")),
+        };
+        let group = ConversationInputs {
+            member: member(8, 1),
+            channel: channel(8, ChannelType::Group, 0),
+            peer: None,
+            friendship: None,
+            last_message: None,
+        };
+        let changes = vec![RowChange::Messages(Change::inserted(message(7, 4, "hi")))];
+        assert!(
+            affected(&changes).conversation_keys.is_empty(),
+            "no member change in the batch"
+        );
+        let batch = build(&[single, group], &[], &ProjectionConfig::default());
+        assert_eq!(batch.conversations.len(), 2);
+        assert_eq!(
+            batch.conversation_refs,
+            vec![ConversationRef {
+                peer_user_id: 2,
+                owner_user_id: 1,
+                channel_id: 7
+            }],
+            "the peer comes from the channel's pair, even when the peer's row was not loaded"
         );
     }
 }

@@ -12,17 +12,25 @@
 //!    build rows from the state before the change. Records of a transaction still invisible after
 //!    `visibility_wait` are dead-lettered with that reason, never applied from older state;
 //! 4. in ONE PostgreSQL transaction: apply all changes (the projection coalesces repeated
-//!    updates of a row into one recomputation) and advance the partition watermarks;
+//!    updates of a row into one recomputation), mark the batch's dead letters outstanding and
+//!    advance the partition watermarks;
 //! 5. after that commit, commit the Kafka offsets.
 //!
 //! Offsets are committed to Kafka after the effect, not stored with it: a crash between 4 and 5
 //! re-delivers a batch, which the idempotent projection absorbs; keeping offsets in Kafka lets
 //! standard tooling (lag, resets, `hermet admin replay`) work on the groups.
 //!
-//! Failures: a database that cannot be reached is retried with backoff for as long as it
-//! takes (the partition must not move on). Any other failure is retried `max_attempts` times;
-//! then the batch is applied record by record and each record that still fails goes to the
-//! dead-letter topic with its error and attempt count, and the partition moves on.
+//! Failures are classified by SQLSTATE ([`crate::classify`]). One that is not the data's fault
+//! (a database that cannot be reached, a lost race, anything unknown) is retried with backoff
+//! for as long as it takes: the partition must not move on past a change that is fine. A failure
+//! for the data (a data exception, a constraint, a trigger's `RAISE`, a row that does not decode)
+//! is retried `max_attempts` times; then the batch is bisected ([`crate::Bisect`]: a piece once,
+//! a single record `max_attempts` times), and each record that fails alone goes to the
+//! dead-letter topic with its error and attempt count. The partition then moves on, and the
+//! transaction that moves its watermark also marks those records outstanding
+//! (`hermet_projector_dead_letters`): until `dlq replay` applies them, reads asking for a write
+//! at or past the oldest one answer stale (`hermet_store::sync::covers`). Records whose
+//! transaction stays invisible (step 3) and undecodable records are dead-lettered the same way.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -42,12 +50,14 @@ use hermet_kafka::rdkafka::statistics::Statistics;
 use hermet_kafka::rdkafka::{ClientConfig, ClientContext};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
 use hermet_kafka::DropOffRuntime;
-use hermet_store::sync::{advance_watermarks, PartitionProgress};
+use hermet_store::sync::{
+    advance_watermarks, record_dead_letters, DeadLetterMark, PartitionProgress,
+};
 use hermet_store::{project, StoreError};
 
 use crate::debezium::{self, Decoded};
 use crate::visibility::{self, Gate};
-use crate::{is_transient, now_ms, ProjectorError};
+use crate::{classify, now_ms, Bisect, Failure, ProjectorError};
 
 /// Header of the relay's watermark markers (see `hermet_cdc::relay::WATERMARK_HEADER`).
 pub const WATERMARK_HEADER: &str = "hermet-watermark";
@@ -326,7 +336,10 @@ async fn gate(cfg: &GroupConfig, pool: &Pool, batch: &[Item]) -> Gate {
 }
 
 /// Applies a batch (or dead-letters what cannot be applied); returns when every record is
-/// either applied or in the dead-letter topic.
+/// either applied or in the dead-letter topic, and the partitions' watermarks have moved past all
+/// of them in the same transaction that marks the dead-lettered ones outstanding
+/// (`hermet_store::sync::record_dead_letters`: reads asking for their writes answer stale until
+/// they are replayed).
 async fn process(
     cfg: &GroupConfig,
     pool: &Pool,
@@ -342,73 +355,95 @@ async fn process(
     let invisible = |i: &Item| {
         running.is_some_and(|r| i.change.is_some() && i.xid.is_some_and(|x| r.contains(&x)))
     };
-    let (good, bad): (Vec<&Item>, Vec<&Item>) = batch
-        .iter()
-        .partition(|i| i.poison.is_none() && !invisible(i));
-    for i in bad {
+    let mut letters: Vec<DeadLetterMark> = Vec::new();
+    let mut good: Vec<&Item> = Vec::with_capacity(batch.len());
+    for (at, i) in batch.iter().enumerate() {
         let reason = match (&i.poison, i.xid) {
             (Some(p), _) => p.clone(),
-            (None, Some(xid)) => format!(
+            (None, Some(xid)) if invisible(i) => format!(
                 "transaction {xid} is committed but was still not visible to new snapshots after \
                  {} ms (projector.visibility_wait_ms); replay this record once it is",
                 cfg.visibility_wait.as_millis()
             ),
-            (None, None) => "undecodable".to_owned(),
+            _ => {
+                good.push(i);
+                continue;
+            }
         };
         dead_letter(cfg, dlq, i, &reason, 1).await?;
+        letters.push(mark(batch, at, reason));
     }
-    match apply_with_retries(cfg, pool, &good).await {
-        Ok(()) => {}
-        Err(e) => {
-            tracing::warn!(group = %cfg.group, error = %e, records = good.len(),
-                "batch keeps failing, applying record by record");
-            for i in &good {
-                if let Err(e) = apply_with_retries(cfg, pool, &[*i]).await {
-                    dead_letter(cfg, dlq, i, &e.to_string(), cfg.max_attempts).await?;
-                }
+    let progress = progress_of(batch);
+    let whole = apply_with_retries(
+        cfg,
+        pool,
+        &good,
+        Some((&progress, &letters)),
+        cfg.max_attempts,
+    )
+    .await;
+    if let Err(e) = whole {
+        tracing::warn!(group = %cfg.group, error = %e, records = good.len(),
+            "batch keeps failing; bisecting it to dead-letter the records that fail alone");
+        // Pieces are applied without progress: the watermarks move once, below, together with
+        // the marks of whatever the bisection dead-letters.
+        let mut bisect = Bisect::new(good.len(), e);
+        while let Some(range) = bisect.next_range() {
+            let tries = if range.len() == 1 {
+                cfg.max_attempts
+            } else {
+                1
+            };
+            if let Err(e) = apply_with_retries(cfg, pool, &good[range.clone()], None, tries).await {
+                bisect.failed(range, e);
             }
         }
+        for (at, e) in bisect.poison() {
+            let error = e.to_string();
+            dead_letter(cfg, dlq, good[at], &error, cfg.max_attempts).await?;
+            letters.push(mark(std::slice::from_ref(good[at]), 0, error));
+        }
+        apply_with_retries(
+            cfg,
+            pool,
+            &[],
+            Some((&progress, &letters)),
+            cfg.max_attempts,
+        )
+        .await?;
     }
     metrics::histogram!("hermet_projector_batch_seconds", "projector" => cfg.group.clone())
         .record(started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// Applies the items in one transaction. A database that is away is waited for without end;
-/// anything else gets `max_attempts` tries and then comes back as the error.
-async fn apply_with_retries(
-    cfg: &GroupConfig,
-    pool: &Pool,
-    items: &[&Item],
-) -> Result<(), StoreError> {
-    let mut attempt = 0u32;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        attempt += 1;
-        match apply_once(cfg, pool, items).await {
-            Ok(()) => return Ok(()),
-            Err(e) if is_transient(&e) => {
-                tracing::warn!(group = %cfg.group, error = %e, "projector waiting for the database");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                metrics::counter!("hermet_view_update_failures_total", "projector" => cfg.group.clone())
-                    .increment(1);
-                if attempt >= cfg.max_attempts {
-                    return Err(e);
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+/// The outstanding mark of `batch[at]`, dead-lettered with `error`. Its LSN bounds the commit
+/// of its transaction from below: the change's own LSN, or for a record that says none (it could
+/// not be decoded) the highest LSN before it in its partition, which the relay shipped earlier
+/// and so committed earlier (`None`: the partition's watermark before the batch is used).
+fn mark(batch: &[Item], at: usize, error: String) -> DeadLetterMark {
+    let item = &batch[at];
+    let (topic, partition) = (item.msg.topic(), item.msg.partition());
+    let lsn = item.lsn.filter(|l| *l > 0).or_else(|| {
+        batch[..at]
+            .iter()
+            .filter(|i| i.msg.topic() == topic && i.msg.partition() == partition)
+            .filter_map(|i| i.lsn)
+            .max()
+    });
+    DeadLetterMark {
+        topic: topic.to_owned(),
+        partition,
+        offset: item.msg.offset(),
+        lsn: lsn.map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
+        error,
     }
 }
 
-async fn apply_once(cfg: &GroupConfig, pool: &Pool, items: &[&Item]) -> Result<(), StoreError> {
-    let changes: Vec<RowChange> = items.iter().filter_map(|i| i.change.clone()).collect();
+/// How far the batch moves each partition: every record, applied or dead-lettered.
+fn progress_of(batch: &[Item]) -> Vec<PartitionProgress> {
     let mut progress: BTreeMap<(String, i32), PartitionProgress> = BTreeMap::new();
-    for i in items {
+    for i in batch {
         let key = (i.msg.topic().to_owned(), i.msg.partition());
         let p = progress.entry(key).or_insert_with(|| PartitionProgress {
             topic: i.msg.topic().to_owned(),
@@ -425,11 +460,70 @@ async fn apply_once(cfg: &GroupConfig, pool: &Pool, items: &[&Item]) -> Result<(
             p.commit_ts_ms = Some(p.commit_ts_ms.map_or(ts, |t| t.max(ts)));
         }
     }
-    let progress: Vec<PartitionProgress> = progress.into_values().collect();
+    progress.into_values().collect()
+}
+
+/// The batch's progress and the marks of its dead letters, written with its last apply.
+type Finish<'a> = (&'a [PartitionProgress], &'a [DeadLetterMark]);
+
+/// Applies the items (and `finish`, if given) in one transaction. A failure that is not the
+/// data's ([`crate::classify`]) is retried with backoff without end; a failure for the data gets
+/// `tries` tries and then comes back as the error.
+async fn apply_with_retries(
+    cfg: &GroupConfig,
+    pool: &Pool,
+    items: &[&Item],
+    finish: Option<Finish<'_>>,
+    tries: u32,
+) -> Result<(), StoreError> {
+    let mut attempt = 0u32;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match apply_once(cfg, pool, items, finish).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let failure = classify(&e);
+                if failure != Failure::Unavailable && failure != Failure::Conflict {
+                    metrics::counter!("hermet_view_update_failures_total", "projector" => cfg.group.clone())
+                        .increment(1);
+                }
+                match failure {
+                    Failure::Poison => {
+                        attempt += 1;
+                        if attempt >= tries {
+                            return Err(e);
+                        }
+                    }
+                    Failure::Unavailable => {
+                        tracing::warn!(group = %cfg.group, error = %e, "projector waiting for the database")
+                    }
+                    Failure::Conflict | Failure::Unknown => {
+                        tracing::warn!(group = %cfg.group, error = %e, ?failure,
+                            "projector batch failed, not for its data; retrying")
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn apply_once(
+    cfg: &GroupConfig,
+    pool: &Pool,
+    items: &[&Item],
+    finish: Option<Finish<'_>>,
+) -> Result<(), StoreError> {
+    let changes: Vec<RowChange> = items.iter().filter_map(|i| i.change.clone()).collect();
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let applied = project::apply_changes(&tx, &changes, cfg.views, &cfg.projection).await?;
-    advance_watermarks(&tx, &cfg.group, &progress).await?;
+    if let Some((progress, letters)) = finish {
+        // Marks first: a record without an LSN takes the watermark from before this batch.
+        record_dead_letters(&tx, &cfg.group, letters).await?;
+        advance_watermarks(&tx, &cfg.group, progress).await?;
+    }
     tx.commit().await?;
     cfg.cache.invalidate(&applied.conversation_owners).await;
     let stats = applied.stats;

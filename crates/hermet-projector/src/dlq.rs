@@ -4,6 +4,12 @@
 //! error and attempt count); the outbox worker sets rows aside in `hermet_outbox_dead`.
 //! Replaying is safe at any time: the projection recomputes rows from current state, so an old
 //! event can only confirm what is there or fill in what is missing.
+//!
+//! Until a dead letter is replayed, reads asking for their own writes answer stale for every
+//! write at or past it (`hermet_store::sync::covers`): the projector recorded it as outstanding
+//! (`hermet_projector_dead_letters`, by group, source topic, partition and offset) when it moved
+//! past it, and [`replay`] forgets it in the transaction that applies it. Set-aside outbox rows
+//! count the same way until [`replay_outbox`] puts them back and the worker applies them.
 
 use std::time::Duration;
 
@@ -13,7 +19,7 @@ use hermet_core::projection::{ProjectionConfig, Views};
 use hermet_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use hermet_kafka::rdkafka::message::{Headers, Message, OwnedMessage};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
-use hermet_store::project;
+use hermet_store::{project, sync};
 
 use crate::debezium::{self, Decoded};
 use crate::visibility::{self, Gate};
@@ -162,14 +168,18 @@ pub async fn replay(
                 )))
             }
         };
-        if let Some(change) = change {
-            let mut conn = pool.get().await?;
-            let tx = conn.transaction().await?;
-            let applied =
-                project::apply_changes(&tx, &[change], views_of(&group), projection).await?;
-            tx.commit().await?;
-            cache.invalidate(&applied.conversation_owners).await;
-        }
+        let mut conn = pool.get().await?;
+        let tx = conn.transaction().await?;
+        let done = match change {
+            Some(change) => {
+                project::apply_changes(&tx, &[change], views_of(&group), projection).await?
+            }
+            None => project::Applied::default(),
+        };
+        // In the same transaction: reads wait for this record until it is applied, not longer.
+        forget(&tx, m).await?;
+        tx.commit().await?;
+        cache.invalidate(&done.conversation_owners).await;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, m.partition(), Offset::Offset(m.offset() + 1))?;
         consumer.commit(&tpl, CommitMode::Sync)?;
@@ -178,17 +188,37 @@ pub async fn replay(
     Ok(applied)
 }
 
+/// Forgets the outstanding mark of dead letter `m` (its headers name the group and the source
+/// record). A letter whose headers do not parse was never marked by hermet: nothing to forget.
+async fn forget(
+    tx: &deadpool_postgres::Transaction<'_>,
+    m: &OwnedMessage,
+) -> Result<(), ProjectorError> {
+    let group = header(m, "hermet-dlq-group");
+    let topic = header(m, "hermet-dlq-topic");
+    let source = (
+        header(m, "hermet-dlq-partition").parse::<i32>(),
+        header(m, "hermet-dlq-offset").parse::<i64>(),
+    );
+    match source {
+        (Ok(partition), Ok(offset)) => {
+            sync::clear_dead_letter(tx, &group, &topic, partition, offset).await?;
+        }
+        _ => tracing::warn!(
+            dlq_offset = m.offset(),
+            group,
+            topic,
+            "dead letter without a source partition and offset: no outstanding mark to clear"
+        ),
+    }
+    Ok(())
+}
+
 /// Puts outbox rows that were set aside back into the outbox; returns how many.
 pub async fn replay_outbox(pool: &Pool) -> Result<u64, ProjectorError> {
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    let n = tx
-        .execute(
-            "WITH back AS (DELETE FROM hermet_outbox_dead RETURNING changes, failed_at)
-             INSERT INTO hermet_outbox (changes, created_at) SELECT changes, failed_at FROM back",
-            &[],
-        )
-        .await?;
+    let n = sync::unbury_outbox(&tx).await?;
     tx.commit().await?;
     Ok(n)
 }

@@ -3,21 +3,31 @@
 //! Each step claims the oldest rows with `FOR UPDATE SKIP LOCKED` (so several workers share the
 //! queue without waiting on each other), applies their changes, and deletes them, all in one
 //! transaction: a crash before commit leaves the rows for the next claim, nothing is lost, and
-//! re-applying is harmless. A row that keeps failing is moved to `hermet_outbox_dead` (see
-//! `hermet admin dlq`), so later rows still apply.
+//! re-applying is harmless.
+//!
+//! Failures (classified by [`crate::classify`]): a database that is away, a lost race or an
+//! error nobody can blame on the data is retried with backoff for as long as it takes; no row is
+//! ever set aside for it. A batch that fails because of its data is tried `max_attempts` times;
+//! then the next step bisects it ([`crate::Bisect`]) inside its one transaction, each piece under
+//! a savepoint: the pieces that apply are kept, and a row that fails alone is moved to
+//! `hermet_outbox_dead` (see `hermet admin dlq`), so one poison row costs about
+//! `max_attempts + log2(batch)` failed applies, not one batch per row ahead of it. A row set
+//! aside keeps its `wal_lsn`: reads asking for a write at or past it answer stale until it is
+//! replayed and applied (`hermet_store::sync::covers`).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use hermet_core::cache::ListCache;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, Views};
-use hermet_store::sync::{bury_outbox, finish_outbox, take_outbox};
+use hermet_core::rows::UserId;
+use hermet_store::sync::{bury_outbox, finish_outbox, take_outbox, OutboxRow};
 use hermet_store::{project, StoreError};
 
-use crate::{is_transient, now_ms, ProjectorError};
+use crate::{is_transient, now_ms, Bisect, ProjectorError};
 
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
@@ -39,14 +49,10 @@ pub async fn run_outbox(
     tokio::pin!(shutdown);
     metrics::counter!("hermet_view_update_failures_total", "projector" => "outbox").increment(0);
     let mut backoff = Duration::from_millis(50);
+    // Failed steps of the batch at the head of the queue, for its data.
     let mut failures = 0u32;
     loop {
-        let limit = if failures >= cfg.max_attempts {
-            1
-        } else {
-            cfg.batch
-        };
-        let step = drain_once(&cfg, &pool, limit, failures >= cfg.max_attempts).await;
+        let step = drain_once(&cfg, &pool, failures >= cfg.max_attempts).await;
         let pause = match step {
             Ok(0) => {
                 failures = 0;
@@ -64,8 +70,6 @@ pub async fn run_outbox(
             }
             Err(e) => {
                 failures += 1;
-                metrics::counter!("hermet_view_update_failures_total", "projector" => "outbox")
-                    .increment(1);
                 tracing::warn!(error = %e, failures, "outbox batch failed");
                 backoff
             }
@@ -77,56 +81,90 @@ pub async fn run_outbox(
     }
 }
 
-/// One claim-apply-delete step; returns how many rows it finished. With `bury_on_failure`
-/// (single rows after repeated batch failures), a row that fails is set aside instead.
-async fn drain_once(
-    cfg: &OutboxConfig,
-    pool: &Pool,
-    limit: i64,
-    bury_on_failure: bool,
-) -> Result<usize, StoreError> {
+/// One claim-apply-delete step; returns how many rows it finished (applied or set aside).
+/// With `isolate` (the batch failed `max_attempts` times), a batch that fails again for its data
+/// is bisected and the rows that fail alone are set aside; without, that failure is returned.
+async fn drain_once(cfg: &OutboxConfig, pool: &Pool, isolate: bool) -> Result<usize, StoreError> {
     let mut conn = pool.get().await?;
-    let tx = conn.transaction().await?;
-    let claimed = take_outbox(&tx, limit).await?;
+    let mut tx = conn.transaction().await?;
+    let claimed = take_outbox(&tx, cfg.batch).await?;
     if claimed.is_empty() {
         tx.commit().await?;
         return Ok(0);
     }
-    let mut ids = Vec::with_capacity(claimed.len());
-    let mut changes: Vec<RowChange> = Vec::new();
-    let mut oldest = i64::MAX;
+    let finished = claimed.len();
+    let mut rows: Vec<OutboxRow> = Vec::with_capacity(claimed.len());
     for (id, row) in claimed {
         match row {
-            Ok(r) => {
-                ids.push(id);
-                oldest = oldest.min(r.created_at);
-                changes.extend(r.changes);
-            }
+            Ok(r) => rows.push(r),
             Err(e) => bury_outbox(&tx, id, &e, 1).await?,
         }
     }
-    let applied = project::apply_changes(&tx, &changes, Views::ALL, &cfg.projection).await;
-    match applied {
-        Ok(applied) => {
-            finish_outbox(&tx, &ids).await?;
-            tx.commit().await?;
-            cfg.cache.invalidate(&applied.conversation_owners).await;
-            if oldest != i64::MAX {
-                let lag = (now_ms() - oldest).max(0) as f64 / 1000.0;
-                metrics::histogram!("hermet_sync_lag_seconds", "view" => "outbox").record(lag);
-            }
-            Ok(ids.len())
+    let mut owners: Vec<UserId> = Vec::new();
+    let mut applied: Vec<&OutboxRow> = Vec::with_capacity(rows.len());
+    match apply_piece(cfg, &mut tx, &rows).await {
+        Ok(o) => {
+            owners = o;
+            applied.extend(&rows);
         }
-        Err(e) if bury_on_failure && !is_transient(&e) => {
-            drop(tx);
-            let tx = conn.transaction().await?;
-            for id in &ids {
+        Err(e) if is_transient(&e) || !isolate => return Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, rows = rows.len(),
+                "outbox batch keeps failing; bisecting it to set aside the rows that fail alone");
+            let mut bisect = Bisect::new(rows.len(), e);
+            while let Some(range) = bisect.next_range() {
+                match apply_piece(cfg, &mut tx, &rows[range.clone()]).await {
+                    Ok(o) => {
+                        owners.extend(o);
+                        applied.extend(&rows[range]);
+                    }
+                    Err(e) if is_transient(&e) => return Err(e),
+                    Err(e) => bisect.failed(range, e),
+                }
+            }
+            for (i, e) in bisect.poison() {
+                let id = rows[i].id;
                 tracing::error!(id, error = %e, "outbox row set aside");
-                bury_outbox(&tx, *id, &e.to_string(), cfg.max_attempts as i32).await?;
+                bury_outbox(&tx, id, &e.to_string(), cfg.max_attempts as i32).await?;
             }
-            tx.commit().await?;
-            Ok(ids.len())
         }
-        Err(e) => Err(e),
+    }
+    let ids: Vec<i64> = applied.iter().map(|r| r.id).collect();
+    finish_outbox(&tx, &ids).await?;
+    tx.commit().await?;
+    owners.sort_unstable();
+    owners.dedup();
+    cfg.cache.invalidate(&owners).await;
+    if let Some(oldest) = applied.iter().map(|r| r.created_at).min() {
+        let lag = (now_ms() - oldest).max(0) as f64 / 1000.0;
+        metrics::histogram!("hermet_sync_lag_seconds", "view" => "outbox").record(lag);
+    }
+    Ok(finished)
+}
+
+/// Applies the changes of `rows` under a savepoint of `tx`: on failure the savepoint is rolled
+/// back, so the transaction (and the claim on every row) goes on. Returns the owners whose
+/// conversation lists changed. A failure for the data counts in
+/// `hermet_view_update_failures_total{projector="outbox"}`.
+async fn apply_piece(
+    cfg: &OutboxConfig,
+    tx: &mut Transaction<'_>,
+    rows: &[OutboxRow],
+) -> Result<Vec<UserId>, StoreError> {
+    let changes: Vec<RowChange> = rows.iter().flat_map(|r| r.changes.clone()).collect();
+    let piece = tx.savepoint("outbox_piece").await?;
+    match project::apply_changes(&piece, &changes, Views::ALL, &cfg.projection).await {
+        Ok(applied) => {
+            piece.commit().await?;
+            Ok(applied.conversation_owners)
+        }
+        Err(e) => {
+            if !is_transient(&e) {
+                metrics::counter!("hermet_view_update_failures_total", "projector" => "outbox")
+                    .increment(1);
+            }
+            piece.rollback().await?;
+            Err(e)
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! rule), compares a count and an order-independent checksum per bucket on both sides, and
 //! diffs rows only in the buckets that differ. A mismatch is classified by primary key:
 //! `missing` (expected, absent), `extra` (present, not expected) or `field` (both, with the
-//! differing columns named). The consistency rate is the share of expected rows that are right.
+//! differing columns named). The consistency rate is the share of right rows among the expected
+//! rows and the extra ones (see [`AuditReport::consistency_rate`]).
 //!
 //! Repair deletes the wrong rows and recomputes them from the write side through the
 //! projection, in one transaction. Deleting first matters: a corrupted row can carry versions as
@@ -98,17 +99,22 @@ pub struct AuditReport {
 }
 
 impl AuditReport {
-    /// Share of expected rows that are right (1.0 when there is nothing to audit).
+    /// Share of rows that are right among the rows that should be there and the rows that are
+    /// there without being expected: `1 − wrong / (expected + extra)`, 1.0 when there is nothing
+    /// to audit. Extra rows count as wrong (and in the whole), so a read side full of spurious
+    /// rows does not read as 100 % (`hermet_consistency_rate` is what the alert watches).
     pub fn consistency_rate(&self) -> f64 {
-        if self.expected_rows == 0 {
-            return if self.findings.is_empty() { 1.0 } else { 0.0 };
-        }
-        let wrong = self
+        let extra = self
             .findings
             .iter()
-            .filter(|f| f.kind != Kind::Extra)
-            .count() as f64;
-        (1.0 - wrong / self.expected_rows as f64).max(0.0)
+            .filter(|f| f.kind == Kind::Extra)
+            .count() as u64;
+        let whole = self.expected_rows + extra;
+        if whole == 0 {
+            return 1.0;
+        }
+        let wrong = self.findings.len() as f64;
+        (1.0 - wrong / whole as f64).clamp(0.0, 1.0)
     }
 
     /// Findings counted by table and kind.
@@ -453,4 +459,47 @@ pub async fn record(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(kind: Kind) -> Finding {
+        Finding {
+            table: "user_conversation_view",
+            kind,
+            key: vec![("user_id".into(), 1), ("channel_id".into(), 2)],
+            fields: Vec::new(),
+        }
+    }
+
+    fn report(expected_rows: u64, findings: Vec<Finding>) -> AuditReport {
+        AuditReport {
+            expected_rows,
+            findings,
+            ..AuditReport::default()
+        }
+    }
+
+    /// Rows the oracle does not expect are wrong rows too: a read side full of spurious rows
+    /// is not 100 % consistent.
+    #[test]
+    fn extra_rows_lower_the_consistency_rate() {
+        let extras = |n| (0..n).map(|_| finding(Kind::Extra)).collect::<Vec<_>>();
+        assert_eq!(report(100, Vec::new()).consistency_rate(), 1.0);
+        // 100 right rows and 100 spurious ones: half of what the read side holds is wrong.
+        assert_eq!(report(100, extras(100)).consistency_rate(), 0.5);
+        assert_eq!(report(99, extras(1)).consistency_rate(), 0.99);
+        // Nothing expected, something there: nothing is right.
+        assert_eq!(report(0, extras(3)).consistency_rate(), 0.0);
+        // Missing and differing rows count against the expected ones as before.
+        let mixed = vec![
+            finding(Kind::Missing),
+            finding(Kind::Field),
+            finding(Kind::Extra),
+            finding(Kind::Extra),
+        ];
+        assert_eq!(report(98, mixed).consistency_rate(), 0.96);
+    }
 }

@@ -127,8 +127,12 @@ static SEND_WRITES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The WAL position after a command's commit (its `X-Hermet-Lsn`).
-const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+/// The WAL position after a command's commit (its `X-Hermet-Lsn`), read after the commit
+/// returned: the *insert* position, which is past the commit record once the commit returns
+/// whatever `synchronous_commit` is. The write position (`pg_current_wal_lsn()`) is not: with
+/// `synchronous_commit = off` a commit returns before its record is written, and a read
+/// waiting for that LSN could be answered before the write is applied.
+const CURRENT_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
 
 /// Runs a statement through the connection's statement cache: one round trip instead of two.
 async fn q(

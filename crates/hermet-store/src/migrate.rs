@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "derived_columns",
         include_str!("../migrations/0006_derived_columns.sql"),
     ),
+    (
+        7,
+        "outstanding_dead_letters",
+        include_str!("../migrations/0007_outstanding_dead_letters.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.

@@ -83,7 +83,7 @@ pub async fn compute(
         Vec::new()
     };
     let (conversations, contacts) = load_inputs(tx, &conv_keys, &contact_keys).await?;
-    Ok(projection::build(affected, &conversations, &contacts, cfg))
+    Ok(projection::build(&conversations, &contacts, cfg))
 }
 
 fn unzip<A: Copy, B: Copy>(pairs: impl IntoIterator<Item = (A, B)>) -> (Vec<A>, Vec<B>) {

@@ -2,10 +2,18 @@
 //!
 //! - `async`: [`enqueue`] writes a command's row changes to `hermet_outbox` in the command's
 //!   transaction; [`take_outbox`]/[`finish_outbox`] let a worker claim rows (`FOR UPDATE SKIP
-//!   LOCKED`, so workers never wait on each other), apply them and delete them in one transaction.
+//!   LOCKED`, so workers never wait on each other), apply them and delete them in one transaction;
+//!   [`bury_outbox`] sets a failing row aside in `hermet_outbox_dead` with its `wal_lsn`, and
+//!   [`unbury_outbox`] puts set-aside rows back.
 //! - `cdc`: [`advance_watermarks`] records, in the projector's apply transaction, how far each
-//!   partition has been applied.
+//!   partition has been applied; [`record_dead_letters`], in that same transaction, which records
+//!   it moved past without applying them (`hermet_projector_dead_letters`), and
+//!   [`clear_dead_letter`] forgets one when `dlq replay` applies it.
 //! - [`covers`]: whether a view has applied everything up to an LSN (read-your-writes).
+//!
+//! The contract of [`covers`]: it never says a write is applied while one of its changes is
+//! pending, set aside or dead-lettered. Dead letters are why a position alone is not enough: the
+//! partition moves on past a record it could not apply, and so does the watermark.
 
 use deadpool_postgres::Transaction;
 use hermet_core::change::RowChange;
@@ -74,7 +82,8 @@ pub async fn finish_outbox(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), Stor
     Ok(())
 }
 
-/// Moves a row that keeps failing out of the way, keeping it for replay.
+/// Moves a row that keeps failing out of the way, keeping it (and its `wal_lsn`, which reads
+/// keep waiting for) for replay.
 pub async fn bury_outbox(
     tx: &Transaction<'_>,
     id: i64,
@@ -83,17 +92,32 @@ pub async fn bury_outbox(
 ) -> Result<(), StoreError> {
     let stmt = tx
         .prepare_cached(
-            "WITH gone AS (DELETE FROM hermet_outbox WHERE id = $1 RETURNING id, changes)
-             INSERT INTO hermet_outbox_dead (id, changes, error, attempts, failed_at)
-             SELECT id, changes, $2, $3, $4 FROM gone
+            "WITH gone AS (DELETE FROM hermet_outbox WHERE id = $1 RETURNING id, changes, wal_lsn)
+             INSERT INTO hermet_outbox_dead (id, changes, error, attempts, failed_at, wal_lsn)
+             SELECT id, changes, $2, $3, $4, wal_lsn FROM gone
              ON CONFLICT (id) DO UPDATE SET error = excluded.error,
                  attempts = hermet_outbox_dead.attempts + excluded.attempts,
-                 failed_at = excluded.failed_at",
+                 failed_at = excluded.failed_at,
+                 wal_lsn = LEAST(hermet_outbox_dead.wal_lsn, excluded.wal_lsn)",
         )
         .await?;
     tx.execute(&stmt, &[&id, &error, &attempts, &now_ms()])
         .await?;
     Ok(())
+}
+
+/// Puts every set-aside outbox row back into the outbox (`hermet admin dlq replay`); returns
+/// how many. A row keeps its `wal_lsn` (one set aside before it was kept counts as older than
+/// any write), so reads go on waiting for it until a worker applies it.
+pub async fn unbury_outbox(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "WITH back AS (DELETE FROM hermet_outbox_dead RETURNING changes, failed_at, wal_lsn)
+             INSERT INTO hermet_outbox (changes, created_at, wal_lsn)
+             SELECT changes, failed_at, COALESCE(wal_lsn, '0/0') FROM back",
+        )
+        .await?;
+    Ok(tx.execute(&stmt, &[]).await?)
 }
 
 /// Progress of one partition in one apply.
@@ -138,6 +162,88 @@ pub async fn advance_watermarks(
     )
     .await?;
     Ok(())
+}
+
+/// A record a projector moves past without applying it (it went to the dead-letter topic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterMark {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// A lower bound of the commit LSN of the record's transaction: the change's own LSN.
+    /// `None` when the record says nothing (it could not be decoded): the partition's applied
+    /// LSN before this batch is taken, which every later commit in the partition is past.
+    pub lsn: Option<i64>,
+    pub error: String,
+}
+
+/// Records dead-lettered records as outstanding (see [`covered`]). Call it in the transaction
+/// that advances the partitions' watermarks past them, *before* [`advance_watermarks`] (a record
+/// without an LSN takes the watermark as it was before the batch).
+pub async fn record_dead_letters(
+    tx: &Transaction<'_>,
+    projector: &str,
+    letters: &[DeadLetterMark],
+) -> Result<(), StoreError> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let topics: Vec<&str> = letters.iter().map(|l| l.topic.as_str()).collect();
+    let parts: Vec<i32> = letters.iter().map(|l| l.partition).collect();
+    let offsets: Vec<i64> = letters.iter().map(|l| l.offset).collect();
+    let lsns: Vec<Option<i64>> = letters.iter().map(|l| l.lsn).collect();
+    let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO hermet_projector_dead_letters AS d
+                 (projector, topic, partition, source_offset, lsn, error, dead_at)
+             SELECT $1, u.topic, u.partition, u.source_offset,
+                    COALESCE(u.lsn, w.applied_lsn, 0), u.error, $7
+               FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::text[])
+                    AS u(topic, partition, source_offset, lsn, error)
+               LEFT JOIN hermet_projector_watermarks w
+                      ON w.projector = $1 AND w.topic = u.topic AND w.partition = u.partition
+             ON CONFLICT (projector, topic, partition, source_offset) DO UPDATE SET
+                 lsn = LEAST(d.lsn, excluded.lsn),
+                 error = excluded.error,
+                 dead_at = excluded.dead_at",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &projector,
+            &topics,
+            &parts,
+            &offsets,
+            &lsns,
+            &errors,
+            &now_ms(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forgets the outstanding dead letter of `projector` at `topic`/`partition`/`offset`; call it
+/// in the transaction that applies the record. Returns whether there was one.
+pub async fn clear_dead_letter(
+    tx: &Transaction<'_>,
+    projector: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<bool, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "DELETE FROM hermet_projector_dead_letters
+              WHERE projector = $1 AND topic = $2 AND partition = $3 AND source_offset = $4",
+        )
+        .await?;
+    Ok(tx
+        .execute(&stmt, &[&projector, &topic, &partition, &offset])
+        .await?
+        > 0)
 }
 
 /// What a projector's coverage is judged on: its name (`hermet_projector_watermarks.projector`)
@@ -208,16 +314,45 @@ pub async fn retire_watermarks(
     Ok(client.execute(&stmt, &[&projector, &topics]).await?)
 }
 
+/// The position every one of a projector's partitions has moved past (`$1` projector, `$2`
+/// topics, `$3` partitions − 1): the `partitions`-th highest applied LSN among its topics.
+const PASSED: &str = "SELECT applied_lsn FROM hermet_projector_watermarks
+                       WHERE projector = $1 AND topic = ANY($2)
+                       ORDER BY applied_lsn DESC OFFSET $3 LIMIT 1";
+
+/// How far `cov.projector`'s partitions have moved in `cdc`, whether they applied each record
+/// or dead-lettered it: progress for operators and tests, *not* read-your-writes (that is
+/// [`covers`]). `None` while fewer than `cov.partitions` partitions reported.
+pub async fn passed_upto(
+    client: &deadpool_postgres::Client,
+    cov: &Coverage,
+) -> Result<Option<Lsn>, StoreError> {
+    if cov.partitions <= 0 {
+        return Ok(Some(Lsn(u64::MAX)));
+    }
+    let stmt = client.prepare_cached(PASSED).await?;
+    let row = client
+        .query_opt(&stmt, &[&cov.projector, &cov.topics, &(cov.partitions - 1)])
+        .await?;
+    Ok(row.map(|r| Lsn(r.get::<_, i64>(0).max(0) as u64)))
+}
+
 /// The coverage rule, in one place: the newest LSN `cov.projector`'s view has applied every
 /// write up to.
 ///
 /// - `dual_write`: everything (views change in the write's own transaction);
-/// - `async`: just before the oldest outbox row still pending (`wal_lsn` is a lower bound of
-///   its commit);
+/// - `async`: just before the oldest outbox row still pending or set aside
+///   (`hermet_outbox_dead`): `wal_lsn` is a lower bound of its commit, and a write's LSN is past
+///   its commit, so a read for a write that is not applied yet always waits;
 /// - `cdc`: every one of the projector's `partitions` has applied an event or a watermark
 ///   marker at or past it (markers come from the relay, so a quiet partition catches up too):
-///   the `partitions`-th highest applied position among its topics. `None` while fewer
-///   partitions reported.
+///   the `partitions`-th highest applied position among its topics; `None` while fewer
+///   partitions reported. And never past the oldest record the projector dead-lettered and
+///   nobody applied since (`hermet_projector_dead_letters`): its partition moved on, but the
+///   write it belongs to is not applied until `dlq replay` applies it. Dead letters count
+///   whatever topic they came from: one cannot make a write look applied.
+///
+/// One statement either way: readers poll it while they wait.
 async fn covered(
     client: &deadpool_postgres::Client,
     mode: SyncMode,
@@ -227,24 +362,42 @@ async fn covered(
         SyncMode::DualWrite => Ok(Some(Lsn(u64::MAX))),
         SyncMode::Async => {
             let stmt = client
-                .prepare_cached("SELECT (min(wal_lsn) - '0/0'::pg_lsn)::bigint FROM hermet_outbox")
+                .prepare_cached(
+                    "SELECT (LEAST((SELECT min(wal_lsn) FROM hermet_outbox),
+                                   (SELECT min(COALESCE(wal_lsn, '0/0')) FROM hermet_outbox_dead))
+                             - '0/0'::pg_lsn)::bigint",
+                )
                 .await?;
             let oldest: Option<i64> = client.query_one(&stmt, &[]).await?.get(0);
             Ok(Some(Lsn(oldest.map_or(u64::MAX, |l| l.max(0) as u64))))
         }
-        SyncMode::Cdc if cov.partitions <= 0 => Ok(Some(Lsn(u64::MAX))),
         SyncMode::Cdc => {
             let stmt = client
-                .prepare_cached(
-                    "SELECT applied_lsn FROM hermet_projector_watermarks
-                      WHERE projector = $1 AND topic = ANY($2)
-                      ORDER BY applied_lsn DESC OFFSET $3 LIMIT 1",
-                )
+                .prepare_cached(&format!(
+                    "SELECT ({PASSED}),
+                            (SELECT min(lsn) FROM hermet_projector_dead_letters
+                              WHERE projector = $1)"
+                ))
                 .await?;
             let row = client
-                .query_opt(&stmt, &[&cov.projector, &cov.topics, &(cov.partitions - 1)])
+                .query_one(
+                    &stmt,
+                    &[&cov.projector, &cov.topics, &(cov.partitions - 1).max(0)],
+                )
                 .await?;
-            Ok(row.map(|r| Lsn(r.get::<_, i64>(0).max(0) as u64)))
+            let (applied, dead): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+            let applied = if cov.partitions <= 0 {
+                Some(Lsn(u64::MAX))
+            } else {
+                applied.map(|l| Lsn(l.max(0) as u64))
+            };
+            // Just before the dead letter: its change is at that LSN, its commit at or after it.
+            let dead = dead.map(|l| Lsn((l.max(0) as u64).saturating_sub(1)));
+            Ok(match (applied, dead) {
+                (Some(a), Some(d)) => Some(a.min(d)),
+                (a, None) => a,
+                (None, Some(_)) => None,
+            })
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct AuditConfig {
     pub max_repairs: usize,
 }
 
+/// Most of `projector.max_read_waiters`: every waiting read is an open request.
+pub const MAX_READ_WAITERS: usize = 1_000_000;
+
 /// Bounds of `audit.max_repairs`.
 pub const MAX_REPAIRS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 
@@ -85,6 +88,10 @@ pub struct ProjectorConfig {
     pub outbox_idle_ms: u64,
     /// Longest a read with `X-Hermet-Min-Lsn` waits before answering `X-Hermet-Stale: true`.
     pub read_wait_ms: u64,
+    /// Most reads with `X-Hermet-Min-Lsn` waiting at once per API process; the ones beyond
+    /// answer `X-Hermet-Stale: true` at once (0: reads never wait). A waiting read holds no
+    /// database connection, only a little memory.
+    pub max_read_waiters: usize,
     /// Prepended to the consumer group ids (`conversation-view-updater`,
     /// `contact-view-updater`), which are also the projectors' names in
     /// `hermet_projector_watermarks` and what the API's read-your-writes waits on. Empty by
@@ -105,6 +112,7 @@ impl Default for ProjectorConfig {
             outbox_batch: 500,
             outbox_idle_ms: 10,
             read_wait_ms: 2000,
+            max_read_waiters: hermet_api::consistency::DEFAULT_MAX_READ_WAITERS,
             group_prefix: String::new(),
             visibility_wait_ms: hermet_projector::visibility::DEFAULT_VISIBILITY_WAIT.as_millis()
                 as u64,
@@ -112,7 +120,8 @@ impl Default for ProjectorConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Printed by `hermet config` and in messages: the URL's password is redacted.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// PostgreSQL URL of the hermet database (write and read side).
@@ -120,6 +129,22 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// Connections of the list reads, apart from the commands' pool (`Store::with_read_pool`).
     pub read_pool_size: usize,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new field cannot be left out of the output unnoticed.
+        let DatabaseConfig {
+            url,
+            pool_size,
+            read_pool_size,
+        } = self;
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact(url))
+            .field("pool_size", pool_size)
+            .field("read_pool_size", read_pool_size)
+            .finish()
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -278,7 +303,8 @@ impl Default for CdcConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Printed by `hermet config`: the URL's password is redacted.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
@@ -292,6 +318,27 @@ pub struct RedisConfig {
     pub timeout_ms: u64,
     /// How long the cache stays out of the way after a Redis error.
     pub retry_after_ms: u64,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let RedisConfig {
+            url,
+            cache,
+            cache_ttl_secs,
+            key_prefix,
+            timeout_ms,
+            retry_after_ms,
+        } = self;
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(url))
+            .field("cache", cache)
+            .field("cache_ttl_secs", cache_ttl_secs)
+            .field("key_prefix", key_prefix)
+            .field("timeout_ms", timeout_ms)
+            .field("retry_after_ms", retry_after_ms)
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {
@@ -320,6 +367,123 @@ impl Default for LogConfig {
             filter: "info".into(),
         }
     }
+}
+
+/// Query and connection-string parameters whose value is a password (`pass`: Redis URLs).
+const SECRET_PARAMS: [&str; 2] = ["password", "pass"];
+
+/// `url` with its password replaced by `***`, for output and messages: the password of a URL's
+/// user info (`scheme://user:secret@host`), a `password` (or `pass`) query parameter, and the
+/// `password` of a PostgreSQL key-value connection string (`host=h password=secret`).
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return redact_key_values(url);
+    };
+    let rest = &url[scheme_end + 3..];
+    // User info, host and path up to the query: the user info ends at the *last* `@` (a
+    // password may hold an unescaped `@`); a `@` in a database name can only mangle the output,
+    // never reveal a password.
+    let (before_query, query) = match rest.find(['?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..scheme_end + 3]);
+    match before_query.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = before_query.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(host);
+        }
+        None => out.push_str(before_query),
+    }
+    let Some(params) = query.strip_prefix('?') else {
+        out.push_str(query);
+        return out;
+    };
+    let (params, fragment) = match params.find('#') {
+        Some(i) => params.split_at(i),
+        None => (params, ""),
+    };
+    out.push('?');
+    let redacted: Vec<String> = params
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if SECRET_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)) => {
+                format!("{k}=***")
+            }
+            _ => kv.to_owned(),
+        })
+        .collect();
+    out.push_str(&redacted.join("&"));
+    out.push_str(fragment);
+    out
+}
+
+/// The `password` of a libpq key-value string (`host=h password='se cret'`) as `***`. What does
+/// not scan as key-value pairs is not shown at all, rather than risk showing a password.
+fn redact_key_values(s: &str) -> String {
+    if !s.to_ascii_lowercase().contains("pass") {
+        return s.to_owned();
+    }
+    let mut pairs = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') || key.is_empty() {
+            return "<connection string not shown>".to_owned();
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            value.push('\'');
+            loop {
+                match chars.next() {
+                    Some('\\') => {
+                        value.push('\\');
+                        match chars.next() {
+                            Some(c) => value.push(c),
+                            None => return "<connection string not shown>".to_owned(),
+                        }
+                    }
+                    Some('\'') => {
+                        value.push('\'');
+                        break;
+                    }
+                    Some(c) => value.push(c),
+                    None => return "<connection string not shown>".to_owned(),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                value.push(c);
+                if c == '\\' {
+                    if let Some(c) = chars.next() {
+                        value.push(c);
+                    }
+                }
+            }
+        }
+        if SECRET_PARAMS.iter().any(|p| key.eq_ignore_ascii_case(p)) {
+            value = "***".to_owned();
+        }
+        pairs.push(format!("{key}={value}"));
+    }
+    pairs.join(" ")
 }
 
 const SHORT_FORMS: &[(&str, &str)] = &[
@@ -456,6 +620,11 @@ impl Config {
         if p.batch_max > most || p.outbox_batch > most as i64 {
             return bad(format!(
                 "projector.batch_max and projector.outbox_batch must be at most {most} (a batch is held in memory)"
+            ));
+        }
+        if p.max_read_waiters > MAX_READ_WAITERS {
+            return bad(format!(
+                "projector.max_read_waiters must be at most {MAX_READ_WAITERS} (0: reads never wait)"
             ));
         }
         let most_visibility = hermet_projector::visibility::MAX_VISIBILITY_WAIT.as_millis();
@@ -685,6 +854,13 @@ mod tests {
         assert!(validated(|c| c.projector.visibility_wait_ms = 240_001).is_err());
         assert!(validated(|c| c.projector.visibility_wait_ms = 240_000).is_ok());
         assert!(validated(|c| c.projector.visibility_wait_ms = 100).is_ok());
+        assert!(validated(|c| c.projector.max_read_waiters = 0).is_ok());
+        let e = validated(|c| c.projector.max_read_waiters = MAX_READ_WAITERS + 1);
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("projector.max_read_waiters must be at most")),
+            "{e:?}"
+        );
     }
 
     /// Each group reads the topics of the tables its view depends on; reads wait on those only.
@@ -724,6 +900,60 @@ mod tests {
                 partitions: 6,
             })
         );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        let cases = [
+            (
+                "postgres://hermet:s3cret@db.internal:5432/hermet",
+                "postgres://hermet:***@db.internal:5432/hermet",
+            ),
+            // An unescaped `@` in the password.
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://postgres@127.0.0.1:55432/hermet",
+                "postgres://postgres@127.0.0.1:55432/hermet",
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&password=s3cret",
+                "postgres://u@h/db?sslmode=require&password=***",
+            ),
+            ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+            ("rediss://user:s3cret@cache", "rediss://user:***@cache"),
+            ("redis://127.0.0.1:56379", "redis://127.0.0.1:56379"),
+            (
+                "host=db user=u password=s3cret dbname=x",
+                "host=db user=u password=*** dbname=x",
+            ),
+            (
+                "host=db password = 'se cr\\'et' port=5",
+                "host=db password=*** port=5",
+            ),
+            (
+                "host=db password='unterminated",
+                "<connection string not shown>",
+            ),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
+
+    /// `hermet config` prints the configuration's `Debug`: no password in it.
+    #[test]
+    fn printed_configuration_has_no_passwords() {
+        let mut c = valid();
+        c.database.url = "postgres://hermet:db-s3cret@db:5432/hermet".into();
+        c.redis.url = "redis://:redis-s3cret@cache:6379".into();
+        let shown = format!("{c:#?}");
+        assert!(
+            shown.contains("postgres://hermet:***@db:5432/hermet"),
+            "{shown}"
+        );
+        assert!(shown.contains("redis://:***@cache:6379"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains(&c.auth.jwt_secret), "{shown}");
     }
 
     #[test]

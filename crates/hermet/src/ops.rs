@@ -154,8 +154,158 @@ pub async fn replay(
 struct SlotStatus {
     slot: String,
     active: bool,
+    /// WAL between the server's position and what the slot's reader confirmed.
     lag_bytes: Option<i64>,
     confirmed_flush_lsn: Option<String>,
+    /// WAL the server keeps for the slot (from its `restart_lsn`): what an inactive slot
+    /// holds on to, without bound unless `max_slot_wal_keep_size` is set.
+    retained_wal_bytes: Option<i64>,
+    /// `pg_replication_slots.wal_status`: `reserved`, `extended`, `unreserved` (about to lose
+    /// WAL it needs) or `lost` (invalidated by `max_slot_wal_keep_size`).
+    wal_status: Option<String>,
+    /// WAL that can still be written before the slot is invalidated; none without a limit.
+    safe_wal_bytes: Option<i64>,
+}
+
+/// The configured slot (whichever database it is in) and every other replication slot of this
+/// database. A slot nobody reads keeps WAL on the server without bound: status warns about
+/// such slots and `serve` exports them ([`sample_slots`]).
+async fn slots(
+    conn: &deadpool_postgres::Client,
+    configured: &str,
+) -> Result<Vec<SlotStatus>, tokio_postgres::Error> {
+    let rows = conn
+        .query(
+            "SELECT slot_name::text, active,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+                    confirmed_flush_lsn::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+                    wal_status, safe_wal_size
+               FROM pg_replication_slots
+              WHERE slot_name = $1 OR database = current_database()
+              ORDER BY slot_name",
+            &[&configured],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| SlotStatus {
+            slot: r.get(0),
+            active: r.get(1),
+            lag_bytes: r.get(2),
+            confirmed_flush_lsn: r.get(3),
+            retained_wal_bytes: r.get::<_, Option<i64>>(4).map(|b| b.max(0)),
+            wal_status: r.get(5),
+            safe_wal_bytes: r.get(6),
+        })
+        .collect())
+}
+
+/// Bytes for people: `6173872 bytes (5.9 MiB)`.
+fn bytes_text(b: i64) -> String {
+    let units = ["KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = "";
+    for u in units {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    if unit.is_empty() {
+        format!("{b} bytes")
+    } else {
+        format!("{b} bytes ({v:.1} {unit})")
+    }
+}
+
+/// What an operator must hear about a slot. `configured`: it is `cdc.slot`; `read`: this
+/// configuration runs a relay on `cdc.slot` (`cdc` mode or `cdc.enabled`).
+fn slot_warnings(s: &SlotStatus, configured: bool, read: bool, mode: &str) -> Vec<String> {
+    const SEE: &str = "see README, Operations, \"Inactive replication slots\"";
+    let mut out = Vec::new();
+    match s.wal_status.as_deref() {
+        Some("lost") => out.push(format!(
+            "replication slot {} lost WAL it still needed (it exceeded max_slot_wal_keep_size): \
+             nothing can stream from it any more; drop it and let the relay take a new snapshot ({SEE})",
+            s.slot
+        )),
+        Some("unreserved") => out.push(format!(
+            "replication slot {} is past max_slot_wal_keep_size and about to lose WAL it needs ({SEE})",
+            s.slot
+        )),
+        _ => {}
+    }
+    let retained = s.retained_wal_bytes.unwrap_or(0);
+    if !s.active && retained > 0 && s.wal_status.as_deref() != Some("lost") {
+        let why = if !configured {
+            "it is not this configuration's cdc.slot: drop it if nothing reads it".to_owned()
+        } else if !read {
+            format!(
+                "nothing in this configuration reads it (sync mode {mode}, cdc.enabled false): \
+                 drop it if cdc is not coming back"
+            )
+        } else {
+            "the relay is not running: start it (`hermet serve --role cdc`)".to_owned()
+        };
+        let limit = s.safe_wal_bytes.map_or_else(
+            || "without bound (max_slot_wal_keep_size is -1)".to_owned(),
+            |safe| format!("until {} more are written", bytes_text(safe.max(0))),
+        );
+        out.push(format!(
+            "replication slot {} is inactive and retains {} of WAL, kept {limit}; {why} ({SEE})",
+            s.slot,
+            bytes_text(retained)
+        ));
+    }
+    out
+}
+
+/// How often `serve` samples the replication slots.
+const SLOT_SAMPLE_EVERY: Duration = Duration::from_secs(15);
+
+/// Exports, every [`SLOT_SAMPLE_EVERY`] until the process ends, the WAL each replication slot of
+/// this database retains and whether something streams from it
+/// (`hermet_cdc_slot_retained_wal_bytes{slot}`, `hermet_cdc_slot_active{slot}`): the relay's own
+/// `hermet_cdc_slot_lag_bytes` stops when the relay does, which is exactly when a slot starts
+/// keeping WAL without bound. A slot that disappears is reported as 0 (gauges cannot be
+/// removed). A connection is taken from `pool` per sample and given back.
+pub async fn sample_slots(pool: deadpool_postgres::Pool, configured: String) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut tick = tokio::time::interval(SLOT_SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sampled = match pool.get().await {
+            Ok(conn) => slots(&conn, &configured).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let now = match sampled {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sample the replication slots");
+                continue;
+            }
+        };
+        let names: std::collections::BTreeSet<String> =
+            now.iter().map(|s| s.slot.clone()).collect();
+        for gone in seen.difference(&names) {
+            metrics::gauge!("hermet_cdc_slot_retained_wal_bytes", "slot" => gone.clone()).set(0.0);
+            metrics::gauge!("hermet_cdc_slot_active", "slot" => gone.clone()).set(0.0);
+        }
+        for s in &now {
+            let retained = s.retained_wal_bytes.unwrap_or(0) as f64;
+            metrics::gauge!("hermet_cdc_slot_retained_wal_bytes", "slot" => s.slot.clone())
+                .set(retained);
+            metrics::gauge!("hermet_cdc_slot_active", "slot" => s.slot.clone()).set(if s.active {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        seen = names;
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -193,7 +343,12 @@ struct AuditStatus {
 struct Status {
     sync_mode: &'static str,
     wal_lsn: String,
+    /// `cdc.slot`, when it exists.
     slot: Option<SlotStatus>,
+    /// The other replication slots of this database.
+    other_slots: Vec<SlotStatus>,
+    /// What needs an operator (an inactive slot retaining WAL, a lost slot).
+    warnings: Vec<String>,
     groups: Vec<GroupStatus>,
     kafka_error: Option<String>,
     watermarks: Vec<Watermark>,
@@ -216,20 +371,20 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await?
         .get(0);
-    let slot = conn
-        .query_opt(
-            "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-                    confirmed_flush_lsn::text
-               FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.cdc.slot],
-        )
-        .await?
-        .map(|r| SlotStatus {
-            slot: cfg.cdc.slot.clone(),
-            active: r.get(0),
-            lag_bytes: r.get(1),
-            confirmed_flush_lsn: r.get(2),
-        });
+    let mode = cfg.store_config().sync_mode.as_str();
+    let read = cfg.sync.mode == crate::config::Mode::Cdc || cfg.cdc.enabled;
+    let mut warnings = Vec::new();
+    let mut slot = None;
+    let mut other_slots = Vec::new();
+    for s in slots(&conn, &cfg.cdc.slot).await? {
+        let configured = s.slot == cfg.cdc.slot;
+        warnings.extend(slot_warnings(&s, configured, read, mode));
+        if configured {
+            slot = Some(s);
+        } else {
+            other_slots.push(s);
+        }
+    }
     let watermarks = conn
         .query(
             "SELECT projector, count(*), min(applied_lsn), max(applied_lsn),
@@ -310,9 +465,11 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
         Err(e) => (Vec::new(), None, Some(e.to_string())),
     };
     let s = Status {
-        sync_mode: cfg.store_config().sync_mode.as_str(),
+        sync_mode: mode,
         wal_lsn: wal,
         slot,
+        other_slots,
+        warnings,
         groups,
         kafka_error,
         watermarks,
@@ -330,17 +487,31 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_slot(sl: &SlotStatus) {
+    println!(
+        "slot {:<24} {:<8} lag {} bytes (confirmed {}), retains {} of WAL{}",
+        sl.slot,
+        if sl.active { "active" } else { "inactive" },
+        sl.lag_bytes.map_or_else(|| "?".into(), |b| b.to_string()),
+        sl.confirmed_flush_lsn.as_deref().unwrap_or("-"),
+        sl.retained_wal_bytes.map_or_else(|| "?".into(), bytes_text),
+        sl.wal_status
+            .as_deref()
+            .map_or_else(String::new, |w| format!(" ({w})"))
+    );
+}
+
 fn print_status(s: &Status) {
     println!("sync mode {}   WAL at {}", s.sync_mode, s.wal_lsn);
     match &s.slot {
-        Some(sl) => println!(
-            "slot {:<24} {:<8} lag {} bytes (confirmed {})",
-            sl.slot,
-            if sl.active { "active" } else { "inactive" },
-            sl.lag_bytes.map_or_else(|| "?".into(), |b| b.to_string()),
-            sl.confirmed_flush_lsn.as_deref().unwrap_or("-")
-        ),
+        Some(sl) => print_slot(sl),
         None => println!("slot: none (the relay has not run, or not in cdc mode)"),
+    }
+    for sl in &s.other_slots {
+        print_slot(sl);
+    }
+    for w in &s.warnings {
+        println!("WARNING: {w}");
     }
     if let Some(e) = &s.kafka_error {
         println!("kafka: unavailable ({e})");
@@ -399,5 +570,49 @@ fn print_status(s: &Status) {
             if a.repaired { ", repaired" } else { "" }
         ),
         None => println!("last audit: none recorded"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(active: bool, retained: Option<i64>, wal_status: &str) -> SlotStatus {
+        SlotStatus {
+            slot: "hermet_slot".into(),
+            active,
+            lag_bytes: retained,
+            confirmed_flush_lsn: Some("0/1".into()),
+            retained_wal_bytes: retained,
+            wal_status: Some(wal_status.into()),
+            safe_wal_bytes: None,
+        }
+    }
+
+    #[test]
+    fn inactive_slots_that_retain_wal_are_warned_about() {
+        assert!(
+            slot_warnings(&slot(true, Some(1 << 30), "extended"), true, true, "cdc").is_empty()
+        );
+        assert!(slot_warnings(&slot(false, Some(0), "reserved"), true, true, "cdc").is_empty());
+        let w = slot_warnings(
+            &slot(false, Some(5 << 30), "extended"),
+            true,
+            false,
+            "dual_write",
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("inactive and retains 5368709120 bytes (5.0 GiB)"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("sync mode dual_write"), "{w:?}");
+        let w = slot_warnings(&slot(false, Some(1 << 20), "reserved"), true, true, "cdc");
+        assert!(w[0].contains("start it"), "{w:?}");
+        let w = slot_warnings(&slot(false, Some(1 << 20), "reserved"), false, true, "cdc");
+        assert!(w[0].contains("not this configuration's cdc.slot"), "{w:?}");
+        let w = slot_warnings(&slot(false, None, "lost"), true, true, "cdc");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("lost WAL"), "{w:?}");
     }
 }

@@ -19,7 +19,7 @@ use hermet_cdc::relay::{self, RelayConfig, RelayError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Config, Mode};
+use crate::config::{redact, Config, Mode};
 
 async fn connect_and_migrate(cfg: &Config) -> anyhow::Result<Store> {
     if hermet_store::create_database_if_missing(&cfg.database.url)
@@ -83,6 +83,11 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     tokio::spawn(crate::telemetry::sample_pool(
         store.read_pool().clone(),
         "reads",
+    ));
+    // Slots nobody streams from keep WAL without bound; the relay's own gauges stop with it.
+    tokio::spawn(crate::ops::sample_slots(
+        store.read_pool().clone(),
+        cfg.cdc.slot.clone(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -208,6 +213,7 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         token_ttl_secs: cfg.auth.token_ttl_secs,
         max_body_bytes: cfg.http.max_body_bytes,
         read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
+        max_read_waiters: cfg.projector.max_read_waiters,
         coverage: view_coverage(&cfg)?,
     };
     let app = hermet_api::router(AppState::with_hub(store, api_cfg, Some(metrics), hub));
@@ -323,20 +329,6 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// Audits a rotating sample of buckets on an interval and exports the consistency rate. In the

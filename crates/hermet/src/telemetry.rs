@@ -133,6 +133,23 @@ fn describe() {
         Unit::Seconds,
         "How long a projector batch waited for its transactions to become visible."
     );
+    describe_gauge!(
+        "hermet_read_waiters",
+        "Reads with X-Hermet-Min-Lsn waiting for the view now."
+    );
+    describe_counter!(
+        "hermet_read_waits_refused_total",
+        "Reads with X-Hermet-Min-Lsn answered stale at once: max_read_waiters were waiting."
+    );
+    describe_gauge!(
+        "hermet_cdc_slot_retained_wal_bytes",
+        Unit::Bytes,
+        "WAL the server keeps for a replication slot of this database (from its restart_lsn)."
+    );
+    describe_gauge!(
+        "hermet_cdc_slot_active",
+        "1 while something streams from the replication slot, 0 while nothing does."
+    );
     describe_counter!(
         "hermet_projector_changes_without_txid_total",
         "Streamed change events without source.txId, applied without the visibility wait."

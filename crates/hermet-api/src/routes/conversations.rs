@@ -9,7 +9,7 @@ use hermet_store::views::{ConversationItem, ListCursor};
 use hermet_store::{Store, SyncMode};
 use serde::{Deserialize, Serialize};
 
-use super::{page_limit, path_id};
+use super::{page_limit, path_id, strict_min_lsn};
 use crate::auth::AuthUser;
 use crate::consistency::{lsn_header, min_lsn, stale_header, wait_for, View};
 use crate::error::ApiError;
@@ -32,10 +32,16 @@ pub(crate) async fn list(
     let limit = page_limit(q.limit)?;
     let after = match q.cursor.as_deref() {
         None | Some("") => None,
-        Some(c) => Some(ListCursor::decode(c).ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
-        })?),
+        Some(c) => Some(
+            cursor_grammar(c)
+                .then(|| ListCursor::decode(c))
+                .flatten()
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_cursor", "cursor is not one we issued")
+                })?,
+        ),
     };
+    strict_min_lsn(&headers)?;
     // A read that asks for its own writes in `async`/`cdc` must not take a page cached before
     // the projector's invalidation landed (see `hermet_core::cache`).
     let wants_own_writes =
@@ -51,6 +57,17 @@ pub(crate) async fn list(
         [(header::CONTENT_TYPE, "application/json")],
         body,
     ))
+}
+
+/// A cursor as the document writes it (`^[01]\.[0-9]{1,18}\.[0-9]{1,18}$`, which always decodes),
+/// checked before `ListCursor::decode` (which also takes signs and longer numbers).
+fn cursor_grammar(c: &str) -> bool {
+    let digits = |s: &str| (1..=18).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = c.split('.');
+    matches!(parts.next(), Some("0" | "1"))
+        && parts.next().is_some_and(digits)
+        && parts.next().is_some_and(digits)
+        && parts.next().is_none()
 }
 
 /// The first page of `me`'s conversation list as `GET /v1/conversations` answers it (the JSON
@@ -179,4 +196,34 @@ pub(crate) async fn update(
     };
     let w = retrying(|| state.store().update_conversation(me, channel, patch)).await?;
     Ok((lsn_header(w.lsn), axum::Json(serde_json::json!({}))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_as_documented() {
+        for ok in [
+            "0.1.1",
+            "1.1796144765001.42",
+            &format!("0.{0}.{0}", "9".repeat(18)),
+        ] {
+            assert!(cursor_grammar(ok), "{ok}");
+            assert!(ListCursor::decode(ok).is_some(), "{ok} decodes");
+        }
+        let long = format!("0.{}.1", "1".repeat(19));
+        for bad in [
+            "", "2.1.1", "0.1", "0.1.1.1", "0.+1.1", "0.-1.1", "0..1", "0.1.x", &long,
+        ] {
+            assert!(!cursor_grammar(bad), "{bad}");
+        }
+        // An issued cursor is one the grammar takes.
+        let issued = ListCursor {
+            pinned: true,
+            activity_at: 1_796_144_765_001,
+            channel_id: 7,
+        };
+        assert!(cursor_grammar(&issued.encode()));
+    }
 }

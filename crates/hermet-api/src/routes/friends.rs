@@ -2,12 +2,11 @@ use super::retrying;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use hermet_core::validate::Label;
 use hermet_store::commands::FriendPatch;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::path_id;
+use super::{label, path_id, strict_min_lsn};
 use crate::auth::AuthUser;
 use crate::consistency::{lsn_header, stale_header, wait_for, View};
 use crate::error::ApiError;
@@ -64,12 +63,12 @@ pub(crate) async fn update(
         remark_name: body
             .remark_name
             .as_deref()
-            .map(|r| Label::parse("remark_name", r, limits))
+            .map(|r| label("remark_name", r, limits))
             .transpose()?,
         group_name: body
             .group_name
             .as_deref()
-            .map(|g| Label::parse("group_name", g, limits))
+            .map(|g| label("group_name", g, limits))
             .transpose()?,
         starred: body.starred,
     };
@@ -88,6 +87,7 @@ pub(crate) async fn contacts(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
+    strict_min_lsn(&headers)?;
     let stale = wait_for(&state, &headers, View::Contacts).await?;
     let items = state.store().list_contacts(me, 10_000).await?;
     let contacts: Vec<_> = items

@@ -2,12 +2,12 @@ use super::retrying;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use hermet_core::validate::{Avatar, Invalid, Name};
+use hermet_core::validate::Invalid;
 use hermet_store::commands::GroupPatch;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::path_id;
+use super::{avatar, name, path_id};
 use crate::auth::AuthUser;
 use crate::consistency::lsn_header;
 use crate::error::ApiError;
@@ -38,8 +38,8 @@ pub(crate) async fn create(
     Json(body): Json<CreateGroup>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limits = &state.store().config().limits;
-    let name = Name::parse("name", &body.name, limits)?;
-    let avatar = Avatar::parse(body.avatar.as_deref().unwrap_or(""), limits)?;
+    let name = name("name", &body.name, limits)?;
+    let avatar = avatar(body.avatar.as_deref().unwrap_or(""), limits)?;
     let members = user_ids("member_ids", &body.member_ids, limits.max_group_members)?;
     let w = retrying(|| state.store().create_group(me, &name, &avatar, &members)).await?;
     Ok((
@@ -68,12 +68,12 @@ pub(crate) async fn update(
         name: body
             .name
             .as_deref()
-            .map(|n| Name::parse("name", n, limits))
+            .map(|n| name("name", n, limits))
             .transpose()?,
         avatar: body
             .avatar
             .as_deref()
-            .map(|a| Avatar::parse(a, limits))
+            .map(|a| avatar(a, limits))
             .transpose()?,
     };
     if patch.name.is_none() && patch.avatar.is_none() {

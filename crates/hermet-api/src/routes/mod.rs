@@ -7,9 +7,12 @@ mod groups;
 mod users;
 mod ws;
 
+use axum::http::HeaderMap;
 use axum::routing::{delete, get, patch, post};
 use axum::Router;
+use hermet_core::validate::{Avatar, Invalid, Label, Limits, Name};
 
+use crate::consistency::MIN_LSN_HEADER;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -41,6 +44,63 @@ pub(crate) fn router() -> Router<AppState> {
             patch(conversations::update),
         )
         .route("/v1/ws", get(ws::connect))
+}
+
+/// A nickname or group name. The document's `maxLength` bounds the string as sent, so that is
+/// checked before trimming (`Name::parse` bounds the trimmed string).
+fn name(field: &'static str, raw: &str, limits: &Limits) -> Result<Name, ApiError> {
+    at_most_chars(field, raw, limits.max_name_chars)?;
+    Ok(Name::parse(field, raw, limits)?)
+}
+
+/// A remark or contact-group name, bounded as sent (see [`name`]).
+fn label(field: &'static str, raw: &str, limits: &Limits) -> Result<Label, ApiError> {
+    at_most_chars(field, raw, limits.max_remark_chars)?;
+    Ok(Label::parse(field, raw, limits)?)
+}
+
+/// An avatar URL: bounded as sent and printable ASCII (other characters are percent-encoded in
+/// a URL), so its length in characters, which the document bounds, is its length in bytes,
+/// which `Avatar::parse` bounds.
+fn avatar(raw: &str, limits: &Limits) -> Result<Avatar, ApiError> {
+    at_most_chars("avatar", raw, limits.max_avatar_bytes)?;
+    if !raw.trim().is_ascii() {
+        return Err(Invalid::new(
+            "avatar",
+            "must be printable ASCII (percent-encode other characters)",
+        )
+        .into());
+    }
+    Ok(Avatar::parse(raw, limits)?)
+}
+
+fn at_most_chars(field: &'static str, raw: &str, max: usize) -> Result<(), ApiError> {
+    if raw.chars().count() > max {
+        return Err(Invalid::new(field, format!("must be at most {max} characters")).into());
+    }
+    Ok(())
+}
+
+/// `X-Hermet-Min-Lsn` as the document writes it (`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`), checked
+/// before `consistency` parses it (whose parser also takes signs and surrounding spaces).
+fn strict_min_lsn(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(v) = headers.get(MIN_LSN_HEADER) else {
+        return Ok(());
+    };
+    let hex = |s: &[u8]| (1..=8).contains(&s.len()) && s.iter().all(u8::is_ascii_hexdigit);
+    let b = v.as_bytes();
+    let ok = b
+        .iter()
+        .position(|&c| c == b'/')
+        .is_some_and(|i| hex(&b[..i]) && hex(&b[i + 1..]));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_lsn",
+            "X-Hermet-Min-Lsn must be an LSN like 0/16B3748",
+        ))
+    }
 }
 
 /// A positive id from a path segment.
@@ -87,5 +147,57 @@ where
             }
             r => return r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn lsn_header(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(MIN_LSN_HEADER, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn min_lsn_as_documented() {
+        assert!(strict_min_lsn(&HeaderMap::new()).is_ok());
+        for ok in ["0/0", "0/16B3748", "FFFFFFFF/ffffffff"] {
+            assert!(strict_min_lsn(&lsn_header(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "0",
+            "/0",
+            "0/",
+            "+1/0",
+            "0/-1",
+            "123456789/0",
+            "0/0/0",
+            "g/0",
+        ] {
+            assert!(strict_min_lsn(&lsn_header(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bounds_apply_to_the_string_as_sent() {
+        let l = Limits::default();
+        assert_eq!(name("name", " Ann ", &l).unwrap().as_str(), "Ann");
+        let padded = format!(" {} ", "n".repeat(63));
+        assert!(name("name", &padded, &l).is_err(), "65 characters as sent");
+        assert!(label("remark_name", &format!("{} ", "r".repeat(64)), &l).is_err());
+        assert_eq!(label("remark_name", "  ", &l).unwrap().as_str(), "");
+        assert!(avatar("https://x.example/a.png", &l).is_ok());
+        assert!(avatar(" HTTPS://x ", &l).is_ok());
+        assert!(avatar("https://x.example/é.png", &l).is_err(), "not ASCII");
+        let long = format!("https://{}", "a".repeat(504));
+        assert!(avatar(&long, &l).is_ok(), "512 characters");
+        assert!(
+            avatar(&format!(" {long}"), &l).is_err(),
+            "513 characters as sent"
+        );
     }
 }

@@ -3,11 +3,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use hermet_core::rows::UserRow;
-use hermet_core::validate::{Avatar, Name};
 use hermet_store::commands::ProfilePatch;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::{avatar, name};
 use crate::auth::AuthUser;
 use crate::consistency::lsn_header;
 use crate::error::ApiError;
@@ -30,8 +30,8 @@ pub(crate) async fn create(
     Json(body): Json<CreateUser>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limits = &state.store().config().limits;
-    let nickname = Name::parse("nickname", &body.nickname, limits)?;
-    let avatar = Avatar::parse(body.avatar.as_deref().unwrap_or(""), limits)?;
+    let nickname = name("nickname", &body.nickname, limits)?;
+    let avatar = avatar(body.avatar.as_deref().unwrap_or(""), limits)?;
     let w = retrying(|| state.store().create_user(&nickname, &avatar)).await?;
     let token = state.keys().issue(w.value.id)?;
     let mut body = user_json(&w.value);
@@ -64,12 +64,12 @@ pub(crate) async fn update_me(
         nickname: body
             .nickname
             .as_deref()
-            .map(|n| Name::parse("nickname", n, limits))
+            .map(|n| name("nickname", n, limits))
             .transpose()?,
         avatar: body
             .avatar
             .as_deref()
-            .map(|a| Avatar::parse(a, limits))
+            .map(|a| avatar(a, limits))
             .transpose()?,
     };
     if patch.nickname.is_none() && patch.avatar.is_none() {

@@ -23,15 +23,7 @@ pub use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, snapshot_
 use hermet_testkit::workload;
 use hermet_testkit::{TestDb, TEST_SECRET, TEST_SHARDS};
 
-pub const TABLES: [&str; 5] = [
-    "users",
-    "channels",
-    "channel_members",
-    "friendships",
-    "messages",
-];
-pub const PARTITIONS: i32 = 2;
-pub const PREVIEW: usize = 5;
+pub use hermet_testkit::cdc::{PARTITIONS, PREVIEW, TABLES};
 /// Bound of every wait (a restarted projector waits for the killed member's session to end).
 pub const WAIT: Duration = Duration::from_secs(180);
 pub use hermet_projector::consumer::GROUPS;
