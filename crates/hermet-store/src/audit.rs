@@ -356,6 +356,21 @@ pub async fn repair(
     Ok(batch.len())
 }
 
+/// [`repair`] in a transaction of its own, then every cached list page retired (repairs are rare
+/// and may touch anyone's rows). The one way the CLI and `serve`'s background audit repair.
+pub async fn repair_committed(
+    client: &mut deadpool_postgres::Client,
+    findings: &[Finding],
+    cfg: &ProjectionConfig,
+    cache: &dyn hermet_core::cache::ListCache,
+) -> Result<usize, StoreError> {
+    let tx = client.transaction().await?;
+    let rows = repair(&tx, findings, cfg).await?;
+    tx.commit().await?;
+    cache.invalidate_all().await;
+    Ok(rows)
+}
+
 /// Recomputes everything about one user: their own rows and every row embedding them, found
 /// through the write side (not only the reverse indexes, which may be what is broken).
 /// Returns how many view rows were rewritten.

@@ -82,6 +82,20 @@ fn store(db: &TestDb) -> Store {
     )
 }
 
+/// A fresh database, its store, and a cdc pipeline on it (configured by `configure`) with the
+/// relay and both groups running. Bind the three to separate variables: the pipeline must be
+/// dropped before the database.
+async fn pipeline(configure: impl FnOnce(&mut Cdc)) -> (TestDb, Store, Cdc) {
+    metrics();
+    let db = TestDb::new().await;
+    let store = store(&db);
+    let mut cdc = Cdc::new(&db);
+    configure(&mut cdc);
+    cdc.start_relay().await;
+    cdc.start_groups(store.pool());
+    (db, store, cdc)
+}
+
 /// A store whose commits wait for the synchronous standby: with the phantom one, for ever.
 fn held_store(db: &TestDb) -> Store {
     Store::new(
@@ -283,12 +297,7 @@ async fn held_then_released<F, Fut>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_made_visible_after_the_projector_received_them_still_land() {
     let _serial = SERIAL.lock().await;
-    metrics();
-    let db = TestDb::new().await;
-    let store = store(&db);
-    let mut cdc = Cdc::new(&db);
-    cdc.start_relay().await;
-    cdc.start_groups(store.pool());
+    let (db, store, mut cdc) = pipeline(|_| {}).await;
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
     let cy = user(&store, "cy").await;
@@ -396,13 +405,8 @@ async fn running_transactions_are_invisible_until_they_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transaction_invisible_past_the_bound_is_dead_lettered_then_replayed() {
     let _serial = SERIAL.lock().await;
-    metrics();
-    let db = TestDb::new().await;
-    let store = store(&db);
-    let mut cdc = Cdc::new(&db);
-    cdc.visibility_wait = Duration::from_millis(300);
-    cdc.start_relay().await;
-    cdc.start_groups(store.pool());
+    let (db, store, mut cdc) =
+        pipeline(|cdc| cdc.visibility_wait = Duration::from_millis(300)).await;
     let ann = user(&store, "ann").await;
     let bob = user(&store, "bob").await;
     cdc.drain(&store, wal_lsn(&store).await).await;
@@ -508,12 +512,7 @@ const CLIENTS: usize = 16;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_friendships_and_messages_to_one_user_under_load_converge() {
     let _serial = SERIAL.lock().await;
-    metrics();
-    let db = TestDb::new().await;
-    let store = store(&db);
-    let mut cdc = Cdc::new(&db);
-    cdc.start_relay().await;
-    cdc.start_groups(store.pool());
+    let (db, store, mut cdc) = pipeline(|_| {}).await;
     let hub = user(&store, "hub").await;
     let load = CpuLoad::start();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -337,11 +337,14 @@ async fn audit(
     drop(conn);
     if repair && !report.findings.is_empty() {
         let mut conn = pool.get().await?;
-        let tx = conn.transaction().await?;
-        let rows = audit::repair(&tx, &report.findings, &cfg.store_config().projection).await?;
-        tx.commit().await?;
-        // Repairs are rare and may touch anyone's rows: retire every cached page.
-        cfg.list_cache()?.invalidate_all().await;
+        let cache = cfg.list_cache()?;
+        let rows = audit::repair_committed(
+            &mut conn,
+            &report.findings,
+            &cfg.store_config().projection,
+            &*cache,
+        )
+        .await?;
         println!(
             "repaired: {} findings, {rows} view rows rewritten",
             report.findings.len()

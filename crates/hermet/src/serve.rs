@@ -374,11 +374,8 @@ async fn background_audit(
                 "audit found read-side rows that differ from the write side (audit.repair is off)");
         } else {
             let chosen = &report.findings[..report.findings.len().min(cfg.max_repairs)];
-            match repair_findings(&mut conn, chosen, &projection).await {
+            match audit::repair_committed(&mut conn, chosen, &projection, &*cache).await {
                 Ok(rows) => {
-                    // Repairs are rare and may touch anyone's rows: retire every cached page
-                    // (one epoch bump), as `hermet admin audit --repair` does.
-                    cache.invalidate_all().await;
                     metrics::counter!("hermet_audit_repaired_total").increment(chosen.len() as u64);
                     repaired = true;
                     tracing::warn!(buckets = ?sample, findings = report.findings.len(), rate,
@@ -398,18 +395,6 @@ async fn background_audit(
             tracing::warn!(error = %e, "could not record the audit result");
         }
     }
-}
-
-/// Repairs `findings` in one transaction; returns the view rows rewritten.
-async fn repair_findings(
-    conn: &mut deadpool_postgres::Client,
-    findings: &[hermet_store::audit::Finding],
-    projection: &ProjectionConfig,
-) -> Result<usize, hermet_store::StoreError> {
-    let tx = conn.transaction().await?;
-    let rows = hermet_store::audit::repair(&tx, findings, projection).await?;
-    tx.commit().await?;
-    Ok(rows)
 }
 
 /// What reads with `X-Hermet-Min-Lsn` wait on, per view.

@@ -176,17 +176,6 @@ impl Serving {
     }
 }
 
-/// One `/metrics` scrape.
-async fn scrape(http: &reqwest::Client, base: &str) -> String {
-    let r = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("scrape");
-    assert_eq!(r.status(), 200);
-    r.text().await.expect("metrics text")
-}
-
 fn counter(text: &str, series: &str) -> f64 {
     sample_sum(text, series, &[])
         .unwrap_or_else(|| panic!("{series} is missing from /metrics:\n{text}"))

@@ -288,15 +288,7 @@ async fn serve_all_in_cdc_mode_reads_your_writes() {
     }
 
     // Metrics after the workload: wait for the slower samplers (audit, consumer statistics).
-    let scrape = || async {
-        let r = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .expect("scrape");
-        assert_eq!(r.status(), 200);
-        r.text().await.expect("metrics text")
-    };
+    let scrape = || common::scrape(&http, &base);
     let deadline = Instant::now() + WAIT;
     let text = loop {
         let text = scrape().await;

@@ -444,3 +444,14 @@ pub fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// One `/metrics` scrape of the process at `base`.
+pub async fn scrape(http: &reqwest::Client, base: &str) -> String {
+    let r = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("metrics text")
+}
