@@ -65,19 +65,17 @@
 //! with a `RegexRouter` (`hermet\.public\.(.*)` → `$1.changed`). [`TopicRouter`] does the same
 //! with a template, and names the transaction topic `<prefix>.transaction`.
 
-use std::fmt;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
-use serde_json::{Number, Value};
+use serde_json::Value;
 
 pub use hermet_core::change::Op;
 use hermet_core::Lsn;
 
 use crate::pgoutput::{
-    Column, LogicalMessage, Oid, OldTuple, OldTupleKind, RelColumn, RelationBody, TupleData,
+    Column, LogicalMessage, Oid, OldTuple, OldTupleKind, RelationBody, TupleData,
 };
 
 /// `source.version` of every event.
@@ -90,6 +88,12 @@ pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
 pub const NEW_KEY_HEADER: &str = "__debezium.newkey";
 /// Kafka header on the create half of a primary key change: the old key.
 pub const OLD_KEY_HEADER: &str = "__debezium.oldkey";
+
+mod topics;
+mod values;
+
+pub use topics::{RouteError, TopicRouter};
+pub use values::column_value;
 
 /// Type OIDs of the built-in types the conversion knows.
 pub mod oid {
@@ -363,251 +367,6 @@ fn resolve_toast<'t>(value: &'t Column, old: Option<&'t TupleData>, i: usize) ->
     match (value, old.and_then(|o| o.get(i))) {
         (Column::UnchangedToast, Some(prev @ (Column::Text(_) | Column::Binary(_)))) => prev,
         _ => value,
-    }
-}
-
-/// One column as JSON; see the module docs for the mapping.
-pub fn column_value(
-    col: &RelColumn,
-    value: &Column,
-    options: &EnvelopeOptions,
-) -> Result<Value, EnvelopeError> {
-    match value {
-        Column::Null => Ok(Value::Null),
-        Column::UnchangedToast => Ok(Value::String(if col.type_oid == oid::BYTEA {
-            base64::engine::general_purpose::STANDARD.encode(UNAVAILABLE_VALUE)
-        } else {
-            UNAVAILABLE_VALUE.to_owned()
-        })),
-        Column::Text(bytes) => {
-            let text = std::str::from_utf8(bytes).map_err(|_| invalid(col, "not UTF-8"))?;
-            text_value(col, text, options)
-        }
-        Column::Binary(bytes) => binary_value(col, bytes, options),
-    }
-}
-
-fn invalid(col: &RelColumn, reason: &'static str) -> EnvelopeError {
-    EnvelopeError::InvalidValue {
-        column: col.name.clone(),
-        type_oid: col.type_oid,
-        reason,
-    }
-}
-
-fn text_value(
-    col: &RelColumn,
-    text: &str,
-    options: &EnvelopeOptions,
-) -> Result<Value, EnvelopeError> {
-    match col.type_oid {
-        oid::INT2 | oid::INT4 | oid::INT8 => text
-            .parse::<i64>()
-            .map(Value::from)
-            .map_err(|_| invalid(col, "not an integer")),
-        oid::OID => text
-            .parse::<u32>()
-            .map(Value::from)
-            .map_err(|_| invalid(col, "not an oid")),
-        oid::BOOL => match text {
-            "t" => Ok(Value::Bool(true)),
-            "f" => Ok(Value::Bool(false)),
-            _ => Err(invalid(col, "not 't' or 'f'")),
-        },
-        oid::FLOAT4 | oid::FLOAT8 => match text {
-            "NaN" | "Infinity" | "-Infinity" => Ok(Value::String(text.to_owned())),
-            _ => text
-                .parse::<f64>()
-                .ok()
-                .and_then(Number::from_f64)
-                .map(Value::Number)
-                .ok_or_else(|| invalid(col, "not a float")),
-        },
-        oid::NUMERIC => Ok(numeric_json(text).unwrap_or_else(|| Value::String(text.to_owned()))),
-        oid::JSON | oid::JSONB => Ok(json_value(text, options)),
-        oid::BYTEA => bytea_from_text(text)
-            .map(|b| Value::String(base64::engine::general_purpose::STANDARD.encode(b)))
-            .ok_or_else(|| invalid(col, "malformed bytea text")),
-        _ => Ok(Value::String(text.to_owned())),
-    }
-}
-
-fn json_value(text: &str, options: &EnvelopeOptions) -> Value {
-    match options.json_columns {
-        JsonColumns::Embedded => {
-            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
-        }
-        JsonColumns::String => Value::String(text.to_owned()),
-    }
-}
-
-/// A `numeric` as an exact JSON number, or `None` when it has no exact one.
-fn numeric_json(text: &str) -> Option<Value> {
-    let (negative, body) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let frac = frac.trim_end_matches('0');
-    if frac.is_empty() {
-        let magnitude = int.parse::<u128>().ok()?;
-        if negative {
-            let v = i64::try_from(magnitude).ok().map(|m| -m).or_else(|| {
-                (magnitude == u128::from(i64::MIN.unsigned_abs())).then_some(i64::MIN)
-            })?;
-            Some(Value::from(v))
-        } else {
-            u64::try_from(magnitude).ok().map(Value::from)
-        }
-    } else {
-        let significant = format!("{}{}", int, frac);
-        if significant.trim_start_matches('0').len() > 15 {
-            return None;
-        }
-        text.parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number)
-    }
-}
-
-/// `bytea` text output: hex (`\x0aff`, the default) or escape format.
-fn bytea_from_text(text: &str) -> Option<Vec<u8>> {
-    if let Some(hex) = text.strip_prefix("\\x") {
-        let pairs = hex.as_bytes().chunks_exact(2);
-        if !pairs.remainder().is_empty() {
-            return None;
-        }
-        return pairs
-            .map(|pair| Some(hex_digit(*pair.first()?)? << 4 | hex_digit(*pair.get(1)?)?))
-            .collect();
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b != b'\\' {
-            out.push(b);
-            i += 1;
-        } else if bytes.get(i + 1) == Some(&b'\\') {
-            out.push(b'\\');
-            i += 2;
-        } else {
-            let octal = bytes.get(i + 1..i + 4)?;
-            let mut v: u32 = 0;
-            for &d in octal {
-                if !(b'0'..=b'7').contains(&d) {
-                    return None;
-                }
-                v = v * 8 + u32::from(d - b'0');
-            }
-            out.push(u8::try_from(v).ok()?);
-            i += 4;
-        }
-    }
-    Some(out)
-}
-
-fn hex_digit(d: u8) -> Option<u8> {
-    match d {
-        b'0'..=b'9' => Some(d - b'0'),
-        b'a'..=b'f' => Some(d - b'a' + 10),
-        b'A'..=b'F' => Some(d - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn binary_value(
-    col: &RelColumn,
-    bytes: &[u8],
-    options: &EnvelopeOptions,
-) -> Result<Value, EnvelopeError> {
-    let wrong_len = || invalid(col, "wrong length for its binary format");
-    let utf8 = |b: &[u8]| -> Result<String, EnvelopeError> {
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| invalid(col, "not UTF-8"))
-    };
-    let float = |f: f64, text: String| -> Value {
-        Number::from_f64(f)
-            .map(Value::Number)
-            .unwrap_or(Value::String(text))
-    };
-    match col.type_oid {
-        oid::BOOL => match bytes {
-            [0] => Ok(Value::Bool(false)),
-            [1] => Ok(Value::Bool(true)),
-            _ => Err(wrong_len()),
-        },
-        oid::INT2 => Ok(Value::from(i16::from_be_bytes(
-            bytes.try_into().map_err(|_| wrong_len())?,
-        ))),
-        oid::INT4 => Ok(Value::from(i32::from_be_bytes(
-            bytes.try_into().map_err(|_| wrong_len())?,
-        ))),
-        oid::INT8 => Ok(Value::from(i64::from_be_bytes(
-            bytes.try_into().map_err(|_| wrong_len())?,
-        ))),
-        oid::OID => Ok(Value::from(u32::from_be_bytes(
-            bytes.try_into().map_err(|_| wrong_len())?,
-        ))),
-        oid::FLOAT4 => {
-            let f = f32::from_be_bytes(bytes.try_into().map_err(|_| wrong_len())?);
-            // Through the shortest decimal of the f32, so 0.1f32 stays 0.1.
-            let text = float_text(f64::from(f), f.to_string());
-            Ok(float(text.parse().unwrap_or(f64::NAN), text))
-        }
-        oid::FLOAT8 => {
-            let f = f64::from_be_bytes(bytes.try_into().map_err(|_| wrong_len())?);
-            Ok(float(f, float_text(f, f.to_string())))
-        }
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR => {
-            Ok(Value::String(utf8(bytes)?))
-        }
-        oid::JSON => Ok(json_value(&utf8(bytes)?, options)),
-        oid::JSONB => match bytes.split_first() {
-            Some((1, text)) => Ok(json_value(&utf8(text)?, options)),
-            _ => Err(invalid(col, "unknown jsonb binary version")),
-        },
-        oid::BYTEA => Ok(Value::String(
-            base64::engine::general_purpose::STANDARD.encode(bytes),
-        )),
-        oid::UUID => {
-            if bytes.len() != 16 {
-                return Err(wrong_len());
-            }
-            let mut s = String::with_capacity(36);
-            for (i, b) in bytes.iter().enumerate() {
-                if matches!(i, 4 | 6 | 8 | 10) {
-                    s.push('-');
-                }
-                s.push_str(&format!("{b:02x}"));
-            }
-            Ok(Value::String(s))
-        }
-        type_oid => Err(EnvelopeError::UnsupportedBinary {
-            column: col.name.clone(),
-            type_oid,
-        }),
-    }
-}
-
-/// PostgreSQL's spelling of the non-finite floats.
-fn float_text(f: f64, finite: String) -> String {
-    if f.is_nan() {
-        "NaN".to_owned()
-    } else if f == f64::INFINITY {
-        "Infinity".to_owned()
-    } else if f == f64::NEG_INFINITY {
-        "-Infinity".to_owned()
-    } else {
-        finite
     }
 }
 
@@ -1020,174 +779,10 @@ impl TransactionTracker {
     }
 }
 
-/// A bad [`TopicRouter`] template.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
-    #[error("topic template {template:?}: {reason}")]
-    BadTemplate {
-        template: String,
-        reason: &'static str,
-    },
-    #[error("topic prefix {0:?} is empty or not a valid Kafka topic name part")]
-    BadPrefix(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Literal(String),
-    Prefix,
-    Schema,
-    Table,
-}
-
-/// Maps a table to its Kafka topic.
-///
-/// Debezium's topic is `<prefix>.<schema>.<table>`. A router with a `schema` sends that schema's
-/// tables to `template` (placeholders `{prefix}`, `{schema}`, `{table}`) and leaves the others on
-/// the Debezium name, as a `RegexRouter` leaves unmatched topics alone. [`TopicRouter::hermet_default`]
-/// is the original design's `hermet\.public\.(.*)` → `$1.changed`. Characters Kafka does not
-/// allow in topic names (anything but ASCII letters, digits, `.`, `_`, `-`) become `_`, as
-/// Debezium does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicRouter {
-    prefix: String,
-    schema: Option<String>,
-    template: Vec<Piece>,
-}
-
-impl fmt::Display for TopicRouter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.", self.prefix)?;
-        match &self.schema {
-            Some(s) => write!(f, "{s}")?,
-            None => write!(f, "*")?,
-        }
-        write!(f, ".<table> -> ")?;
-        for p in &self.template {
-            match p {
-                Piece::Literal(s) => write!(f, "{s}")?,
-                Piece::Prefix => write!(f, "{{prefix}}")?,
-                Piece::Schema => write!(f, "{{schema}}")?,
-                Piece::Table => write!(f, "{{table}}")?,
-            }
-        }
-        Ok(())
-    }
-}
-
-impl TopicRouter {
-    /// `schema`: the schema whose tables are routed by `template` (`None`: every schema).
-    pub fn new(prefix: &str, schema: Option<&str>, template: &str) -> Result<Self, RouteError> {
-        if prefix.is_empty() || sanitize(prefix) != prefix {
-            return Err(RouteError::BadPrefix(prefix.to_owned()));
-        }
-        let bad = |reason| RouteError::BadTemplate {
-            template: template.to_owned(),
-            reason,
-        };
-        let mut pieces = Vec::new();
-        let mut rest = template;
-        while !rest.is_empty() {
-            match rest.find(['{', '}']) {
-                None => {
-                    pieces.push(Piece::Literal(rest.to_owned()));
-                    rest = "";
-                }
-                Some(at) => {
-                    let (lit, tail) = rest.split_at(at);
-                    if !lit.is_empty() {
-                        pieces.push(Piece::Literal(lit.to_owned()));
-                    }
-                    if tail.starts_with('}') {
-                        return Err(bad("unmatched '}'"));
-                    }
-                    let close = tail.find('}').ok_or_else(|| bad("unclosed '{'"))?;
-                    pieces.push(match tail.get(1..close) {
-                        Some("prefix") => Piece::Prefix,
-                        Some("schema") => Piece::Schema,
-                        Some("table") => Piece::Table,
-                        _ => {
-                            return Err(bad(
-                                "unknown placeholder (use {prefix}, {schema}, {table})",
-                            ))
-                        }
-                    });
-                    rest = tail.get(close + 1..).unwrap_or_default();
-                }
-            }
-        }
-        if !pieces.contains(&Piece::Table) {
-            return Err(bad("must contain {table}, or all tables share one topic"));
-        }
-        Ok(TopicRouter {
-            prefix: prefix.to_owned(),
-            schema: schema.map(str::to_owned),
-            template: pieces,
-        })
-    }
-
-    /// Debezium's own naming, `<prefix>.<schema>.<table>`, for every table.
-    pub fn debezium(prefix: &str) -> Result<Self, RouteError> {
-        Self::new(prefix, None, "{prefix}.{schema}.{table}")
-    }
-
-    /// The original design: prefix `hermet`, `public.<table>` → `<table>.changed`.
-    pub fn hermet_default() -> Self {
-        TopicRouter {
-            prefix: "hermet".to_owned(),
-            schema: Some("public".to_owned()),
-            template: vec![Piece::Table, Piece::Literal(".changed".to_owned())],
-        }
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// Debezium's topic name before routing.
-    pub fn debezium_topic(&self, schema: &str, table: &str) -> String {
-        sanitize(&format!("{}.{schema}.{table}", self.prefix))
-    }
-
-    /// The topic of a table's change events.
-    pub fn topic(&self, schema: &str, table: &str) -> String {
-        if self.schema.as_deref().is_some_and(|s| s != schema) {
-            return self.debezium_topic(schema, table);
-        }
-        let mut out = String::new();
-        for p in &self.template {
-            match p {
-                Piece::Literal(s) => out.push_str(s),
-                Piece::Prefix => out.push_str(&self.prefix),
-                Piece::Schema => out.push_str(schema),
-                Piece::Table => out.push_str(table),
-            }
-        }
-        sanitize(&out)
-    }
-
-    /// Debezium's transaction metadata topic, `<prefix>.transaction`.
-    pub fn transaction_topic(&self) -> String {
-        format!("{}.transaction", self.prefix)
-    }
-}
-
-fn sanitize(topic: &str) -> String {
-    topic
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pgoutput::RelColumn;
 
     fn col(name: &str, type_oid: Oid) -> RelColumn {
         RelColumn {
