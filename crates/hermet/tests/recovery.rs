@@ -350,6 +350,12 @@ async fn bad_input_is_refused_clearly_and_status_reports() {
             "HERMET_PROJECTOR__GROUP_PREFIX".to_owned(),
             format!("rcbad{:08x}-", rand::random::<u32>()),
         ),
+        // A slot name of its own: slots belong to the whole cluster, and `make run` leaves
+        // `hermet_slot` behind.
+        (
+            "HERMET_CDC__SLOT".to_owned(),
+            format!("rcbad_{:08x}", rand::random::<u32>()),
+        ),
     ];
     let prefix = env[3].1.clone();
     let group = format!("{prefix}conversation-view-updater");
