@@ -256,6 +256,7 @@ async fn run_in(
         sync_mode: SyncMode::DualWrite,
         projection: ProjectionConfig::default(),
         limits: Limits::default(),
+        fanout: Default::default(),
     };
     let uncached = Store::new(pool.clone(), store_cfg.clone());
     let cache = RedisListCache::new(&RedisCacheConfig {

@@ -570,6 +570,7 @@ async fn run_in(
             sync_mode: SyncMode::DualWrite,
             projection: ProjectionConfig::default(),
             limits: Limits::default(),
+            fanout: Default::default(),
         },
     );
     let result = measure_all(store, scenario, opts, plan, shards, workers, background).await;

@@ -598,6 +598,7 @@ async fn run_mode(
             sync_mode: mode,
             projection: ProjectionConfig::default(),
             limits: Limits::default(),
+            fanout: Default::default(),
         },
     );
     let cdc = Cdc {

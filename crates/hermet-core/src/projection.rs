@@ -32,10 +32,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::change::RowChange;
 use crate::rows::{
-    ChannelId, ChannelRow, ChannelType, FriendshipRow, MemberRow, MessageRow, UserId, UserRow,
+    ChannelId, ChannelRow, ChannelType, Fanout, FriendshipRow, MemberRow, MessageRow, UserId,
+    UserRow,
 };
 use crate::views::{
-    ContactRef, ContactRow, ConversationRef, ConversationRow, LastMessage, ViewBatch,
+    ChannelViewRow, ContactRef, ContactRow, ConversationRef, ConversationRow, LastMessage,
+    ViewBatch,
 };
 
 /// Settings of the projection that change what a row looks like.
@@ -88,11 +90,18 @@ impl Views {
 /// What a batch of changes touches, before any look-up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Affected {
-    /// Channels whose name/avatar/type changed: every member row, current or former.
+    /// Channels whose type or diffusion changed (or whose change came without a before image, so
+    /// anything may have): the channel row and every member row, current or former.
     pub channels_all_members: BTreeSet<ChannelId>,
-    /// Channels with new messages, with the lowest new seq: the rows of members who can see it
-    /// (still members, or left at or after that seq).
+    /// Channels whose name/avatar changed: the channel row, and every member row of a channel in
+    /// write diffusion (in read diffusion members' rows do not carry the name).
+    pub channels_info: BTreeSet<ChannelId>,
+    /// Channels with new messages, with the lowest new seq: the channel row, and in write
+    /// diffusion the rows of members who can see it (still members, or left at or after that
+    /// seq).
     pub channels_new_messages: BTreeMap<ChannelId, i64>,
+    /// Channels whose `channel_view` row alone is recomputed (a repair of that row).
+    pub channel_rows: BTreeSet<ChannelId>,
     /// Individual member rows that changed (join, leave, settings, read position).
     pub conversation_keys: BTreeSet<(UserId, ChannelId)>,
     /// Users whose profile changed: every row that embeds them, found through the reverse indexes.
@@ -105,7 +114,9 @@ pub struct Affected {
 impl Affected {
     pub fn is_empty(&self) -> bool {
         self.channels_all_members.is_empty()
+            && self.channels_info.is_empty()
             && self.channels_new_messages.is_empty()
+            && self.channel_rows.is_empty()
             && self.conversation_keys.is_empty()
             && self.profile_users.is_empty()
             && self.friend_pairs.is_empty()
@@ -125,15 +136,21 @@ pub fn affected(changes: &[RowChange]) -> Affected {
                 }
             }
             RowChange::Channels(c) => match (&c.before, &c.after) {
-                // With both images we know what moved. Only name/avatar/type reach every member
-                // row; a new `last_seq` reaches the members who can see the new messages; a
-                // member-count change alone reaches nobody (the member changes carry it).
+                // With both images we know what moved. A new shape (type, diffusion) reaches
+                // every member row; name/avatar reach the channel row and, in write diffusion,
+                // every member row; a new `last_seq` reaches the channel row and the members who
+                // can see the new messages; a member-count change alone reaches nobody (the
+                // member changes carry it, and the diffusion it may flip has its own version).
                 (Some(b), Some(n)) => {
-                    if b.channel_info_ver != n.channel_info_ver || b.channel_type != n.channel_type
-                    {
+                    if b.fanout_ver != n.fanout_ver || b.channel_type != n.channel_type {
                         a.channels_all_members.insert(n.id);
-                    } else if n.last_seq > b.last_seq {
-                        note_message(&mut a, n.id, b.last_seq + 1);
+                    } else {
+                        if b.channel_info_ver != n.channel_info_ver {
+                            a.channels_info.insert(n.id);
+                        }
+                        if n.last_seq > b.last_seq {
+                            note_message(&mut a, n.id, b.last_seq + 1);
+                        }
                     }
                 }
                 // Without a before image (inserts, snapshots, sources that do not carry it),
@@ -184,6 +201,14 @@ pub struct ConversationInputs {
     pub last_message: Option<MessageRow>,
 }
 
+/// The write-side state one `channel_view` row is computed from (group channels only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInputs {
+    pub channel: ChannelRow,
+    /// The message at the channel's `last_seq` if there is one.
+    pub last_message: Option<MessageRow>,
+}
+
 /// The seq of the last message a member can see: the channel's last, or the last before they left.
 pub fn visible_seq(member: &MemberRow, channel: &ChannelRow) -> i64 {
     match member.left_seq {
@@ -207,28 +232,46 @@ pub fn preview(content: &str, max_chars: usize) -> String {
     }
 }
 
+fn listed_message(msg: &MessageRow, cfg: &ProjectionConfig) -> LastMessage {
+    LastMessage {
+        id: msg.id,
+        seq: msg.seq,
+        msg_type: msg.msg_type.clone(),
+        content: preview(&msg.content, cfg.preview_chars),
+        sender_id: msg.sender_id,
+        sender_name: msg.sender_name.clone(),
+        created_at: msg.created_at,
+    }
+}
+
+/// A channel's diffusion as its member rows take it: only groups are ever in read diffusion.
+pub fn fanout_of(ch: &ChannelRow) -> Fanout {
+    match ch.channel_type {
+        ChannelType::Group => ch.fanout,
+        ChannelType::Single => Fanout::Write,
+    }
+}
+
 pub fn conversation_row(inp: &ConversationInputs, cfg: &ProjectionConfig) -> ConversationRow {
     let m = &inp.member;
     let ch = &inp.channel;
+    let fanout = fanout_of(ch);
+    if fanout == Fanout::Read {
+        return member_state_row(m, ch);
+    }
     let single = ch.channel_type == ChannelType::Single;
     let last_message = inp
         .last_message
         .as_ref()
         .filter(|msg| msg.seq == visible_seq(m, ch) && msg.channel_id == ch.id)
-        .map(|msg| LastMessage {
-            id: msg.id,
-            seq: msg.seq,
-            msg_type: msg.msg_type.clone(),
-            content: preview(&msg.content, cfg.preview_chars),
-            sender_id: msg.sender_id,
-            sender_name: msg.sender_name.clone(),
-            created_at: msg.created_at,
-        });
+        .map(|msg| listed_message(msg, cfg));
     let peer = inp.peer.as_ref().filter(|_| single);
     let friendship = inp.friendship.as_ref().filter(|_| single);
     ConversationRow {
         user_id: m.user_id,
         channel_id: ch.id,
+        fanout,
+        fanout_ver: ch.fanout_ver,
         conversation_type: ch.channel_type,
         channel_name: if single {
             String::new()
@@ -259,6 +302,57 @@ pub fn conversation_row(inp: &ConversationInputs, cfg: &ProjectionConfig) -> Con
     }
 }
 
+/// A member's row in read diffusion: what belongs to the member, the channel and last-message
+/// groups blank (the list takes them from the channel's row).
+fn member_state_row(m: &MemberRow, ch: &ChannelRow) -> ConversationRow {
+    ConversationRow {
+        user_id: m.user_id,
+        channel_id: ch.id,
+        fanout: Fanout::Read,
+        fanout_ver: ch.fanout_ver,
+        conversation_type: ch.channel_type,
+        channel_name: String::new(),
+        channel_avatar: String::new(),
+        channel_info_ver: 0,
+        peer_user_id: None,
+        peer_nickname: None,
+        peer_avatar: None,
+        peer_profile_ver: 0,
+        remark_name: String::new(),
+        remark_ver: 0,
+        last_message_seq: 0,
+        last_message: None,
+        read_seq: m.read_seq,
+        is_pinned: m.pinned,
+        is_muted: m.muted,
+        hidden_at_seq: m.hidden_at_seq,
+        opened_at: m.joined_at,
+        closed_at: m.left_at.unwrap_or(0),
+        settings_ver: m.settings_ver,
+    }
+}
+
+/// A group's `channel_view` row; `None` for a single chat (its rows carry the peer instead).
+pub fn channel_view_row(inp: &ChannelInputs, cfg: &ProjectionConfig) -> Option<ChannelViewRow> {
+    let ch = &inp.channel;
+    if ch.channel_type != ChannelType::Group {
+        return None;
+    }
+    let last_message = inp
+        .last_message
+        .as_ref()
+        .filter(|msg| msg.seq == ch.last_seq && msg.channel_id == ch.id)
+        .map(|msg| listed_message(msg, cfg));
+    Some(ChannelViewRow {
+        channel_id: ch.id,
+        channel_name: ch.name.clone(),
+        channel_avatar: ch.avatar.clone(),
+        channel_info_ver: ch.channel_info_ver,
+        last_message_seq: last_message.as_ref().map_or(0, |l| l.seq),
+        last_message,
+    })
+}
+
 pub fn contact_row(inp: &ContactInputs) -> ContactRow {
     let f = &inp.friendship;
     ContactRow {
@@ -286,9 +380,15 @@ pub fn contact_row(inp: &ContactInputs) -> ContactRow {
 /// friendship's pair never change (leaving or unfriending is an update), so it stays right.
 pub fn build(
     conversations: &[ConversationInputs],
+    channels: &[ChannelInputs],
     contacts: &[ContactInputs],
     cfg: &ProjectionConfig,
 ) -> ViewBatch {
+    let chans: BTreeMap<ChannelId, ChannelViewRow> = channels
+        .iter()
+        .filter_map(|inp| channel_view_row(inp, cfg))
+        .map(|row| (row.channel_id, row))
+        .collect();
     let mut conv: BTreeMap<(UserId, ChannelId), ConversationRow> = BTreeMap::new();
     let mut conv_refs = BTreeSet::new();
     for inp in conversations {
@@ -316,6 +416,7 @@ pub fn build(
     }
     ViewBatch {
         conversations: conv.into_values().collect(),
+        channels: chans.into_values().collect(),
         contacts: cont.into_values().collect(),
         conversation_refs: conv_refs.into_iter().collect(),
         contact_refs: cont_refs.into_iter().collect(),
@@ -346,6 +447,8 @@ mod tests {
             pair_high: (t == ChannelType::Single).then_some(2),
             created_at: 0,
             updated_at: 0,
+            fanout: Fanout::Write,
+            fanout_ver: 1,
         }
     }
 
@@ -434,7 +537,7 @@ mod tests {
     }
 
     #[test]
-    fn channel_info_change_fans_out_to_all_members() {
+    fn channel_info_change_reaches_the_channel_and_a_flip_every_member() {
         let before = channel(7, ChannelType::Group, 3);
         let mut after = before.clone();
         after.channel_info_ver = 2;
@@ -443,6 +546,18 @@ mod tests {
             op: crate::change::Op::Update,
             before: Some(before.clone()),
             after: Some(after),
+        })];
+        let a = affected(&changes);
+        assert!(a.channels_info.contains(&7));
+        assert!(a.channels_all_members.is_empty(), "the shape did not move");
+        let mut flipped = before.clone();
+        flipped.fanout = Fanout::Read;
+        flipped.fanout_ver = 2;
+        flipped.member_count = 300;
+        let changes = vec![RowChange::Channels(Change {
+            op: crate::change::Op::Update,
+            before: Some(before.clone()),
+            after: Some(flipped),
         })];
         assert!(affected(&changes).channels_all_members.contains(&7));
         let mut seq_only = before.clone();
@@ -470,6 +585,64 @@ mod tests {
             affected(&changes).is_empty(),
             "a member count alone touches no row"
         );
+    }
+
+    /// In read diffusion a member's row carries only the member's state; the channel's row
+    /// carries the name and the last message, for every group whatever its diffusion.
+    #[test]
+    fn read_diffusion_rows_carry_member_state_and_the_channel_row_the_rest() {
+        let mut ch = channel(7, ChannelType::Group, 9);
+        ch.fanout = Fanout::Read;
+        ch.fanout_ver = 3;
+        let mut m = member(7, 1);
+        m.read_seq = 4;
+        m.pinned = true;
+        let inp = ConversationInputs {
+            member: m,
+            channel: ch.clone(),
+            peer: None,
+            friendship: None,
+            last_message: Some(message(7, 9, "hello")),
+        };
+        let cfg = ProjectionConfig::default();
+        let row = conversation_row(&inp, &cfg);
+        assert_eq!((row.fanout, row.fanout_ver), (Fanout::Read, 3));
+        assert_eq!((row.read_seq, row.is_pinned, row.opened_at), (4, true, 5));
+        assert!(row.last_message.is_none() && row.last_message_seq == 0);
+        assert!(row.channel_name.is_empty() && row.channel_info_ver == 0);
+        let chan = ChannelInputs {
+            channel: ch.clone(),
+            last_message: Some(message(7, 9, "hello")),
+        };
+        let cv = channel_view_row(&chan, &cfg).expect("a group has a channel row");
+        assert_eq!((cv.channel_name.as_str(), cv.last_message_seq), ("g", 9));
+        let mut write = ch;
+        write.fanout = Fanout::Write;
+        let full = conversation_row(
+            &ConversationInputs {
+                channel: write.clone(),
+                ..inp
+            },
+            &cfg,
+        );
+        assert_eq!(full.last_message_seq, 9);
+        assert_eq!(full.channel_name, "g");
+        let single = ChannelInputs {
+            channel: channel(8, ChannelType::Single, 1),
+            last_message: None,
+        };
+        assert!(channel_view_row(&single, &cfg).is_none());
+        let batch = build(&[], &[chan.clone(), chan], &[], &cfg);
+        assert_eq!(batch.channels.len(), 1, "one row per channel");
+    }
+
+    #[test]
+    fn the_diffusion_flips_with_hysteresis() {
+        assert_eq!(Fanout::Write.for_members(200, 200), Fanout::Write);
+        assert_eq!(Fanout::Write.for_members(201, 200), Fanout::Read);
+        assert_eq!(Fanout::Read.for_members(150, 200), Fanout::Read);
+        assert_eq!(Fanout::Read.for_members(101, 200), Fanout::Read);
+        assert_eq!(Fanout::Read.for_members(100, 200), Fanout::Write);
     }
 
     #[test]
@@ -536,6 +709,7 @@ mod tests {
         };
         let batch = build(
             &[conv.clone(), conv],
+            &[],
             &[ContactInputs {
                 friendship: f,
                 contact: peer,
@@ -594,7 +768,7 @@ mod tests {
             affected(&changes).conversation_keys.is_empty(),
             "no member change in the batch"
         );
-        let batch = build(&[single, group], &[], &ProjectionConfig::default());
+        let batch = build(&[single, group], &[], &[], &ProjectionConfig::default());
         assert_eq!(batch.conversations.len(), 2);
         assert_eq!(
             batch.conversation_refs,

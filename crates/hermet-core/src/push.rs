@@ -171,6 +171,8 @@ mod tests {
             pair_high: None,
             created_at: 0,
             updated_at: 0,
+            fanout: crate::rows::Fanout::Write,
+            fanout_ver: 1,
         }
     }
 

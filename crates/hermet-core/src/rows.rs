@@ -33,6 +33,72 @@ impl ChannelType {
     }
 }
 
+/// How a channel's messages reach its members' conversation rows (see `docs/fanout.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fanout {
+    /// Write diffusion: every member's row carries the channel's name and last message, and is
+    /// rewritten by each message. Single chats and small groups.
+    #[default]
+    Write,
+    /// Read diffusion: the channel's name and last message live in its one `channel_view` row;
+    /// members' rows carry only what belongs to the member. Large groups.
+    Read,
+}
+
+impl Fanout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fanout::Write => "write",
+            Fanout::Read => "read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "write" => Some(Fanout::Write),
+            "read" => Some(Fanout::Read),
+            _ => None,
+        }
+    }
+
+    /// The diffusion a group of `members` should be in, given the one it is in now: read above
+    /// `read_threshold`, write again only at half of it or below, so that a group on the
+    /// boundary does not flip back and forth.
+    pub fn for_members(self, members: i64, read_threshold: i64) -> Fanout {
+        match self {
+            Fanout::Write if members > read_threshold => Fanout::Read,
+            Fanout::Read if members <= read_threshold / 2 => Fanout::Write,
+            same => same,
+        }
+    }
+}
+
+/// When groups switch between write and read diffusion (`fanout.*` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FanoutConfig {
+    /// A group with more members than this is in read diffusion; it goes back to write diffusion
+    /// at half of it or below (see [`Fanout::for_members`]). Chosen by measurement: see
+    /// `docs/fanout.md`.
+    pub read_threshold: i64,
+}
+
+/// Default of [`FanoutConfig::read_threshold`].
+pub const DEFAULT_READ_THRESHOLD: i64 = 200;
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        FanoutConfig {
+            read_threshold: DEFAULT_READ_THRESHOLD,
+        }
+    }
+}
+
+fn first_version() -> i64 {
+    1
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRow {
     pub id: UserId,
@@ -59,6 +125,13 @@ pub struct ChannelRow {
     pub pair_high: Option<UserId>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Groups only may be in [`Fanout::Read`]. Changes recorded before hermet had hybrid
+    /// fan-out carry neither field: they were all write diffusion.
+    #[serde(default)]
+    pub fanout: Fanout,
+    /// Moves by one each time `fanout` flips.
+    #[serde(default = "first_version")]
+    pub fanout_ver: i64,
 }
 
 impl ChannelRow {

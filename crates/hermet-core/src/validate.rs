@@ -53,7 +53,7 @@ impl Default for Limits {
             max_remark_chars: 64,
             max_avatar_bytes: 512,
             max_content_chars: 4000,
-            max_group_members: 500,
+            max_group_members: 100_000,
             max_type_chars: 32,
         }
     }
@@ -214,6 +214,36 @@ impl MessageType {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Ids one call may name (adding members, creating a group): larger memberships are built in
+/// several calls, so one command's transaction stays short.
+pub const MAX_IDS_PER_CALL: usize = 1000;
+
+/// A list of user ids for a group: at most [`MAX_IDS_PER_CALL`], each a positive id, and, when
+/// `distinct`, none named twice (a repeated id is a client mistake worth reporting: nothing is
+/// applied).
+pub fn member_ids(field: &'static str, ids: &[i64], distinct: bool) -> Result<Vec<i64>, Invalid> {
+    if ids.len() > MAX_IDS_PER_CALL {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "at most {MAX_IDS_PER_CALL} ids per call, got {}; add the rest in further calls",
+                ids.len()
+            ),
+        ));
+    }
+    let ids = ids
+        .iter()
+        .map(|&raw| id(field, raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    if distinct {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = ids.iter().find(|&&i| !seen.insert(i)) {
+            return Err(Invalid::new(field, format!("user {dup} is named twice")));
+        }
+    }
+    Ok(ids)
 }
 
 /// A positive 64-bit id.

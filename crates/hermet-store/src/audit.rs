@@ -29,13 +29,20 @@ struct Audited {
     owner: &'static str,
 }
 
-const AUDITED: [Audited; 4] = [
+const AUDITED: [Audited; 5] = [
     Audited {
         table: "user_conversation_view",
         expected: oracle::EXPECTED_CONVERSATIONS,
         actual: oracle::ACTUAL_CONVERSATIONS,
         key: &["user_id", "channel_id"],
         owner: "user_id",
+    },
+    Audited {
+        table: "channel_view",
+        expected: oracle::EXPECTED_CHANNELS,
+        actual: oracle::ACTUAL_CHANNELS,
+        key: &["channel_id"],
+        owner: "channel_id",
     },
     Audited {
         table: "user_contact_view",
@@ -59,6 +66,13 @@ const AUDITED: [Audited; 4] = [
         owner: "contact_user_id",
     },
 ];
+
+impl Audited {
+    /// Whether the oracle query takes the preview length as `$1`.
+    fn takes_preview(&self) -> bool {
+        matches!(self.table, "user_conversation_view" | "channel_view")
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -144,7 +158,7 @@ pub async fn audit(
     };
     let mut differing: BTreeSet<i32> = BTreeSet::new();
     for t in &AUDITED {
-        let takes_preview = t.table == "user_conversation_view";
+        let takes_preview = t.takes_preview();
         // Both sides as the same columns, bucketed by owner; a bucket differs when its row
         // count or its XOR of row hashes does.
         let sql = format!(
@@ -182,7 +196,7 @@ pub async fn audit(
     }
     let diff_buckets: Vec<i32> = differing.into_iter().collect();
     for t in &AUDITED {
-        let takes_preview = t.table == "user_conversation_view";
+        let takes_preview = t.takes_preview();
         let sql = format!(
             "WITH e AS (SELECT * FROM ({exp}) e WHERE ({o} % {n})::int = ANY($B)),
                   a AS (SELECT * FROM ({act}) a WHERE ({o} % {n})::int = ANY($B))
@@ -293,8 +307,14 @@ pub async fn repair(
     let mut cont: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
     let mut crefs: (Vec<i64>, Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new(), Vec::new());
     let mut trefs: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+    let mut chans: Vec<i64> = Vec::new();
     for f in findings {
         match f.table {
+            "channel_view" => {
+                let c = key_of(f, "channel_id");
+                chans.push(c);
+                affected.channel_rows.insert(c);
+            }
             "user_conversation_view" => {
                 let (u, c) = (key_of(f, "user_id"), key_of(f, "channel_id"));
                 conv.0.push(u);
@@ -330,6 +350,11 @@ pub async fn repair(
         "DELETE FROM user_conversation_view v USING UNNEST($1::bigint[], $2::bigint[]) k(u, c)
           WHERE v.user_id = k.u AND v.channel_id = k.c",
         &[&conv.0, &conv.1],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM channel_view WHERE channel_id = ANY($1::bigint[])",
+        &[&chans],
     )
     .await?;
     tx.execute(

@@ -11,8 +11,8 @@ use std::sync::LazyLock;
 use deadpool_postgres::Transaction;
 use hermet_core::change::{Change, Op, RowChange};
 use hermet_core::projection::Views;
-use hermet_core::rows::{ChannelId, ChannelRow, ChannelType, MemberRow, UserId, UserRow};
-use hermet_core::validate::{Avatar, Content, Invalid, Label, MessageType, Name};
+use hermet_core::rows::{ChannelId, ChannelRow, ChannelType, Fanout, MemberRow, UserId, UserRow};
+use hermet_core::validate::{Avatar, Content, Invalid, Label, MessageType, Name, MAX_IDS_PER_CALL};
 use hermet_core::Lsn;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -311,6 +311,29 @@ impl Store {
 
     /// Adds `user`'s members rows (or reopens them if they had left), as plain members whose
     /// read position starts at the channel's last message.
+    /// Moves a group's member count by `delta`, and its diffusion with it when the new count
+    /// crosses the threshold (with hysteresis, [`Fanout::for_members`]); a flip moves
+    /// `fanout_ver`, which makes the projection rewrite every member row in the new shape.
+    async fn count_members(
+        &self,
+        tx: &Transaction<'_>,
+        before: &ChannelRow,
+        delta: i32,
+        now: i64,
+    ) -> Result<Row, StoreError> {
+        let count = i64::from(before.member_count) + i64::from(delta);
+        let fanout = before
+            .fanout
+            .for_members(count, self.config().fanout.read_threshold);
+        let sql = format!(
+            "UPDATE channels SET member_count = member_count + $2, updated_at = $3,
+                    fanout = $4,
+                    fanout_ver = fanout_ver + CASE WHEN fanout = $4 THEN 0 ELSE 1 END
+              WHERE id = $1 RETURNING {CHANNEL_COLS}"
+        );
+        q_one(tx, &sql, &[&before.id, &delta, &now, &fanout.as_str()]).await
+    }
+
     async fn join(
         tx: &Transaction<'_>,
         channel: &ChannelRow,
@@ -517,16 +540,24 @@ impl Store {
         everyone.sort_unstable();
         Self::lock_users(&tx, &everyone).await?;
         let count = i32::try_from(everyone.len()).unwrap_or(i32::MAX);
+        let fanout = Fanout::Write.for_members(count.into(), self.config().fanout.read_threshold);
         let sql = format!(
             "INSERT INTO channels (channel_type, name, avatar, creator_id, member_count,
-                                   created_at, updated_at)
-             VALUES ('group', $1, $2, $3, $4, $5, $5)
+                                   created_at, updated_at, fanout)
+             VALUES ('group', $1, $2, $3, $4, $5, $5, $6)
              RETURNING {CHANNEL_COLS}"
         );
         let row = q_one(
             &tx,
             &sql,
-            &[&name.as_str(), &avatar.as_str(), &owner, &count, &now],
+            &[
+                &name.as_str(),
+                &avatar.as_str(),
+                &owner,
+                &count,
+                &now,
+                &fanout.as_str(),
+            ],
         )
         .await?;
         let channel = rows::channel(&row, 0)?;
@@ -596,12 +627,19 @@ impl Store {
         if ids.is_empty() {
             return Err(Invalid::new("user_ids", "must name at least one user").into());
         }
+        if ids.len() > MAX_IDS_PER_CALL {
+            return Err(Invalid::new(
+                "user_ids",
+                format!("at most {MAX_IDS_PER_CALL} ids per call"),
+            )
+            .into());
+        }
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let now = now_ms();
         let before = Self::lock_group(&tx, channel_id).await?;
         Self::active_member(&tx, channel_id, actor).await?;
-        Self::lock_users(&tx, &ids).await?;
+        // The size limit first: a request over it is refused as such, whoever it names.
         let already: i64 = q_one(
             &tx,
             "SELECT count(*) FROM channel_members
@@ -619,15 +657,12 @@ impl Store {
             )
             .into());
         }
+        Self::lock_users(&tx, &ids).await?;
         let joined = Self::join(&tx, &before, &ids, now).await?;
         let mut ch = Changes::default();
         if !joined.is_empty() {
-            let sql = format!(
-                "UPDATE channels SET member_count = member_count + $2, updated_at = $3
-                  WHERE id = $1 RETURNING {CHANNEL_COLS}"
-            );
             let n = joined.len() as i32;
-            let row = q_one(&tx, &sql, &[&channel_id, &n, &now]).await?;
+            let row = self.count_members(&tx, &before, n, now).await?;
             ch.channel_update(before, rows::channel(&row, 0)?);
             ch.members(joined, Op::Insert);
         }
@@ -694,11 +729,7 @@ impl Store {
             let heir = rows::all(&q(&tx, &sql, &[&channel_id]).await?, rows::member)?;
             ch.members(heir, Op::Update);
         }
-        let sql = format!(
-            "UPDATE channels SET member_count = member_count - 1, updated_at = $2
-              WHERE id = $1 RETURNING {CHANNEL_COLS}"
-        );
-        let row = q_one(&tx, &sql, &[&channel_id, &now]).await?;
+        let row = self.count_members(&tx, &before, -1, now).await?;
         ch.channel_update(before, rows::channel(&row, 0)?);
         self.finish(tx, ch).await?;
         Ok(Written {
@@ -921,6 +952,13 @@ impl Store {
         let conn = self.read_pool().get().await?;
         let queries = self.list_queries(&conn).await?;
         views::list_conversations(&conn, queries, user, limit, after).await
+    }
+
+    /// The channels in read diffusion among `user`'s open conversations: what a cached first
+    /// page of their list must be checked against (`hermet_core::cache`).
+    pub async fn read_fanout_channels(&self, user: UserId) -> Result<Vec<ChannelId>, StoreError> {
+        let conn = self.read_pool().get().await?;
+        views::read_fanout_channels(&conn, user).await
     }
 
     pub async fn list_contacts(

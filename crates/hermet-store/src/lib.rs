@@ -66,6 +66,8 @@ pub struct StoreConfig {
     pub sync_mode: SyncMode,
     pub projection: ProjectionConfig,
     pub limits: Limits,
+    /// When a group's membership commands switch it between write and read diffusion.
+    pub fanout: hermet_core::rows::FanoutConfig,
 }
 
 /// A command's result with the WAL position at or after its commit.

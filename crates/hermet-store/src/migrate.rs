@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "outstanding_dead_letters",
         include_str!("../migrations/0007_outstanding_dead_letters.sql"),
     ),
+    (
+        8,
+        "hybrid_fanout",
+        include_str!("../migrations/0008_hybrid_fanout.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.

@@ -19,9 +19,9 @@ use std::sync::LazyLock;
 use deadpool_postgres::Transaction;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{
-    self, Affected, ContactInputs, ConversationInputs, ProjectionConfig, Views,
+    self, Affected, ChannelInputs, ContactInputs, ConversationInputs, ProjectionConfig, Views,
 };
-use hermet_core::rows::{ChannelId, FriendshipRow, MemberRow, MessageRow, UserId, UserRow};
+use hermet_core::rows::{ChannelId, Fanout, FriendshipRow, MemberRow, MessageRow, UserId, UserRow};
 use hermet_core::views::ViewBatch;
 
 use crate::rows::{
@@ -43,6 +43,10 @@ pub struct Applied {
     pub stats: ApplyStats,
     /// Owners of conversation rows written, sorted and distinct.
     pub conversation_owners: Vec<UserId>,
+    /// Channels in read diffusion whose `channel_view` row was written, sorted and distinct:
+    /// once the transaction commits, the caller moves their cache versions (cached pages of
+    /// their members depend on them without holding a row of their own that changed).
+    pub channels: Vec<ChannelId>,
 }
 
 /// Projects `changes` onto the read side inside `tx`.
@@ -56,12 +60,13 @@ pub async fn apply_changes(
     if affected.is_empty() {
         return Ok(Applied::default());
     }
-    let batch = compute(tx, &affected, views, cfg).await?;
+    let (batch, read_fanout) = compute_with_fanout(tx, &affected, views, cfg).await?;
     views::apply_batch(tx, &batch).await?;
     let owners: BTreeSet<UserId> = batch.conversations.iter().map(|r| r.user_id).collect();
     Ok(Applied {
         stats: ApplyStats { rows: batch.len() },
         conversation_owners: owners.into_iter().collect(),
+        channels: read_fanout,
     })
 }
 
@@ -72,10 +77,23 @@ pub async fn compute(
     views: Views,
     cfg: &ProjectionConfig,
 ) -> Result<ViewBatch, StoreError> {
-    let conv_keys = if views.conversations {
-        conversation_keys(tx, affected).await?
+    Ok(compute_with_fanout(tx, affected, views, cfg).await?.0)
+}
+
+/// [`compute`], and the channels in read diffusion whose `channel_view` row the batch writes.
+async fn compute_with_fanout(
+    tx: &Transaction<'_>,
+    affected: &Affected,
+    views: Views,
+    cfg: &ProjectionConfig,
+) -> Result<(ViewBatch, Vec<ChannelId>), StoreError> {
+    let (conv_keys, channel_ids) = if views.conversations {
+        (
+            conversation_keys(tx, affected).await?,
+            channel_keys(affected),
+        )
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let contact_keys = if views.contacts {
         contact_keys(tx, affected).await?
@@ -83,7 +101,62 @@ pub async fn compute(
         Vec::new()
     };
     let (conversations, contacts) = load_inputs(tx, &conv_keys, &contact_keys).await?;
-    Ok(projection::build(&conversations, &contacts, cfg))
+    let channels = load_channels(tx, &channel_ids).await?;
+    let read_fanout = channels
+        .iter()
+        .filter(|c| projection::fanout_of(&c.channel) == Fanout::Read)
+        .map(|c| c.channel.id)
+        .collect();
+    Ok((
+        projection::build(&conversations, &channels, &contacts, cfg),
+        read_fanout,
+    ))
+}
+
+/// The channels whose `channel_view` row a batch recomputes: every channel that changed or got
+/// messages (single chats among them are dropped by the projection: they have none).
+fn channel_keys(a: &Affected) -> Vec<ChannelId> {
+    let set: BTreeSet<ChannelId> = a
+        .channels_all_members
+        .iter()
+        .chain(&a.channels_info)
+        .chain(&a.channel_rows)
+        .chain(a.channels_new_messages.keys())
+        .copied()
+        .collect();
+    set.into_iter().collect()
+}
+
+static CHANNEL_STATE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {c}, {m}
+           FROM channels c
+           LEFT JOIN messages m ON m.channel_id = c.id AND m.seq = c.last_seq
+          WHERE c.id = ANY($1::bigint[]) AND c.channel_type = 'group'",
+        c = prefixed("c", rows::CHANNEL_COLS),
+        m = prefixed("m", MESSAGE_COLS),
+    )
+});
+
+/// Each group channel's row and its last message.
+async fn load_channels(
+    tx: &Transaction<'_>,
+    ids: &[ChannelId],
+) -> Result<Vec<ChannelInputs>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = tx.prepare_cached(&CHANNEL_STATE).await?;
+    tx.query(&stmt, &[&ids])
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(ChannelInputs {
+                channel: rows::channel(row, 0)?,
+                last_message: rows::message_opt(row, CHANNEL_WIDTH)?,
+            })
+        })
+        .collect()
 }
 
 fn unzip<A: Copy, B: Copy>(pairs: impl IntoIterator<Item = (A, B)>) -> (Vec<A>, Vec<B>) {
@@ -95,10 +168,18 @@ fn unzip<A: Copy, B: Copy>(pairs: impl IntoIterator<Item = (A, B)>) -> (Vec<A>, 
 /// milliseconds per statement). `$a`/`$b` stand for the branch's parameters.
 const MEMBERS_OF_CHANNELS: &str =
     "SELECT user_id, channel_id FROM channel_members WHERE channel_id = ANY($a::bigint[])";
+/// In read diffusion a member's row carries neither the name nor the last message, so these
+/// two reach members of channels in write diffusion only (a channel that flipped since is
+/// covered by its flip, which rewrites every member row).
+const MEMBERS_OF_WRITE_CHANNELS: &str = "
+    SELECT m.user_id, m.channel_id
+      FROM channels c JOIN channel_members m ON m.channel_id = c.id
+     WHERE c.id = ANY($a::bigint[]) AND c.fanout = 'write'";
 const MEMBERS_SEEING_NEW_MESSAGES: &str = "
     SELECT m.user_id, m.channel_id
-      FROM channel_members m
-      JOIN UNNEST($a::bigint[], $b::bigint[]) AS n(channel_id, seq) ON m.channel_id = n.channel_id
+      FROM UNNEST($a::bigint[], $b::bigint[]) AS n(channel_id, seq)
+      JOIN channels c ON c.id = n.channel_id AND c.fanout = 'write'
+      JOIN channel_members m ON m.channel_id = n.channel_id
      WHERE m.left_at IS NULL OR m.left_seq >= n.seq";
 const ROWS_EMBEDDING_PEERS: &str = "
     SELECT owner_user_id, channel_id FROM conversation_reverse_index
@@ -157,6 +238,10 @@ async fn conversation_keys(
     q.branch(
         MEMBERS_OF_CHANNELS,
         vec![a.channels_all_members.iter().copied().collect()],
+    );
+    q.branch(
+        MEMBERS_OF_WRITE_CHANNELS,
+        vec![a.channels_info.iter().copied().collect()],
     );
     let (msg_ch, msg_seq) = unzip(a.channels_new_messages.iter().map(|(c, s)| (*c, *s)));
     q.branch(MEMBERS_SEEING_NEW_MESSAGES, vec![msg_ch, msg_seq]);

@@ -75,8 +75,9 @@ pub enum View {
 
 /// The rebuilt tables, in the order the projection writes them (`views::apply_batch`), which is
 /// the order they are locked in: the same order cannot deadlock with a projection batch.
-const TABLES: [(&str, View); 4] = [
+const TABLES: [(&str, View); 5] = [
     ("user_conversation_view", View::Conversation),
+    ("channel_view", View::Conversation),
     ("user_contact_view", View::Contact),
     ("conversation_reverse_index", View::Conversation),
     ("contact_reverse_index", View::Contact),
@@ -497,9 +498,24 @@ async fn run_each(client: &Client, stmts: &[String], attempts: u32) -> Result<()
     Ok(())
 }
 
+/// The one rebuilt table that is not partitioned: one row per group channel, read by channel id
+/// (a user's few large groups), so it has no owner to shard by.
+const UNPARTITIONED: &str = "channel_view";
+
 /// `<t>_shadow`: the live table's columns (defaults, NOT NULL and any generated columns) and
 /// partitioning, without indexes (they are built after the load).
 async fn create_shadow(client: &Client, t: &str, shards: i32) -> Result<(), StoreError> {
+    let shadow = format!("{t}_shadow");
+    if t == UNPARTITIONED {
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)",
+                ident(&shadow)?,
+                ident(t)?
+            ))
+            .await?;
+        return Ok(());
+    }
     let key: Option<String> = client
         .query_one("SELECT pg_get_partkeydef(to_regclass($1))", &[&t])
         .await?
@@ -514,7 +530,6 @@ async fn create_shadow(client: &Client, t: &str, shards: i32) -> Result<(), Stor
         .strip_prefix("HASH (")
         .and_then(|k| k.strip_suffix(')'))
         .ok_or_else(|| StoreError::Decode(format!("unexpected partition key of {t}: {key}")))?;
-    let shadow = format!("{t}_shadow");
     let mut ddl = format!(
         "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED) PARTITION BY HASH ({});",
         ident(&shadow)?,
@@ -605,6 +620,16 @@ fn build_sql(t: &str) -> Result<(String, bool), StoreError> {
             ),
             true,
         ),
+        // Not by owner range: built whole, once, by the first chunk (`$2` is the first owner).
+        "channel_view" => (
+            format!(
+                "INSERT INTO {shadow} ({}, updated_at)
+                 SELECT b.*, $4::bigint FROM ({}) b WHERE $2::bigint = $5::bigint AND $3::bigint >= $2",
+                oracle::STORED_CHANNEL_COLUMNS,
+                oracle::EXPECTED_CHANNELS
+            ),
+            true,
+        ),
         "user_contact_view" => (
             format!(
                 "INSERT INTO {shadow} ({}, updated_at)
@@ -662,16 +687,18 @@ async fn build(
                       WHERE c.channel_type = 'single'),
                     (SELECT count(*) FROM friendships),
                     (SELECT COALESCE(min(id), 0) FROM users),
-                    (SELECT COALESCE(max(id), 0) FROM users)",
+                    (SELECT COALESCE(max(id), 0) FROM users),
+                    (SELECT count(*) FROM channels WHERE channel_type = 'group')",
             &[],
         )
         .await?;
-    let (members, single_members, friendships, lo, hi): (i64, i64, i64, i64, i64) =
-        (c.get(0), c.get(1), c.get(2), c.get(3), c.get(4));
+    let (members, single_members, friendships, lo, hi, groups): (i64, i64, i64, i64, i64, i64) =
+        (c.get(0), c.get(1), c.get(2), c.get(3), c.get(4), c.get(5));
     let total: u64 = tables
         .iter()
         .map(|t| match *t {
             "user_conversation_view" => members,
+            "channel_view" => groups,
             "conversation_reverse_index" => single_members,
             _ => friendships,
         })
@@ -691,7 +718,10 @@ async fn build(
     while start <= hi {
         let end = start.saturating_add(width - 1).min(hi);
         for (stmt, takes_preview) in &stmts {
-            let n = if *takes_preview {
+            let n = if *takes_preview && stmt.params().len() == 5 {
+                tx.execute(stmt, &[&opts.preview_chars, &start, &end, &now, &lo])
+                    .await?
+            } else if *takes_preview {
                 tx.execute(stmt, &[&opts.preview_chars, &start, &end, &now])
                     .await?
             } else if stmt.params().len() == 3 {
@@ -779,6 +809,30 @@ async fn refresh(
     let conv = tables.contains(&"user_conversation_view");
     let contact = tables.contains(&"user_contact_view");
     let mut keys = 0;
+    if tables.contains(&"channel_view") {
+        let set: Vec<String> = oracle::STORED_CHANNEL_COLUMNS
+            .split(',')
+            .map(str::trim)
+            .filter(|c| *c != "channel_id")
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        // A channel row depends on its channel and the message at its `last_seq`, which was
+        // inserted with the channel's update: changed channels cover both.
+        keys += tx
+            .execute(
+                &format!(
+                    "INSERT INTO channel_view_shadow ({}, updated_at)
+                     SELECT b.*, $3::bigint FROM ({}) b
+                      WHERE b.channel_id IN (SELECT id FROM channels WHERE age(xmin) <= $2::int)
+                     ON CONFLICT (channel_id) DO UPDATE SET {}, updated_at = excluded.updated_at",
+                    oracle::STORED_CHANNEL_COLUMNS,
+                    oracle::EXPECTED_CHANNELS,
+                    set.join(", ")
+                ),
+                &[&preview_chars, &age, &now_ms()],
+            )
+            .await?;
+    }
     if conv {
         tx.batch_execute(
             "CREATE TEMP TABLE hermet_rebuild_conv (user_id BIGINT, channel_id BIGINT) ON COMMIT DROP",

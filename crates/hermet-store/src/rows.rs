@@ -1,7 +1,9 @@
 //! Decoding write-side rows. Each `*_COLS` list and its decoder agree on column order; queries
 //! that join tables select the lists one after another and decode at offsets.
 
-use hermet_core::rows::{ChannelRow, ChannelType, FriendshipRow, MemberRow, MessageRow, UserRow};
+use hermet_core::rows::{
+    ChannelRow, ChannelType, Fanout, FriendshipRow, MemberRow, MessageRow, UserRow,
+};
 use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
 
@@ -9,7 +11,8 @@ use crate::StoreError;
 
 pub(crate) const USER_COLS: &str = "id, nickname, avatar, profile_ver, created_at, updated_at";
 pub(crate) const CHANNEL_COLS: &str = "id, channel_type, name, avatar, channel_status, \
-     channel_info_ver, member_count, creator_id, last_seq, pair_low, pair_high, created_at, updated_at";
+     channel_info_ver, member_count, creator_id, last_seq, pair_low, pair_high, created_at, updated_at, \
+     fanout, fanout_ver";
 pub(crate) const MEMBER_COLS: &str = "channel_id, user_id, role, joined_at, left_at, left_seq, \
      read_seq, pinned, muted, hidden_at_seq, settings_ver";
 pub(crate) const FRIEND_COLS: &str = "user_id, friend_id, remark_name, group_name, starred, \
@@ -19,7 +22,7 @@ pub(crate) const MESSAGE_COLS: &str =
 
 pub(crate) const MEMBER_WIDTH: usize = 11;
 pub(crate) const MESSAGE_WIDTH: usize = 8;
-pub(crate) const CHANNEL_WIDTH: usize = 13;
+pub(crate) const CHANNEL_WIDTH: usize = 15;
 
 fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T, StoreError> {
     row.try_get(idx)
@@ -71,6 +74,11 @@ pub(crate) fn channel(row: &Row, at: usize) -> Result<ChannelRow, StoreError> {
         pair_high: get(row, at + 10)?,
         created_at: get(row, at + 11)?,
         updated_at: get(row, at + 12)?,
+        fanout: {
+            let f: String = get(row, at + 13)?;
+            Fanout::parse(&f).ok_or_else(|| StoreError::Decode(format!("fanout {f:?}")))?
+        },
+        fanout_ver: get(row, at + 14)?,
     })
 }
 
@@ -124,6 +132,15 @@ pub(crate) fn message(row: &Row, at: usize) -> Result<MessageRow, StoreError> {
         content: get(row, at + 6)?,
         created_at: get(row, at + 7)?,
     })
+}
+
+/// A message at `at`, or `None` when a left join found none (its key column is NULL).
+pub(crate) fn message_opt(row: &Row, at: usize) -> Result<Option<MessageRow>, StoreError> {
+    let key: Option<i64> = get(row, at)?;
+    if key.is_none() {
+        return Ok(None);
+    }
+    message(row, at).map(Some)
 }
 
 pub(crate) fn all<T>(

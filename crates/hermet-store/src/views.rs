@@ -6,7 +6,10 @@
 
 use deadpool_postgres::Transaction;
 use hermet_core::rows::{ChannelId, ChannelType, UserId};
-use hermet_core::views::{ContactRow, ConversationRow, ViewBatch};
+use hermet_core::views::{
+    ChannelViewRow, ColumnGroup, ContactRow, ConversationRow, Scope, ViewBatch, CHANNEL_GROUPS,
+    CONTACT_GROUPS, CONVERSATION_GROUPS, CONVERSATION_SHAPE,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use tokio_postgres::error::SqlState;
@@ -78,126 +81,134 @@ pub fn with_derived_columns(sql: &str, row: &str) -> String {
         )
 }
 
-/// The column groups of the conversation view, each with the version that guards it: a group
-/// is replaced only by a row carrying a newer version (module doc).
-const CONVERSATION_GROUPS: [(&str, &[&str]); 5] = [
-    (
-        "channel_info_ver",
-        &["conversation_type", "channel_name", "channel_avatar"],
-    ),
-    (
-        "peer_profile_ver",
-        &["peer_user_id", "peer_nickname", "peer_avatar"],
-    ),
-    ("remark_ver", &["remark_name"]),
-    (
-        "last_message_seq",
-        &[
-            "last_message_id",
-            "last_message_type",
-            "last_message_content",
-            "last_message_sender_id",
-            "last_message_sender_name",
-            "last_message_time",
-        ],
-    ),
-    (
-        "settings_ver",
-        &[
-            "is_pinned",
-            "is_muted",
-            "hidden_at_seq",
-            "opened_at",
-            "closed_at",
-        ],
-    ),
-];
-
-/// What the upsert keeps for `col` when the row exists (`v`) and a row comes in (`excluded`):
-/// a group's column from the side with the newer version; a version, and `read_seq`, the maximum.
-fn merged(col: &str) -> String {
-    match CONVERSATION_GROUPS
-        .iter()
-        .find(|(_, cols)| cols.contains(&col))
-    {
-        Some((guard, _)) => {
-            format!("CASE WHEN excluded.{guard} > v.{guard} THEN excluded.{col} ELSE v.{col} END")
+/// The merge rule of one column group: the SQL condition under which the incoming row
+/// (`excluded`) replaces the group in the existing row (`v`).
+fn newer(g: &ColumnGroup) -> String {
+    let own = format!("excluded.{0} > v.{0}", g.guard);
+    match g.scope {
+        Scope::Own => own,
+        Scope::Fanout => {
+            let shape = CONVERSATION_SHAPE.guard;
+            format!("(excluded.{shape} > v.{shape} OR (excluded.{shape} = v.{shape} AND {own}))")
         }
+    }
+}
+
+/// What an upsert keeps for `col` when the row exists (`v`) and a row comes in (`excluded`):
+/// a group's column and guard from the side the group's rule prefers; a column of no group
+/// (`read_seq`) the maximum.
+fn merged(groups: &[ColumnGroup], col: &str) -> String {
+    match groups
+        .iter()
+        .find(|g| g.guard == col || g.columns.contains(&col))
+    {
+        Some(g) => format!(
+            "CASE WHEN {} THEN excluded.{col} ELSE v.{col} END",
+            newer(g)
+        ),
         None => format!("GREATEST(excluded.{col}, v.{col})"),
     }
 }
 
-/// The guarded merge as one statement. Derived columns are computed from the merged values
-/// (a `SET` sees only the old row and `excluded`), and a row whose every group is as new as the
-/// incoming one is not written at all.
-static UPSERT_CONVERSATIONS: LazyLock<String> = LazyLock::new(|| {
+/// `ON CONFLICT ({key}) DO UPDATE` for `groups`, generated from their description in
+/// `hermet_core::views`: every group merged by its rule, each of `maxed` kept at its maximum,
+/// `extra` assignments appended, and a row whose groups are all as new as the incoming ones not
+/// written at all (replays cost no write).
+fn on_conflict(key: &str, groups: &[ColumnGroup], maxed: &[&str], extra: &[String]) -> String {
     let mut set = Vec::new();
-    let mut newer = Vec::new();
-    let maxed = CONVERSATION_GROUPS
-        .iter()
-        .map(|(guard, _)| *guard)
-        .chain(["read_seq"]);
-    for (_, cols) in CONVERSATION_GROUPS {
-        set.extend(cols.iter().map(|c| format!("{c} = {}", merged(c))));
+    let mut when = Vec::new();
+    for g in groups {
+        for c in g.columns.iter().chain([&g.guard]) {
+            set.push(format!("{c} = {}", merged(groups, c)));
+        }
+        when.push(newer(g));
     }
     for c in maxed {
-        set.push(format!("{c} = {}", merged(c)));
-        newer.push(format!("excluded.{c} > v.{c}"));
+        set.push(format!("{c} = {}", merged(groups, c)));
+        when.push(format!("excluded.{c} > v.{c}"));
     }
-    for (c, value) in DERIVED_CONVERSATION_COLUMNS
-        .iter()
-        .zip(derived_values(merged))
-    {
-        set.push(format!("{c} = {value}"));
-    }
+    set.extend(extra.iter().cloned());
     set.push("updated_at = excluded.updated_at".to_owned());
     format!(
-        "{}\nON CONFLICT (user_id, channel_id) DO UPDATE SET\n    {}\nWHERE {}",
-        with_derived_columns(INSERT_CONVERSATIONS, "u"),
+        "ON CONFLICT ({key}) DO UPDATE SET\n    {}\nWHERE {}",
         set.join(",\n    "),
-        newer.join("\n   OR ")
+        when.join("\n   OR ")
+    )
+}
+
+/// Every group of the conversation view, its shape first.
+fn conversation_groups() -> Vec<ColumnGroup> {
+    std::iter::once(CONVERSATION_SHAPE)
+        .chain(CONVERSATION_GROUPS)
+        .collect()
+}
+
+/// The guarded merge of conversation rows as one statement. Derived columns are computed from
+/// the merged values (a `SET` sees only the old row and `excluded`).
+static UPSERT_CONVERSATIONS: LazyLock<String> = LazyLock::new(|| {
+    let groups = conversation_groups();
+    let derived: Vec<String> = DERIVED_CONVERSATION_COLUMNS
+        .iter()
+        .zip(derived_values(|c| merged(&groups, c)))
+        .map(|(c, value)| format!("{c} = {value}"))
+        .collect();
+    format!(
+        "{}\n{}",
+        with_derived_columns(INSERT_CONVERSATIONS, "u"),
+        on_conflict("user_id, channel_id", &groups, &["read_seq"], &derived)
+    )
+});
+
+static UPSERT_CONTACTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{INSERT_CONTACTS}\n{}",
+        on_conflict("user_id, contact_id", &CONTACT_GROUPS, &[], &[])
+    )
+});
+
+static UPSERT_CHANNELS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{INSERT_CHANNELS}\n{}",
+        on_conflict("channel_id", &CHANNEL_GROUPS, &[], &[])
     )
 });
 
 const INSERT_CONVERSATIONS: &str = "
 INSERT INTO user_conversation_view AS v (
-    user_id, channel_id, conversation_type, channel_name, channel_avatar, channel_info_ver,
+    user_id, channel_id, fanout, fanout_ver, conversation_type, channel_name, channel_avatar, channel_info_ver,
     peer_user_id, peer_nickname, peer_avatar, peer_profile_ver, remark_name, remark_ver,
     last_message_id, last_message_seq, last_message_type, last_message_content,
     last_message_sender_id, last_message_sender_name, last_message_time,
     read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver,
     $DERIVED_COLUMNS, updated_at)
-SELECT u.*, $DERIVED_VALUES, $27::bigint
+SELECT u.*, $DERIVED_VALUES, $29::bigint
   FROM UNNEST(
-    $1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+    $1::bigint[], $2::bigint[], $27::text[], $28::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
     $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[],
     $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::bigint[], $18::text[], $19::bigint[],
     $20::bigint[], $21::bool[], $22::bool[], $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[])
-    AS u(user_id, channel_id, conversation_type, channel_name, channel_avatar, channel_info_ver,
+    AS u(user_id, channel_id, fanout, fanout_ver, conversation_type, channel_name, channel_avatar, channel_info_ver,
          peer_user_id, peer_nickname, peer_avatar, peer_profile_ver, remark_name, remark_ver,
          last_message_id, last_message_seq, last_message_type, last_message_content,
          last_message_sender_id, last_message_sender_name, last_message_time,
          read_seq, is_pinned, is_muted, hidden_at_seq, opened_at, closed_at, settings_ver)";
 
-const UPSERT_CONTACTS: &str = "
+const INSERT_CONTACTS: &str = "
 INSERT INTO user_contact_view AS v (
     user_id, contact_id, contact_nickname, contact_avatar, contact_info_ver,
     remark_name, group_name, is_starred, deleted_at, friendship_ver, updated_at)
 SELECT u.*, $11::bigint FROM UNNEST(
     $1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
-    $6::text[], $7::text[], $8::bool[], $9::bigint[], $10::bigint[]) AS u
-ON CONFLICT (user_id, contact_id) DO UPDATE SET
-    contact_nickname = CASE WHEN excluded.contact_info_ver > v.contact_info_ver THEN excluded.contact_nickname ELSE v.contact_nickname END,
-    contact_avatar   = CASE WHEN excluded.contact_info_ver > v.contact_info_ver THEN excluded.contact_avatar ELSE v.contact_avatar END,
-    contact_info_ver = GREATEST(excluded.contact_info_ver, v.contact_info_ver),
-    remark_name      = CASE WHEN excluded.friendship_ver > v.friendship_ver THEN excluded.remark_name ELSE v.remark_name END,
-    group_name       = CASE WHEN excluded.friendship_ver > v.friendship_ver THEN excluded.group_name ELSE v.group_name END,
-    is_starred       = CASE WHEN excluded.friendship_ver > v.friendship_ver THEN excluded.is_starred ELSE v.is_starred END,
-    deleted_at       = CASE WHEN excluded.friendship_ver > v.friendship_ver THEN excluded.deleted_at ELSE v.deleted_at END,
-    friendship_ver   = GREATEST(excluded.friendship_ver, v.friendship_ver),
-    updated_at       = excluded.updated_at
-WHERE excluded.contact_info_ver > v.contact_info_ver
-   OR excluded.friendship_ver > v.friendship_ver";
+    $6::text[], $7::text[], $8::bool[], $9::bigint[], $10::bigint[]) AS u";
+
+const INSERT_CHANNELS: &str = "
+INSERT INTO channel_view AS v (
+    channel_id, channel_name, channel_avatar, channel_info_ver,
+    last_message_id, last_message_seq, last_message_type, last_message_content,
+    last_message_sender_id, last_message_sender_name, last_message_time, updated_at)
+SELECT u.*, $12::bigint FROM UNNEST(
+    $1::bigint[], $2::text[], $3::text[], $4::bigint[],
+    $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[]) AS u";
 
 const INSERT_CONVERSATION_REFS: &str = "
 INSERT INTO conversation_reverse_index (peer_user_id, owner_user_id, channel_id)
@@ -214,6 +225,9 @@ pub async fn apply_batch(tx: &Transaction<'_>, b: &ViewBatch) -> Result<(), Stor
     let now = now_ms();
     if !b.conversations.is_empty() {
         upsert_conversations(tx, &b.conversations, now).await?;
+    }
+    if !b.channels.is_empty() {
+        upsert_channels(tx, &b.channels, now).await?;
     }
     if !b.contacts.is_empty() {
         upsert_contacts(tx, &b.contacts, now).await?;
@@ -237,6 +251,8 @@ pub async fn apply_batch(tx: &Transaction<'_>, b: &ViewBatch) -> Result<(), Stor
     }
     metrics::counter!("hermet_view_updates_total", "view" => "conversation")
         .increment(b.conversations.len() as u64);
+    metrics::counter!("hermet_view_updates_total", "view" => "channel")
+        .increment(b.channels.len() as u64);
     metrics::counter!("hermet_view_updates_total", "view" => "contact")
         .increment(b.contacts.len() as u64);
     Ok(())
@@ -279,6 +295,8 @@ async fn upsert_conversations(
     let opened = col(rows, |r| r.opened_at);
     let closed = col(rows, |r| r.closed_at);
     let sver = col(rows, |r| r.settings_ver);
+    let fanout = col(rows, |r| r.fanout.as_str());
+    let fanout_ver = col(rows, |r| r.fanout_ver);
     let stmt = tx.prepare_cached(&UPSERT_CONVERSATIONS).await?;
     tx.execute(
         &stmt,
@@ -309,6 +327,8 @@ async fn upsert_conversations(
             &opened,
             &closed,
             &sver,
+            &fanout,
+            &fanout_ver,
             &now,
         ],
     )
@@ -324,7 +344,7 @@ async fn upsert_contacts(
     fn col<'a, T>(rows: &'a [ContactRow], f: impl Fn(&'a ContactRow) -> T) -> Vec<T> {
         rows.iter().map(f).collect()
     }
-    let stmt = tx.prepare_cached(UPSERT_CONTACTS).await?;
+    let stmt = tx.prepare_cached(&UPSERT_CONTACTS).await?;
     tx.execute(
         &stmt,
         &[
@@ -338,6 +358,39 @@ async fn upsert_contacts(
             &col(rows, |r| r.is_starred),
             &col(rows, |r| r.deleted_at),
             &col(rows, |r| r.friendship_ver),
+            &now,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn upsert_channels(
+    tx: &Transaction<'_>,
+    rows: &[ChannelViewRow],
+    now: i64,
+) -> Result<(), StoreError> {
+    fn col<'a, T>(rows: &'a [ChannelViewRow], f: impl Fn(&'a ChannelViewRow) -> T) -> Vec<T> {
+        rows.iter().map(f).collect()
+    }
+    fn lm(r: &ChannelViewRow) -> Option<&hermet_core::views::LastMessage> {
+        r.last_message.as_ref()
+    }
+    let stmt = tx.prepare_cached(&UPSERT_CHANNELS).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &col(rows, |r| r.channel_id),
+            &col(rows, |r| r.channel_name.as_str()),
+            &col(rows, |r| r.channel_avatar.as_str()),
+            &col(rows, |r| r.channel_info_ver),
+            &col(rows, |r| lm(r).map(|m| m.id)),
+            &col(rows, |r| r.last_message_seq),
+            &col(rows, |r| lm(r).map(|m| m.msg_type.as_str())),
+            &col(rows, |r| lm(r).map(|m| m.content.as_str())),
+            &col(rows, |r| lm(r).map(|m| m.sender_id)),
+            &col(rows, |r| lm(r).map(|m| m.sender_name.as_str())),
+            &col(rows, |r| lm(r).map(|m| m.created_at)),
             &now,
         ],
     )
@@ -414,23 +467,79 @@ const LIST_COLS: &str = "channel_id, conversation_type, conversation_name, conve
     last_message_sender_id, last_message_sender_name, last_message_time, unread_count,
     is_pinned, is_muted, activity_at";
 
-fn list_first_sql(table: &str) -> String {
+/// The list's columns from a member row in read diffusion joined with its channel's row:
+/// name, avatar and last message from the channel, unread, hidden and activity computed here by
+/// the rules every writer uses (migration 6's functions). A channel row not written yet (never
+/// the case once the channel's first change is applied) shows an empty name and no message.
+const READ_FANOUT_COLS: &str = "v.channel_id, v.conversation_type,
+    COALESCE(c.channel_name, ''), COALESCE(c.channel_avatar, ''), NULL::bigint,
+    c.last_message_id, COALESCE(c.last_message_seq, 0), c.last_message_type,
+    c.last_message_content, c.last_message_sender_id, c.last_message_sender_name,
+    c.last_message_time,
+    hermet_unread_count(COALESCE(c.last_message_seq, 0), v.read_seq) AS unread_count,
+    v.is_pinned, v.is_muted,
+    hermet_activity_at(c.last_message_time, v.opened_at) AS activity_at";
+
+/// One page of the list: the owner's rows in write diffusion (a range scan of the list index,
+/// at most `limit` rows) merged with their rows in read diffusion (one per large group they are
+/// in, each joined with its channel's row), in the one order. `cursor` is `""` for the first
+/// page, or the condition that keeps what sorts after `($3, $4, $5)`.
+fn list_sql(table: &str, after: bool) -> String {
+    let (write_after, read_after) = if after {
+        (
+            "AND (is_pinned, activity_at, channel_id) < ($3, $4, $5)",
+            "AND (v.is_pinned, hermet_activity_at(c.last_message_time, v.opened_at), v.channel_id)
+                 < ($3, $4, $5)",
+        )
+    } else {
+        ("", "")
+    };
     format!(
-        "SELECT {LIST_COLS} FROM {table}
-          WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden
-          ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
-          LIMIT $2"
+        "SELECT * FROM (
+           (SELECT {LIST_COLS} FROM {table}
+             WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden AND fanout = 'write'
+                   {write_after}
+             ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
+             LIMIT $2)
+           UNION ALL
+           SELECT {READ_FANOUT_COLS}
+             FROM {table} v LEFT JOIN channel_view c ON c.channel_id = v.channel_id
+            WHERE v.user_id = $1 AND v.fanout = 'read' AND v.closed_at = 0
+              AND NOT hermet_is_hidden(v.hidden_at_seq, COALESCE(c.last_message_seq, 0))
+                  {read_after}
+         ) page
+         ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
+         LIMIT $2"
     )
 }
 
+fn list_first_sql(table: &str) -> String {
+    list_sql(table, false)
+}
+
 fn list_after_sql(table: &str) -> String {
-    format!(
-        "SELECT {LIST_COLS} FROM {table}
-          WHERE user_id = $1 AND closed_at = 0 AND NOT is_hidden
-            AND (is_pinned, activity_at, channel_id) < ($3, $4, $5)
-          ORDER BY is_pinned DESC, activity_at DESC, channel_id DESC
-          LIMIT $2"
-    )
+    list_sql(table, true)
+}
+
+/// The channels in read diffusion of an owner's open rows, hidden ones included: what a cached
+/// first page depends on besides the owner's own rows (`hermet_core::cache`).
+const READ_FANOUT_CHANNELS: &str = "
+    SELECT channel_id FROM user_conversation_view
+     WHERE user_id = $1 AND fanout = 'read' AND closed_at = 0
+     ORDER BY channel_id";
+
+/// See [`READ_FANOUT_CHANNELS`].
+pub async fn read_fanout_channels(
+    client: &deadpool_postgres::Client,
+    user: UserId,
+) -> Result<Vec<ChannelId>, StoreError> {
+    let stmt = client.prepare_cached(READ_FANOUT_CHANNELS).await?;
+    client
+        .query(&stmt, &[&user])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0).map_err(decode))
+        .collect()
 }
 
 fn list_contacts_sql(table: &str) -> String {

@@ -9,7 +9,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hermet_testkit::{TestApp, User, TEST_SECRET};
+use hermet_core::validate::MAX_IDS_PER_CALL;
+use hermet_testkit::{TestApp, TestDb, User, TEST_SECRET};
+
+/// `limits.max_group_members` of the app of [`every_endpoint_refuses_bad_values`].
+const GROUP_LIMIT: usize = 500;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::HeaderValue;
 use serde_json::{json, Value};
@@ -533,7 +537,10 @@ fn cases(ctx: &Ctx) -> Vec<Case> {
     let member = |id: i64, u: i64| format!("/v1/groups/{id}/members/{u}");
     let friend = |id: i64| format!("/v1/friends/{id}");
     let unknown_members: Vec<i64> = (0..500).map(|i| 10_000_000 + i).collect();
-    let too_many: Vec<i64> = vec![bob.id; 501];
+    // More ids than one call takes (each distinct: the count alone is refused).
+    let too_many: Vec<i64> = (0..=MAX_IDS_PER_CALL as i64)
+        .map(|i| 20_000_000 + i)
+        .collect();
 
     let mut v = Vec::new();
 
@@ -892,7 +899,7 @@ fn cases(ctx: &Ctx) -> Vec<Case> {
         )
         .expect(404, "user_not_found"),
         mk(
-            "501 member ids",
+            "1001 member ids",
             json!({"name": "G", "member_ids": too_many}),
         )
         .expect(400, "invalid_input"),
@@ -963,7 +970,19 @@ fn cases(ctx: &Ctx) -> Vec<Case> {
         addm("user id zero", grp, json!({"user_ids": [0]})).expect(400, "invalid_input"),
         addm("user id negative", grp, json!({"user_ids": [carol.id, -1]}))
             .expect(400, "invalid_input"),
-        addm("501 user ids", grp, json!({"user_ids": too_many})).expect(400, "invalid_input"),
+        addm("1001 user ids", grp, json!({"user_ids": too_many})).expect(400, "invalid_input"),
+        addm(
+            "a user id twice",
+            grp,
+            json!({"user_ids": [carol.id, carol.id]}),
+        )
+        .expect(400, "invalid_input"),
+        addm(
+            "500 more than the group takes",
+            grp,
+            json!({"user_ids": unknown_members}),
+        )
+        .expect(400, "invalid_input"),
         addm("unknown user", grp, json!({"user_ids": [UNKNOWN]})).expect(404, "user_not_found"),
         addm("not a member", grp, json!({"user_ids": [carol.id]}))
             .by(carol)
@@ -1463,7 +1482,12 @@ async fn every_endpoint_refuses_bad_requests_generically() {
 
 #[tokio::test]
 async fn every_endpoint_refuses_bad_values() {
-    let app = TestApp::spawn().await;
+    // Groups of at most 500, so the group-size limit is reachable with one call's ids.
+    let db = TestDb::new().await;
+    let mut cfg = db.store(50).config().clone();
+    cfg.limits.max_group_members = GROUP_LIMIT;
+    let store = db.store_with(cfg);
+    let app = TestApp::spawn_with(db, store).await;
     let ctx = setup(&app).await;
     let snapshot = api_snapshot(&app, &ctx).await;
     let cases = cases(&ctx);

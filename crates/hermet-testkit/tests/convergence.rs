@@ -19,7 +19,8 @@ use rand::{Rng, SeedableRng};
 const PREVIEW: usize = 5;
 
 const RESET: &str = "TRUNCATE users, channels, channel_members, friendships, messages,
-    user_conversation_view, user_contact_view, conversation_reverse_index, contact_reverse_index
+    user_conversation_view, channel_view, user_contact_view, conversation_reverse_index,
+    contact_reverse_index
     RESTART IDENTITY CASCADE";
 
 async fn run_sequence(db: &TestDb, store: &Store, cmds: &[Cmd]) -> Result<(), String> {

@@ -49,6 +49,9 @@ fn store_cfg(mode: SyncMode) -> StoreConfig {
         sync_mode: mode,
         projection: projection(),
         limits: Limits::default(),
+        fanout: hermet_core::rows::FanoutConfig {
+            read_threshold: hermet_testkit::SMALL_READ_THRESHOLD,
+        },
     }
 }
 
@@ -98,8 +101,9 @@ async fn wait_count(store: &Store, sql: &str, want: i64) {
 // ------------------------------------------------------------------------------------------
 // Comparing databases
 
-const VIEW_TABLES: [(&str, &str); 4] = [
+const VIEW_TABLES: [(&str, &str); 5] = [
     ("user_conversation_view", "user_id, channel_id"),
+    ("channel_view", "channel_id"),
     ("user_contact_view", "user_id, contact_id"),
     (
         "conversation_reverse_index",
@@ -188,6 +192,34 @@ fn assert_same(a_name: &str, a: &Dump, b_name: &str, b: &Dump) {
 // 1. Differential: one workload, three modes
 
 /// Runs `cmds` and returns what was applied, failing on any system error.
+/// How the workload used the two diffusions: groups now in read diffusion, groups that flipped
+/// to it at least once, and groups that came back to write diffusion.
+#[derive(Debug, Default, Clone, Copy)]
+struct FanoutCoverage {
+    read: i64,
+    flipped_to_read: i64,
+    flipped_back: i64,
+}
+
+async fn fanout_coverage(store: &Store) -> FanoutCoverage {
+    let conn = store.pool().get().await.expect("connection");
+    let r = conn
+        .query_one(
+            "SELECT count(*) FILTER (WHERE fanout = 'read'),
+                    count(*) FILTER (WHERE fanout = 'read' OR fanout_ver > 1),
+                    count(*) FILTER (WHERE fanout = 'write' AND fanout_ver > 1)
+               FROM channels",
+            &[],
+        )
+        .await
+        .expect("fan-out coverage");
+    FanoutCoverage {
+        read: r.get(0),
+        flipped_to_read: r.get(1),
+        flipped_back: r.get(2),
+    }
+}
+
 async fn run_workload(store: &Store, cmds: &[Cmd]) -> workload::World {
     match workload::run(store, cmds).await {
         Ok(w) => w,
@@ -215,6 +247,11 @@ async fn one_workload_three_modes_same_read_side() {
         );
     }
     db_dw.assert_converged(&dw).await;
+    let shapes = fanout_coverage(&dw).await;
+    assert!(
+        shapes.read > 0 && shapes.flipped_to_read > 0 && shapes.flipped_back > 0,
+        "the workload must cross the fan-out threshold both ways: {shapes:?} (try another seed)"
+    );
 
     // async: the worker drains the outbox while the workload runs.
     let db_as = TestDb::new().await;
@@ -268,11 +305,11 @@ async fn one_workload_three_modes_same_read_side() {
 // 2. Property: shuffled, duplicated, replayed, partial deliveries
 
 const RESET: &str = "TRUNCATE users, channels, channel_members, friendships, messages,
-    user_conversation_view, user_contact_view, conversation_reverse_index, contact_reverse_index,
-    hermet_outbox, hermet_outbox_dead
+    user_conversation_view, channel_view, user_contact_view, conversation_reverse_index,
+    contact_reverse_index, hermet_outbox, hermet_outbox_dead
     RESTART IDENTITY CASCADE";
 
-const RESET_READ_SIDE: &str = "TRUNCATE user_conversation_view, user_contact_view,
+const RESET_READ_SIDE: &str = "TRUNCATE user_conversation_view, channel_view, user_contact_view,
     conversation_reverse_index, contact_reverse_index";
 
 /// The changes in the outbox, one entry per command, in commit order.
@@ -326,6 +363,7 @@ async fn projection_case(
     db: &TestDb,
     cmds: &[Cmd],
     seed: u64,
+    seen: &std::sync::Mutex<FanoutCoverage>,
 ) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let conn = store.pool().get().await.map_err(|e| e.to_string())?;
@@ -349,6 +387,12 @@ async fn projection_case(
     }
     let per_command = outbox_changes(store).await?;
     let all: Vec<RowChange> = per_command.concat();
+    let shapes = fanout_coverage(store).await;
+    if let Ok(mut s) = seen.lock() {
+        s.read += shapes.read;
+        s.flipped_to_read += shapes.flipped_to_read;
+        s.flipped_back += shapes.flipped_back;
+    }
 
     // Sloppy: the two projectors get independent deliveries, interleaved.
     let mut conv = deliveries(&mut rng, &all).into_iter();
@@ -412,13 +456,19 @@ fn projection_is_idempotent_and_order_independent() {
         proptest::collection::vec(workload::cmd(), 1..40),
         any::<u64>(),
     );
+    let seen = std::sync::Mutex::new(FanoutCoverage::default());
     let result = runner.run(&strategy, |(cmds, shuffle)| {
-        rt.block_on(projection_case(&store, &db, &cmds, shuffle))
+        rt.block_on(projection_case(&store, &db, &cmds, shuffle, &seen))
             .map_err(TestCaseError::fail)
     });
     if let Err(e) = result {
         panic!("HERMET_PROPTEST_SEED={seed}: {e}");
     }
+    let seen = *seen.lock().expect("coverage");
+    assert!(
+        seen.read > 0 && seen.flipped_to_read > 0 && seen.flipped_back > 0,
+        "the cases must cross the fan-out threshold both ways: {seen:?} (try another seed)"
+    );
 }
 
 // ------------------------------------------------------------------------------------------

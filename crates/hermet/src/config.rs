@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use hermet_core::cache::ListCache;
 use hermet_core::projection::ProjectionConfig;
+use hermet_core::rows::FanoutConfig;
 use hermet_core::validate::Limits;
 use hermet_store::{StoreConfig, SyncMode};
 use serde::Deserialize;
@@ -27,6 +28,7 @@ pub struct Config {
     pub sync: SyncConfig,
     pub read_side: ReadSideConfig,
     pub limits: Limits,
+    pub fanout: FanoutConfig,
     pub kafka: KafkaConfig,
     pub redis: RedisConfig,
     pub cdc: CdcConfig,
@@ -556,6 +558,9 @@ impl Config {
                 "limits: max_group_members >= 2 and max_name_chars >= 1 are required".into(),
             );
         }
+        if !(2..=1_000_000).contains(&self.fanout.read_threshold) {
+            return bad("fanout.read_threshold must be between 2 and 1000000".into());
+        }
         let r = &self.redis;
         if r.cache
             && (!r.url.starts_with("redis://") && !r.url.starts_with("rediss://")
@@ -786,6 +791,7 @@ impl Config {
                 preview_chars: self.read_side.preview_chars,
             },
             limits: self.limits,
+            fanout: self.fanout,
         }
     }
 }

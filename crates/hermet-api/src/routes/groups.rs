@@ -22,14 +22,17 @@ pub(crate) struct CreateGroup {
     member_ids: Vec<i64>,
 }
 
-fn user_ids(field: &'static str, ids: &[i64], max: usize) -> Result<Vec<i64>, ApiError> {
+fn user_ids(
+    field: &'static str,
+    ids: &[i64],
+    max: usize,
+    distinct: bool,
+) -> Result<Vec<i64>, ApiError> {
     // Bounded before any work: a list far above the group size cannot be valid.
     if ids.len() > max {
         return Err(Invalid::new(field, format!("a group has at most {max} members")).into());
     }
-    ids.iter()
-        .map(|&id| hermet_core::validate::id(field, id).map_err(ApiError::from))
-        .collect()
+    Ok(hermet_core::validate::member_ids(field, ids, distinct)?)
 }
 
 pub(crate) async fn create(
@@ -40,7 +43,12 @@ pub(crate) async fn create(
     let limits = &state.store().config().limits;
     let name = name("name", &body.name, limits)?;
     let avatar = avatar(body.avatar.as_deref().unwrap_or(""), limits)?;
-    let members = user_ids("member_ids", &body.member_ids, limits.max_group_members)?;
+    let members = user_ids(
+        "member_ids",
+        &body.member_ids,
+        limits.max_group_members,
+        false,
+    )?;
     let w = retrying(|| state.store().create_group(me, &name, &avatar, &members)).await?;
     Ok((
         StatusCode::CREATED,
@@ -100,7 +108,7 @@ pub(crate) async fn add_members(
 ) -> Result<impl IntoResponse, ApiError> {
     let channel = path_id("channel_id", channel)?;
     let limits = &state.store().config().limits;
-    let ids = user_ids("user_ids", &body.user_ids, limits.max_group_members)?;
+    let ids = user_ids("user_ids", &body.user_ids, limits.max_group_members, true)?;
     let w = retrying(|| state.store().add_members(me, channel, &ids)).await?;
     Ok((lsn_header(w.lsn), axum::Json(json!({}))))
 }
