@@ -77,7 +77,13 @@ pub async fn first_page(
     me: UserId,
     limit: i64,
 ) -> Result<(String, Source), ApiError> {
-    read_through(store.cache().as_ref(), me, limit, || {
+    // The owner's channels in read diffusion, whose versions a cached page is checked against
+    // (see `hermet_core::cache`); asked for on a miss only.
+    let read_fanout = || async {
+        // TODO(fanout): store.read_fanout_channels
+        Ok::<Vec<hermet_core::rows::ChannelId>, ApiError>(Vec::new())
+    };
+    read_through(store.cache().as_ref(), me, limit, read_fanout, || {
         load_page(store, me, limit, None)
     })
     .await
