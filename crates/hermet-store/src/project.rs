@@ -43,6 +43,9 @@ pub struct Applied {
     pub stats: ApplyStats,
     /// Owners of conversation rows written, sorted and distinct.
     pub conversation_owners: Vec<UserId>,
+    /// Channels in read diffusion whose `channel_view` row was written, sorted and distinct: the
+    /// caller moves their cache versions on after commit, before acknowledging.
+    pub channels: Vec<ChannelId>,
 }
 
 /// Projects `changes` onto the read side inside `tx`.
@@ -62,6 +65,7 @@ pub async fn apply_changes(
     Ok(Applied {
         stats: ApplyStats { rows: batch.len() },
         conversation_owners: owners.into_iter().collect(),
+        channels: Vec::new(),
     })
 }
 
