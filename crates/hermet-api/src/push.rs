@@ -154,6 +154,13 @@ impl PushSink for Hub {
         !self.lock().is_empty()
     }
 
+    fn connected_users(&self) -> Vec<UserId> {
+        // Copied out under the lock (one allocation, no `.await`), sorted after it is released.
+        let mut users: Vec<UserId> = self.lock().keys().copied().collect();
+        users.sort_unstable();
+        users
+    }
+
     fn publish(&self, user: UserId, event: &PushEvent) {
         if !self.is_connected(user) {
             return;
@@ -241,10 +248,15 @@ mod tests {
         let hub = Hub::default();
         let a = hub.register(1);
         let b = hub.register(1);
+        let c = hub.register(-4);
         assert!(hub.is_connected(1) && hub.any_connected());
+        assert_eq!(hub.connected_users(), vec![-4, 1]);
         drop(a);
         assert_eq!(hub.connections(1), 1);
+        assert_eq!(hub.connected_users(), vec![-4, 1]);
         drop(b);
+        drop(c);
         assert!(!hub.is_connected(1) && !hub.any_connected());
+        assert!(hub.connected_users().is_empty());
     }
 }

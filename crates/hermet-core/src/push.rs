@@ -36,13 +36,19 @@ pub enum PushEvent {
 ///
 /// Contract: delivery is **at most once** and only to users connected at that moment; `publish`
 /// never blocks and never fails (a recipient that cannot keep up is disconnected instead, and
-/// recovers by re-reading its lists). `is_connected`/`any_connected` are hints a publisher uses to
-/// skip work for users nobody is listening for; they may be stale by the time it publishes.
+/// recovers by re-reading its lists). `is_connected`/`any_connected`/`connected_users` are hints a
+/// publisher uses to skip work for users nobody is listening for; they may be stale by the time it
+/// publishes (a user who connects meanwhile misses that event, as one who connects a moment later
+/// would).
 pub trait PushSink: Send + Sync + 'static {
     /// Whether `user` has at least one connection here.
     fn is_connected(&self, user: UserId) -> bool;
     /// Whether anyone at all is connected here.
     fn any_connected(&self) -> bool;
+    /// The users with at least one connection here now, sorted and distinct: what a publisher
+    /// intersects a channel's membership with, so that it never loads all members of a large
+    /// channel (see `hermet_store::audience`).
+    fn connected_users(&self) -> Vec<UserId>;
     /// Sends `event` to every connection of `user` (none: nothing happens).
     fn publish(&self, user: UserId, event: &PushEvent);
 }

@@ -526,6 +526,7 @@ async fn apply_once(
     }
     tx.commit().await?;
     cfg.cache.invalidate(&applied.conversation_owners).await;
+    cfg.cache.invalidate_channels(&applied.channels).await;
     let stats = applied.stats;
     let now = now_ms();
     let view = if cfg.views.conversations {

@@ -180,6 +180,7 @@ pub async fn replay(
         forget(&tx, m).await?;
         tx.commit().await?;
         cache.invalidate(&done.conversation_owners).await;
+        cache.invalidate_channels(&done.channels).await;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, m.partition(), Offset::Offset(m.offset() + 1))?;
         consumer.commit(&tpl, CommitMode::Sync)?;

@@ -23,7 +23,7 @@ use deadpool_postgres::{Pool, Transaction};
 use hermet_core::cache::ListCache;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, Views};
-use hermet_core::rows::UserId;
+use hermet_core::rows::{ChannelId, UserId};
 use hermet_store::sync::{bury_outbox, finish_outbox, take_outbox, OutboxRow};
 use hermet_store::{project, StoreError};
 
@@ -101,10 +101,12 @@ async fn drain_once(cfg: &OutboxConfig, pool: &Pool, isolate: bool) -> Result<us
         }
     }
     let mut owners: Vec<UserId> = Vec::new();
+    let mut channels: Vec<ChannelId> = Vec::new();
     let mut applied: Vec<&OutboxRow> = Vec::with_capacity(rows.len());
     match apply_piece(cfg, &mut tx, &rows).await {
-        Ok(o) => {
-            owners = o;
+        Ok(done) => {
+            owners = done.conversation_owners;
+            channels = done.channels;
             applied.extend(&rows);
         }
         Err(e) if is_transient(&e) || !isolate => return Err(e),
@@ -114,8 +116,9 @@ async fn drain_once(cfg: &OutboxConfig, pool: &Pool, isolate: bool) -> Result<us
             let mut bisect = Bisect::new(rows.len(), e);
             while let Some(range) = bisect.next_range() {
                 match apply_piece(cfg, &mut tx, &rows[range.clone()]).await {
-                    Ok(o) => {
-                        owners.extend(o);
+                    Ok(done) => {
+                        owners.extend(done.conversation_owners);
+                        channels.extend(done.channels);
                         applied.extend(&rows[range]);
                     }
                     Err(e) if is_transient(&e) => return Err(e),
@@ -134,7 +137,10 @@ async fn drain_once(cfg: &OutboxConfig, pool: &Pool, isolate: bool) -> Result<us
     tx.commit().await?;
     owners.sort_unstable();
     owners.dedup();
+    channels.sort_unstable();
+    channels.dedup();
     cfg.cache.invalidate(&owners).await;
+    cfg.cache.invalidate_channels(&channels).await;
     if let Some(oldest) = applied.iter().map(|r| r.created_at).min() {
         let lag = (now_ms() - oldest).max(0) as f64 / 1000.0;
         metrics::histogram!("hermet_sync_lag_seconds", "view" => "outbox").record(lag);
@@ -150,13 +156,13 @@ async fn apply_piece(
     cfg: &OutboxConfig,
     tx: &mut Transaction<'_>,
     rows: &[OutboxRow],
-) -> Result<Vec<UserId>, StoreError> {
+) -> Result<project::Applied, StoreError> {
     let changes: Vec<RowChange> = rows.iter().flat_map(|r| r.changes.clone()).collect();
     let piece = tx.savepoint("outbox_piece").await?;
     match project::apply_changes(&piece, &changes, Views::ALL, &cfg.projection).await {
         Ok(applied) => {
             piece.commit().await?;
-            Ok(applied.conversation_owners)
+            Ok(applied)
         }
         Err(e) => {
             if !is_transient(&e) {

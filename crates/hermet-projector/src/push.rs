@@ -20,8 +20,13 @@
 //! before looking anything up, wait (at most [`PushConfig::visibility_wait`]) until the batch's
 //! transactions are visible ([`crate::visibility`]: otherwise a member added by the very
 //! transaction being told about is not found yet), then resolve channel members and profile watchers with one query per
-//! kind ([`hermet_store::audience`]), and publish each event once per user. A failed look-up
-//! loses that batch's pushes (logged and counted), never the notifier.
+//! kind ([`hermet_store::audience`]), and publish each event once per user ([`notify`]). A failed
+//! look-up loses that batch's pushes (logged and counted), never the notifier.
+//!
+//! Channel members are resolved as an **intersection** with the users connected here
+//! ([`PushSink::connected_users`], [`audience::connected_members`]), never by listing a channel's
+//! members: a message into a 100,000-member group (read diffusion) costs this process one probe
+//! per connected user, and nothing when nobody is connected (the statement is skipped).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -230,7 +235,7 @@ impl PushNotifier {
             if let Err(e) = gate {
                 tracing::debug!(error = %e, "push notifier cannot check visibility");
             }
-            match self.notify(&changes).await {
+            match notify(&self.pool, &*self.sink, &changes).await {
                 Ok(sent) => {
                     metrics::counter!("hermet_push_notified_total").increment(sent as u64);
                     if let Some(ts) = oldest_ts {
@@ -283,54 +288,6 @@ impl PushNotifier {
         }
     }
 
-    /// Publishes what `changes` mean to the connected users; returns the events sent.
-    async fn notify(&self, changes: &[RowChange]) -> Result<usize, StoreError> {
-        let plan = plan(changes);
-        let sink = &*self.sink;
-        let mut sent: HashSet<(UserId, PushEvent)> = HashSet::new();
-        let mut publish = |user: UserId, event: &PushEvent| {
-            if sink.is_connected(user) && sent.insert((user, event.clone())) {
-                sink.publish(user, event);
-            }
-        };
-        for (user, event) in &plan.direct {
-            publish(*user, event);
-        }
-        if plan.to_members.is_empty() && plan.profile_users.is_empty() {
-            return Ok(sent.len());
-        }
-        if !sink.any_connected() {
-            return Ok(sent.len());
-        }
-        let client = self.pool.get().await?;
-        if !plan.to_members.is_empty() {
-            let mut members: HashMap<ChannelId, Vec<UserId>> = HashMap::new();
-            for (channel, user) in
-                audience::active_members(&client, &plan.member_channels()).await?
-            {
-                if sink.is_connected(user) {
-                    members.entry(channel).or_default().push(user);
-                }
-            }
-            for (channel, event) in &plan.to_members {
-                for user in members.get(channel).into_iter().flatten() {
-                    publish(*user, event);
-                }
-            }
-        }
-        if !plan.profile_users.is_empty() {
-            let users: Vec<UserId> = plan.profile_users.iter().copied().collect();
-            let w = audience::profile_watchers(&client, &users).await?;
-            for (_, owner, channel_id) in w.conversations {
-                publish(owner, &PushEvent::ConversationChanged { channel_id });
-            }
-            for (contact_id, owner) in w.contacts {
-                publish(owner, &PushEvent::ContactChanged { contact_id });
-            }
-        }
-        Ok(sent.len())
-    }
-
     /// Assigns the partitions of the topics not assigned yet: at their end on `at_end`, else
     /// from the first record written since [`start`](Self::start). Topics that do not exist yet
     /// are left for the next look-up.
@@ -356,6 +313,60 @@ impl PushNotifier {
             "push notifier assigned partitions");
         Ok(())
     }
+}
+
+/// Publishes what `changes` mean to the users connected to `sink`; returns the events sent.
+/// Channel members are found by intersecting the channels' memberships with
+/// [`PushSink::connected_users`] (see the module docs); the batch's transactions must be visible
+/// already (the notifier waits for them).
+pub async fn notify(
+    pool: &Pool,
+    sink: &dyn PushSink,
+    changes: &[RowChange],
+) -> Result<usize, StoreError> {
+    let plan = plan(changes);
+    let mut sent: HashSet<(UserId, PushEvent)> = HashSet::new();
+    let mut publish = |user: UserId, event: &PushEvent| {
+        if sink.is_connected(user) && sent.insert((user, event.clone())) {
+            sink.publish(user, event);
+        }
+    };
+    for (user, event) in &plan.direct {
+        publish(*user, event);
+    }
+    if plan.to_members.is_empty() && plan.profile_users.is_empty() {
+        return Ok(sent.len());
+    }
+    // Nobody to tell: no look-up at all.
+    if !sink.any_connected() {
+        return Ok(sent.len());
+    }
+    let client = pool.get().await?;
+    if !plan.to_members.is_empty() {
+        let connected = sink.connected_users();
+        let mut members: HashMap<ChannelId, Vec<UserId>> = HashMap::new();
+        for (channel, user) in
+            audience::connected_members(&client, &plan.member_channels(), &connected).await?
+        {
+            members.entry(channel).or_default().push(user);
+        }
+        for (channel, event) in &plan.to_members {
+            for user in members.get(channel).into_iter().flatten() {
+                publish(*user, event);
+            }
+        }
+    }
+    if !plan.profile_users.is_empty() {
+        let users: Vec<UserId> = plan.profile_users.iter().copied().collect();
+        let w = audience::profile_watchers(&client, &users).await?;
+        for (_, owner, channel_id) in w.conversations {
+            publish(owner, &PushEvent::ConversationChanged { channel_id });
+        }
+        for (contact_id, owner) in w.contacts {
+            publish(owner, &PushEvent::ContactChanged { contact_id });
+        }
+    }
+    Ok(sent.len())
 }
 
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,22 +5,34 @@
 //! share one Redis.
 //! - `{prefix}:cl:epoch` — the global version; [`ListCache::invalidate_all`] removes it. No TTL.
 //! - `{prefix}:cl:u:{owner}` — a hash per owner: field `v` is the owner's version, and per page
-//!   size `limit` the fields `s:{limit}` (stamp the page was stored under) and `d:{limit}` (the
-//!   page). The whole hash expires `ttl` after its last write; an invalidation removes it.
+//!   size `limit` the fields `t:{limit}` (stamp the page was stored under), `c:{limit}` (the
+//!   channel versions it was loaded against: `{channel}={epoch}:{version}` separated by spaces,
+//!   empty for none) and `p:{limit}` (the page). The whole hash expires `ttl` after its last
+//!   write; an invalidation removes it.
+//! - `{prefix}:cl:c:{channel}` — the version of a channel in read diffusion (a string). It
+//!   expires `ttl` after it was last read; [`ListCache::invalidate_channels`] removes it.
 //!
-//! A stamp is `"{epoch}:{v}"`; a page is current when its `s:` field equals the current stamp.
-//! Look-ups and stores are Lua scripts, so each reads and writes atomically.
+//! A stamp is `"{epoch}:{v}"`, and so is a channel's version as callers see it (so that
+//! [`ListCache::invalidate_all`], which removes the epoch, retires channel versions too). A page
+//! is served when its `t:` field equals the current stamp; `hermet_core::cache::read_through`
+//! then compares its `c:` versions with the current ones (a second call, made only for pages
+//! that recorded channels). Look-ups, stores and channel reads are Lua scripts, so each reads and
+//! writes atomically; each is passed every key it touches (the channel check of a hit is not
+//! folded into the look-up script because the channel keys are only known from the hash the
+//! script reads). Pages of the previous release (fields `s:`/`d:`, no channel versions) are
+//! neither served nor overwritten by this one; they go with the hash.
 //!
 //! ## Versions never repeat
 //! A stamp must never become current again once its version has moved on, or a reader that
 //! stamped before a write could store a page loaded before it. Versions here are *created* and
 //! *removed*, never counted:
-//! - only a look-up creates a version, and only when it is missing: at a fresh random integer in
-//!   `[2^32, 2^62)`, in the same script that reads it (so a stamp is only ever taken against a
-//!   version that exists);
-//! - an invalidation **removes** the version (`DEL` of the owner's hash, or of the epoch); so do
-//!   expiry, eviction, and a restart of a cache-only Redis;
-//! - a store is accepted only if both versions exist and equal the stamp.
+//! - only a look-up (for an owner) or a channel read (for channels) creates a version, and only
+//!   when it is missing: at a fresh random integer in `[2^32, 2^62)`, in the same script that
+//!   reads it (so a stamp is only ever taken against a version that exists);
+//! - an invalidation **removes** the version (`DEL` of the owner's hash, of the channel's key, or
+//!   of the epoch); so do expiry, eviction, and a restart of a cache-only Redis;
+//! - a store is accepted only if the epoch, the owner's version and every recorded channel
+//!   version exist and equal what the reader saw.
 //!
 //! So a store succeeds only if the very values the look-up saw are still there: anything that
 //! removed one of them in between — an invalidation above all — makes the next look-up draw a new
@@ -57,15 +69,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hermet_core::cache::{BoxFut, ListCache, Lookup, Stamp};
-use hermet_core::rows::UserId;
+use hermet_core::cache::{BoxFut, Cached, ChannelStamps, ListCache, Lookup, Stamp};
+use hermet_core::rows::{ChannelId, UserId};
 use rand::Rng;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tokio::sync::watch;
 
 /// KEYS: epoch, owner hash. ARGV: fresh epoch, fresh version (each used only if missing), stamp
-/// field, page field, ttl in ms. Returns `{1, page}` on a hit, `{0, stamp}` on a miss.
+/// field, page field, ttl in ms, channels field. Returns `{'hit', stamp, page, channels}` on a
+/// hit, `{'miss', stamp}` on a miss.
 const LOOKUP_SCRIPT: &str = r"
 local e = redis.call('GET', KEYS[1])
 if not e then
@@ -81,20 +94,51 @@ end
 local stamp = e .. ':' .. v
 if redis.call('HGET', KEYS[2], ARGV[3]) == stamp then
   local page = redis.call('HGET', KEYS[2], ARGV[4])
-  if page then return {1, page} end
+  local channels = redis.call('HGET', KEYS[2], ARGV[6])
+  if page and channels then return {'hit', stamp, page, channels} end
 end
-return {0, stamp}
+return {'miss', stamp}
 ";
 
-/// KEYS: epoch, owner hash. ARGV: stamp, stamp field, page field, page, ttl in ms. A missing
-/// version was removed after the stamp was taken (look-ups create them), so it refuses.
+/// KEYS: epoch, owner hash, then the recorded channels' keys. ARGV: stamp, stamp field, page
+/// field, page, ttl in ms, channels field, encoded channel versions, then each channel's version
+/// as the reader saw it (`{epoch}:{v}`). A missing version was removed after the reader saw it
+/// (look-ups and channel reads create them), so it refuses.
 const STORE_SCRIPT: &str = r"
 local e = redis.call('GET', KEYS[1])
 local v = redis.call('HGET', KEYS[2], 'v')
 if not e or not v or e .. ':' .. v ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[1], ARGV[3], ARGV[4])
+for i = 3, #KEYS do
+  local c = redis.call('GET', KEYS[i])
+  if not c or e .. ':' .. c ~= ARGV[i + 5] then return 0 end
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1], ARGV[3], ARGV[4], ARGV[6], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return 1
+";
+
+/// KEYS: epoch, then the channels' keys. ARGV: fresh epoch, ttl in ms, then a fresh version per
+/// channel (each used only if missing). Returns each channel's `{epoch}:{v}`, in KEYS order. The
+/// expiry is renewed on every read: only removal matters to the rule, and a channel that is
+/// read keeps its version (and the pages recorded against it).
+const CHANNELS_SCRIPT: &str = r"
+local e = redis.call('GET', KEYS[1])
+if not e then
+  e = ARGV[1]
+  redis.call('SET', KEYS[1], e)
+end
+local out = {}
+for i = 2, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if not v then
+    v = ARGV[i + 1]
+    redis.call('SET', KEYS[i], v, 'PX', ARGV[2])
+  else
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+  out[#out + 1] = e .. ':' .. v
+end
+return out
 ";
 
 /// Fresh versions are drawn from here: far above the small values the previous release counted
@@ -131,9 +175,11 @@ pub struct RedisCacheConfig {
 pub struct RedisListCache {
     inner: Arc<Inner>,
     owner_prefix: String,
+    channel_prefix: String,
     ttl: Duration,
     lookup_script: Script,
     store_script: Script,
+    channels_script: Script,
 }
 
 /// What the cache shares with its repair task.
@@ -167,6 +213,35 @@ impl std::fmt::Debug for RedisListCache {
 
 fn fresh_version() -> String {
     rand::thread_rng().gen_range(FRESH_VERSIONS).to_string()
+}
+
+/// The `c:` field of a page: `{channel}={version}` separated by spaces (versions are
+/// `{epoch}:{v}`, digits and a colon).
+fn encode_channels(channels: &ChannelStamps) -> String {
+    let mut out = String::new();
+    for (ch, version) in &channels.0 {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&ch.to_string());
+        out.push('=');
+        out.push_str(version);
+    }
+    out
+}
+
+/// The inverse of [`encode_channels`]; `None` for anything it does not write.
+fn decode_channels(field: &str) -> Option<ChannelStamps> {
+    field
+        .split(' ')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (ch, version) = p.split_once('=')?;
+            let ch = ch.parse::<ChannelId>().ok()?;
+            (!version.is_empty() && !version.contains(['=', ' '])).then(|| (ch, version.to_owned()))
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(ChannelStamps)
 }
 
 impl Inner {
@@ -217,7 +292,8 @@ impl Inner {
     /// Records a failed invalidation and returns once an epoch removal sent after it has
     /// succeeded: from then on no process can be served a page stored before the failure, nor
     /// store one under a stamp taken before it.
-    async fn make_good(self: &Arc<Self>, op: &'static str, owners: usize) {
+    /// `keys`: how many owners or channels the failed call was for (logged).
+    async fn make_good(self: &Arc<Self>, op: &'static str, keys: usize) {
         let ticket = {
             let mut st = self.lock_repair();
             st.failures += 1;
@@ -230,7 +306,7 @@ impl Inner {
         };
         tracing::warn!(
             op,
-            owners,
+            keys,
             ticket,
             "invalidation failed; waiting until the epoch is removed before acknowledging"
         );
@@ -240,7 +316,7 @@ impl Inner {
         let _ = covered.wait_for(|c| *c >= ticket).await;
         tracing::info!(
             op,
-            owners,
+            keys,
             ticket,
             waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "failed invalidation made good: every cached page is retired"
@@ -317,7 +393,15 @@ impl RedisListCache {
             .set_max_delay(cfg.timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, mgr_cfg)
             .map_err(|e| CacheError::Url(e.to_string()))?;
-        for op in ["lookup", "store", "invalidate", "invalidate_all", "epoch"] {
+        for op in [
+            "lookup",
+            "store",
+            "channel_versions",
+            "invalidate",
+            "invalidate_channels",
+            "invalidate_all",
+            "epoch",
+        ] {
             metrics::counter!("hermet_cache_errors_total", "op" => op).increment(0);
         }
         Ok(RedisListCache {
@@ -330,14 +414,20 @@ impl RedisListCache {
                 covered: watch::channel(0).0,
             }),
             owner_prefix: format!("{}:cl:u:", cfg.prefix),
+            channel_prefix: format!("{}:cl:c:", cfg.prefix),
             ttl: cfg.ttl,
             lookup_script: Script::new(LOOKUP_SCRIPT),
             store_script: Script::new(STORE_SCRIPT),
+            channels_script: Script::new(CHANNELS_SCRIPT),
         })
     }
 
     fn owner_key(&self, owner: UserId) -> String {
         format!("{}{owner}", self.owner_prefix)
+    }
+
+    fn channel_key(&self, channel: ChannelId) -> String {
+        format!("{}{channel}", self.channel_prefix)
     }
 
     fn ttl_ms(&self) -> i64 {
@@ -358,49 +448,112 @@ impl RedisListCache {
             return self.fallback();
         }
         let mut c = self.inner.conn.clone();
-        let got: Result<(i64, String), _> = self
+        let got: Result<Vec<String>, _> = self
             .lookup_script
             .key(&self.inner.epoch_key)
             .key(self.owner_key(owner))
             .arg(fresh_version())
             .arg(fresh_version())
-            .arg(format!("s:{limit}"))
-            .arg(format!("d:{limit}"))
+            .arg(format!("t:{limit}"))
+            .arg(format!("p:{limit}"))
             .arg(self.ttl_ms())
+            .arg(format!("c:{limit}"))
             .invoke_async(&mut c)
             .await;
-        match got {
-            Ok((1, page)) => {
-                metrics::counter!("hermet_cache_requests_total", "result" => "hit").increment(1);
-                Lookup::Hit(page)
-            }
-            Ok((_, stamp)) => {
-                metrics::counter!("hermet_cache_requests_total", "result" => "miss").increment(1);
-                Lookup::Miss(Stamp(stamp))
-            }
+        let mut got = match got {
+            Ok(got) => got.into_iter(),
             Err(e) => {
                 self.inner.failed("lookup", &e);
-                self.fallback()
+                return self.fallback();
+            }
+        };
+        let (kind, stamp) = (got.next(), got.next().map(Stamp));
+        let found = match (kind.as_deref(), stamp, got.next(), got.next()) {
+            (Some("hit"), Some(stamp), Some(page), Some(channels)) => {
+                match decode_channels(&channels) {
+                    Some(channels) => Lookup::Hit(Cached {
+                        page,
+                        stamp,
+                        channels,
+                    }),
+                    // Not what this release writes: the page cannot be checked, so it is a miss
+                    // (the next store overwrites it).
+                    None => Lookup::Miss(stamp),
+                }
+            }
+            (Some("miss"), Some(stamp), None, None) => Lookup::Miss(stamp),
+            _ => {
+                // Only a script of another shape answers so; the cache cannot be trusted.
+                tracing::error!("redis cache look-up script answered in an unknown shape");
+                metrics::counter!("hermet_cache_errors_total", "op" => "lookup").increment(1);
+                return self.fallback();
+            }
+        };
+        let result = if matches!(found, Lookup::Hit(_)) {
+            "hit"
+        } else {
+            "miss"
+        };
+        metrics::counter!("hermet_cache_requests_total", "result" => result).increment(1);
+        found
+    }
+
+    async fn channel_versions_inner(&self, channels: &[ChannelId]) -> Option<Vec<String>> {
+        if channels.is_empty() {
+            return Some(Vec::new());
+        }
+        if !self.usable() {
+            return None;
+        }
+        let mut inv = self.channels_script.prepare_invoke();
+        inv.key(&self.inner.epoch_key)
+            .arg(fresh_version())
+            .arg(self.ttl_ms());
+        for ch in channels {
+            inv.key(self.channel_key(*ch)).arg(fresh_version());
+        }
+        let mut c = self.inner.conn.clone();
+        match inv.invoke_async::<Vec<String>>(&mut c).await {
+            Ok(v) if v.len() == channels.len() => Some(v),
+            Ok(_) => {
+                tracing::error!("redis cache channel script answered in an unknown shape");
+                metrics::counter!("hermet_cache_errors_total", "op" => "channel_versions")
+                    .increment(1);
+                None
+            }
+            Err(e) => {
+                self.inner.failed("channel_versions", &e);
+                None
             }
         }
     }
 
-    async fn store_inner(&self, owner: UserId, limit: i64, stamp: Stamp, page: String) -> bool {
+    async fn store_inner(
+        &self,
+        owner: UserId,
+        limit: i64,
+        stamp: Stamp,
+        channels: ChannelStamps,
+        page: String,
+    ) -> bool {
         if !self.usable() {
             return false;
         }
-        let mut c = self.inner.conn.clone();
-        let r: Result<i64, _> = self
-            .store_script
-            .key(&self.inner.epoch_key)
+        let mut inv = self.store_script.prepare_invoke();
+        inv.key(&self.inner.epoch_key)
             .key(self.owner_key(owner))
             .arg(stamp.0)
-            .arg(format!("s:{limit}"))
-            .arg(format!("d:{limit}"))
+            .arg(format!("t:{limit}"))
+            .arg(format!("p:{limit}"))
             .arg(page)
             .arg(self.ttl_ms())
-            .invoke_async(&mut c)
-            .await;
+            .arg(format!("c:{limit}"))
+            .arg(encode_channels(&channels));
+        for (ch, version) in &channels.0 {
+            inv.key(self.channel_key(*ch)).arg(version);
+        }
+        let mut c = self.inner.conn.clone();
+        let r: Result<i64, _> = inv.invoke_async(&mut c).await;
         match r {
             Ok(1) => {
                 metrics::counter!("hermet_cache_stores_total", "result" => "stored").increment(1);
@@ -442,6 +595,33 @@ impl RedisListCache {
         self.inner.make_good("invalidate", owners.len()).await;
     }
 
+    /// As [`RedisListCache::invalidate_inner`], for channel versions (removing a channel's key
+    /// retires every page recorded against it; a failure is made good the same way).
+    async fn invalidate_channels_inner(&self, channels: &[ChannelId]) {
+        if channels.is_empty() {
+            return;
+        }
+        if !self.inner.repair_pending() {
+            let keys: Vec<String> = channels.iter().map(|c| self.channel_key(*c)).collect();
+            let mut c = self.inner.conn.clone();
+            match redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<i64>(&mut c)
+                .await
+            {
+                Ok(_) => {
+                    metrics::counter!("hermet_cache_channel_invalidations_total")
+                        .increment(channels.len() as u64);
+                    return;
+                }
+                Err(e) => self.inner.failed("invalidate_channels", &e),
+            }
+        }
+        self.inner
+            .make_good("invalidate_channels", channels.len())
+            .await;
+    }
+
     async fn invalidate_all_inner(&self) {
         if !self.inner.repair_pending() {
             match self.inner.remove_epoch().await {
@@ -458,12 +638,30 @@ impl ListCache for RedisListCache {
         Box::pin(self.lookup_inner(owner, limit))
     }
 
-    fn store(&self, owner: UserId, limit: i64, stamp: Stamp, page: String) -> BoxFut<'_, bool> {
-        Box::pin(self.store_inner(owner, limit, stamp, page))
+    fn store(
+        &self,
+        owner: UserId,
+        limit: i64,
+        stamp: Stamp,
+        channels: ChannelStamps,
+        page: String,
+    ) -> BoxFut<'_, bool> {
+        Box::pin(self.store_inner(owner, limit, stamp, channels, page))
+    }
+
+    fn channel_versions<'a>(
+        &'a self,
+        channels: &'a [ChannelId],
+    ) -> BoxFut<'a, Option<Vec<String>>> {
+        Box::pin(self.channel_versions_inner(channels))
     }
 
     fn invalidate<'a>(&'a self, owners: &'a [UserId]) -> BoxFut<'a, ()> {
         Box::pin(self.invalidate_inner(owners))
+    }
+
+    fn invalidate_channels<'a>(&'a self, channels: &'a [ChannelId]) -> BoxFut<'a, ()> {
+        Box::pin(self.invalidate_channels_inner(channels))
     }
 
     fn invalidate_all(&self) -> BoxFut<'_, ()> {
@@ -474,5 +672,21 @@ impl ListCache for RedisListCache {
     /// repeat); it keeps pages whose load took that long, and so are likely outdated, out.
     fn max_load(&self) -> Duration {
         self.ttl / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_fields_round_trip_and_refuse_what_this_release_does_not_write() {
+        let c = ChannelStamps(vec![(10, "5:77".into()), (-3, "5:8".into())]);
+        assert_eq!(encode_channels(&c), "10=5:77 -3=5:8");
+        assert_eq!(decode_channels(&encode_channels(&c)), Some(c));
+        assert_eq!(decode_channels(""), Some(ChannelStamps::default()));
+        for bad in ["10", "x=1:2", "10=", "10==1"] {
+            assert_eq!(decode_channels(bad), None, "{bad}");
+        }
     }
 }

@@ -7,7 +7,10 @@
 //!   persistence or after a failover is: the invalidation is lost) returns only once no process
 //!   can be served the page it should have retired — also when the invalidating process never
 //!   looks anything up (a projector), exits right after (the CLI), or its caller gave up waiting
-//!   (a cancelled request); and one that times out (Redis frozen with SIGSTOP) waits too.
+//!   (a cancelled request); and one that times out (Redis frozen with SIGSTOP) waits too;
+//! - channel versions (read diffusion): created once, recorded with a page, and retired by
+//!   `invalidate_channels`, by expiry and by `invalidate_all`; a failed channel invalidation is
+//!   made good like an owner's.
 //!
 //! Each test uses a key prefix of its own on the shared Redis (`HERMET_REDIS_URL`, from
 //! `eval "$(scripts/services.sh env)"`), or a private `redis-server` it starts and stops itself.
@@ -16,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hermet_core::cache::{ListCache, Lookup};
+use hermet_core::cache::{ChannelStamps, ListCache, Lookup};
 use hermet_redis::{RedisCacheConfig, RedisListCache};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -101,8 +104,14 @@ async fn a_stamp_taken_before_the_version_expired_is_refused_after_a_new_invalid
     c.invalidate(&[7]).await;
     // The reader's page was loaded before that write: it must not be stored.
     assert!(
-        !c.store(7, 20, stamp, "loaded before the write".into())
-            .await,
+        !c.store(
+            7,
+            20,
+            stamp,
+            ChannelStamps::default(),
+            "loaded before the write".into()
+        )
+        .await,
         "a page stamped before the version expired was stored after a later invalidation"
     );
     assert!(matches!(c.lookup(7, 20).await, Lookup::Miss(_)));
@@ -128,11 +137,142 @@ async fn a_stamp_taken_before_redis_lost_every_key_is_refused() {
             .expect("DEL");
     }
     assert!(
-        !c.store(8, 20, stamp, "loaded before the write".into())
-            .await,
+        !c.store(
+            8,
+            20,
+            stamp,
+            ChannelStamps::default(),
+            "loaded before the write".into()
+        )
+        .await,
         "a page stamped before Redis lost its keys was stored"
     );
     assert!(matches!(c.lookup(8, 20).await, Lookup::Miss(_)));
+}
+
+fn channel_key(cfg: &RedisCacheConfig, channel: i64) -> String {
+    format!("{}:cl:c:{channel}", cfg.prefix)
+}
+
+/// Stores a page of `owner` recorded against `channels`, as `read_through` does on a miss.
+async fn store_with_channels(c: &RedisListCache, owner: i64, channels: &[i64], page: &str) {
+    let Lookup::Miss(stamp) = c.lookup(owner, 20).await else {
+        panic!("nothing cached yet");
+    };
+    let versions = c.channel_versions(channels).await.expect("redis is up");
+    let recorded = ChannelStamps(channels.iter().copied().zip(versions).collect());
+    assert!(c.store(owner, 20, stamp, recorded, page.into()).await);
+}
+
+/// The page of a hit whose channel versions are all current (what `read_through` would serve).
+async fn served(c: &RedisListCache, owner: i64) -> Option<String> {
+    let Lookup::Hit(found) = c.lookup(owner, 20).await else {
+        return None;
+    };
+    let now = c
+        .channel_versions(&found.channels.channels())
+        .await
+        .expect("redis is up");
+    found.channels.unchanged(&now).then_some(found.page)
+}
+
+#[tokio::test]
+async fn channel_versions_are_created_once_and_recorded_with_the_page() {
+    let cfg = cfg(redis_url());
+    let c = cache(&cfg);
+    let first = c.channel_versions(&[10, 11]).await.expect("redis is up");
+    assert_eq!(first.len(), 2);
+    assert_ne!(first[0], first[1], "each channel has a version of its own");
+    // Reading again creates nothing new.
+    assert_eq!(
+        c.channel_versions(&[11, 10]).await.unwrap(),
+        vec![first[1].clone(), first[0].clone()]
+    );
+    assert_eq!(c.channel_versions(&[]).await, Some(Vec::new()));
+
+    store_with_channels(&c, 1, &[10, 11], "page").await;
+    let Lookup::Hit(found) = c.lookup(1, 20).await else {
+        panic!("the page was stored");
+    };
+    assert_eq!(
+        found.channels,
+        ChannelStamps(vec![(10, first[0].clone()), (11, first[1].clone())])
+    );
+    assert_eq!(served(&c, 1).await.as_deref(), Some("page"));
+    // A page recorded against no channel still is one.
+    store_with_channels(&c, 2, &[], "no channels").await;
+    assert_eq!(served(&c, 2).await.as_deref(), Some("no channels"));
+}
+
+#[tokio::test]
+async fn invalidate_channels_retires_the_pages_recorded_against_them() {
+    let cfg = cfg(redis_url());
+    let c = cache(&cfg);
+    let other = cache(&cfg); // another process sharing the cache
+    store_with_channels(&c, 1, &[10, 11], "one").await;
+    store_with_channels(&c, 2, &[12], "two").await;
+    let before = c.channel_versions(&[11]).await.unwrap();
+
+    other.invalidate_channels(&[11]).await;
+    assert!(
+        served(&c, 1).await.is_none(),
+        "a page recorded against channel 11 was served"
+    );
+    assert_eq!(served(&c, 2).await.as_deref(), Some("two"));
+    // The owner's stamp did not move; a page stored under it against the new version is served.
+    let after = c.channel_versions(&[11]).await.unwrap();
+    assert_ne!(before, after, "the channel's version moved on");
+    let Lookup::Hit(found) = c.lookup(1, 20).await else {
+        panic!("the owner's version did not move");
+    };
+    // A store recorded against the version from before the invalidation is refused.
+    let stale = ChannelStamps(vec![
+        (10, found.channels.0[0].1.clone()),
+        (11, before[0].clone()),
+    ]);
+    assert!(
+        !c.store(1, 20, found.stamp.clone(), stale, "stale".into())
+            .await
+    );
+    let versions = c.channel_versions(&[10, 11]).await.unwrap();
+    let fresh = ChannelStamps(vec![(10, versions[0].clone()), (11, versions[1].clone())]);
+    assert!(c.store(1, 20, found.stamp, fresh, "fresh".into()).await);
+    assert_eq!(served(&other, 1).await.as_deref(), Some("fresh"));
+}
+
+#[tokio::test]
+async fn a_channel_version_that_expired_never_matches_again() {
+    let cfg = cfg(redis_url());
+    let c = cache(&cfg);
+    let mut conn = raw(&cfg.url).await;
+    store_with_channels(&c, 1, &[10], "page").await;
+    // The channel's version runs out of time (or is evicted, or Redis restarted without it).
+    expire_now(&mut conn, &channel_key(&cfg, 10)).await;
+    assert!(served(&c, 1).await.is_none());
+}
+
+#[tokio::test]
+async fn invalidate_all_retires_channel_versions() {
+    let cfg = cfg(redis_url());
+    let c = cache(&cfg);
+    let before = c.channel_versions(&[10]).await.unwrap();
+    // A reader read the version and is loading for owner 1 (its owner stamp is taken too).
+    let Lookup::Miss(stamp) = c.lookup(1, 20).await else {
+        panic!("nothing cached yet");
+    };
+    c.invalidate_all().await;
+    let after = c.channel_versions(&[10]).await.unwrap();
+    assert_ne!(before, after, "a channel version survived invalidate_all");
+    assert!(
+        !c.store(
+            1,
+            20,
+            stamp,
+            ChannelStamps(vec![(10, before[0].clone())]),
+            "stale".into()
+        )
+        .await
+    );
 }
 
 /// A `redis-server` of the test's own, on a port and in a directory of its own, that the test
@@ -250,11 +390,17 @@ async fn cached_page(redis: &PrivateRedis) -> (RedisListCache, Arc<RedisListCach
     let Lookup::Miss(stamp) = api.lookup(5, 20).await else {
         panic!("nothing cached yet");
     };
-    assert!(api.store(5, 20, stamp, "before the write".into()).await);
-    assert_eq!(
-        api.lookup(5, 20).await,
-        Lookup::Hit("before the write".into())
+    assert!(
+        api.store(
+            5,
+            20,
+            stamp,
+            ChannelStamps::default(),
+            "before the write".into()
+        )
+        .await
     );
+    assert_eq!(api.lookup(5, 20).await.page(), Some("before the write"));
     (api, writer)
 }
 
@@ -310,11 +456,17 @@ async fn a_failed_invalidation_returns_only_once_no_process_can_serve_the_stale_
     let Lookup::Miss(stamp) = api.lookup(5, 20).await else {
         panic!("the retired page is still served");
     };
-    assert!(api.store(5, 20, stamp, "after the write".into()).await);
-    assert_eq!(
-        writer.lookup(5, 20).await,
-        Lookup::Hit("after the write".into())
+    assert!(
+        api.store(
+            5,
+            20,
+            stamp,
+            ChannelStamps::default(),
+            "after the write".into()
+        )
+        .await
     );
+    assert_eq!(writer.lookup(5, 20).await.page(), Some("after the write"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +516,7 @@ async fn a_failed_invalidation_whose_caller_gave_up_still_lands() {
     // Nothing acknowledged that write, but its change is committed: the page from before it
     // must go as soon as Redis is back, not when it expires.
     let deadline = Instant::now() + WAIT;
-    while lookup_when_back(&api).await == Lookup::Hit("before the write".into()) {
+    while lookup_when_back(&api).await.page() == Some("before the write") {
         assert!(
             Instant::now() < deadline,
             "the page a dropped invalidation should have retired is still served"
@@ -400,4 +552,55 @@ async fn an_invalidation_that_times_out_waits_for_redis() {
     );
     let found = lookup_when_back(&api).await;
     assert!(matches!(found, Lookup::Miss(_)), "{found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_channel_invalidation_returns_only_once_no_process_can_serve_the_stale_page() {
+    let mut redis = PrivateRedis::start().await;
+    let cfg = cfg(redis.url());
+    let api = cache(&cfg);
+    let writer = Arc::new(cache(&cfg));
+    writer.invalidate(&[99]).await;
+    store_with_channels(&api, 5, &[40], "before the message").await;
+    assert_eq!(served(&api, 5).await.as_deref(), Some("before the message"));
+
+    // A message into channel 40 (read diffusion) commits; its writer invalidates the channel
+    // while Redis is away.
+    redis.go_away_keeping_data().await;
+    let started = Instant::now();
+    let invalidation = {
+        let writer = writer.clone();
+        tokio::spawn(async move { writer.invalidate_channels(&[40]).await })
+    };
+    tokio::time::sleep(AWAY_FOR).await;
+    let returned_while_away = invalidation.is_finished();
+    redis.come_back().await;
+    tokio::time::timeout(WAIT, invalidation)
+        .await
+        .expect("the invalidation returns once Redis is back")
+        .expect("invalidation task");
+    let waited = started.elapsed();
+    assert!(
+        !returned_while_away && waited >= AWAY_FOR,
+        "the channel invalidation returned while Redis could not take it (returned while away: \
+         {returned_while_away}, waited {waited:?})"
+    );
+    // The page recorded against the channel's old version is not served by any process: the
+    // epoch is gone, so the owner's stamp and the channel's version have both moved on.
+    let found = lookup_when_back(&api).await;
+    assert!(
+        matches!(found, Lookup::Miss(_)),
+        "another process served the page a failed channel invalidation should have retired: \
+         {found:?}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while writer.channel_versions(&[40]).await.is_none() {
+        assert!(Instant::now() < deadline, "the cache did not come back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store_with_channels(&api, 5, &[40], "after the message").await;
+    assert_eq!(
+        served(&writer, 5).await.as_deref(),
+        Some("after the message")
+    );
 }

@@ -169,13 +169,12 @@ impl Store {
 
     /// Hands the changes to the sync path and commits.
     async fn finish(&self, tx: Transaction<'_>, changes: Changes) -> Result<(), StoreError> {
-        let mut owners = Vec::new();
+        let mut applied = project::Applied::default();
         match self.config().sync_mode {
             SyncMode::DualWrite => {
-                owners =
+                applied =
                     project::apply_changes(&tx, &changes.0, Views::ALL, &self.config().projection)
-                        .await?
-                        .conversation_owners;
+                        .await?;
             }
             SyncMode::Async => crate::sync::enqueue(&tx, &changes.0).await?,
             // The WAL carries the changes; the relay and the projectors do the rest.
@@ -183,7 +182,8 @@ impl Store {
         }
         tx.commit().await?;
         // Before the command is acknowledged, so no reader after the answer gets an older page.
-        self.cache().invalidate(&owners).await;
+        self.cache().invalidate(&applied.conversation_owners).await;
+        self.cache().invalidate_channels(&applied.channels).await;
         Ok(())
     }
 

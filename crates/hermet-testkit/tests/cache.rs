@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hermet_core::cache::{BoxFut, ListCache, Lookup, Stamp};
+use hermet_core::cache::{BoxFut, ChannelStamps, ListCache, Lookup, Stamp};
 use hermet_core::projection::ProjectionConfig;
-use hermet_core::rows::UserId;
+use hermet_core::rows::{ChannelId, UserId};
 use hermet_core::validate::Limits;
 use hermet_projector::outbox;
 use hermet_redis::{RedisCacheConfig, RedisListCache};
@@ -97,8 +97,11 @@ async fn redis_cache_keeps_its_contract() {
     let Lookup::Miss(s1) = c.lookup(1, 20).await else {
         panic!("empty cache must miss");
     };
-    assert!(c.store(1, 20, s1.clone(), "page-1".into()).await);
-    assert_eq!(c.lookup(1, 20).await, Lookup::Hit("page-1".into()));
+    assert!(
+        c.store(1, 20, s1.clone(), ChannelStamps::default(), "page-1".into())
+            .await
+    );
+    assert_eq!(c.lookup(1, 20).await.page(), Some("page-1"));
     // Other page sizes and other owners are other pages.
     assert!(matches!(c.lookup(1, 10).await, Lookup::Miss(_)));
     assert!(matches!(c.lookup(2, 20).await, Lookup::Miss(_)));
@@ -108,19 +111,28 @@ async fn redis_cache_keeps_its_contract() {
         panic!("owner 2 has nothing cached");
     };
     c.invalidate(&[2, 3]).await;
-    assert!(!c.store(2, 20, s2, "stale".into()).await);
+    assert!(
+        !c.store(2, 20, s2, ChannelStamps::default(), "stale".into())
+            .await
+    );
     assert!(matches!(c.lookup(2, 20).await, Lookup::Miss(_)));
     // Invalidating 2 and 3 left 1 alone.
-    assert_eq!(c.lookup(1, 20).await, Lookup::Hit("page-1".into()));
+    assert_eq!(c.lookup(1, 20).await.page(), Some("page-1"));
     c.invalidate(&[1]).await;
     let Lookup::Miss(s3) = c.lookup(1, 20).await else {
         panic!("invalidated page still served");
     };
     assert_ne!(s1, s3, "the stamp moved on");
     // The old stamp can no longer store.
-    assert!(!c.store(1, 20, s1, "older".into()).await);
-    assert!(c.store(1, 20, s3, "page-1b".into()).await);
-    assert_eq!(c.lookup(1, 20).await, Lookup::Hit("page-1b".into()));
+    assert!(
+        !c.store(1, 20, s1, ChannelStamps::default(), "older".into())
+            .await
+    );
+    assert!(
+        c.store(1, 20, s3, ChannelStamps::default(), "page-1b".into())
+            .await
+    );
+    assert_eq!(c.lookup(1, 20).await.page(), Some("page-1b"));
 
     // `invalidate_all` retires every page and every stamp taken before it.
     let Lookup::Miss(s4) = c.lookup(4, 20).await else {
@@ -128,7 +140,10 @@ async fn redis_cache_keeps_its_contract() {
     };
     c.invalidate_all().await;
     assert!(matches!(c.lookup(1, 20).await, Lookup::Miss(_)));
-    assert!(!c.store(4, 20, s4, "stale".into()).await);
+    assert!(
+        !c.store(4, 20, s4, ChannelStamps::default(), "stale".into())
+            .await
+    );
 
     // A second cache with another prefix shares nothing with this one.
     let other = redis_cache(redis_url());
@@ -177,7 +192,14 @@ impl ListCache for RacingStores {
             l
         })
     }
-    fn store(&self, owner: UserId, limit: i64, stamp: Stamp, page: String) -> BoxFut<'_, bool> {
+    fn store(
+        &self,
+        owner: UserId,
+        limit: i64,
+        stamp: Stamp,
+        channels: ChannelStamps,
+        page: String,
+    ) -> BoxFut<'_, bool> {
         Box::pin(async move {
             let seq = page_seq(&page, self.channel.load(Ordering::SeqCst));
             if rand::random::<bool>() {
@@ -191,7 +213,7 @@ impl ListCache for RacingStores {
             }
             // Read before offering: whatever was acknowledged by now had its invalidation done.
             let acked = self.acked.load(Ordering::SeqCst);
-            let stored = self.inner.store(owner, limit, stamp, page).await;
+            let stored = self.inner.store(owner, limit, stamp, channels, page).await;
             if seq < acked {
                 let n = if stored {
                     &self.stale_stored
@@ -203,8 +225,17 @@ impl ListCache for RacingStores {
             stored
         })
     }
+    fn channel_versions<'a>(
+        &'a self,
+        channels: &'a [ChannelId],
+    ) -> BoxFut<'a, Option<Vec<String>>> {
+        self.inner.channel_versions(channels)
+    }
     fn invalidate<'a>(&'a self, owners: &'a [UserId]) -> BoxFut<'a, ()> {
         self.inner.invalidate(owners)
+    }
+    fn invalidate_channels<'a>(&'a self, channels: &'a [ChannelId]) -> BoxFut<'a, ()> {
+        self.inner.invalidate_channels(channels)
     }
     fn invalidate_all(&self) -> BoxFut<'_, ()> {
         self.inner.invalidate_all()

@@ -160,7 +160,7 @@ fn describe() {
     );
     describe_counter!(
         "hermet_cache_requests_total",
-        "Conversation-list cache look-ups, by result (hit, miss)."
+        "Conversation-list cache look-ups, by result (hit: a page under the owner's current version, before the check of its read-diffusion channel versions; miss)."
     );
     describe_counter!(
         "hermet_cache_stores_total",
@@ -171,12 +171,16 @@ fn describe() {
         "Owners whose cached pages were invalidated."
     );
     describe_counter!(
+        "hermet_cache_channel_invalidations_total",
+        "Read-diffusion channels whose cache versions were invalidated (each retires the cached pages recorded against it)."
+    );
+    describe_counter!(
         "hermet_cache_fallbacks_total",
         "Reads served from PostgreSQL because Redis was unreachable or untrusted."
     );
     describe_counter!(
         "hermet_cache_errors_total",
-        "Failed Redis calls, by operation."
+        "Failed Redis calls, by operation (lookup, store, channel_versions, invalidate, invalidate_channels, invalidate_all, epoch)."
     );
     describe_gauge!(
         "hermet_db_pool_connections",

@@ -77,7 +77,10 @@ pub async fn first_page(
     me: UserId,
     limit: i64,
 ) -> Result<(String, Source), ApiError> {
-    read_through(store.cache().as_ref(), me, limit, || {
+    // The owner's channels in read diffusion, whose versions a cached page is checked against
+    // (see `hermet_core::cache`); asked for on a miss only.
+    let read_fanout = || async { Ok::<_, ApiError>(store.read_fanout_channels(me).await?) };
+    read_through(store.cache().as_ref(), me, limit, read_fanout, || {
         load_page(store, me, limit, None)
     })
     .await
