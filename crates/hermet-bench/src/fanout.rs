@@ -34,7 +34,8 @@
 //!    partitions and `channel_view` (0 while that table does not exist), from
 //!    `pg_stat_user_tables`, before and after each size, divided by the messages sent. Backends
 //!    flush their counters at most every second and an idle one up to 10 s later, so each
-//!    reading waits 11 s after the last write.
+//!    reading waits 11 s after the last write. (In `async` and `cdc` a projector batch with
+//!    several messages of one group writes each member's row once: fewer rows than members.)
 //!
 //! At the end (also on error or Ctrl-C) the servers are stopped, and the slot, the topics and
 //! the database are dropped.
