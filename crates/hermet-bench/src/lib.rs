@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod cdc;
+pub mod fanout;
 pub mod modes;
 pub mod peers;
 pub mod rebuild;
@@ -102,6 +103,11 @@ pub enum Scenario {
     /// (bench/peers/debezium): backlog drain, commit → Kafka latency at fixed loads, RSS, CPU,
     /// correctness and a kill -9 of each.
     Peers,
+    /// Group fan-out through the HTTP API of child `hermet serve` processes, per sync mode and
+    /// group size: send latency at a fixed rate, time until a member's conversation list shows
+    /// the message, view rows written per message, and the uncached conversation-list latency of
+    /// a member of many large groups.
+    Fanout,
 }
 
 impl std::fmt::Display for Scenario {
@@ -114,6 +120,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Cache => "cache",
             Scenario::Rebuild => "rebuild",
             Scenario::Peers => "peers",
+            Scenario::Fanout => "fanout",
         })
     }
 }
@@ -162,8 +169,8 @@ pub struct BenchOptions {
     /// Groups [default: users / 10].
     #[arg(long)]
     pub groups: Option<usize>,
-    /// Length of each measured run.
-    #[arg(long, default_value_t = 20)]
+    /// Length of each measured run, in seconds (`5` or `5s`).
+    #[arg(long, visible_alias = "duration", default_value_t = 20, value_parser = parse_secs)]
     pub duration_secs: u64,
     /// Unmeasured load before the first run (connections, caches).
     #[arg(long, default_value_t = 2)]
@@ -227,9 +234,10 @@ pub struct BenchOptions {
     /// /usr/lib/postgresql/*/bin/pg_recvlogical, else the one on PATH].
     #[arg(long)]
     pub pg_recvlogical: Option<PathBuf>,
-    /// `modes`: offered message sends per second.
-    #[arg(long, default_value_t = 1000.0)]
-    pub rate: f64,
+    /// `modes`, `fanout`: offered message sends per second [default: `modes` 1000, `fanout`
+    /// 100].
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// `cache`: total reads per second offered by the readers, each on its own fixed schedule
     /// (a read delayed by the reader's previous one is timed from its scheduled start); 0: closed
     /// loop, every reader as fast as it goes.
@@ -240,7 +248,7 @@ pub struct BenchOptions {
     /// worker, plus a few].
     #[arg(long)]
     pub pool_size: Option<usize>,
-    /// `modes`: the sync modes to run, comma-separated (`dual_write`, `async`, `cdc`).
+    /// `modes`, `fanout`: the sync modes to run, comma-separated (`dual_write`, `async`, `cdc`).
     #[arg(long = "modes", value_delimiter = ',', default_values_t = ["dual_write".to_owned(), "async".to_owned(), "cdc".to_owned()])]
     pub sync_modes: Vec<String>,
     /// `modes`: messages in the backlog the projectors' throughput is measured on (0: skip).
@@ -267,6 +275,49 @@ pub struct BenchOptions {
     /// none by default: the seed's config.
     #[arg(long)]
     pub debezium_config: Option<String>,
+    /// `fanout`: group sizes, comma-separated (members, the owner included).
+    #[arg(long, value_delimiter = ',', default_values_t = [10usize, 1_000, 10_000, 100_000])]
+    pub sizes: Vec<usize>,
+    /// `fanout`: `fanout.read_threshold` of the servers (`HERMET_FANOUT__READ_THRESHOLD`), or
+    /// `unset` to leave the variable out (the server's own default; a server without the
+    /// setting refuses the variable).
+    #[arg(long, default_value_t = fanout::Threshold::Unset)]
+    pub read_threshold: fanout::Threshold,
+    /// `fanout`: members of a group whose conversation lists are polled for each message.
+    #[arg(long, default_value_t = 2)]
+    pub watchers: usize,
+    /// `fanout`: pause between two conversation-list polls of a watcher, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    pub poll_ms: u64,
+    /// `fanout`: members of each of the list user's large groups (0: the largest of `--sizes`).
+    #[arg(long, default_value_t = 10_000)]
+    pub list_group_size: usize,
+    /// `fanout`: the list user's large groups.
+    #[arg(long, default_value_t = 20)]
+    pub list_groups: usize,
+    /// `fanout`: the list user's small conversations (half single chats, half groups of 5).
+    #[arg(long, default_value_t = 200)]
+    pub list_small: usize,
+    /// `fanout`: timed first-page reads of the list user's conversation list (cache off).
+    #[arg(long, default_value_t = 500)]
+    pub list_reads: usize,
+    /// `fanout`: groups larger than this get all but their last 1,000 members set-based in SQL
+    /// (then the read side is rebuilt, or in `cdc` projected from the WAL); smaller ones are
+    /// built through `POST /v1/groups/{id}/members`, 1,000 ids per call.
+    #[arg(long, default_value_t = 10_000)]
+    pub sql_above: usize,
+    /// `fanout`: run the measured server with the Redis list cache off (on by default, as
+    /// deployed; the list user's reads always go to a second API process without the cache).
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+/// `--duration-secs`: whole seconds, optionally with an `s` suffix.
+fn parse_secs(s: &str) -> Result<u64, String> {
+    s.trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 20 or 20s)"))
 }
 
 impl Default for BenchOptions {
@@ -298,7 +349,7 @@ impl Default for BenchOptions {
             read_rate: 0.0,
             sync_modes: vec!["dual_write".into(), "async".into(), "cdc".into()],
             pg_recvlogical: None,
-            rate: 1000.0,
+            rate: None,
             backlog: 20_000,
             rates: vec![200.0, 2000.0],
             live_secs: 10,
@@ -306,6 +357,16 @@ impl Default for BenchOptions {
             crash_secs: 10,
             debezium_script: None,
             debezium_config: None,
+            sizes: vec![10, 1_000, 10_000, 100_000],
+            read_threshold: fanout::Threshold::Unset,
+            watchers: 2,
+            poll_ms: 10,
+            list_group_size: 10_000,
+            list_groups: 20,
+            list_small: 200,
+            list_reads: 500,
+            sql_above: 10_000,
+            no_cache: false,
         }
     }
 }
@@ -331,6 +392,15 @@ impl BenchOptions {
             Scenario::Cache => 50,
             Scenario::Rebuild => 1,
             Scenario::Peers => 1,
+            Scenario::Fanout => 8,
+        })
+    }
+
+    /// `--rate`, else the scenario's default.
+    fn rate_for(&self, scenario: Scenario) -> f64 {
+        self.rate.unwrap_or(match scenario {
+            Scenario::Fanout => 100.0,
+            _ => 1000.0,
         })
     }
 
@@ -448,11 +518,16 @@ pub async fn run(
 ) -> Result<Report, BenchError> {
     if matches!(
         scenario,
-        Scenario::Cdc | Scenario::Modes | Scenario::Cache | Scenario::Rebuild | Scenario::Peers
+        Scenario::Cdc
+            | Scenario::Modes
+            | Scenario::Cache
+            | Scenario::Rebuild
+            | Scenario::Peers
+            | Scenario::Fanout
     ) {
         return Err(BenchError::InvalidOptions(
-            "`cdc`, `modes`, `cache`, `rebuild` and `peers` have their own reports: use \
-             run_and_print"
+            "`cdc`, `modes`, `cache`, `rebuild`, `peers` and `fanout` have their own reports: \
+             use run_and_print"
                 .to_owned(),
         ));
     }
@@ -496,6 +571,10 @@ pub async fn run_and_print(
         Scenario::Rebuild => print_report(&rebuild::run(env, opts).await?, opts.json),
         Scenario::Peers => print_report(&peers::run(env, opts).await?, opts.json),
         Scenario::Cdc => print_report(&cdc::run(env, opts).await?, opts.json),
+        Scenario::Fanout => {
+            opts.check(scenario)?;
+            print_report(&fanout::run(env, opts).await?, opts.json)
+        }
         Scenario::Send | Scenario::List => {
             let report = run(env, scenario, opts).await?;
             if opts.json {
@@ -650,7 +729,8 @@ async fn measure_all(
             | Scenario::Modes
             | Scenario::Cache
             | Scenario::Rebuild
-            | Scenario::Peers => Source::Send,
+            | Scenario::Peers
+            | Scenario::Fanout => Source::Send,
             Scenario::List => Source::List,
         },
         workers,

@@ -688,7 +688,7 @@ async fn run_mode(
         let (st, secs) = offer(
             Arc::clone(&sender),
             workers,
-            Some(opts.rate),
+            Some(opts.rate_for(crate::Scenario::Modes)),
             Duration::from_secs(opts.duration_secs),
             u64::MAX,
             opts.seed,
@@ -702,7 +702,7 @@ async fn run_mode(
         let hist = st.hist.unwrap_or(histogram()?);
         let row = ModeRow {
             mode: mode.as_str().to_owned(),
-            offered_per_s: opts.rate,
+            offered_per_s: opts.rate_for(crate::Scenario::Modes),
             achieved_per_s: st.sent as f64 / secs,
             sent: st.sent,
             missed: st.missed,
@@ -800,7 +800,8 @@ fn batch_max(opts: &BenchOptions) -> usize {
 
 /// Runs `hermet bench modes` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, BenchError> {
-    if !opts.rate.is_finite() || opts.rate <= 0.0 {
+    let rate = opts.rate_for(crate::Scenario::Modes);
+    if !rate.is_finite() || rate <= 0.0 {
         return Err(BenchError::InvalidOptions("--rate must be positive".into()));
     }
     // The bounds of `cdc.watermark_ms` and `projector.batch_wait_ms`.
