@@ -78,6 +78,18 @@ pub enum Threshold {
     Members(u64),
 }
 
+impl Threshold {
+    /// The fan-out setting of a store the benchmark runs in-process (`bench send`, `modes`).
+    pub fn config(self) -> hermet_core::rows::FanoutConfig {
+        match self {
+            Threshold::Unset => hermet_core::rows::FanoutConfig::default(),
+            Threshold::Members(n) => hermet_core::rows::FanoutConfig {
+                read_threshold: i64::try_from(n).unwrap_or(i64::MAX),
+            },
+        }
+    }
+}
+
 impl FromStr for Threshold {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

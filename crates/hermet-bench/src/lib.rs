@@ -278,9 +278,9 @@ pub struct BenchOptions {
     /// `fanout`: group sizes, comma-separated (members, the owner included).
     #[arg(long, value_delimiter = ',', default_values_t = [10usize, 1_000, 10_000, 100_000])]
     pub sizes: Vec<usize>,
-    /// `fanout`: `fanout.read_threshold` of the servers (`HERMET_FANOUT__READ_THRESHOLD`), or
-    /// `unset` to leave the variable out (the server's own default; a server without the
-    /// setting refuses the variable).
+    /// `fanout.read_threshold`: of the servers `fanout` starts (`HERMET_FANOUT__READ_THRESHOLD`),
+    /// and of the in-process stores of `send` and `modes`; `unset`: the default. A very large
+    /// value keeps every group in write diffusion (hermet before hybrid fan-out).
     #[arg(long, default_value_t = fanout::Threshold::Unset)]
     pub read_threshold: fanout::Threshold,
     /// `fanout`: members of a group whose conversation lists are polled for each message.
@@ -649,7 +649,7 @@ async fn run_in(
             sync_mode: SyncMode::DualWrite,
             projection: ProjectionConfig::default(),
             limits: Limits::default(),
-            fanout: Default::default(),
+            fanout: opts.read_threshold.config(),
         },
     );
     let result = measure_all(store, scenario, opts, plan, shards, workers, background).await;

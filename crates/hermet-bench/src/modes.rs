@@ -598,7 +598,7 @@ async fn run_mode(
             sync_mode: mode,
             projection: ProjectionConfig::default(),
             limits: Limits::default(),
-            fanout: Default::default(),
+            fanout: opts.read_threshold.config(),
         },
     );
     let cdc = Cdc {

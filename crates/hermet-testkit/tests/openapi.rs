@@ -252,7 +252,16 @@ async fn openapi_documents_limits_and_consistency_headers() {
     assert_eq!(send["properties"]["content"]["maxLength"], 4000);
     assert_eq!(send["properties"]["type"]["pattern"], "^[a-z0-9_]{1,32}$");
     let group = body("post", "/v1/groups");
-    assert_eq!(group["properties"]["member_ids"]["maxItems"], 500);
+    assert_eq!(
+        group["properties"]["member_ids"]["maxItems"],
+        hermet_core::validate::MAX_IDS_PER_CALL
+    );
+    let add = body("post", "/v1/groups/{channel_id}/members");
+    assert_eq!(
+        add["properties"]["user_ids"]["maxItems"],
+        hermet_core::validate::MAX_IDS_PER_CALL
+    );
+    assert_eq!(add["properties"]["user_ids"]["uniqueItems"], true);
     assert_eq!(
         body("post", "/v1/channels/{channel_id}/read")["required"],
         serde_json::json!(["seq"])
