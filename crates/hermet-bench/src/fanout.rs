@@ -85,6 +85,7 @@ impl Threshold {
             Threshold::Unset => hermet_core::rows::FanoutConfig::default(),
             Threshold::Members(n) => hermet_core::rows::FanoutConfig {
                 read_threshold: i64::try_from(n).unwrap_or(i64::MAX),
+                write_threshold: None,
             },
         }
     }

@@ -638,11 +638,19 @@ mod tests {
 
     #[test]
     fn the_diffusion_flips_with_hysteresis() {
-        assert_eq!(Fanout::Write.for_members(200, 200), Fanout::Write);
-        assert_eq!(Fanout::Write.for_members(201, 200), Fanout::Read);
-        assert_eq!(Fanout::Read.for_members(150, 200), Fanout::Read);
-        assert_eq!(Fanout::Read.for_members(101, 200), Fanout::Read);
-        assert_eq!(Fanout::Read.for_members(100, 200), Fanout::Write);
+        let cfg = crate::rows::FanoutConfig::default();
+        assert_eq!(cfg.write_threshold(), 100);
+        assert_eq!(Fanout::Write.for_members(200, &cfg), Fanout::Write);
+        assert_eq!(Fanout::Write.for_members(201, &cfg), Fanout::Read);
+        assert_eq!(Fanout::Read.for_members(150, &cfg), Fanout::Read);
+        assert_eq!(Fanout::Read.for_members(101, &cfg), Fanout::Read);
+        assert_eq!(Fanout::Read.for_members(100, &cfg), Fanout::Write);
+        let tight = crate::rows::FanoutConfig {
+            read_threshold: 2,
+            write_threshold: Some(2),
+        };
+        assert_eq!(Fanout::Write.for_members(3, &tight), Fanout::Read);
+        assert_eq!(Fanout::Read.for_members(2, &tight), Fanout::Write);
     }
 
     #[test]

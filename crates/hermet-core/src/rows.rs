@@ -63,12 +63,12 @@ impl Fanout {
     }
 
     /// The diffusion a group of `members` should be in, given the one it is in now: read above
-    /// `read_threshold`, write again only at half of it or below, so that a group on the
+    /// `read_threshold`, write again only at `write_threshold` or below, so that a group on the
     /// boundary does not flip back and forth.
-    pub fn for_members(self, members: i64, read_threshold: i64) -> Fanout {
+    pub fn for_members(self, members: i64, cfg: &FanoutConfig) -> Fanout {
         match self {
-            Fanout::Write if members > read_threshold => Fanout::Read,
-            Fanout::Read if members <= read_threshold / 2 => Fanout::Write,
+            Fanout::Write if members > cfg.read_threshold => Fanout::Read,
+            Fanout::Read if members <= cfg.write_threshold() => Fanout::Write,
             same => same,
         }
     }
@@ -78,10 +78,19 @@ impl Fanout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FanoutConfig {
-    /// A group with more members than this is in read diffusion; it goes back to write diffusion
-    /// at half of it or below (see [`Fanout::for_members`]). Chosen by measurement: see
+    /// A group with more members than this is in read diffusion. Chosen by measurement: see
     /// `docs/fanout.md`.
     pub read_threshold: i64,
+    /// A group in read diffusion goes back to write diffusion at this many members or fewer;
+    /// unset: half of `read_threshold`. At most `read_threshold` (the gap is the hysteresis).
+    pub write_threshold: Option<i64>,
+}
+
+impl FanoutConfig {
+    /// [`FanoutConfig::write_threshold`], or its default.
+    pub fn write_threshold(&self) -> i64 {
+        self.write_threshold.unwrap_or(self.read_threshold / 2)
+    }
 }
 
 /// Default of [`FanoutConfig::read_threshold`].
@@ -91,6 +100,7 @@ impl Default for FanoutConfig {
     fn default() -> Self {
         FanoutConfig {
             read_threshold: DEFAULT_READ_THRESHOLD,
+            write_threshold: None,
         }
     }
 }

@@ -322,9 +322,7 @@ impl Store {
         now: i64,
     ) -> Result<Row, StoreError> {
         let count = i64::from(before.member_count) + i64::from(delta);
-        let fanout = before
-            .fanout
-            .for_members(count, self.config().fanout.read_threshold);
+        let fanout = before.fanout.for_members(count, &self.config().fanout);
         let sql = format!(
             "UPDATE channels SET member_count = member_count + $2, updated_at = $3,
                     fanout = $4,
@@ -540,7 +538,7 @@ impl Store {
         everyone.sort_unstable();
         Self::lock_users(&tx, &everyone).await?;
         let count = i32::try_from(everyone.len()).unwrap_or(i32::MAX);
-        let fanout = Fanout::Write.for_members(count.into(), self.config().fanout.read_threshold);
+        let fanout = Fanout::Write.for_members(count.into(), &self.config().fanout);
         let sql = format!(
             "INSERT INTO channels (channel_type, name, avatar, creator_id, member_count,
                                    created_at, updated_at, fanout)

@@ -23,10 +23,13 @@ use serde_json::Value;
 /// Shards used by tests: few, so databases are quick to create, but more than one.
 pub const TEST_SHARDS: u32 = 8;
 
-/// `fanout.read_threshold` of the tests' stores: a group of three or more members is in read
-/// diffusion and goes back to write diffusion at one member, so the small random workloads cross
-/// the threshold in both directions all the time.
-pub const SMALL_READ_THRESHOLD: i64 = 2;
+/// The fan-out setting of the tests' stores: a group of three or more members is in read
+/// diffusion and goes back to write diffusion at two (no hysteresis), so the small random
+/// workloads cross the threshold in both directions all the time.
+pub const SMALL_FANOUT: FanoutConfig = FanoutConfig {
+    read_threshold: 2,
+    write_threshold: Some(2),
+};
 
 pub fn admin_url() -> String {
     std::env::var("HERMET_DATABASE_URL").unwrap_or_else(|_| {
@@ -61,16 +64,14 @@ impl TestDb {
     }
 
     /// A `dual_write` store whose groups of three or more are in read diffusion
-    /// ([`SMALL_READ_THRESHOLD`]), so every scenario runs through both shapes of the read side
+    /// ([`SMALL_FANOUT`]), so every scenario runs through both shapes of the read side
     /// and the flips between them.
     pub fn store(&self, preview_chars: usize) -> Store {
         self.store_with(StoreConfig {
             sync_mode: SyncMode::DualWrite,
             projection: ProjectionConfig { preview_chars },
             limits: Limits::default(),
-            fanout: FanoutConfig {
-                read_threshold: SMALL_READ_THRESHOLD,
-            },
+            fanout: SMALL_FANOUT,
         })
     }
 

@@ -134,9 +134,7 @@ async fn waiting_reads_hold_no_connection_and_are_bounded() {
         sync_mode: SyncMode::Async,
         projection: ProjectionConfig { preview_chars: 50 },
         limits: Limits::default(),
-        fanout: hermet_core::rows::FanoutConfig {
-            read_threshold: hermet_testkit::SMALL_READ_THRESHOLD,
-        },
+        fanout: hermet_testkit::SMALL_FANOUT,
     };
     // As `serve` has it: the commands' pool (16 here) and the list reads' own pool.
     let store = db

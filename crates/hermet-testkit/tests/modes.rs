@@ -49,9 +49,7 @@ fn store_cfg(mode: SyncMode) -> StoreConfig {
         sync_mode: mode,
         projection: projection(),
         limits: Limits::default(),
-        fanout: hermet_core::rows::FanoutConfig {
-            read_threshold: hermet_testkit::SMALL_READ_THRESHOLD,
-        },
+        fanout: hermet_testkit::SMALL_FANOUT,
     }
 }
 

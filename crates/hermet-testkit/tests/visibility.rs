@@ -66,9 +66,7 @@ fn store_cfg() -> StoreConfig {
         sync_mode: SyncMode::Cdc,
         projection: projection(),
         limits: Limits::default(),
-        fanout: hermet_core::rows::FanoutConfig {
-            read_threshold: hermet_testkit::SMALL_READ_THRESHOLD,
-        },
+        fanout: hermet_testkit::SMALL_FANOUT,
     }
 }
 

@@ -561,6 +561,11 @@ impl Config {
         if !(2..=1_000_000).contains(&self.fanout.read_threshold) {
             return bad("fanout.read_threshold must be between 2 and 1000000".into());
         }
+        if !(1..=self.fanout.read_threshold).contains(&self.fanout.write_threshold()) {
+            return bad(
+                "fanout.write_threshold must be between 1 and fanout.read_threshold".into(),
+            );
+        }
         let r = &self.redis;
         if r.cache
             && (!r.url.starts_with("redis://") && !r.url.starts_with("rediss://")

@@ -38,9 +38,7 @@ pub fn store_cfg() -> StoreConfig {
             preview_chars: PREVIEW,
         },
         limits: Limits::default(),
-        fanout: hermet_core::rows::FanoutConfig {
-            read_threshold: hermet_testkit::SMALL_READ_THRESHOLD,
-        },
+        fanout: hermet_testkit::SMALL_FANOUT,
     }
 }
 
