@@ -638,7 +638,10 @@ mod tests {
 
     #[test]
     fn the_diffusion_flips_with_hysteresis() {
-        let cfg = crate::rows::FanoutConfig::default();
+        let cfg = crate::rows::FanoutConfig {
+            read_threshold: 200,
+            write_threshold: None,
+        };
         assert_eq!(cfg.write_threshold(), 100);
         assert_eq!(Fanout::Write.for_members(200, &cfg), Fanout::Write);
         assert_eq!(Fanout::Write.for_members(201, &cfg), Fanout::Read);

@@ -94,7 +94,7 @@ impl FanoutConfig {
 }
 
 /// Default of [`FanoutConfig::read_threshold`].
-pub const DEFAULT_READ_THRESHOLD: i64 = 200;
+pub const DEFAULT_READ_THRESHOLD: i64 = 50;
 
 impl Default for FanoutConfig {
     fn default() -> Self {

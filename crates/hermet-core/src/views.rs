@@ -42,6 +42,16 @@ pub const CONVERSATION_SHAPE: ColumnGroup = ColumnGroup {
     scope: Scope::Own,
 };
 
+/// The last-message group's columns, the same in both views (guarded by `last_message_seq`).
+const LAST_MESSAGE_COLUMNS: &[&str] = &[
+    "last_message_id",
+    "last_message_type",
+    "last_message_content",
+    "last_message_sender_id",
+    "last_message_sender_name",
+    "last_message_time",
+];
+
 /// The column groups of `user_conversation_view` besides [`CONVERSATION_SHAPE`] and the monotonic
 /// `read_seq` (the store keeps its maximum).
 pub const CONVERSATION_GROUPS: [ColumnGroup; 5] = [
@@ -62,14 +72,7 @@ pub const CONVERSATION_GROUPS: [ColumnGroup; 5] = [
     },
     ColumnGroup {
         guard: "last_message_seq",
-        columns: &[
-            "last_message_id",
-            "last_message_type",
-            "last_message_content",
-            "last_message_sender_id",
-            "last_message_sender_name",
-            "last_message_time",
-        ],
+        columns: LAST_MESSAGE_COLUMNS,
         scope: Scope::Fanout,
     },
     ColumnGroup {
@@ -94,14 +97,7 @@ pub const CHANNEL_GROUPS: [ColumnGroup; 2] = [
     },
     ColumnGroup {
         guard: "last_message_seq",
-        columns: &[
-            "last_message_id",
-            "last_message_type",
-            "last_message_content",
-            "last_message_sender_id",
-            "last_message_sender_name",
-            "last_message_time",
-        ],
+        columns: LAST_MESSAGE_COLUMNS,
         scope: Scope::Own,
     },
 ];

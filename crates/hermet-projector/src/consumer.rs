@@ -525,8 +525,7 @@ async fn apply_once(
         advance_watermarks(&tx, &cfg.group, progress).await?;
     }
     tx.commit().await?;
-    cfg.cache.invalidate(&applied.conversation_owners).await;
-    cfg.cache.invalidate_channels(&applied.channels).await;
+    applied.retire_cached(cfg.cache.as_ref()).await;
     let stats = applied.stats;
     let now = now_ms();
     let view = if cfg.views.conversations {

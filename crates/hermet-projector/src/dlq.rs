@@ -179,8 +179,7 @@ pub async fn replay(
         // In the same transaction: reads wait for this record until it is applied, not longer.
         forget(&tx, m).await?;
         tx.commit().await?;
-        cache.invalidate(&done.conversation_owners).await;
-        cache.invalidate_channels(&done.channels).await;
+        done.retire_cached(cache).await;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, m.partition(), Offset::Offset(m.offset() + 1))?;
         consumer.commit(&tpl, CommitMode::Sync)?;

@@ -23,7 +23,6 @@ use deadpool_postgres::{Pool, Transaction};
 use hermet_core::cache::ListCache;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, Views};
-use hermet_core::rows::{ChannelId, UserId};
 use hermet_store::sync::{bury_outbox, finish_outbox, take_outbox, OutboxRow};
 use hermet_store::{project, StoreError};
 
@@ -100,13 +99,11 @@ async fn drain_once(cfg: &OutboxConfig, pool: &Pool, isolate: bool) -> Result<us
             Err(e) => bury_outbox(&tx, id, &e, 1).await?,
         }
     }
-    let mut owners: Vec<UserId> = Vec::new();
-    let mut channels: Vec<ChannelId> = Vec::new();
+    let mut done = project::Applied::default();
     let mut applied: Vec<&OutboxRow> = Vec::with_capacity(rows.len());
     match apply_piece(cfg, &mut tx, &rows).await {
-        Ok(done) => {
-            owners = done.conversation_owners;
-            channels = done.channels;
+        Ok(piece) => {
+            done = piece;
             applied.extend(&rows);
         }
         Err(e) if is_transient(&e) || !isolate => return Err(e),
@@ -116,9 +113,8 @@ async fn drain_once(cfg: &OutboxConfig, pool: &Pool, isolate: bool) -> Result<us
             let mut bisect = Bisect::new(rows.len(), e);
             while let Some(range) = bisect.next_range() {
                 match apply_piece(cfg, &mut tx, &rows[range.clone()]).await {
-                    Ok(done) => {
-                        owners.extend(done.conversation_owners);
-                        channels.extend(done.channels);
+                    Ok(piece) => {
+                        done.absorb(piece);
                         applied.extend(&rows[range]);
                     }
                     Err(e) if is_transient(&e) => return Err(e),
@@ -135,12 +131,7 @@ async fn drain_once(cfg: &OutboxConfig, pool: &Pool, isolate: bool) -> Result<us
     let ids: Vec<i64> = applied.iter().map(|r| r.id).collect();
     finish_outbox(&tx, &ids).await?;
     tx.commit().await?;
-    owners.sort_unstable();
-    owners.dedup();
-    channels.sort_unstable();
-    channels.dedup();
-    cfg.cache.invalidate(&owners).await;
-    cfg.cache.invalidate_channels(&channels).await;
+    done.retire_cached(cfg.cache.as_ref()).await;
     if let Some(oldest) = applied.iter().map(|r| r.created_at).min() {
         let lag = (now_ms() - oldest).max(0) as f64 / 1000.0;
         metrics::histogram!("hermet_sync_lag_seconds", "view" => "outbox").record(lag);

@@ -571,55 +571,42 @@ impl RedisListCache {
     }
 
     async fn invalidate_inner(&self, owners: &[UserId]) {
-        if owners.is_empty() {
-            return;
-        }
-        // With a repair pending, the epoch removal it is waiting for covers these owners too
-        // (it is sent after they join); trying them one by one would only add a timeout.
-        if !self.inner.repair_pending() {
-            let keys: Vec<String> = owners.iter().map(|o| self.owner_key(*o)).collect();
-            let mut c = self.inner.conn.clone();
-            match redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<i64>(&mut c)
-                .await
-            {
-                Ok(_) => {
-                    metrics::counter!("hermet_cache_invalidations_total")
-                        .increment(owners.len() as u64);
-                    return;
-                }
-                Err(e) => self.inner.failed("invalidate", &e),
-            }
-        }
-        self.inner.make_good("invalidate", owners.len()).await;
+        let keys: Vec<String> = owners.iter().map(|o| self.owner_key(*o)).collect();
+        self.remove_versions(&keys, "invalidate", "hermet_cache_invalidations_total")
+            .await;
     }
 
     /// As [`RedisListCache::invalidate_inner`], for channel versions (removing a channel's key
     /// retires every page recorded against it; a failure is made good the same way).
     async fn invalidate_channels_inner(&self, channels: &[ChannelId]) {
-        if channels.is_empty() {
+        let keys: Vec<String> = channels.iter().map(|c| self.channel_key(*c)).collect();
+        self.remove_versions(
+            &keys,
+            "invalidate_channels",
+            "hermet_cache_channel_invalidations_total",
+        )
+        .await;
+    }
+
+    /// Removes the version keys `keys` (owners' or channels'), counting them in `counter`; a
+    /// failure is made good by removing the epoch before this returns.
+    async fn remove_versions(&self, keys: &[String], op: &'static str, counter: &'static str) {
+        if keys.is_empty() {
             return;
         }
+        // With a repair pending, the epoch removal it is waiting for covers these keys too
+        // (it is sent after they join); trying them one by one would only add a timeout.
         if !self.inner.repair_pending() {
-            let keys: Vec<String> = channels.iter().map(|c| self.channel_key(*c)).collect();
             let mut c = self.inner.conn.clone();
-            match redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<i64>(&mut c)
-                .await
-            {
+            match redis::cmd("DEL").arg(keys).query_async::<i64>(&mut c).await {
                 Ok(_) => {
-                    metrics::counter!("hermet_cache_channel_invalidations_total")
-                        .increment(channels.len() as u64);
+                    metrics::counter!(counter).increment(keys.len() as u64);
                     return;
                 }
-                Err(e) => self.inner.failed("invalidate_channels", &e),
+                Err(e) => self.inner.failed(op, &e),
             }
         }
-        self.inner
-            .make_good("invalidate_channels", channels.len())
-            .await;
+        self.inner.make_good(op, keys.len()).await;
     }
 
     async fn invalidate_all_inner(&self) {

@@ -182,8 +182,7 @@ impl Store {
         }
         tx.commit().await?;
         // Before the command is acknowledged, so no reader after the answer gets an older page.
-        self.cache().invalidate(&applied.conversation_owners).await;
-        self.cache().invalidate_channels(&applied.channels).await;
+        applied.retire_cached(self.cache().as_ref()).await;
         Ok(())
     }
 

@@ -49,6 +49,28 @@ pub struct Applied {
     pub channels: Vec<ChannelId>,
 }
 
+impl Applied {
+    /// Adds what another apply of the same transaction did (an outbox worker applies a batch
+    /// in pieces).
+    pub fn absorb(&mut self, other: Applied) {
+        self.stats.rows += other.stats.rows;
+        self.conversation_owners.extend(other.conversation_owners);
+        self.conversation_owners.sort_unstable();
+        self.conversation_owners.dedup();
+        self.channels.extend(other.channels);
+        self.channels.sort_unstable();
+        self.channels.dedup();
+    }
+
+    /// Moves the cache versions this apply made stale: its owners' and its read-diffusion
+    /// channels'. Every writer calls it after its transaction committed and before it
+    /// acknowledges or takes its next batch (the contract of `hermet_core::cache`).
+    pub async fn retire_cached(&self, cache: &dyn hermet_core::cache::ListCache) {
+        cache.invalidate(&self.conversation_owners).await;
+        cache.invalidate_channels(&self.channels).await;
+    }
+}
+
 /// Projects `changes` onto the read side inside `tx`.
 pub async fn apply_changes(
     tx: &Transaction<'_>,
