@@ -31,9 +31,11 @@ CREATE TABLE channel_view (
 -- A member row carries the diffusion of its channel and the version it was computed from. In
 -- read diffusion its channel and last-message groups are blank (the list reads them from
 -- `channel_view`), and a newer `fanout_ver` replaces those groups whatever their own guards say.
+-- Existing rows were computed in write diffusion from channels now at `fanout_ver` 1: the
+-- defaults make them exactly that (writers always give both columns).
 ALTER TABLE user_conversation_view
     ADD COLUMN fanout     TEXT   NOT NULL DEFAULT 'write',
-    ADD COLUMN fanout_ver BIGINT NOT NULL DEFAULT 0;
+    ADD COLUMN fanout_ver BIGINT NOT NULL DEFAULT 1;
 
 -- The list's second half: an owner's open rows in read diffusion, joined with `channel_view`.
 CREATE INDEX user_conversation_view_read_fanout
