@@ -620,16 +620,6 @@ fn build_sql(t: &str) -> Result<(String, bool), StoreError> {
             ),
             true,
         ),
-        // Not by owner range: built whole, once, by the first chunk (`$2` is the first owner).
-        "channel_view" => (
-            format!(
-                "INSERT INTO {shadow} ({}, updated_at)
-                 SELECT b.*, $4::bigint FROM ({}) b WHERE $2::bigint = $5::bigint AND $3::bigint >= $2",
-                oracle::STORED_CHANNEL_COLUMNS,
-                oracle::EXPECTED_CHANNELS
-            ),
-            true,
-        ),
         "user_contact_view" => (
             format!(
                 "INSERT INTO {shadow} ({}, updated_at)
@@ -708,20 +698,33 @@ async fn build(
     let chunks = (total / opts.chunk_rows.max(1)).clamp(1, 10_000) as i64;
     let width = ((hi - lo + 1).max(1) + chunks - 1) / chunks;
     let now = now_ms();
+    let mut rows = 0u64;
+    // The channel rows have no owner to range over: one statement for all of them.
+    if tables.contains(&UNPARTITIONED) {
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO {} ({}, updated_at) SELECT b.*, $2::bigint FROM ({}) b",
+                    ident(&format!("{UNPARTITIONED}_shadow"))?,
+                    oracle::STORED_CHANNEL_COLUMNS,
+                    oracle::EXPECTED_CHANNELS
+                ),
+                &[&opts.preview_chars, &now],
+            )
+            .await?;
+        rows += n;
+        progress.rows(n);
+    }
     let mut stmts = Vec::new();
-    for t in tables {
+    for t in tables.iter().filter(|t| **t != UNPARTITIONED) {
         let (sql, takes_preview) = build_sql(t)?;
         stmts.push((tx.prepare(&sql).await?, takes_preview));
     }
-    let mut rows = 0u64;
     let mut start = lo;
     while start <= hi {
         let end = start.saturating_add(width - 1).min(hi);
         for (stmt, takes_preview) in &stmts {
-            let n = if *takes_preview && stmt.params().len() == 5 {
-                tx.execute(stmt, &[&opts.preview_chars, &start, &end, &now, &lo])
-                    .await?
-            } else if *takes_preview {
+            let n = if *takes_preview {
                 tx.execute(stmt, &[&opts.preview_chars, &start, &end, &now])
                     .await?
             } else if stmt.params().len() == 3 {
