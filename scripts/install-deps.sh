@@ -72,6 +72,10 @@ for p in build-essential cmake pkg-config libssl-dev libsasl2-dev zlib1g-dev lib
     pkg_installed "$p" || missing+=("$p")
 done
 
+# curl and jq: the README's API walk-through uses them.
+command -v curl >/dev/null || missing+=(curl)
+command -v jq >/dev/null || missing+=(jq)
+
 # Debian's Python with venv/ensurepip, for the fuzzer's venv (below).
 for p in python3 python3-venv; do
     pkg_installed "$p" || missing+=("$p")
@@ -101,7 +105,7 @@ fi
 
 # Final checks, so a broken install is reported here and not later.
 (( $(newest_pg_major) >= 15 )) || die "no PostgreSQL >= 15 under /usr/lib/postgresql/*/bin after install"
-for c in psql pg_isready redis-server redis-cli promtool java mvn cmake pkg-config; do
+for c in psql pg_isready redis-server redis-cli promtool java mvn cmake pkg-config curl jq; do
     command -v "$c" >/dev/null || die "'$c' still missing after install"
 done
 
@@ -131,7 +135,9 @@ exec 8>&-
 # Rust: Debian's cargo is too old for this project, so we don't install it;
 # rustup (https://rustup.rs) is the way. We only check.
 if ! command -v cargo >/dev/null && [[ ! -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then
-    msg="no Rust toolchain: 'cargo' is neither on PATH nor in ${CARGO_HOME:-$HOME/.cargo}/bin. Install it with rustup (Debian's cargo package is too old)."
+    msg="no Rust toolchain: 'cargo' is neither on PATH nor in ${CARGO_HOME:-$HOME/.cargo}/bin. hermet needs Rust $(sed -n 's/^rust-version = \"\(.*\)\"/\1/p' "$ROOT/Cargo.toml") or newer, and Debian's cargo package is older. Install it with rustup (https://rustup.rs):
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy
+then run this command again (the scripts find ~/.cargo/bin on their own)."
     if [[ ${HERMET_SKIP_RUST_CHECK:-0} == 1 ]]; then
         log "WARNING: $msg"
     else

@@ -8,15 +8,17 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/install-deps.sh
 scripts/services.sh up
-eval "$(scripts/services.sh env)"
+# `env --run`: hermet's own database `hermet` (the admin URL points at `postgres`), unless a config
+# file names one.
+if [[ -z ${HERMET_CONFIG:-} ]]; then
+    eval "$(scripts/services.sh env --run)"
+else
+    eval "$(scripts/services.sh env)"
+fi
 
 # The full pipeline by default: WAL → relay → Kafka → projectors (set HERMET_SYNC_MODE to
 # dual_write or async to try the others).
 export HERMET_SYNC_MODE=${HERMET_SYNC_MODE:-cdc}
-# The local services' admin URL points at the `postgres` database; hermet gets its own.
-if [[ -z ${HERMET_CONFIG:-} ]]; then
-    export HERMET_DATABASE_URL=${HERMET_DATABASE_URL%/*}/hermet
-fi
 # A development secret, made once and kept in the (git-ignored) state folder.
 STATE_DIR=${HERMET_STATE_DIR:-$ROOT/.hermet}
 if [[ -z ${HERMET_JWT_SECRET:-} ]]; then

@@ -5,6 +5,8 @@
 #   scripts/services.sh down [postgres|kafka|redis]...  stop (default: all)
 #   scripts/services.sh status                          up/down per service; non-zero if one is down
 #   scripts/services.sh env                             export lines: eval "$(scripts/services.sh env)"
+#   scripts/services.sh env --run                       the same for the CLI next to `make run`: its
+#       database (`hermet`, not the admin database `postgres`) and target/release on PATH
 #   scripts/services.sh kafka-run CLASS [ARGS]...       run a Kafka tool class, e.g.
 #       scripts/services.sh kafka-run org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:59092 --list
 #
@@ -131,7 +133,8 @@ mask_url() { sed -E 's#(//[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"; }
 # Is the service replaced by an external one? (see the header)
 is_external() {
     case $1 in
-    postgres) [[ -n ${HERMET_DATABASE_URL:-} && $HERMET_DATABASE_URL != "$LOCAL_DATABASE_URL" ]] ;;
+    # Any database of our own server is local (`env --run` names `hermet` instead of `postgres`).
+    postgres) [[ -n ${HERMET_DATABASE_URL:-} && ${HERMET_DATABASE_URL%/*} != "${LOCAL_DATABASE_URL%/*}" ]] ;;
     kafka) [[ -n ${HERMET_KAFKA_BROKERS:-} && $HERMET_KAFKA_BROKERS != "$LOCAL_KAFKA_BROKERS" ]] ;;
     redis) [[ -n ${HERMET_REDIS_URL:-} && $HERMET_REDIS_URL != "$LOCAL_REDIS_URL" ]] ;;
     esac
@@ -678,13 +681,23 @@ cmd_env() {
     is_external postgres && db=$HERMET_DATABASE_URL
     is_external kafka && brokers=$HERMET_KAFKA_BROKERS
     is_external redis && redis=$HERMET_REDIS_URL
+    case ${1:-} in
+    '') ;;
+    --run)
+        # The admin URL points at the `postgres` database (tests make their own databases from
+        # it); `make run` serves from a database of its own, `hermet` on the same server.
+        db=${db%/*}/hermet
+        printf 'export PATH=%q:"$PATH"\n' "$ROOT/target/release"
+        ;;
+    *) die "usage: $0 env [--run]" ;;
+    esac
     printf 'export HERMET_DATABASE_URL=%q\n' "$db"
     printf 'export HERMET_KAFKA_BROKERS=%q\n' "$brokers"
     printf 'export HERMET_REDIS_URL=%q\n' "$redis"
 }
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 
@@ -695,7 +708,7 @@ main() {
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     status) cmd_status ;;
-    env) cmd_env ;;
+    env) cmd_env "$@" ;;
     kafka-run)
         (($# > 0)) || die "usage: $0 kafka-run CLASS [ARGS]..."
         kafka_java "$@"

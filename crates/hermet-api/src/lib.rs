@@ -1,4 +1,4 @@
-//! hermet-api: the HTTP/JSON API of `API.md`, on axum.
+//! hermet-api: the HTTP/JSON API of `docs/api.md`, on axum.
 //!
 //! - [`auth`]: HS256 bearer tokens whose `sub` is the user id;
 //! - [`error`]: every failure becomes `{"error": {"code", "message"}}` with the documented status;

@@ -1,4 +1,4 @@
-//! Route handlers, one module per resource of `API.md`.
+//! Route handlers, one module per resource of `docs/api.md`.
 
 mod channels;
 pub(crate) mod conversations;
