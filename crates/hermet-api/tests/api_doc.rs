@@ -65,6 +65,13 @@ fn every_operation_is_documented_with_its_status_codes() {
 
     let in_doc: BTreeSet<String> = sections.iter().map(|(t, _)| t.clone()).collect();
     let extra: Vec<_> = in_doc.difference(&in_spec).collect();
-    assert!(extra.is_empty(), "docs/api.md documents operations the OpenAPI document lacks: {extra:?}");
-    assert_eq!(in_doc.len(), sections.len(), "an operation has two sections in docs/api.md");
+    assert!(
+        extra.is_empty(),
+        "docs/api.md documents operations the OpenAPI document lacks: {extra:?}"
+    );
+    assert_eq!(
+        in_doc.len(),
+        sections.len(),
+        "an operation has two sections in docs/api.md"
+    );
 }
