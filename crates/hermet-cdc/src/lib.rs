@@ -1,4 +1,4 @@
-//! hermet-cdc: hermet's CDC relay (SPEC §5 "CDC relay"). The decoding and event building are
+//! hermet-cdc: hermet's CDC relay (design §4, "CDC relay"). The decoding and event building are
 //! pure; [`relay`] does the I/O: replication connection, Kafka producer, LSN bookkeeping.
 //!
 //! - [`pgoutput`]: a decoder (and a test encoder) for the messages of PostgreSQL's `pgoutput`

@@ -13,7 +13,7 @@
 //! - [`push`]: the events of WebSocket push, who receives them, and the port they go through.
 //! - [`cache`]: the conversation-list cache port and its race-free read-through rule.
 //!
-//! The convergence contract (SPEC §2) is kept by construction: every view row is recomputed from
+//! The convergence contract (docs/design.md §2) is kept by construction: every view row is recomputed from
 //! current write-side state, and every group of view columns carries the write-side version it was
 //! computed from, so a store that keeps the newer group on conflict is idempotent and
 //! order-independent.

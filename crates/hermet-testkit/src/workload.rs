@@ -1,4 +1,4 @@
-//! Random command sequences covering every write scenario of SPEC §4, run against a [`Store`]
+//! Random command sequences covering every write scenario of docs/design.md §3, run against a [`Store`]
 //! in any sync mode. Shared by the tests that compare modes, crash projectors, or check the
 //! projection's properties.
 //!
