@@ -15,6 +15,13 @@
 //!   (`hermet_cdc_state`), a missing slot is an error: changes may have been dropped in between.
 //!   Recovery: rebuild whatever consumes the topics, then delete the slot's row from
 //!   `hermet_cdc_state` and restart the relay, which takes a new snapshot.
+//! - **A stop confirms what was acknowledged.** When `shutdown` resolves the relay writes a
+//!   fence (a non-transactional logical message) and keeps streaming until it reads it back:
+//!   every transaction committed before the stop was asked for is then produced. It stops
+//!   reading, waits for Kafka to acknowledge every record in flight, and returns only once the
+//!   replication client has reported that position to PostgreSQL (a standby status update),
+//!   so a restart neither loses nor repeats them. How long that may take is the caller's
+//!   deadline to set.
 //! - **Idle slots advance.** A heartbeat (`pg_logical_emit_message`, non-transactional) on an
 //!   interval, and keepalives between transactions, move the confirmed LSN while captured tables
 //!   are idle, so WAL does not pile up.
@@ -34,7 +41,8 @@ use hermet_kafka::rdkafka::message::{Header, OwnedHeaders};
 use hermet_kafka::rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use hermet_kafka::KafkaError;
 use pgwire_replication::client::ReplicationEvent;
-use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
+use pgwire_replication::{FeedbackObserver, ReplicationClient, ReplicationConfig, TlsConfig};
+use tokio::sync::Notify;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::envelope::{
@@ -159,7 +167,12 @@ fn split_table(t: &str) -> (String, String) {
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Connection settings of the replication client, from the database URL.
-fn replication_config(cfg: &RelayConfig) -> Result<ReplicationConfig, RelayError> {
+/// `reported` is notified whenever a standby status update told PostgreSQL about a newer
+/// position.
+fn replication_config(
+    cfg: &RelayConfig,
+    reported: Arc<Notify>,
+) -> Result<ReplicationConfig, RelayError> {
     use tokio_postgres::config::Host;
     let pg: tokio_postgres::Config = cfg
         .database_url
@@ -185,6 +198,7 @@ fn replication_config(cfg: &RelayConfig) -> Result<ReplicationConfig, RelayError
     .with_port(pg.get_ports().first().copied().unwrap_or(5432))
     .with_tls(TlsConfig::disabled())
     .with_status_interval(STATUS_INTERVAL)
+    .with_feedback_observer(FeedbackObserver::new(move |_| reported.notify_one()))
     .with_application_name("hermet-cdc"))
 }
 
@@ -412,6 +426,9 @@ async fn delivered(futs: Vec<DeliveryFuture>) -> Result<(), RelayError> {
 /// Runs the relay until `shutdown` resolves or an error stops it. On error nothing past the last
 /// acknowledged transaction has been confirmed, so a restart resumes safely.
 pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+    // The steps before streaming (topics, partition metadata, the snapshot) can take long and
+    // confirm nothing, so a stop abandons them; a half-taken snapshot is redone on restart.
+    let shutdown = shutdown.shared();
     let router = cfg.router()?;
     let control = connect(&cfg.database_url).await?;
     let db_name = cfg
@@ -433,21 +450,31 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
     if cfg.transaction_topic {
         topics.push(router.transaction_topic());
     }
-    hermet_kafka::ensure_topics(
+    let topics_made = hermet_kafka::ensure_topics(
         &cfg.brokers,
         &topics,
         cfg.partitions,
         cfg.replication_factor,
-    )
-    .await?;
+    );
+    let Some(made) = unless_stopped(shutdown.clone(), topics_made).await else {
+        return Ok(());
+    };
+    made?;
     let sink = Sink {
         producer: hermet_kafka::producer(&cfg.brokers, "hermet-cdc")?,
     };
     let options = EnvelopeOptions::default();
-    let markers = partitions_of(&sink, &catalog, &router).await?;
+    let Some(markers) =
+        unless_stopped(shutdown.clone(), partitions_of(&sink, &catalog, &router)).await
+    else {
+        return Ok(());
+    };
+    let markers = markers?;
     check_partition_counts(&markers, &topics_of(&catalog, &router), cfg.partitions)?;
 
-    let mut repl = ReplicationClient::connect_gated(replication_config(&cfg)?).await?;
+    let reported = Arc::new(Notify::new());
+    let mut repl =
+        ReplicationClient::connect_gated(replication_config(&cfg, reported.clone())?).await?;
     if let SlotState::Fresh = state {
         let sql = format!(
             "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
@@ -473,7 +500,7 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
             .await?;
         tracing::info!(slot = %cfg.slot, consistent_point = %consistent, "slot created, snapshot starts");
         let started = Instant::now();
-        let rows = snapshot(
+        let taken = snapshot(
             &cfg,
             &snapshot_name,
             &catalog,
@@ -481,8 +508,12 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
             &sink,
             &db_name,
             &options,
-        )
-        .await?;
+        );
+        let Some(rows) = unless_stopped(shutdown.clone(), taken).await else {
+            tracing::info!(slot = %cfg.slot, "stopped during the snapshot: it starts over next time");
+            return Ok(());
+        };
+        let rows = rows?;
         control
             .execute(
                 "UPDATE hermet_cdc_state SET snapshot_done = true WHERE slot_name = $1",
@@ -507,8 +538,21 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
         db: &db_name,
         options: &options,
         markers: &markers,
+        reported: &reported,
     };
     stream(ctx, repl, shutdown).await
+}
+
+/// `step`'s result, or `None` if `stop` resolves first.
+async fn unless_stopped<T>(
+    stop: impl Future<Output = ()>,
+    step: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = stop => None,
+        v = step => Some(v),
+    }
 }
 
 /// How long after the last captured commit keepalive positions still get watermark markers.
@@ -633,6 +677,8 @@ struct StreamCtx<'a> {
     db: &'a str,
     options: &'a EnvelopeOptions,
     markers: &'a [(String, i32)],
+    /// Notified when a standby status update reported a newer position.
+    reported: &'a Notify,
 }
 
 /// Reads every captured table in the exported snapshot and produces it as `op: "r"`.
@@ -770,6 +816,7 @@ async fn stream(
         db,
         options,
         markers,
+        reported,
     } = ctx;
     let mut relations = RelationCache::new();
     let mut marker_tick = tokio::time::interval(cfg.watermark_interval);
@@ -787,6 +834,8 @@ async fn stream(
     let mut acks: FuturesOrdered<Ack> = FuturesOrdered::new();
     let mut in_flight = 0usize;
     let mut last_commit: Option<Lsn> = None;
+    // Set once a stop was asked for: the position of the fence the loop reads up to.
+    let mut fence_at: Option<Lsn> = None;
     // Polled alongside the event loop rather than awaited inside it, so a slow control query
     // never holds up decoding, producing or acknowledging.
     let housekeeping = housekeeping(control, cfg);
@@ -796,7 +845,20 @@ async fn stream(
     loop {
         tokio::select! {
             biased;
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if fence_at.is_none() => {
+                match fence(control).await {
+                    Ok(at) => {
+                        tracing::info!(fence = %at, in_flight, "stopping: streaming up to the fence");
+                        fence_at = Some(at);
+                    }
+                    Err(e) => {
+                        // Without a fence the relay stops where it is: what it did not read
+                        // is streamed again after a restart.
+                        tracing::warn!(error = %e, "stopping without a fence");
+                        break;
+                    }
+                }
+            }
             Some(done) = acks.next(), if !acks.is_empty() => {
                 let (lsn, records, commit_ts) = done?;
                 in_flight -= records;
@@ -893,6 +955,9 @@ async fn stream(
                         marked = Some(at);
                         in_flight += n;
                         acks.push_back(ack);
+                        if fence_at.is_some_and(|f| at >= f) {
+                            break;
+                        }
                     }
                     ReplicationEvent::Message { .. } => {}
                     ReplicationEvent::KeepAlive { wal_end, .. } => {
@@ -918,23 +983,46 @@ async fn stream(
             () = &mut housekeeping => {}
         }
     }
-    // Shutting down: let what is in flight be acknowledged, then confirm it.
-    let deadline = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            next = acks.next() => match next {
-                Some(Ok((lsn, _, _))) => repl.update_applied_lsn(pgwire_replication::Lsn(lsn.0)),
-                Some(Err(e)) => return Err(e),
-                None => break,
-            },
-        }
+    // Stopping: nothing more is read. What is in flight is acknowledged, then confirmed.
+    let mut confirmed = None;
+    while let Some(done) = acks.next().await {
+        let (lsn, ..) = done?;
+        repl.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+        confirmed = confirmed.max(Some(lsn));
     }
-    // Give the worker a status interval to send the last position.
-    tokio::time::sleep(STATUS_INTERVAL + Duration::from_millis(100)).await;
+    if let Some(at) = confirmed {
+        metrics::gauge!("hermet_cdc_confirmed_lsn").set(at.0 as f64);
+        // The worker reports a raised position within a status interval; stopping it first
+        // would end the stream before it did. Events still arriving are past what was read and
+        // come again after a restart.
+        while repl.metrics().last_applied_lsn().as_u64() < at.0 {
+            tokio::select! {
+                () = reported.notified() => {}
+                ev = repl.recv() => {
+                    if ev?.is_none() {
+                        return Err(RelayError::StreamEnded);
+                    }
+                }
+            }
+        }
+        tracing::info!(confirmed = %at, "relay stopped: acknowledged records confirmed");
+    }
     repl.shutdown().await?;
     Ok(())
+}
+
+/// Writes the fence of a stop: a non-transactional logical message, decoded in WAL order, so
+/// every transaction that committed before it comes first in the stream. Returns its position.
+async fn fence(control: &Client) -> Result<Lsn, RelayError> {
+    let row = control
+        .query_one(
+            "SELECT pg_logical_emit_message(false, 'hermet.stop', '')::text",
+            &[],
+        )
+        .await?;
+    let text: String = row.get(0);
+    text.parse::<Lsn>()
+        .map_err(|e| RelayError::Config(format!("fence position {text:?}: {e}")))
 }
 
 #[cfg(test)]

@@ -262,6 +262,8 @@ pub async fn run_group(
         .increment(0);
     visibility::register(&cfg.group);
     tokio::pin!(shutdown);
+    // The offsets after the last batch applied.
+    let mut applied: Option<TopicPartitionList> = None;
     loop {
         let first = tokio::select! {
             _ = &mut shutdown => break,
@@ -289,7 +291,26 @@ pub async fn run_group(
             g = gate(&cfg, &pool, &batch) => g,
         };
         process(&cfg, &pool, &dlq, &batch, &gate).await?;
-        commit_offsets(&consumer, &batch)?;
+        applied = Some(commit_offsets(&consumer, &batch)?);
+    }
+    // Batches are committed asynchronously, and the consumer is closed on a thread of its own
+    // that the process's exit does not wait for: commit the last one once more, and wait for
+    // it, so a restart does not apply it again.
+    if let Some(tpl) = applied {
+        let group = cfg.group.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let r = consumer.commit(&tpl, CommitMode::Sync);
+            drop(consumer);
+            r
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(group = %group, error = %e, "final offset commit failed"),
+            Err(e) => {
+                tracing::warn!(group = %group, error = %e, "final offset commit did not finish")
+            }
+        }
     }
     tracing::info!(group = %cfg.group, "projector stopped");
     Ok(())
@@ -597,10 +618,11 @@ async fn dead_letter(
     Ok(())
 }
 
+/// Commits the offsets after `batch` without waiting; returns them.
 fn commit_offsets<C: ConsumerContext>(
     consumer: &StreamConsumer<C>,
     batch: &[Item],
-) -> Result<(), ProjectorError> {
+) -> Result<TopicPartitionList, ProjectorError> {
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for i in batch {
         let e = next
@@ -616,5 +638,5 @@ fn commit_offsets<C: ConsumerContext>(
         // The effect is committed; a lost offset commit only means a harmless replay.
         tracing::warn!(error = %e, "offset commit failed");
     }
-    Ok(())
+    Ok(tpl)
 }

@@ -57,10 +57,12 @@ pub async fn run_outbox(
                 failures = 0;
                 cfg.idle_wait
             }
+            // More may be waiting: go on at once, unless a stop was asked for (under a steady
+            // load the queue never empties, and each step commits what it applied).
             Ok(_) => {
                 failures = 0;
                 backoff = Duration::from_millis(50);
-                continue;
+                Duration::ZERO
             }
             Err(e) if is_transient(&e) => {
                 tracing::warn!(error = %e, "outbox worker waiting for the database");
@@ -74,8 +76,11 @@ pub async fn run_outbox(
             }
         };
         tokio::select! {
+            biased;
             _ = &mut shutdown => return Ok(()),
-            _ = tokio::time::sleep(pause) => {}
+            // No timer for no pause: even a zero sleep waits for the timer's next tick.
+            () = std::future::ready(()), if pause.is_zero() => {}
+            _ = tokio::time::sleep(pause), if !pause.is_zero() => {}
         }
     }
 }

@@ -336,13 +336,13 @@ async fn readers_never_get_a_list_older_than_an_acknowledged_write() {
 
 /// An outbox worker in the test's process, with a cache of its own (as a projector process has).
 struct Worker {
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<Result<(), hermet_projector::ProjectorError>>,
 }
 
 impl Worker {
     fn spawn(app: &TestApp, cache: Arc<RedisListCache>) -> Worker {
-        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         let cfg = outbox::OutboxConfig {
             batch: 50,
             idle_wait: Duration::from_millis(5),
@@ -351,17 +351,13 @@ impl Worker {
             cache,
         };
         let pool = app.store.pool().clone();
-        let task = tokio::spawn(async move {
-            outbox::run_outbox(cfg, pool, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        let stopped = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move { outbox::run_outbox(cfg, pool, stopped).await });
         Worker { stop, task }
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
         self.task.await.expect("worker task").expect("worker");
     }
 }

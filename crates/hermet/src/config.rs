@@ -34,7 +34,34 @@ pub struct Config {
     pub cdc: CdcConfig,
     pub projector: ProjectorConfig,
     pub audit: AuditConfig,
+    pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+}
+
+/// How `serve` stops (SIGTERM, Ctrl-C, or a task that failed).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds the tasks have to finish their shutdown (requests in progress answered, the
+    /// relay's records acknowledged and confirmed, projectors' batches committed). Past it the
+    /// process exits non-zero naming the tasks still running. Keep it under the orchestrator's
+    /// own grace period (Kubernetes: `terminationGracePeriodSeconds`, 30 s by default).
+    pub deadline_secs: u64,
+}
+
+/// Bounds of `shutdown.deadline_secs`.
+pub const SHUTDOWN_DEADLINE_SECS: std::ops::RangeInclusive<u64> = 1..=3600;
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { deadline_secs: 25 }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.deadline_secs)
+    }
 }
 
 /// The background audit of `serve` (exports `hermet_consistency_rate`).
@@ -656,6 +683,13 @@ impl Config {
         if let Some((name, _)) = waits.iter().find(|(_, ms)| u128::from(*ms) > max_wait_ms) {
             return bad(format!("{name} must be at most {max_wait_ms} (one hour)"));
         }
+        if !SHUTDOWN_DEADLINE_SECS.contains(&self.shutdown.deadline_secs) {
+            return bad(format!(
+                "shutdown.deadline_secs must be between {} and {}",
+                SHUTDOWN_DEADLINE_SECS.start(),
+                SHUTDOWN_DEADLINE_SECS.end()
+            ));
+        }
         Ok(())
     }
 
@@ -993,6 +1027,28 @@ mod tests {
             assert_eq!(c.database.url, "postgres://u@h:1/db");
             jail.set_env("HERMET_READ_SIDE__SHARDZ", "3");
             assert!(Config::load(None).is_err(), "unknown keys are refused");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn the_shutdown_deadline_is_set_and_bounded() {
+        assert_eq!(
+            valid().shutdown.deadline(),
+            std::time::Duration::from_secs(25)
+        );
+        let e = validated(|c| c.shutdown.deadline_secs = 0);
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("shutdown.deadline_secs must be between 1 and 3600")),
+            "{e:?}"
+        );
+        assert!(validated(|c| c.shutdown.deadline_secs = 3601).is_err());
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HERMET_SHUTDOWN__DEADLINE_SECS", "7");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.shutdown.deadline(), std::time::Duration::from_secs(7));
             Ok(())
         });
     }

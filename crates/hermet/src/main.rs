@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod ops;
 mod serve;
+mod shutdown;
 mod telemetry;
 
 use std::process::ExitCode;

@@ -3,9 +3,7 @@
 use anyhow::Context;
 use hermet_api::{ApiConfig, AppState};
 use hermet_store::{connect_pool, migrate, Store};
-use std::future::Future;
-use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermet_core::cache::ListCache;
 use hermet_core::projection::{ProjectionConfig, Views};
@@ -13,13 +11,14 @@ use hermet_core::push::PushSink;
 use hermet_projector::consumer::{self, GROUPS};
 use hermet_projector::{outbox, push};
 use std::sync::Arc;
-use tokio::task::JoinHandle;
 
-use hermet_cdc::relay::{self, RelayConfig, RelayError};
+use hermet_cdc::relay::{self, RelayError};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact, Config, Mode};
+use crate::shutdown::{Restart, Tasks};
 
 async fn connect_and_migrate(cfg: &Config) -> anyhow::Result<Store> {
     if hermet_store::create_database_if_missing(&cfg.database.url)
@@ -63,8 +62,6 @@ pub enum Role {
     All,
 }
 
-type Task = JoinHandle<anyhow::Result<()>>;
-
 pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     let all = roles.is_empty() || roles.contains(&Role::All);
     let api = all || roles.contains(&Role::Api);
@@ -74,29 +71,56 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     if api {
         cfg.validate_for_serving()?;
     }
+    if !api && !cdc && !projector {
+        anyhow::bail!("no role to run");
+    }
     let metrics = crate::telemetry::install()?;
     let store = connect_and_migrate(&cfg).await?;
-    tokio::spawn(crate::telemetry::sample_pool(
-        store.pool().clone(),
-        "commands",
-    ));
-    tokio::spawn(crate::telemetry::sample_pool(
-        store.read_pool().clone(),
-        "reads",
-    ));
+    let mut tasks = Tasks::new();
+    let samplers = [
+        ("commands pool sampler", store.pool().clone(), "commands"),
+        ("reads pool sampler", store.read_pool().clone(), "reads"),
+    ];
+    for (name, pool, label) in samplers {
+        let token = tasks.token();
+        tasks.spawn(name, async move {
+            token
+                .run_until_cancelled(crate::telemetry::sample_pool(pool, label))
+                .await;
+            Ok(())
+        });
+    }
     // Slots nobody streams from keep WAL without bound; the relay's own gauges stop with it.
-    tokio::spawn(crate::ops::sample_slots(
+    let (token, pool, slot) = (
+        tasks.token(),
         store.read_pool().clone(),
         cfg.cdc.slot.clone(),
-    ));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    );
+    tasks.spawn("slot sampler", async move {
+        token
+            .run_until_cancelled(crate::ops::sample_slots(pool, slot))
+            .await;
+        Ok(())
+    });
 
-    let mut tasks: Vec<(&'static str, Task)> = Vec::new();
     if cdc {
-        tasks.push((
-            "cdc relay",
-            tokio::spawn(run_relay(cfg.relay_config(), stop_rx.clone())),
-        ));
+        let rcfg = cfg.relay_config();
+        let restart = Restart {
+            first_backoff: Duration::from_secs(1),
+            fatal: |e| e.downcast_ref::<RelayError>().is_some_and(relay_fatal),
+        };
+        tasks.supervise("cdc relay", restart, move |token| {
+            let rcfg = rcfg.clone();
+            async move {
+                let r = relay::run(rcfg, token.clone().cancelled_owned()).await;
+                if let Err(e) = &r {
+                    if !relay_fatal(e) && !token.is_cancelled() {
+                        metrics::counter!("hermet_cdc_errors_total").increment(1);
+                    }
+                }
+                Ok(r?)
+            }
+        });
     }
     if projector {
         match cfg.sync.mode {
@@ -106,13 +130,10 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
                     cfg.outbox_config(store.cache().clone()),
                     store.pool().clone(),
                 );
-                tasks.push((
-                    "outbox worker",
-                    supervise("outbox worker", stop_rx.clone(), move |stop| {
-                        let (ocfg, pool) = (ocfg.clone(), pool.clone());
-                        async move { Ok(outbox::run_outbox(ocfg, pool, stop).await?) }
-                    }),
-                ));
+                tasks.supervise("outbox worker", Restart::default(), move |token| {
+                    let (ocfg, pool) = (ocfg.clone(), pool.clone());
+                    async move { Ok(outbox::run_outbox(ocfg, pool, token.cancelled_owned()).await?) }
+                });
             }
             Mode::Cdc => {
                 for (group, views) in GROUPS {
@@ -120,13 +141,12 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
                         cfg.group_config(group, views, store.cache().clone())?,
                         store.pool().clone(),
                     );
-                    tasks.push((
-                        group,
-                        supervise(group, stop_rx.clone(), move |stop| {
-                            let (gcfg, pool) = (gcfg.clone(), pool.clone());
-                            async move { Ok(consumer::run_group(gcfg, pool, stop).await?) }
-                        }),
-                    ));
+                    tasks.supervise(group, Restart::default(), move |token| {
+                        let (gcfg, pool) = (gcfg.clone(), pool.clone());
+                        async move {
+                            Ok(consumer::run_group(gcfg, pool, token.cancelled_owned()).await?)
+                        }
+                    });
                 }
             }
         }
@@ -137,14 +157,11 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     if api && (cfg.cdc.enabled || cfg.sync.mode == Mode::Cdc) {
         let pcfg = push::PushConfig::new(cfg.kafka.brokers.clone(), cfg.data_topics()?);
         let (pool, sink) = (store.pool().clone(), Arc::new(hub.clone()));
-        tasks.push((
-            "push notifier",
-            supervise("push notifier", stop_rx.clone(), move |stop| {
-                let (pcfg, pool) = (pcfg.clone(), pool.clone());
-                let sink: Arc<dyn PushSink> = sink.clone();
-                async move { Ok(push::run_push(pcfg, pool, sink, stop).await?) }
-            }),
-        ));
+        tasks.supervise("push notifier", Restart::default(), move |token| {
+            let (pcfg, pool) = (pcfg.clone(), pool.clone());
+            let sink: Arc<dyn PushSink> = sink.clone();
+            async move { Ok(push::run_push(pcfg, pool, sink, token.cancelled_owned()).await?) }
+        });
     }
     if api && cfg.audit.interval_secs > 0 {
         let (acfg, pool, projection, cache) = (
@@ -154,153 +171,88 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
             store.cache().clone(),
         );
         let eventual = cfg.sync.mode != Mode::DualWrite;
-        tasks.push((
-            "background audit",
-            supervise("background audit", stop_rx.clone(), move |stop| {
-                let (acfg, pool, cache) = (acfg.clone(), pool.clone(), cache.clone());
-                async move { background_audit(acfg, pool, projection, cache, eventual, stop).await }
-            }),
-        ));
+        tasks.supervise("background audit", Restart::default(), move |token| {
+            let (acfg, pool, cache) = (acfg.clone(), pool.clone(), cache.clone());
+            async move { background_audit(acfg, pool, projection, cache, eventual, token).await }
+        });
     }
-    // The first background task to fail takes the process down (a supervisor restarts it).
-    let failed = async move {
-        if tasks.is_empty() {
-            return std::future::pending::<anyhow::Result<()>>().await;
-        }
-        let names: Vec<&str> = tasks.iter().map(|(n, _)| *n).collect();
-        let (r, i, _) = futures::future::select_all(tasks.into_iter().map(|(_, t)| t)).await;
-        let name = names[i];
-        match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.context(format!("{name} stopped"))),
-            Err(e) => Err(anyhow::Error::from(e).context(format!("{name} panicked"))),
-        }
-    };
-    if !api {
-        if !cdc && !projector {
-            anyhow::bail!("no role to run");
-        }
+
+    // The HTTP server stops first, on a token of its own: requests in progress are answered
+    // (their writes commit) before the relay and the projectors are asked to stop, so what
+    // was acknowledged to a client is behind the relay's last confirmed position.
+    let http_stop = CancellationToken::new();
+    let http = if api {
+        let api_cfg = ApiConfig {
+            jwt_secret: cfg.auth.jwt_secret.clone(),
+            token_ttl_secs: cfg.auth.token_ttl_secs,
+            max_body_bytes: cfg.http.max_body_bytes,
+            read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
+            max_read_waiters: cfg.projector.max_read_waiters,
+            coverage: view_coverage(&cfg)?,
+        };
+        let app = hermet_api::router(AppState::with_hub(store, api_cfg, Some(metrics), hub));
+        let listener = TcpListener::bind(cfg.http.addr)
+            .await
+            .with_context(|| format!("binding {}", cfg.http.addr))?;
+        tracing::info!(addr = %cfg.http.addr, mode = ?cfg.sync.mode, relay = cdc, projectors = projector, "hermet is serving");
+        let stop = http_stop.clone().cancelled_owned();
+        Some(tasks.spawn("http api", async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .context("serving HTTP")
+        }))
+    } else if let Some(addr) = cfg.http.metrics_addr {
         // Relay- and projector-only processes answer `/metrics` (and `/healthz`) on their own
         // address when one is configured: several of them may share a host.
-        if let Some(addr) = cfg.http.metrics_addr {
-            let listener = TcpListener::bind(addr)
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding http.metrics_addr {addr}"))?;
+        let metrics_app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || std::future::ready(metrics.render())),
+            )
+            .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
+        let stop = http_stop.clone().cancelled_owned();
+        Some(tasks.spawn("metrics listener", async move {
+            axum::serve(listener, metrics_app)
+                .with_graceful_shutdown(stop)
                 .await
-                .with_context(|| format!("binding http.metrics_addr {addr}"))?;
-            let metrics_app = axum::Router::new()
-                .route(
-                    "/metrics",
-                    axum::routing::get(move || std::future::ready(metrics.render())),
-                )
-                .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, metrics_app).await {
-                    tracing::error!(error = %e, "metrics listener stopped");
-                }
-            });
-        }
-        tokio::select! {
-            _ = shutdown_signal() => {
-                let _ = stop_tx.send(true);
-                // Give the tasks their shutdown path (the relay confirms what Kafka acknowledged).
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                return Ok(());
-            }
-            r = failed => { let _ = stop_tx.send(true); return r; }
-        }
-    }
-    let api_cfg = ApiConfig {
-        jwt_secret: cfg.auth.jwt_secret.clone(),
-        token_ttl_secs: cfg.auth.token_ttl_secs,
-        max_body_bytes: cfg.http.max_body_bytes,
-        read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
-        max_read_waiters: cfg.projector.max_read_waiters,
-        coverage: view_coverage(&cfg)?,
+                .context("serving http.metrics_addr")
+        }))
+    } else {
+        None
     };
-    let app = hermet_api::router(AppState::with_hub(store, api_cfg, Some(metrics), hub));
-    let listener = TcpListener::bind(cfg.http.addr)
-        .await
-        .with_context(|| format!("binding {}", cfg.http.addr))?;
-    tracing::info!(addr = %cfg.http.addr, mode = ?cfg.sync.mode, relay = cdc, projectors = projector, "hermet is serving");
-    let stop_api = stop_tx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        let _ = stop_api.send(true);
-    });
-    tokio::select! {
-        r = server => r.context("serving HTTP")?,
-        r = failed => {
-            let _ = stop_tx.send(true);
-            r?;
-        }
+
+    // Until a signal, or until the first task ends on its own (a supervisor restarts the
+    // process).
+    let outcome = tokio::select! {
+        () = shutdown_signal() => Ok(()),
+        r = tasks.ended() => r,
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %format!("{e:#}"), "a task failed: stopping");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let allowed = cfg.shutdown.deadline();
+    let deadline = Instant::now() + allowed;
+    http_stop.cancel();
+    if let Some(http) = http {
+        // Past the deadline `finish` names it with whatever else still runs.
+        let _ = tokio::time::timeout_at(deadline, http).await;
+    }
+    let finished = tasks.finish(deadline, allowed).await;
+    outcome?;
+    finished?;
     tracing::info!("hermet stopped");
     Ok(())
 }
 
-/// Runs a background loop, restarting it with backoff when it fails; returns when `stop` is set.
-fn supervise<F, Fut>(name: &'static str, stop: watch::Receiver<bool>, run: F) -> Task
-where
-    F: Fn(Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send,
-{
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(500);
-        loop {
-            let mut s = stop.clone();
-            let stopped: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-                let _ = s.wait_for(|v| *v).await;
-            });
-            let result = run(stopped).await;
-            if *stop.borrow() {
-                return Ok(());
-            }
-            if let Err(e) = result {
-                tracing::warn!(task = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "background task failed");
-            }
-            let mut s = stop.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = s.wait_for(|v| *v) => return Ok(()),
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
-    })
-}
-
-/// Runs the relay, restarting it with backoff after transient failures (Kafka or PostgreSQL
-/// away). Progress is safe across restarts: only acknowledged transactions were confirmed.
-/// A lost slot or a bad configuration stops it for good.
-async fn run_relay(cfg: RelayConfig, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let started = Instant::now();
-        let mut s = stop.clone();
-        let result = relay::run(cfg.clone(), async move {
-            let _ = s.wait_for(|v| *v).await;
-        })
-        .await;
-        if *stop.borrow() {
-            return Ok(());
-        }
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e @ (RelayError::SlotLost { .. } | RelayError::Config(_))) => return Err(e.into()),
-            Err(e) => {
-                metrics::counter!("hermet_cdc_errors_total").increment(1);
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_secs(1);
-                }
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cdc relay failed");
-                let mut s = stop.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = s.wait_for(|v| *v) => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        }
-    }
+/// Relay errors no restart fixes: a lost slot (changes may be gone; recovery is an operator's
+/// decision) or a bad configuration. Kafka or PostgreSQL away is retried: progress is safe
+/// across restarts, since only acknowledged transactions were confirmed.
+fn relay_fatal(e: &RelayError) -> bool {
+    matches!(e, RelayError::SlotLost { .. } | RelayError::Config(_))
 }
 
 async fn shutdown_signal() {
@@ -342,16 +294,15 @@ async fn background_audit(
     projection: ProjectionConfig,
     cache: Arc<dyn ListCache>,
     eventual: bool,
-    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stop: CancellationToken,
 ) -> anyhow::Result<()> {
     use hermet_store::audit;
     let preview = projection.preview_chars as i32;
-    tokio::pin!(stop);
     let mut next = 0u32;
     loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(cfg.interval_secs)) => {}
+        let wait = tokio::time::sleep(Duration::from_secs(cfg.interval_secs));
+        if stop.run_until_cancelled(wait).await.is_none() {
+            return Ok(());
         }
         let sample: Vec<i32> = (0..cfg.sample_buckets)
             .map(|i| ((next + i) % cfg.buckets) as i32)
@@ -360,7 +311,10 @@ async fn background_audit(
         let mut conn = pool.get().await?;
         let mut report = audit::audit(&conn, preview, cfg.buckets, Some(&sample)).await?;
         if eventual && !report.findings.is_empty() {
-            tokio::time::sleep(Duration::from_millis(cfg.recheck_ms)).await;
+            let recheck = tokio::time::sleep(Duration::from_millis(cfg.recheck_ms));
+            if stop.run_until_cancelled(recheck).await.is_none() {
+                return Ok(());
+            }
             report = audit::audit(&conn, preview, cfg.buckets, Some(&sample)).await?;
         }
         let rate = report.consistency_rate();

@@ -20,12 +20,12 @@ use hermet_testkit::pipeline::{brokers, cleanup};
 use hermet_testkit::{TestApp, User};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -226,7 +226,7 @@ async fn a_connection_gets_its_users_events_answers_pings_and_cleans_up() {
 /// goes (declare it after the app), and also when the test panics (a relay left running would
 /// re-create the topics).
 struct Cleanup {
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     url: String,
     slot: String,
     topics: Vec<String>,
@@ -234,7 +234,8 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let stopping = self.stop.send(true).is_ok();
+        let stopping = !self.stop.is_cancelled();
+        self.stop.cancel();
         let (url, slot, topics) = (
             self.url.clone(),
             self.slot.clone(),
@@ -275,10 +276,6 @@ async fn slot_exists(url: &str, slot: &str) -> bool {
         .is_ok_and(|r| r.is_some())
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_reaches_the_recipients_socket_and_nobody_elses() {
     let _serial = SERIAL.lock().await;
@@ -312,15 +309,15 @@ async fn a_message_reaches_the_recipients_socket_and_nobody_elses() {
         snapshot_batch: 1_000,
         watermark_interval: Duration::from_millis(50),
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
     // Declared after `app`: dropped first, so the slot goes before the database.
     let cleanup = Cleanup {
-        stop: stop_tx,
+        stop: stop.clone(),
         url: app.db.url.clone(),
         slot: cfg.slot.clone(),
         topics: topics.clone(),
     };
-    let relay = tokio::spawn(relay::run(cfg.clone(), stopped(stop_rx.clone())));
+    let relay = tokio::spawn(relay::run(cfg.clone(), stop.clone().cancelled_owned()));
 
     // The notifier, placed at the end of every partition once the relay has made its topics.
     let sink: Arc<dyn PushSink> = Arc::new(app.hub.clone());
@@ -343,7 +340,7 @@ async fn a_message_reaches_the_recipients_socket_and_nobody_elses() {
     }
     let mut wb = connect_as(&app, &b).await;
     let mut wc = connect_as(&app, &c).await;
-    let notifier = tokio::spawn(notifier.run(stopped(stop_rx)));
+    let notifier = tokio::spawn(notifier.run(stop.cancelled_owned()));
 
     // A's message to B: B's socket gets it (the slot exists, so it is streamed, not snapshotted).
     let sent = app.send(&a, channel, "hello bob").await;
@@ -372,7 +369,7 @@ async fn a_message_reaches_the_recipients_socket_and_nobody_elses() {
         "unexpected first event for cid: {fence}"
     );
 
-    cleanup.stop.send(true).expect("stop");
+    cleanup.stop.cancel();
     let r = tokio::time::timeout(WAIT, relay)
         .await
         .expect("relay stops");

@@ -456,3 +456,18 @@ pub async fn scrape(http: &reqwest::Client, base: &str) -> String {
     assert_eq!(r.status(), 200);
     r.text().await.expect("metrics text")
 }
+
+/// For tests that time a process's exit themselves (`shutdown.rs`).
+impl Proc {
+    /// The process id, while it has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status once the process has exited (it is then reaped); `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
+    }
+}
