@@ -454,3 +454,43 @@ where
         pause = (pause * 2).min(MAX);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{eventually, within};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn eventually_returns_what_the_probe_settles_on() {
+        let mut polls = 0;
+        let v = eventually("the third poll", Duration::from_secs(10), async || {
+            polls += 1;
+            (polls == 3).then_some(polls * 10)
+        })
+        .await;
+        assert_eq!((v, polls), (30, 3));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a condition that never holds\nlast: poll")]
+    async fn eventually_panics_with_the_last_answer_once_the_bound_passes() {
+        let mut polls = 0u32;
+        eventually(
+            "a condition that never holds",
+            Duration::from_millis(50),
+            async || -> Result<(), String> {
+                polls += 1;
+                Err(format!("poll {polls}"))
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn within_gives_the_last_answer_without_panicking() {
+        let started = std::time::Instant::now();
+        let r: Result<(), _> = within(Duration::from_millis(50), async || false).await;
+        assert_eq!(r, Err(None));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+}
