@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use hermet_core::cache::{ChannelStamps, ListCache, Lookup};
 use hermet_redis::{RedisCacheConfig, RedisListCache};
+use hermet_testkit::eventually;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// How long a test keeps its private Redis away: several failed calls and retries.
@@ -72,19 +73,15 @@ async fn expire_now(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
         .query_async(conn)
         .await
         .expect("PEXPIRE");
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(format!("{key} expires"), WAIT, async || {
         let n: i64 = redis::cmd("EXISTS")
             .arg(key)
             .query_async(conn)
             .await
             .expect("EXISTS");
-        if n == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{key} did not expire");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        n == 0
+    })
+    .await
 }
 
 #[tokio::test]
@@ -324,14 +321,11 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server (installed by scripts/install-deps.sh)");
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let port = self.port;
+        eventually("redis-server starts", WAIT, async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+        })
+        .await;
     }
 
     async fn go_away_keeping_data(&mut self) {
@@ -406,16 +400,13 @@ async fn cached_page(redis: &PrivateRedis) -> (RedisListCache, Arc<RedisListCach
 
 /// What `api` answers for owner 5 once it uses Redis again after an outage.
 async fn lookup_when_back(api: &RedisListCache) -> Lookup {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually("the cache comes back", WAIT, async || {
         match api.lookup(5, 20).await {
-            Lookup::Unavailable => {
-                assert!(Instant::now() < deadline, "the cache did not come back");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            found => return found,
+            Lookup::Unavailable => None,
+            found => Some(found),
         }
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,14 +506,12 @@ async fn a_failed_invalidation_whose_caller_gave_up_still_lands() {
 
     // Nothing acknowledged that write, but its change is committed: the page from before it
     // must go as soon as Redis is back, not when it expires.
-    let deadline = Instant::now() + WAIT;
-    while lookup_when_back(&api).await.page() == Some("before the write") {
-        assert!(
-            Instant::now() < deadline,
-            "the page a dropped invalidation should have retired is still served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the page a dropped invalidation should have retired is no longer served",
+        WAIT,
+        async || lookup_when_back(&api).await.page() != Some("before the write"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,11 +582,10 @@ async fn a_failed_channel_invalidation_returns_only_once_no_process_can_serve_th
         "another process served the page a failed channel invalidation should have retired: \
          {found:?}"
     );
-    let deadline = Instant::now() + WAIT;
-    while writer.channel_versions(&[40]).await.is_none() {
-        assert!(Instant::now() < deadline, "the cache did not come back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the cache comes back", WAIT, async || {
+        writer.channel_versions(&[40]).await.is_some()
+    })
+    .await;
     store_with_channels(&api, 5, &[40], "after the message").await;
     assert_eq!(
         served(&writer, 5).await.as_deref(),

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermet_cdc::relay::{self, RelayConfig};
 use hermet_core::cache::no_cache;
@@ -46,6 +46,12 @@ pub fn projection() -> ProjectionConfig {
     ProjectionConfig {
         preview_chars: PREVIEW,
     }
+}
+
+/// [`crate::store_config`] with the pipeline's previews: the store of a test of the
+/// eventually consistent modes, and the ones it is compared with.
+pub fn store_config(mode: SyncMode) -> hermet_store::StoreConfig {
+    crate::store_config(mode, PREVIEW)
 }
 
 pub type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -119,7 +125,7 @@ impl Cdc {
     pub fn new(db: &TestDb) -> Cdc {
         Cdc {
             url: db.url.clone(),
-            tag: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            tag: crate::pipeline::tag(),
             relay: None,
             groups: Vec::new(),
             max_attempts: 3,
@@ -199,19 +205,13 @@ impl Cdc {
             relay::run(cfg, stop).await.map_err(|e| e.to_string())
         }));
         let client = connect(&self.url).await;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.relay.as_mut().expect("relay").check().await;
-            let done = snapshot_done(&client, &self.slot()).await;
-            if done {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no relay snapshot within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let slot = self.slot();
+        let relay = self.relay.as_mut().expect("relay");
+        crate::eventually("a completed relay snapshot", WAIT, async || {
+            relay.check().await;
+            snapshot_done(&client, &slot).await
+        })
+        .await;
         hermet_kafka::ensure_topics(&brokers(), &[self.dlq_topic()], 1, 1)
             .await
             .expect("dead-letter topic");
@@ -263,10 +263,10 @@ impl Cdc {
     /// Waits until both projectors have applied everything up to `lsn` on every partition.
     pub async fn drain(&mut self, store: &Store, lsn: Lsn) {
         let conn = store.pool().get().await.expect("connection");
-        let deadline = Instant::now() + WAIT;
-        loop {
+        let groups = [self.coverage(CONVERSATIONS), self.coverage(CONTACTS)];
+        let what = format!("projectors reach {lsn} ({})", lsn.0);
+        crate::eventually(what, WAIT, async || {
             self.check().await;
-            let groups = [self.coverage(CONVERSATIONS), self.coverage(CONTACTS)];
             let upto = || async {
                 sync::covered_upto(&conn, SyncMode::Cdc, &groups)
                     .await
@@ -290,37 +290,11 @@ impl Cdc {
                     after.is_some_and(|u| u >= lsn),
                     "covers says {lsn} is applied, covered_upto says {after:?}"
                 );
-                return;
+                return Ok(());
             }
-            if Instant::now() >= deadline {
-                let marks = conn
-                    .query(
-                        "SELECT projector, topic, partition, applied_lsn::text FROM hermet_projector_watermarks
-                          ORDER BY 1, 2, 3",
-                        &[],
-                    )
-                    .await
-                    .expect("watermarks");
-                let marks: Vec<String> = marks
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{} {}:{} {}",
-                            r.get::<_, String>(0),
-                            r.get::<_, String>(1),
-                            r.get::<_, i32>(2),
-                            r.get::<_, String>(3)
-                        )
-                    })
-                    .collect();
-                panic!(
-                    "projectors did not reach {lsn} ({}) within {WAIT:?}; watermarks:\n{}",
-                    lsn.0,
-                    marks.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err(format!("watermarks:\n{}", watermarks(&conn).await))
+        })
+        .await
     }
 
     /// The normal end: stop the tasks, drop the slot, the topics and the groups.
@@ -339,6 +313,31 @@ impl Cdc {
         let groups = vec![self.group(CONVERSATIONS), self.group(CONTACTS)];
         (topics, groups)
     }
+}
+
+/// The projectors' watermarks, one line each: what a drain that timed out shows.
+async fn watermarks(conn: &tokio_postgres::Client) -> String {
+    let marks = conn
+        .query(
+            "SELECT projector, topic, partition, applied_lsn::text FROM hermet_projector_watermarks
+              ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .expect("watermarks");
+    marks
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}:{} {}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, i32>(2),
+                r.get::<_, String>(3)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Drop for Cdc {

@@ -31,6 +31,17 @@ pub const SMALL_FANOUT: FanoutConfig = FanoutConfig {
     write_threshold: Some(2),
 };
 
+/// The tests' store configuration: `mode`, previews of `preview_chars`, the default limits and
+/// [`SMALL_FANOUT`].
+pub fn store_config(mode: SyncMode, preview_chars: usize) -> StoreConfig {
+    StoreConfig {
+        sync_mode: mode,
+        projection: ProjectionConfig { preview_chars },
+        limits: Limits::default(),
+        fanout: SMALL_FANOUT,
+    }
+}
+
 pub fn admin_url() -> String {
     std::env::var("HERMET_DATABASE_URL").unwrap_or_else(|_| {
         panic!("HERMET_DATABASE_URL is not set: run the tests with `make test`, which starts PostgreSQL")
@@ -67,12 +78,7 @@ impl TestDb {
     /// ([`SMALL_FANOUT`]), so every scenario runs through both shapes of the read side
     /// and the flips between them.
     pub fn store(&self, preview_chars: usize) -> Store {
-        self.store_with(StoreConfig {
-            sync_mode: SyncMode::DualWrite,
-            projection: ProjectionConfig { preview_chars },
-            limits: Limits::default(),
-            fanout: SMALL_FANOUT,
-        })
+        self.store_with(store_config(SyncMode::DualWrite, preview_chars))
     }
 
     pub fn store_with(&self, cfg: StoreConfig) -> Store {
@@ -377,22 +383,114 @@ async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) -> std
     axum::serve(listener, app).await
 }
 
-/// Polls `probe` until it answers `Some`, for at most `bound`; panics naming `what` after that.
-/// The one bounded wait of the tests: a fixed sleep either wastes time or flakes.
-pub async fn eventually<T, F, Fut>(what: &str, bound: std::time::Duration, mut probe: F) -> T
+/// What a probe of [`eventually`] answers: the value it waits for, or not yet (with what it saw,
+/// if it can say).
+pub trait Probe<T> {
+    /// `Err(Some(..))`: not yet, and why — the last one is shown when the bound passes.
+    fn settle(self) -> Result<T, Option<String>>;
+}
+
+impl<T> Probe<T> for Option<T> {
+    fn settle(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Display> Probe<T> for Result<T, E> {
+    fn settle(self) -> Result<T, Option<String>> {
+        self.map_err(|e| Some(e.to_string()))
+    }
+}
+
+impl Probe<()> for bool {
+    fn settle(self) -> Result<(), Option<String>> {
+        self.then_some(()).ok_or(None)
+    }
+}
+
+/// Polls `probe` until it answers (`Some`, `Ok` or `true`), for at most `bound`; panics naming
+/// `what` and the probe's last answer after that. The one bounded wait of the tests: a fixed
+/// sleep either wastes time or flakes. The probe may panic itself (a process that must stay up).
+/// `what` is formatted only on failure, so it may read something then (a process's log).
+pub async fn eventually<T, P>(
+    what: impl std::fmt::Display,
+    bound: std::time::Duration,
+    probe: impl AsyncFnMut() -> P,
+) -> T
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    P: Probe<T>,
 {
+    match within(bound, probe).await {
+        Ok(v) => v,
+        Err(None) => panic!("not within {bound:?}: {what}"),
+        Err(Some(last)) => panic!("not within {bound:?}: {what}\nlast: {last}"),
+    }
+}
+
+/// [`eventually`] for the few callers that must not panic (clean-up from `Drop`): the last
+/// answer of the probe when the bound passed.
+pub async fn within<T, P>(
+    bound: std::time::Duration,
+    mut probe: impl AsyncFnMut() -> P,
+) -> Result<T, Option<String>>
+where
+    P: Probe<T>,
+{
+    // Quick first polls for what is nearly there, then at most ten a second for long waits
+    // (probes scrape `/metrics`, query Kafka or read a log).
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+    const MAX: std::time::Duration = std::time::Duration::from_millis(100);
     let deadline = std::time::Instant::now() + bound;
+    let mut pause = FIRST;
     loop {
-        if let Some(v) = probe().await {
-            return v;
+        let last = match probe().await.settle() {
+            Ok(v) => return Ok(v),
+            Err(last) => last,
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(last);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not within {bound:?}: {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{eventually, within};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn eventually_returns_what_the_probe_settles_on() {
+        let mut polls = 0;
+        let v = eventually("the third poll", Duration::from_secs(10), async || {
+            polls += 1;
+            (polls == 3).then_some(polls * 10)
+        })
+        .await;
+        assert_eq!((v, polls), (30, 3));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a condition that never holds\nlast: poll")]
+    async fn eventually_panics_with_the_last_answer_once_the_bound_passes() {
+        let mut polls = 0u32;
+        eventually(
+            "a condition that never holds",
+            Duration::from_millis(50),
+            async || -> Result<(), String> {
+                polls += 1;
+                Err(format!("poll {polls}"))
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn within_gives_the_last_answer_without_panicking() {
+        let started = std::time::Instant::now();
+        let r: Result<(), _> = within(Duration::from_millis(50), async || false).await;
+        assert_eq!(r, Err(None));
+        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 }

@@ -2,10 +2,19 @@
 //! PostgreSQL and Kafka: connecting, and cleaning up the slot, topics and consumer groups a test
 //! made, from `Drop` too (where no runtime may be at hand).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermet_kafka::rdkafka::admin::{AdminClient, AdminOptions};
 use hermet_kafka::rdkafka::client::DefaultClientContext;
+
+/// Tests with a replication slot run one at a time (slots are cluster-wide): each test binary
+/// that starts a relay holds this while it does.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A random tag for the names of one test's slot, publication, topics and consumer groups.
+pub fn tag() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
 
 /// The brokers of `HERMET_KAFKA_BROKERS` (the project's private Kafka by default).
 pub fn brokers() -> String {
@@ -57,38 +66,39 @@ pub async fn drop_slot(url: &str, slot: &str) -> Result<(), String> {
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let row = client
+    let client = &client;
+    // Settled: dropped or gone (`Ok(Ok)`), or the query failed (`Ok(Err)`, not retried).
+    // Not yet: the slot is in use, or dropping it failed (`Err`, the last one is returned).
+    let dropped = crate::within(Duration::from_secs(60), async || {
+        let row = match client
             .query_opt(
                 "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             )
             .await
-            .map_err(|e| e.to_string())?;
-        let last_error = match row {
-            None => return Ok(()),
+        {
+            Ok(row) => row,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        match row {
+            None => Ok(Ok(())),
             Some(r) => match r.get::<_, Option<i32>>(0) {
                 Some(pid) => {
                     let _ = client
                         .execute("SELECT pg_terminate_backend($1)", &[&pid])
                         .await;
-                    format!("slot still active in pid {pid}")
+                    Err(format!("slot still active in pid {pid}"))
                 }
-                None => match client
+                None => client
                     .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
                     .await
-                {
-                    Ok(_) => return Ok(()),
-                    Err(e) => e.to_string(),
-                },
+                    .map(|_| Ok(()))
+                    .map_err(|e| e.to_string()),
             },
-        };
-        if Instant::now() >= deadline {
-            return Err(last_error);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    dropped.map_err(Option::unwrap_or_default)?
 }
 
 /// Deletes consumer groups and topics, best effort (bounded waits).

@@ -25,11 +25,10 @@ use std::time::{Duration, Instant};
 use hermet_core::cache::{BoxFut, ChannelStamps, ListCache, Lookup, Stamp};
 use hermet_core::projection::ProjectionConfig;
 use hermet_core::rows::{ChannelId, UserId};
-use hermet_core::validate::Limits;
 use hermet_projector::outbox;
 use hermet_redis::{RedisCacheConfig, RedisListCache};
 use hermet_store::{StoreConfig, SyncMode};
-use hermet_testkit::{TestApp, TestDb, User};
+use hermet_testkit::{eventually, TestApp, TestDb, User};
 use rand::Rng;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -57,12 +56,7 @@ fn redis_cache(url: String) -> Arc<RedisListCache> {
 }
 
 fn store_cfg(mode: SyncMode) -> StoreConfig {
-    StoreConfig {
-        sync_mode: mode,
-        projection: ProjectionConfig { preview_chars: 50 },
-        limits: Limits::default(),
-        fanout: hermet_testkit::SMALL_FANOUT,
-    }
+    hermet_testkit::store_config(mode, 50)
 }
 
 /// The seq of the last message in `me`'s conversation `channel`, from the first page.
@@ -372,11 +366,10 @@ async fn wait_listed(
     bound: Duration,
     what: &str,
 ) {
-    let deadline = Instant::now() + bound;
-    while maybe_listed_seq(app, me, channel).await.unwrap_or(0) < seq {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(what, bound, async || {
+        maybe_listed_seq(app, me, channel).await.unwrap_or(0) >= seq
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,19 +473,16 @@ async fn a_worker_whose_invalidation_fails_waits_and_the_page_is_retired_everywh
     // Back, with the page cached before "two": once the API process uses its cache again, that
     // page is retired for it long before it expires (while the worker's invalidation is being
     // made good it may still be served: the worker has not moved on yet).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let cache_used = api_cache.lookup(b.id, PAGE).await != Lookup::Unavailable;
-        if cache_used && maybe_listed_seq(&app, &b, channel).await.unwrap_or(0) >= third {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the API process still serves the page from before the worker's apply: the lost \
-             invalidation was never made good"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the API process serves the page from after the worker's apply (else the lost \
+         invalidation was never made good)",
+        Duration::from_secs(10),
+        async || {
+            let cache_used = api_cache.lookup(b.id, PAGE).await != Lookup::Unavailable;
+            cache_used && maybe_listed_seq(&app, &b, channel).await.unwrap_or(0) >= third
+        },
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(listed_seq(&app, &b, channel).await, third);
     }
@@ -547,14 +537,11 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server (installed by scripts/install-deps.sh)");
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let port = self.port;
+        eventually("redis-server starts", WAIT, async || {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+        })
+        .await;
     }
 
     /// Saves the data, then kills the server: it comes back with it.
@@ -634,15 +621,11 @@ async fn reads_survive_redis_going_away_and_the_cache_resumes() {
         .await
         .expect("the write is acknowledged once Redis is back")
         .expect("send task");
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually("the cache resumes", WAIT, async || {
         assert_eq!(listed_seq(&app, &b, channel).await, last);
-        if matches!(cache.lookup(b.id, PAGE).await, Lookup::Hit(_)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cache did not resume");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        matches!(cache.lookup(b.id, PAGE).await, Lookup::Hit(_))
+    })
+    .await;
     // And invalidation works again.
     let s_next = send_seq(&app, &a, channel, "back").await;
     assert_eq!(listed_seq(&app, &b, channel).await, s_next);

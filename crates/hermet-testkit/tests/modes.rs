@@ -19,7 +19,7 @@
 //! (`eval "$(scripts/services.sh env)"`). Seeds: `HERMET_PROPTEST_SEED`, `PROPTEST_CASES`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermet_api::{ApiConfig, AppState, TokenKeys, ViewCoverage};
 use hermet_core::cache::{no_cache, NoCache};
@@ -29,29 +29,17 @@ use hermet_core::validate::{Avatar, Content, Limits, MessageType, Name};
 use hermet_core::Lsn;
 use hermet_projector::{classify, dlq, is_transient, outbox, Failure};
 use hermet_store::commands::ProfilePatch;
-use hermet_store::{project, sync, Store, StoreConfig, StoreError, SyncMode};
-use hermet_testkit::cdc::{projection, Cdc, Task, CONTACTS, CONVERSATIONS, WAIT};
-use hermet_testkit::pipeline::{brokers, connect, wal_lsn};
+use hermet_store::{project, sync, Store, StoreError, SyncMode};
+use hermet_testkit::cdc::{projection, store_config, Cdc, Task, CONTACTS, CONVERSATIONS, WAIT};
+use hermet_testkit::pipeline::{brokers, connect, wal_lsn, SERIAL};
 use hermet_testkit::workload::{self, Cmd};
-use hermet_testkit::{render, TestDb, TEST_SECRET};
+use hermet_testkit::{eventually, render, TestDb, TEST_SECRET};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-
-/// Tests with a replication slot run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn store_cfg(mode: SyncMode) -> StoreConfig {
-    StoreConfig {
-        sync_mode: mode,
-        projection: projection(),
-        limits: Limits::default(),
-        fanout: hermet_testkit::SMALL_FANOUT,
-    }
-}
 
 /// The outbox worker on `store`'s pool, giving up on a row after `max_attempts`.
 fn outbox_worker(store: &Store, max_attempts: u32) -> Task {
@@ -82,18 +70,15 @@ async fn count(store: &Store, sql: &str) -> i64 {
 
 /// Waits until `sql` (a count) is `want`.
 async fn wait_count(store: &Store, sql: &str, want: i64) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(format!("{sql} is {want}"), WAIT, async || {
         let n = count(store, sql).await;
         if n == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{sql} is {n}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{sql} is {n}, not {want}, after {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 // ------------------------------------------------------------------------------------------
@@ -234,7 +219,7 @@ async fn one_workload_three_modes_same_read_side() {
 
     // dual_write: the reference.
     let db_dw = TestDb::new().await;
-    let dw = db_dw.store_with(store_cfg(SyncMode::DualWrite));
+    let dw = db_dw.store_with(store_config(SyncMode::DualWrite));
     let world = run_workload(&dw, &cmds).await;
     eprintln!("applied commands: {:?}", world.applied);
     for kind in Cmd::KINDS {
@@ -253,7 +238,7 @@ async fn one_workload_three_modes_same_read_side() {
 
     // async: the worker drains the outbox while the workload runs.
     let db_as = TestDb::new().await;
-    let as_ = db_as.store_with(store_cfg(SyncMode::Async));
+    let as_ = db_as.store_with(store_config(SyncMode::Async));
     let worker = outbox_worker(&as_, 3);
     run_workload(&as_, &cmds).await;
     wait_count(&as_, "SELECT count(*) FROM hermet_outbox", 0).await;
@@ -268,7 +253,7 @@ async fn one_workload_three_modes_same_read_side() {
     // cdc: relay and both consumer groups run while the workload runs.
     let db_cdc = TestDb::new().await;
     let mut cdc = Cdc::new(&db_cdc);
-    let cs = db_cdc.store_with(store_cfg(SyncMode::Cdc));
+    let cs = db_cdc.store_with(store_config(SyncMode::Cdc));
     cdc.start_relay().await;
     cdc.start_groups(cs.pool());
     run_workload(&cs, &cmds).await;
@@ -443,7 +428,7 @@ async fn projection_case(
 fn projection_is_idempotent_and_order_independent() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let db = rt.block_on(TestDb::new());
-    let store = db.store_with(store_cfg(SyncMode::Async));
+    let store = db.store_with(store_config(SyncMode::Async));
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -544,8 +529,7 @@ async fn listed(store: &Store, user: i64, channel: i64) -> Option<(Option<String
 /// record or dead-lettering it (`Cdc::drain` waits for `covers`, which dead letters hold back).
 async fn wait_passed(cdc: &mut Cdc, store: &Store, lsn: Lsn) {
     let conn = store.pool().get().await.expect("connection");
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually(format!("projectors pass {lsn}"), WAIT, async || {
         cdc.check().await;
         let mut all = true;
         for base in [CONVERSATIONS, CONTACTS] {
@@ -554,15 +538,9 @@ async fn wait_passed(cdc: &mut Cdc, store: &Store, lsn: Lsn) {
                 .expect("passed_upto");
             all &= passed.is_some_and(|p| p >= lsn);
         }
-        if all {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "projectors did not pass {lsn} within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        all
+    })
+    .await
 }
 
 /// Whether the view of `cov` may call a write at `lsn` applied.
@@ -577,7 +555,7 @@ async fn poison_event_is_dead_lettered_then_replayed() {
     let db = TestDb::new().await;
     let mut cdc = Cdc::new(&db);
     cdc.max_attempts = 2;
-    let store = db.store_with(store_cfg(SyncMode::Cdc));
+    let store = db.store_with(store_config(SyncMode::Cdc));
     cdc.start_relay().await;
     cdc.start_groups(store.pool());
 
@@ -674,7 +652,7 @@ async fn poison_event_is_dead_lettered_then_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coverage_counts_only_the_projectors_topics() {
     let db = TestDb::new().await;
-    let store = db.store_with(store_cfg(SyncMode::Cdc));
+    let store = db.store_with(store_config(SyncMode::Cdc));
     let mut conn = store.pool().get().await.expect("connection");
     let progress = |topic: &str, partition: i32, lsn: i64| sync::PartitionProgress {
         topic: topic.into(),
@@ -781,7 +759,7 @@ async fn covered_upto(store: &Store, cov: &sync::Coverage) -> Option<Lsn> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn coverage_stops_before_outstanding_dead_letters() {
     let db = TestDb::new().await;
-    let store = db.store_with(store_cfg(SyncMode::Cdc));
+    let store = db.store_with(store_config(SyncMode::Cdc));
     let progress = |partition: i32, lsn: i64| sync::PartitionProgress {
         topic: "users".into(),
         partition,
@@ -863,7 +841,7 @@ async fn coverage_stops_before_outstanding_dead_letters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn poison_outbox_row_is_set_aside_then_replayed() {
     let db = TestDb::new().await;
-    let store = db.store_with(store_cfg(SyncMode::Async));
+    let store = db.store_with(store_config(SyncMode::Async));
     let worker = outbox_worker(&store, 2);
     let (a, b, c, d) = (
         user(&store, "ann").await,
@@ -925,7 +903,7 @@ async fn one_poison_row_in_a_full_batch_costs_logarithmic_failed_applies() {
     const POISON_AT: i64 = 40;
     const MAX_ATTEMPTS: u32 = 3;
     let db = TestDb::new().await;
-    let store = db.store_with(store_cfg(SyncMode::Async));
+    let store = db.store_with(store_config(SyncMode::Async));
     let (a, b, c, d) = (
         user(&store, "ann").await,
         user(&store, "bob").await,
@@ -996,7 +974,7 @@ async fn one_poison_row_in_a_full_batch_costs_logarithmic_failed_applies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failures_not_caused_by_the_data_are_retried_never_set_aside() {
     let db = TestDb::new().await;
-    let store = db.store_with(store_cfg(SyncMode::Async));
+    let store = db.store_with(store_config(SyncMode::Async));
     let worker = outbox_worker(&store, 2);
     let (a, b) = (user(&store, "ann").await, user(&store, "bob").await);
     let ab = store.add_friend(a, b).await.expect("friends").value;
@@ -1012,7 +990,7 @@ async fn failures_not_caused_by_the_data_are_retried_never_set_aside() {
     .expect("install the failure");
     send(&store, b, ab, "to ann").await;
     // Well past max_attempts (2), or set aside (the bug).
-    hermet_testkit::eventually("the worker retried or set the row aside", WAIT, || async {
+    eventually("the worker retried or set the row aside", WAIT, || async {
         let dead = count(&store, "SELECT count(*) FROM hermet_outbox_dead").await;
         (poison_hits(&store).await >= 5 || dead > 0).then_some(())
     })
@@ -1036,7 +1014,7 @@ async fn failures_not_caused_by_the_data_are_retried_never_set_aside() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_errors_are_classified_by_sqlstate() {
     let db = TestDb::new().await;
-    let store = db.store_with(store_cfg(SyncMode::Async));
+    let store = db.store_with(store_config(SyncMode::Async));
     let conn = store.pool().get().await.expect("connection");
     conn.batch_execute(
         "CREATE TEMP TABLE hermet_test_t (x int PRIMARY KEY CHECK (x > 0));
@@ -1098,7 +1076,7 @@ async fn store_errors_are_classified_by_sqlstate() {
     conn.execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .expect("terminate");
-    hermet_testkit::eventually("the victim sees its end", WAIT, || async {
+    eventually("the victim sees its end", WAIT, || async {
         victim.is_closed().then_some(())
     })
     .await;
@@ -1113,7 +1091,7 @@ async fn store_errors_are_classified_by_sqlstate() {
 async fn a_profile_change_reaches_a_row_built_without_its_member_change() {
     let db = TestDb::new().await;
     // No worker: the test hands the outbox's changes to the projection itself.
-    let store = db.store_with(store_cfg(SyncMode::Async));
+    let store = db.store_with(store_config(SyncMode::Async));
     let (a, b) = (user(&store, "ann").await, user(&store, "bob").await);
     let ab = store.add_friend(a, b).await.expect("friends").value;
     let taken = || async {
@@ -1258,7 +1236,7 @@ async fn read_your_writes_in_cdc_mode() {
     let mut cdc = Cdc::new(&db);
     // No heartbeat within the wait: freshness may not depend on it.
     cdc.heartbeat = Duration::from_secs(60);
-    let store = db.store_with(store_cfg(SyncMode::Cdc));
+    let store = db.store_with(store_config(SyncMode::Cdc));
     cdc.start_relay().await;
     cdc.start_groups(store.pool());
     let coverage = hermet_api::ViewCoverage {
@@ -1442,7 +1420,7 @@ async fn read_at(base: &str, path: &str, user: i64, lsn: Lsn) -> (bool, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn set_aside_outbox_rows_keep_reads_stale_until_replayed() {
     let db = TestDb::new().await;
-    let store = db.store_with(store_cfg(SyncMode::Async));
+    let store = db.store_with(store_config(SyncMode::Async));
     let worker = outbox_worker(&store, 2);
     let (a, b, c, d) = (
         user(&store, "ann").await,
@@ -1505,7 +1483,7 @@ async fn dead_letters_keep_reads_stale_until_replayed_in_cdc_mode() {
     let db = TestDb::new().await;
     let mut cdc = Cdc::new(&db);
     cdc.max_attempts = 2;
-    let store = db.store_with(store_cfg(SyncMode::Cdc));
+    let store = db.store_with(store_config(SyncMode::Cdc));
     cdc.start_relay().await;
     cdc.start_groups(store.pool());
     let (a, b, c, d) = (

@@ -62,12 +62,7 @@ fn metric(name: &str, projector: &str) -> f64 {
 }
 
 fn store_cfg() -> StoreConfig {
-    StoreConfig {
-        sync_mode: SyncMode::Cdc,
-        projection: projection(),
-        limits: Limits::default(),
-        fanout: hermet_testkit::SMALL_FANOUT,
-    }
+    hermet_testkit::cdc::store_config(SyncMode::Cdc)
 }
 
 /// `url` with `synchronous_commit` set for every session of the pool.

@@ -9,20 +9,22 @@
 //! Needs `HERMET_DATABASE_URL` (superuser, `wal_level=logical`) and `HERMET_KAFKA_BROKERS`:
 //! `eval "$(scripts/services.sh env)" && cargo test -p hermet --test cdc -- --test-threads=1`.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{poll_until, Proc, SERIAL};
 use hermet_core::validate::{Avatar, Content, Label, Limits, MessageType, Name};
 use hermet_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use hermet_kafka::rdkafka::{Message, Offset, TopicPartitionList};
 use hermet_store::commands::{ConversationPatch, FriendPatch, GroupPatch, ProfilePatch};
 use hermet_store::Store;
-use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, drop_slot, snapshot_done};
+use hermet_testkit::cdc::TABLES;
+use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, drop_slot, snapshot_done, tag};
 use hermet_testkit::{TestDb, TEST_SHARDS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,16 +32,6 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-/// Tests that use replication slots run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const TABLES: [&str; 5] = [
-    "users",
-    "channels",
-    "channel_members",
-    "friendships",
-    "messages",
-];
 /// Debezium's `unavailable.value.placeholder` default: an unchanged TOASTed value.
 const UNAVAILABLE: &str = "__debezium_unavailable_value";
 /// Partitions of the test topics: more than one, so per-key routing matters.
@@ -73,8 +65,9 @@ struct Cdc {
     /// Topic prefix (`source.name`) and the first part of every topic name.
     prefix: String,
     heartbeat_ms: u64,
-    relay: Option<Child>,
-    logs: Vec<PathBuf>,
+    /// The last relay started, kept once it exited (its log is read).
+    relay: Option<Proc>,
+    starts: usize,
     client: Client,
     /// Last: dropped after `Drop::drop` removed the slot.
     db: TestDb,
@@ -83,7 +76,7 @@ struct Cdc {
 impl Cdc {
     async fn new(heartbeat_ms: u64) -> Cdc {
         let db = TestDb::new().await;
-        let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let tag = tag();
         let client = connect(&db.url).await;
         Cdc {
             slot: format!("t_{tag}"),
@@ -91,7 +84,7 @@ impl Cdc {
             prefix: format!("t{tag}"),
             heartbeat_ms,
             relay: None,
-            logs: Vec::new(),
+            starts: 0,
             client,
             db,
         }
@@ -103,128 +96,71 @@ impl Cdc {
 
     /// Starts `hermet serve --role cdc`; its stdout and stderr go to a log file.
     fn start(&mut self) {
-        assert!(self.relay.is_none(), "the relay is already running");
-        let log = std::env::temp_dir().join(format!(
-            "hermet-cdc-test-{}-{}.log",
-            self.slot,
-            self.logs.len()
-        ));
-        let out = File::create(&log).expect("relay log file");
-        let err = out.try_clone().expect("relay log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_hermet"))
-            .args(["serve", "--role", "cdc"])
-            .env_remove("HERMET_CONFIG")
-            .env("HERMET_DATABASE_URL", &self.db.url)
-            .env("HERMET_KAFKA_BROKERS", brokers())
-            .env("HERMET_SHARDS", TEST_SHARDS.to_string())
-            .env("HERMET_CDC__SLOT", &self.slot)
-            .env("HERMET_CDC__PUBLICATION", &self.publication)
-            .env("HERMET_CDC__TOPIC_PREFIX", &self.prefix)
-            .env(
+        if let Some(r) = self.relay.as_mut() {
+            assert!(r.exited().is_some(), "the relay is already running");
+        }
+        let log =
+            std::env::temp_dir().join(format!("hermet-cdc-test-{}-{}.log", self.slot, self.starts));
+        self.starts += 1;
+        let kv = |k: &str, v: String| (k.to_owned(), v);
+        let env = [
+            kv("HERMET_DATABASE_URL", self.db.url.clone()),
+            kv("HERMET_KAFKA_BROKERS", brokers()),
+            kv("HERMET_SHARDS", TEST_SHARDS.to_string()),
+            kv("HERMET_CDC__SLOT", self.slot.clone()),
+            kv("HERMET_CDC__PUBLICATION", self.publication.clone()),
+            kv("HERMET_CDC__TOPIC_PREFIX", self.prefix.clone()),
+            kv(
                 "HERMET_CDC__TOPIC_TEMPLATE",
                 format!("{}.{{table}}.changed", self.prefix),
-            )
-            .env("HERMET_CDC__PARTITIONS", PARTITIONS.to_string())
-            .env("HERMET_CDC__HEARTBEAT_MS", self.heartbeat_ms.to_string())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn hermet serve --role cdc");
-        self.relay = Some(child);
-        self.logs.push(log);
+            ),
+            kv("HERMET_CDC__PARTITIONS", PARTITIONS.to_string()),
+            kv("HERMET_CDC__HEARTBEAT_MS", self.heartbeat_ms.to_string()),
+        ];
+        self.relay = Some(Proc::spawn("relay", &["serve", "--role", "cdc"], &env, log));
     }
 
     /// SIGKILL (`Child::kill` on Unix) and reap.
     fn kill(&mut self) {
-        if let Some(mut child) = self.relay.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut relay) = self.relay.take() {
+            relay.kill();
         }
     }
 
-    /// The exit status if the relay process has stopped.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.relay.as_mut()?.try_wait().expect("try_wait");
-        if status.is_some() {
-            self.relay = None;
-        }
-        status
+    fn relay(&mut self) -> &mut Proc {
+        self.relay.as_mut().expect("the relay was started")
     }
 
     fn assert_running(&mut self, doing: &str) {
-        if self.relay.is_none() {
-            panic!("the relay is not running while {doing}");
-        }
-        if let Some(status) = self.exited() {
+        let relay = self.relay();
+        if let Some(status) = relay.exited() {
             panic!(
                 "the relay exited ({status}) while {doing}\n{}",
-                self.log_tail()
+                relay.tail()
             );
         }
     }
 
     async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the relay did not exit within {within:?}\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGTERM: the relay must stop cleanly.
-    async fn stop(&mut self) {
-        let pid = self.relay.as_ref().expect("the relay is running").id();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let status = self.wait_exit(WAIT).await;
-        assert!(
-            status.success(),
-            "the relay exited with {status} on SIGTERM\n{}",
-            self.log_tail()
-        );
+        self.relay().wait_exit(within).await
     }
 
     fn log(&self) -> String {
-        self.logs
-            .last()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default()
+        self.relay.as_ref().map(Proc::log).unwrap_or_default()
     }
 
     fn log_tail(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-        format!("--- relay log {:?} (tail) ---\n{tail}", self.logs.last())
+        self.relay.as_ref().map(Proc::tail).unwrap_or_default()
     }
 
     /// Waits until the relay recorded its initial snapshot as complete.
     async fn wait_snapshot_done(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.assert_running("taking the initial snapshot");
-            let done = snapshot_done(&self.client, &self.slot).await;
-            if done {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no completed snapshot within {WAIT:?}\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let (client, slot) = (&self.client, &self.slot);
+        let relay = self.relay.as_mut().expect("the relay was started");
+        poll_until(relay, "a completed initial snapshot", WAIT, async || {
+            snapshot_done(client, slot).await
+        })
+        .await;
     }
 
     async fn wal_lsn(&self) -> String {
@@ -249,33 +185,26 @@ impl Cdc {
     /// Waits until the slot's `confirmed_flush_lsn` is at or past `lsn`: the relay has had Kafka
     /// acknowledge every change committed before it.
     async fn wait_confirmed(&mut self, lsn: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.assert_running("catching up");
-            let reached = self
-                .client
+        let (client, slot) = (&self.client, &self.slot);
+        let relay = self.relay.as_mut().expect("the relay was started");
+        let what = format!("slot {slot} confirms {lsn}");
+        poll_until(relay, &what, WAIT, async || {
+            let row = client
                 .query_opt(
-                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots
-                      WHERE slot_name = $2",
-                    &[&lsn, &self.slot],
+                    "SELECT confirmed_flush_lsn::text, confirmed_flush_lsn >= $1::text::pg_lsn
+                       FROM pg_replication_slots WHERE slot_name = $2",
+                    &[&lsn, slot],
                 )
                 .await
-                .expect("pg_replication_slots")
-                .and_then(|r| r.get::<_, Option<bool>>(0))
-                == Some(true);
-            if reached {
-                return;
+                .expect("pg_replication_slots");
+            let confirmed: Option<String> = row.as_ref().and_then(|r| r.get(0));
+            let reached: Option<bool> = row.as_ref().and_then(|r| r.get(1));
+            match reached {
+                Some(true) => Ok(()),
+                _ => Err(format!("confirmed {confirmed:?}")),
             }
-            if Instant::now() >= deadline {
-                let confirmed = self.confirmed_lsn().await;
-                panic!(
-                    "slot {} confirmed {confirmed:?}, not yet {lsn}, after {WAIT:?}\n{}",
-                    self.slot,
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await;
     }
 
     /// Everything on the topics of `tables`, read from the beginning by a consumer of its own.
@@ -309,10 +238,13 @@ impl Cdc {
         out
     }
 
-    /// The normal end: stop the relay cleanly and drop the slot (the rest is in `Drop`).
+    /// The normal end: stop the relay (SIGTERM: it must exit cleanly) and drop the slot (the rest
+    /// is in `Drop`).
     async fn finish(mut self) {
-        if self.relay.is_some() {
-            self.stop().await;
+        if let Some(relay) = self.relay.as_mut() {
+            if relay.exited().is_none() {
+                relay.stop().await;
+            }
         }
         drop_slot(&self.db.url, &self.slot)
             .await
@@ -322,14 +254,8 @@ impl Cdc {
 
 impl Drop for Cdc {
     fn drop(&mut self) {
+        // The relay's log goes with it (kept if the test is failing).
         self.kill();
-        if std::thread::panicking() {
-            eprintln!("relay logs kept: {:?}", self.logs);
-        } else {
-            for log in &self.logs {
-                let _ = std::fs::remove_file(log);
-            }
-        }
         let topics: Vec<String> = TABLES.iter().map(|t| self.topic(t)).collect();
         cleanup_blocking(self.db.url.clone(), self.slot.clone(), topics, Vec::new());
     }
@@ -1213,7 +1139,7 @@ async fn survives_sigkill_under_load() {
         "crash test: kills={kills} relay starts={} load: profile updates={updates} messages={sends} \
          failed commands={failed}; committed versions expected={expected}; events={data_events} \
          duplicates={duplicates} {dup_by_table:?} missing={}",
-        cdc.logs.len(),
+        cdc.starts,
         missing.len()
     );
     assert!(

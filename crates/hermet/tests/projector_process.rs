@@ -20,7 +20,7 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermet_store::oracle::EXPECTED_CONVERSATIONS;
 use hermet_store::Store;
@@ -78,16 +78,14 @@ async fn projector_killed_under_load_converges() {
         let before = applied_offsets(&store, &p.group_prefix()).await;
         if k % 2 == 0 {
             // Mid-work: once this process has applied something, after a random pause.
-            let deadline = Instant::now() + WAIT;
-            while applied_offsets(&store, &p.group_prefix()).await == before {
-                p.procs[proj].assert_running();
-                assert!(
-                    Instant::now() < deadline,
-                    "the projector made no progress\n{}",
-                    p.procs[proj].tail()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let prefix = p.group_prefix();
+            poll_until(
+                &mut p.procs[proj],
+                "the projector makes progress",
+                WAIT,
+                async || applied_offsets(&store, &prefix).await != before,
+            )
+            .await;
             progressed_kills += 1;
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..300))).await;
         } else {
@@ -278,31 +276,26 @@ async fn serve_all_in_cdc_mode_reads_your_writes() {
     .await
     .expect("send");
     assert_eq!(sent.status(), 201);
-    let deadline = Instant::now() + WAIT;
-    while plain_seq().await < 6 {
-        assert!(
-            Instant::now() < deadline,
-            "a cached page outlived the projectors' apply"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the projectors' apply retires the cached page",
+        WAIT,
+        async || plain_seq().await >= 6,
+    )
+    .await;
 
     // Metrics after the workload: wait for the slower samplers (audit, consumer statistics).
     let scrape = || common::scrape(&http, &base);
-    let deadline = Instant::now() + WAIT;
-    let text = loop {
+    let text = eventually("audit and consumer statistics report", WAIT, async || {
         let text = scrape().await;
         if text.contains("hermet_consistency_rate ")
             && text.contains("hermet_consumer_lag_messages{")
         {
-            break text;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(
-            Instant::now() < deadline,
-            "audit or consumer statistics never reported:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     check_metrics(&text);
     p.procs[app].stop().await;
 }

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use hermet_cdc::relay::{self, RelayConfig};
 use hermet_core::push::{PushEvent, PushSink};
 use hermet_projector::push::{PushConfig, PushNotifier};
-use hermet_testkit::pipeline::{brokers, cleanup};
-use hermet_testkit::{TestApp, User};
+use hermet_testkit::cdc::{Cdc, Task, PARTITIONS};
+use hermet_testkit::pipeline::{brokers, SERIAL};
+use hermet_testkit::{eventually, TestApp, User};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_postgres::NoTls;
@@ -25,23 +25,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Tests that use replication slots run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const TABLES: [&str; 5] = [
-    "users",
-    "channels",
-    "channel_members",
-    "friendships",
-    "messages",
-];
-const PARTITIONS: i32 = 3;
 /// Bound of every wait on the pipeline (relay start, a push arriving).
 const WAIT: Duration = Duration::from_secs(60);
+/// Bound of a connection's leaving the hub.
+const HUB_WAIT: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------------------
 // A WebSocket client
@@ -121,14 +111,6 @@ async fn until(ws: &mut Ws, what: &str, pred: impl Fn(&Value) -> bool) -> (Value
     }
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ------------------------------------------------------------------------------------------
 // The endpoint alone: no Kafka, events published straight to the hub
 
@@ -203,14 +185,16 @@ async fn a_connection_gets_its_users_events_answers_pings_and_cleans_up() {
     assert_eq!(&pong[..], b"are you there");
 
     wa2.close(None).await.expect("close");
-    wait_for("a closed connection leaves the hub", || {
+    eventually("a closed connection leaves the hub", HUB_WAIT, async || {
         app.hub.connections(a.id) == 1
     })
     .await;
     drop(wb); // gone without a close frame
-    wait_for("a dropped connection leaves the hub", || {
-        !app.hub.is_connected(b.id)
-    })
+    eventually(
+        "a dropped connection leaves the hub",
+        HUB_WAIT,
+        async || !app.hub.is_connected(b.id),
+    )
     .await;
     app.hub.publish(a.id, &event);
     assert!(
@@ -221,44 +205,6 @@ async fn a_connection_gets_its_users_events_answers_pings_and_cleans_up() {
 
 // ------------------------------------------------------------------------------------------
 // The whole path: PostgreSQL → relay → Kafka → notifier → socket
-
-/// Stops the relay and the notifier, then drops the test's slot and topics — before the database
-/// goes (declare it after the app), and also when the test panics (a relay left running would
-/// re-create the topics).
-struct Cleanup {
-    stop: CancellationToken,
-    url: String,
-    slot: String,
-    topics: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let stopping = !self.stop.is_cancelled();
-        self.stop.cancel();
-        let (url, slot, topics) = (
-            self.url.clone(),
-            self.slot.clone(),
-            std::mem::take(&mut self.topics),
-        );
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if stopping {
-                    // The tasks run on the test's runtime: give them time to see the signal.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                cleanup(&url, &slot, &topics, &[]).await;
-            });
-        })
-        .join();
-    }
-}
 
 async fn slot_exists(url: &str, slot: &str) -> bool {
     let Ok((client, conn)) = tokio_postgres::connect(url, NoTls).await else {
@@ -287,60 +233,30 @@ async fn a_message_reaches_the_recipients_socket_and_nobody_elses() {
     );
     let channel = app.befriend(&a, &b).await;
 
-    let tag = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-    let prefix = format!("tpush{tag}");
-    let topics: Vec<String> = TABLES
-        .iter()
-        .map(|t| format!("{prefix}.{t}.changed"))
-        .collect();
-    let cfg = RelayConfig {
-        database_url: app.db.url.clone(),
-        brokers: brokers(),
-        slot: format!("tpush_{tag}"),
-        publication: format!("ppush_{tag}"),
-        tables: TABLES.map(String::from).to_vec(),
-        topic_prefix: prefix.clone(),
-        topic_template: format!("{prefix}.{{table}}.changed"),
-        partitions: PARTITIONS,
-        replication_factor: 1,
-        heartbeat: Duration::from_secs(1),
-        transaction_topic: false,
-        max_in_flight: 10_000,
-        snapshot_batch: 1_000,
-        watermark_interval: Duration::from_millis(50),
-    };
-    let stop = CancellationToken::new();
-    // Declared after `app`: dropped first, so the slot goes before the database.
-    let cleanup = Cleanup {
-        stop: stop.clone(),
-        url: app.db.url.clone(),
-        slot: cfg.slot.clone(),
-        topics: topics.clone(),
-    };
-    let relay = tokio::spawn(relay::run(cfg.clone(), stop.clone().cancelled_owned()));
+    // The relay in-process, on a slot, publication and topics of the test's own. Declared after
+    // `app`: dropped first, so the slot goes before the database (also when the test panics).
+    let mut cdc = Cdc::new(&app.db);
+    cdc.start_relay().await;
+    let topics = cdc.topics();
 
     // The notifier, placed at the end of every partition once the relay has made its topics.
     let sink: Arc<dyn PushSink> = Arc::new(app.hub.clone());
     let mut pcfg = PushConfig::new(brokers(), topics.clone());
     pcfg.refresh = Duration::from_millis(500);
     let mut notifier = PushNotifier::new(pcfg, app.store.pool().clone(), sink).expect("notifier");
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let partitions = topics.len() * PARTITIONS as usize;
+    let slot = cdc.slot();
+    eventually("the relay starts", WAIT, async || {
+        cdc.check().await;
         notifier.start().await.expect("notifier start");
-        if notifier.assigned_partitions() == topics.len() * PARTITIONS as usize
-            && slot_exists(&app.db.url, &cfg.slot).await
-        {
-            break;
-        }
-        if relay.is_finished() {
-            panic!("the relay stopped: {:?}", relay.await);
-        }
-        assert!(Instant::now() < deadline, "the relay did not start in time");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        notifier.assigned_partitions() == partitions && slot_exists(&app.db.url, &slot).await
+    })
+    .await;
     let mut wb = connect_as(&app, &b).await;
     let mut wc = connect_as(&app, &c).await;
-    let notifier = tokio::spawn(notifier.run(stop.cancelled_owned()));
+    let notifier = Task::spawn("push notifier", |stop| async move {
+        notifier.run(stop).await.map_err(|e| e.to_string())
+    });
 
     // A's message to B: B's socket gets it (the slot exists, so it is streamed, not snapshotted).
     let sent = app.send(&a, channel, "hello bob").await;
@@ -369,13 +285,7 @@ async fn a_message_reaches_the_recipients_socket_and_nobody_elses() {
         "unexpected first event for cid: {fence}"
     );
 
-    cleanup.stop.cancel();
-    let r = tokio::time::timeout(WAIT, relay)
-        .await
-        .expect("relay stops");
-    assert!(matches!(r, Ok(Ok(()))), "relay: {r:?}");
-    let r = tokio::time::timeout(WAIT, notifier)
-        .await
-        .expect("notifier stops");
-    assert!(matches!(r, Ok(Ok(()))), "notifier: {r:?}");
+    // Both stop cleanly; then the slot, topics and groups go.
+    notifier.stop().await;
+    cdc.finish().await;
 }

@@ -22,7 +22,7 @@ use common::*;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermet_store::{Store, StoreConfig, SyncMode};
 use hermet_testkit::workload;
@@ -183,11 +183,10 @@ async fn rebuild_under_cdc_load_keeps_reads_and_converges() {
         })
     };
     // Let the writers get going before the rebuild starts.
-    let deadline = Instant::now() + WAIT;
-    while reads.load(Ordering::Relaxed) < 20 {
-        assert!(Instant::now() < deadline, "the reader made no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the reader makes progress", WAIT, async || {
+        reads.load(Ordering::Relaxed) >= 20
+    })
+    .await;
     let reads_before = reads.load(Ordering::Relaxed);
     let out = p.admin(&["admin", "rebuild"]).await;
     let reads_during = reads.load(Ordering::Relaxed) - reads_before;
@@ -309,18 +308,18 @@ async fn replay_from_offset_zero_changes_nothing() {
     }
 
     proj = p.start("projector", &["serve", "--role", "projector"], &[]);
-    let deadline = Instant::now() + WAIT;
-    for (g, _) in GROUPS {
-        while p.group_lag(g).await > 0 {
-            p.procs[proj].assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "{g} did not reprocess within {WAIT:?}\n{}",
-                p.procs[proj].tail()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    let what = p.procs[proj].noting("the groups reprocess");
+    eventually(what, WAIT, async || {
+        p.procs[proj].assert_running();
+        for (g, _) in GROUPS {
+            let lag = p.group_lag(g).await;
+            if lag > 0 {
+                return Err(format!("{g} has {lag} records left"));
+            }
         }
-    }
+        Ok(())
+    })
+    .await;
     let after = read_side(&store).await;
     let changed: Vec<_> = before
         .iter()
@@ -589,19 +588,15 @@ async fn rebuild_converges_in_dual_write_and_async_under_load() {
         );
         if let (Some(tx), Some(h)) = (stop_worker, worker) {
             let conn = store.pool().get().await.expect("connection");
-            let deadline = Instant::now() + WAIT;
-            loop {
+            eventually("the outbox drains", WAIT, async || {
                 let pending: i64 = conn
                     .query_one("SELECT count(*) FROM hermet_outbox", &[])
                     .await
                     .expect("outbox")
                     .get(0);
-                if pending == 0 {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "the outbox did not drain");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                pending == 0
+            })
+            .await;
             let _ = tx.send(());
             h.await.expect("worker").expect("outbox worker");
         }

@@ -1,19 +1,20 @@
-//! Helpers shared by the tests that run `hermet` as child processes (`projector_process.rs`,
-//! `recovery.rs`, `audit_repair.rs`): a child process with its log, a bounded poll, readiness
-//! and `/metrics` samples of a serving process, a pipeline's names (slot, publication, topics,
+//! Helpers shared by the tests that run `hermet` as child processes (`cdc.rs`,
+//! `projector_process.rs`, `recovery.rs`, `audit_repair.rs`, `admin_output.rs`): a child process
+//! with its log, the bounded wait ([`eventually`]) while a process must stay up, readiness and
+//! `/metrics` samples of a serving process, a pipeline's names (slot, publication, topics,
 //! groups) with its processes, and the clean-up that drops them.
 //!
 //! Each test binary uses a different subset, hence `dead_code` and unused re-exports are
 //! allowed here.
 #![allow(dead_code, unused_imports)]
 
+use std::fmt::Display;
 use std::fs::File;
-use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hermet_core::projection::ProjectionConfig;
 use hermet_core::validate::Limits;
@@ -21,25 +22,17 @@ use hermet_core::Lsn;
 use hermet_store::{Store, StoreConfig, SyncMode};
 pub use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, snapshot_done, wal_lsn};
 use hermet_testkit::workload;
-use hermet_testkit::{TestDb, TEST_SECRET, TEST_SHARDS};
+pub use hermet_testkit::{eventually, Probe, TestDb, TEST_SECRET, TEST_SHARDS};
 
 pub use hermet_testkit::cdc::{PARTITIONS, PREVIEW, TABLES};
 /// Bound of every wait (a restarted projector waits for the killed member's session to end).
 pub const WAIT: Duration = Duration::from_secs(180);
 pub use hermet_projector::consumer::GROUPS;
 
-/// Tests with a replication slot run one at a time.
-pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub use hermet_testkit::pipeline::SERIAL;
 
 pub fn store_cfg() -> StoreConfig {
-    StoreConfig {
-        sync_mode: SyncMode::Cdc,
-        projection: ProjectionConfig {
-            preview_chars: PREVIEW,
-        },
-        limits: Limits::default(),
-        fanout: hermet_testkit::SMALL_FANOUT,
-    }
+    hermet_testkit::cdc::store_config(SyncMode::Cdc)
 }
 
 /// Random commands of every scenario, until `stop` (or for `rounds` sequences of 50).
@@ -97,20 +90,33 @@ impl Proc {
         }
     }
 
+    /// The full log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        format!(
-            "--- {} log {:?} (tail) ---\n{}",
-            self.what,
-            self.log,
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
+        tail_of(&self.what, &self.log)
+    }
+
+    /// `what`, then the log's tail as it is when this is formatted: the `what` of an
+    /// [`eventually`] whose probe holds the process (the log is read only if the wait fails).
+    pub fn noting<W: Display>(&self, what: W) -> Noting<W> {
+        Noting {
+            what,
+            name: self.what.clone(),
+            log: self.log.clone(),
+        }
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("started");
+        child.try_wait().expect("try_wait")
     }
 
     pub fn assert_running(&mut self) {
-        let child = self.child.as_mut().expect("started");
-        if let Some(status) = child.try_wait().expect("try_wait") {
+        if let Some(status) = self.exited() {
             panic!("{} exited ({status})\n{}", self.what, self.tail());
         }
     }
@@ -123,44 +129,71 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit by itself, for at most `bound`.
+    pub async fn wait_exit(&mut self, bound: Duration) -> ExitStatus {
+        let what = self.noting(format!("{} exits", self.what));
+        eventually(what, bound, async || self.exited()).await
+    }
+
     /// SIGTERM; the process must exit cleanly.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
             return;
         };
         let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success());
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                assert!(
-                    status.success(),
-                    "{} exited with {status} on SIGTERM\n{}",
-                    self.what,
-                    self.tail()
-                );
-                return;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("{} ignored SIGTERM\n{}", self.what, self.tail());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = self.noting(format!("{} exits on SIGTERM", self.what));
+        let exited = hermet_testkit::within(WAIT, async || self.exited()).await;
+        let Ok(status) = exited else {
+            self.kill();
+            panic!("not within {WAIT:?}: {what}");
+        };
+        self.child = None;
+        assert!(
+            status.success(),
+            "{} exited with {status} on SIGTERM\n{}",
+            self.what,
+            self.tail()
+        );
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("{} log kept: {:?}", self.what, self.log);
-        } else {
-            let _ = std::fs::remove_file(&self.log);
+/// See [`Proc::noting`].
+pub struct Noting<W> {
+    what: W,
+    name: String,
+    log: PathBuf,
+}
+
+impl<W: Display> Display for Noting<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n{}", self.what, tail_of(&self.name, &self.log))
+    }
+}
+
+/// The last lines of the log of process `name`, with a header naming it.
+fn tail_of(name: &str, log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- {name} log {log:?} (tail) ---\n{}",
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
+}
+
+/// `what`, then the log tails of several processes (see [`Proc::noting`]).
+pub struct NotingAll<W>(pub W, pub Vec<Noting<&'static str>>);
+
+impl<W: Display> Display for NotingAll<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        for n in &self.1 {
+            write!(f, "{n}")?;
         }
+        Ok(())
     }
 }
 
@@ -170,26 +203,20 @@ pub fn free_addr() -> String {
     l.local_addr().expect("addr").to_string()
 }
 
-/// Polls `check` every 100 ms until it gives `Some`, for at most `bound`; `proc` must stay up
-/// meanwhile. Panics with `what` and the process's log when time runs out.
-pub async fn poll_until<T, F, Fut>(proc: &mut Proc, what: &str, bound: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + bound;
-    loop {
+/// [`eventually`] `check` answers, for at most `bound`, while `proc` stays up; a failure shows
+/// the process's log.
+pub async fn poll_until<T, P: Probe<T>>(
+    proc: &mut Proc,
+    what: &str,
+    bound: Duration,
+    mut check: impl AsyncFnMut() -> P,
+) -> T {
+    let what = proc.noting(what);
+    eventually(what, bound, async || {
         proc.assert_running();
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {bound:?}\n{}",
-            proc.tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        check().await
+    })
+    .await
 }
 
 /// Waits until the `serve` process `proc` answers `/readyz` at `base` (`http://host:port`).
@@ -239,7 +266,7 @@ impl Pipeline {
             url: db.url.clone(),
             kind,
             batch_max,
-            tag: format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            tag: hermet_testkit::pipeline::tag(),
             procs: Vec::new(),
             starts: 0,
         }
@@ -351,20 +378,12 @@ impl Pipeline {
     /// Waits until the relay recorded its initial snapshot as complete (the topics exist).
     pub async fn wait_relay(&mut self, relay: usize) {
         let client = connect(&self.url).await;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            self.procs[relay].assert_running();
-            let done = snapshot_done(&client, &self.slot()).await;
-            if done {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no relay snapshot within {WAIT:?}\n{}",
-                self.procs[relay].tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let slot = self.slot();
+        let proc = &mut self.procs[relay];
+        poll_until(proc, "a completed relay snapshot", WAIT, async || {
+            snapshot_done(&client, &slot).await.then_some(())
+        })
+        .await;
         hermet_kafka::ensure_topics(&brokers(), &[self.dlq_topic()], 1, 1)
             .await
             .expect("dead-letter topic");
@@ -373,34 +392,28 @@ impl Pipeline {
     /// Waits until both projectors cover `lsn` on every partition; `running` must stay up.
     pub async fn drain(&mut self, store: &Store, lsn: Lsn, running: &[usize]) {
         let conn = store.pool().get().await.expect("connection");
-        let deadline = Instant::now() + WAIT;
-        loop {
+        let coverage: Vec<_> = GROUPS
+            .iter()
+            .map(|(g, _)| {
+                hermet_store::sync::Coverage::new(self.group(g), self.group_topics(g), PARTITIONS)
+            })
+            .collect();
+        let what = format!("the projectors reach {lsn}");
+        let notes = running.iter().map(|p| self.procs[*p].noting("")).collect();
+        let procs = &mut self.procs;
+        eventually(NotingAll(what, notes), WAIT, async || {
             for p in running {
-                self.procs[*p].assert_running();
+                procs[*p].assert_running();
             }
             let mut all = true;
-            for (g, _) in GROUPS {
-                let cov = hermet_store::sync::Coverage::new(
-                    self.group(g),
-                    self.group_topics(g),
-                    PARTITIONS,
-                );
-                all &= hermet_store::sync::covers(&conn, SyncMode::Cdc, &cov, lsn)
+            for cov in &coverage {
+                all &= hermet_store::sync::covers(&conn, SyncMode::Cdc, cov, lsn)
                     .await
                     .expect("covers");
             }
-            if all {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let tails: Vec<String> = running.iter().map(|p| self.procs[*p].tail()).collect();
-                panic!(
-                    "the projectors did not reach {lsn} within {WAIT:?}\n{}",
-                    tails.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            all
+        })
+        .await
     }
 
     pub fn kafka_names(&self) -> (Vec<String>, Vec<String>) {
