@@ -78,11 +78,11 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     let store = connect_and_migrate(&cfg).await?;
     tokio::spawn(crate::telemetry::sample_pool(
         store.pool().clone(),
-        "commands",
+        crate::telemetry::DbPool::Commands,
     ));
     tokio::spawn(crate::telemetry::sample_pool(
         store.read_pool().clone(),
-        "reads",
+        crate::telemetry::DbPool::Reads,
     ));
     // Slots nobody streams from keep WAL without bound; the relay's own gauges stop with it.
     tokio::spawn(crate::ops::sample_slots(
@@ -287,7 +287,7 @@ async fn run_relay(cfg: RelayConfig, stop: watch::Receiver<bool>) -> anyhow::Res
             Ok(()) => return Ok(()),
             Err(e @ (RelayError::SlotLost { .. } | RelayError::Config(_))) => return Err(e.into()),
             Err(e) => {
-                metrics::counter!("hermet_cdc_errors_total").increment(1);
+                crate::telemetry::relay_failed();
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_secs(1);
                 }
@@ -364,8 +364,7 @@ async fn background_audit(
             report = audit::audit(&conn, preview, cfg.buckets, Some(&sample)).await?;
         }
         let rate = report.consistency_rate();
-        metrics::gauge!("hermet_consistency_rate").set(rate);
-        metrics::counter!("hermet_audit_findings_total").increment(report.findings.len() as u64);
+        crate::telemetry::audited(rate, report.findings.len());
         let mut repaired = false;
         if report.findings.is_empty() {
             tracing::debug!(buckets = ?sample, rows = report.expected_rows, "audit clean");
@@ -376,7 +375,7 @@ async fn background_audit(
             let chosen = &report.findings[..report.findings.len().min(cfg.max_repairs)];
             match audit::repair_committed(&mut conn, chosen, &projection, &*cache).await {
                 Ok(rows) => {
-                    metrics::counter!("hermet_audit_repaired_total").increment(chosen.len() as u64);
+                    crate::telemetry::audit_repaired(chosen.len());
                     repaired = true;
                     tracing::warn!(buckets = ?sample, findings = report.findings.len(), rate,
                         repaired = chosen.len(), rows,
@@ -384,7 +383,7 @@ async fn background_audit(
                 }
                 Err(e) => {
                     // Logged and counted; the next pass over these buckets tries again.
-                    metrics::counter!("hermet_audit_repair_failures_total").increment(1);
+                    crate::telemetry::audit_repair_failed();
                     tracing::error!(buckets = ?sample, findings = report.findings.len(), rate,
                         error = %e, "audit found read-side rows that differ from the write side; repairing them failed");
                 }
