@@ -175,7 +175,7 @@ struct Waiting<'a>(&'a AtomicUsize);
 impl<'a> Waiting<'a> {
     fn enter(n: &'a AtomicUsize) -> Self {
         n.fetch_add(1, Ordering::AcqRel);
-        metrics::gauge!("hermet_read_waiters").increment(1.0);
+        crate::telemetry::read_wait_started();
         Waiting(n)
     }
 }
@@ -183,7 +183,7 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!("hermet_read_waiters").decrement(1.0);
+        crate::telemetry::read_wait_ended();
     }
 }
 
@@ -209,8 +209,7 @@ impl Waits {
     ) -> Result<bool, ApiError> {
         let Ok(_slot) = self.shared.slots.try_acquire() else {
             tracing::debug!(%lsn, ?view, "too many reads waiting: answering stale at once");
-            metrics::counter!("hermet_read_waits_refused_total").increment(1);
-            metrics::counter!("hermet_stale_reads_total").increment(1);
+            crate::telemetry::stale_read(true);
             return Ok(true);
         };
         self.poller.call_once(|| {
@@ -246,7 +245,7 @@ impl Waits {
                 Ok(Ok(())) => {}
                 // The deadline, or the poller gone with its API.
                 Ok(Err(_)) | Err(_) => {
-                    metrics::counter!("hermet_stale_reads_total").increment(1);
+                    crate::telemetry::stale_read(false);
                     return Ok(true);
                 }
             }

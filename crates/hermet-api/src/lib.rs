@@ -6,7 +6,8 @@
 //! - [`extract`]: JSON/path/query extractors whose rejections use that same error shape;
 //! - [`routes`]: one module per resource; handlers parse input into `hermet_core::validate` types
 //!   and call the store — no SQL here;
-//! - [`push`]: the hub of `GET /v1/ws` connections that the push notifier publishes to.
+//! - [`push`]: the hub of `GET /v1/ws` connections that the push notifier publishes to;
+//! - [`telemetry`]: the metrics this crate records.
 //!
 //! Reads in `dual_write` mode are always fresh; `X-Hermet-Min-Lsn` is validated and, in the
 //! eventually consistent modes, waited on (see [`consistency`]).
@@ -17,6 +18,7 @@ pub mod error;
 pub mod extract;
 pub mod push;
 mod routes;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -184,12 +186,14 @@ async fn track_requests(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = req.method().clone();
     let started = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::histogram!("hermet_http_request_duration_seconds",
-        "route" => route, "method" => method, "status" => status)
-    .record(started.elapsed().as_secs_f64());
+    telemetry::request(
+        route,
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     resp
 }

@@ -24,6 +24,8 @@ use hermet_core::push::{PushEvent, PushSink};
 use hermet_core::rows::UserId;
 use tokio::sync::mpsc;
 
+use crate::telemetry;
+
 /// Events queued per connection before it counts as too slow.
 pub const DEFAULT_CAPACITY: usize = 256;
 
@@ -71,7 +73,7 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.inner.capacity);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().entry(user).or_default().push(Conn { id, tx });
-        metrics::gauge!("hermet_push_connections").increment(1.0);
+        telemetry::push_connected();
         Subscription {
             user,
             id,
@@ -101,7 +103,7 @@ impl Hub {
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::info!(user, connection = c.id, "push client too slow, dropping it");
-                metrics::counter!("hermet_push_slow_drops_total").increment(1);
+                telemetry::push_slow_drop();
                 false
             }
             // The connection is going away; its `Subscription` drop finds nothing to remove.
@@ -113,7 +115,7 @@ impl Hub {
         }
         drop(users);
         if removed > 0 {
-            metrics::gauge!("hermet_push_connections").decrement(removed as f64);
+            telemetry::push_disconnected(removed);
         }
         delivered
     }
@@ -131,7 +133,7 @@ impl Hub {
         }
         drop(users);
         if removed > 0 {
-            metrics::gauge!("hermet_push_connections").decrement(removed as f64);
+            telemetry::push_disconnected(removed);
         }
     }
 
@@ -168,7 +170,7 @@ impl PushSink for Hub {
         match serde_json::to_string(event) {
             Ok(json) => {
                 let n = self.send_text(user, &Utf8Bytes::from(json));
-                metrics::counter!("hermet_push_events_total").increment(n as u64);
+                telemetry::push_events(n);
             }
             Err(e) => tracing::error!(error = %e, "push event does not serialize"),
         }

@@ -19,9 +19,9 @@ use crate::BenchError;
 /// The series kept: relay commit → Kafka ack, write-side commit → view applied (per view),
 /// time to apply one batch (per projector). All in seconds.
 pub const STAGES: &[&str] = &[
-    "hermet_cdc_commit_to_ack_seconds",
-    "hermet_sync_lag_seconds",
-    "hermet_projector_batch_seconds",
+    hermet_cdc::telemetry::COMMIT_TO_ACK.name,
+    hermet_projector::telemetry::SYNC_LAG.name,
+    hermet_projector::telemetry::BATCH.name,
 ];
 
 type Series = Arc<Mutex<Histogram<u64>>>;
@@ -144,18 +144,25 @@ mod tests {
 
     #[test]
     fn keeps_the_stages_exactly_and_resets() {
+        use hermet_projector::telemetry::{sync_lag, LagMode, LagView};
+        use std::time::Duration;
+
         let r = StageRecorder::default();
         metrics::with_local_recorder(&r, || {
             for ms in 1..=100u32 {
-                metrics::histogram!("hermet_sync_lag_seconds", "view" => "contact")
-                    .record(f64::from(ms) / 1000.0);
-                metrics::histogram!("hermet_http_request_duration_seconds").record(0.001);
+                sync_lag(LagView::Contact, LagMode::Cdc, f64::from(ms) / 1000.0);
+                hermet_api::telemetry::request(
+                    "/v1/users".to_owned(),
+                    "GET",
+                    200,
+                    Duration::from_millis(1),
+                );
             }
         });
         let out = r.report();
         assert_eq!(out.lines().count(), 1, "{out}");
         assert!(
-            out.contains("hermet_sync_lag_seconds{view=\"contact\"}: 100 samples, p50 50.0 ms, p99 99.0 ms, max 100.0 ms"),
+            out.contains("hermet_sync_lag_seconds{view=\"contact\",mode=\"cdc\"}: 100 samples, p50 50.0 ms, p99 99.0 ms, max 100.0 ms"),
             "{out}"
         );
         r.reset();

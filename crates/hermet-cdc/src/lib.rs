@@ -13,5 +13,6 @@
 pub mod envelope;
 pub mod pgoutput;
 pub mod relay;
+pub mod telemetry;
 
 pub use hermet_core::Lsn;

@@ -53,6 +53,7 @@ use crate::pgoutput::{
     self, Column, DecodeError, LogicalMessage, Oid, RelColumn, RelationBody, RelationCache,
     ReplicaIdentity, TupleData,
 };
+use crate::telemetry;
 
 /// Settings of the relay.
 #[derive(Debug, Clone)]
@@ -795,7 +796,7 @@ async fn housekeeping(control: &Client, cfg: &RelayConfig) {
                        FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.slot]).await;
                 if let Ok(Some(row)) = row {
                     let bytes: Option<f64> = row.get(0);
-                    metrics::gauge!("hermet_cdc_slot_lag_bytes").set(bytes.unwrap_or(0.0));
+                    telemetry::slot_lag(bytes.unwrap_or(0.0));
                 }
             }
         }
@@ -863,10 +864,9 @@ async fn stream(
                 let (lsn, records, commit_ts) = done?;
                 in_flight -= records;
                 repl.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
-                metrics::gauge!("hermet_cdc_confirmed_lsn").set(lsn.0 as f64);
+                telemetry::confirmed(lsn);
                 if let Some(ts) = commit_ts {
-                    metrics::histogram!("hermet_cdc_commit_to_ack_seconds")
-                        .record((now_ms() - ts).max(0) as f64 / 1000.0);
+                    telemetry::commit_to_ack((now_ms() - ts).max(0) as f64 / 1000.0);
                 }
             }
             ev = repl.recv(), if in_flight < cfg.max_in_flight => {
@@ -901,7 +901,7 @@ async fn stream(
                         let Some((rel_id, change)) = TupleChange::from_message(&msg) else {
                             if let LogicalMessage::Truncate(t) = &msg {
                                 tracing::warn!(relations = ?t.relation_ids, "truncate is not relayed");
-                                metrics::counter!("hermet_cdc_truncates_ignored_total").increment(1);
+                                telemetry::truncate_ignored();
                             }
                             continue;
                         };
@@ -927,7 +927,7 @@ async fn stream(
                         for rec in change_records(table, &change, &ctx, tx.tracker.as_mut())? {
                             tx.deliveries.push(sink.send(topic, &rec).await?);
                         }
-                        metrics::counter!("hermet_cdc_events_total", "table" => table.name().to_owned()).increment(1);
+                        telemetry::event_relayed(table.name());
                     }
                     ReplicationEvent::Commit { end_lsn, .. } => {
                         let Some(mut tx) = open.take() else { continue };
@@ -991,7 +991,7 @@ async fn stream(
         confirmed = confirmed.max(Some(lsn));
     }
     if let Some(at) = confirmed {
-        metrics::gauge!("hermet_cdc_confirmed_lsn").set(at.0 as f64);
+        telemetry::confirmed(at);
         // The worker reports a raised position within a status interval; stopping it first
         // would end the stream before it did. Events still arriving are past what was read and
         // come again after a restart.

@@ -11,7 +11,8 @@
 //! - [`validate`]: input parsed into types that cannot hold invalid values;
 //! - [`lsn`]: PostgreSQL log sequence numbers;
 //! - [`push`]: the events of WebSocket push, who receives them, and the port they go through.
-//! - [`cache`]: the conversation-list cache port and its race-free read-through rule.
+//! - [`cache`]: the conversation-list cache port and its race-free read-through rule;
+//! - [`telemetry`]: how every crate declares its metrics (one list per crate, typed labels).
 //!
 //! The convergence contract (docs/design.md §2) is kept by construction: every view row is recomputed from
 //! current write-side state, and every group of view columns carries the write-side version it was
@@ -24,6 +25,7 @@ pub mod lsn;
 pub mod projection;
 pub mod push;
 pub mod rows;
+pub mod telemetry;
 pub mod validate;
 pub mod views;
 

@@ -56,6 +56,7 @@ use hermet_store::sync::{
 use hermet_store::{project, StoreError};
 
 use crate::debezium::{self, Decoded};
+use crate::telemetry::{self, LagMode, LagView, Projector};
 use crate::visibility::{self, Gate};
 use crate::{classify, now_ms, Bisect, Failure, ProjectorError};
 
@@ -209,9 +210,7 @@ impl ClientContext for LagContext {
                 if *partition < 0 || p.consumer_lag < 0 {
                     continue;
                 }
-                metrics::gauge!("hermet_consumer_lag_messages", "group" => self.group.clone(),
-                    "topic" => topic.clone(), "partition" => partition.to_string())
-                .set(p.consumer_lag as f64);
+                telemetry::consumer_lag(&self.group, topic, *partition, p.consumer_lag);
             }
         }
     }
@@ -256,11 +255,7 @@ pub async fn run_group(
     tracing::info!(group = %cfg.group, topics = ?cfg.topics, "projector started");
     retire_other_topics(&cfg, &pool).await;
     // Registered at 0, so a failure rate exists before the first failure.
-    metrics::counter!("hermet_view_update_failures_total", "projector" => cfg.group.clone())
-        .increment(0);
-    metrics::counter!("hermet_projector_dead_letters_total", "projector" => cfg.group.clone())
-        .increment(0);
-    visibility::register(&cfg.group);
+    telemetry::register_group(&cfg.group);
     tokio::pin!(shutdown);
     // The offsets after the last batch applied.
     let mut applied: Option<TopicPartitionList> = None;
@@ -344,7 +339,14 @@ async fn gate(cfg: &GroupConfig, pool: &Pool, batch: &[Item]) -> Gate {
         .collect();
     let mut backoff = Duration::from_millis(50);
     loop {
-        match visibility::wait_visible(pool, &cfg.group, &xids, cfg.visibility_wait).await {
+        match visibility::wait_visible(
+            pool,
+            Projector::Group(&cfg.group),
+            &xids,
+            cfg.visibility_wait,
+        )
+        .await
+        {
             Ok(gate) => return gate,
             Err(e) => {
                 tracing::warn!(group = %cfg.group, error = %e,
@@ -433,8 +435,7 @@ async fn process(
         )
         .await?;
     }
-    metrics::histogram!("hermet_projector_batch_seconds", "projector" => cfg.group.clone())
-        .record(started.elapsed().as_secs_f64());
+    telemetry::batch_applied(Projector::Group(&cfg.group), started.elapsed());
     Ok(())
 }
 
@@ -505,8 +506,7 @@ async fn apply_with_retries(
             Err(e) => {
                 let failure = classify(&e);
                 if failure != Failure::Unavailable && failure != Failure::Conflict {
-                    metrics::counter!("hermet_view_update_failures_total", "projector" => cfg.group.clone())
-                        .increment(1);
+                    telemetry::update_failed(Projector::Group(&cfg.group));
                 }
                 match failure {
                     Failure::Poison => {
@@ -550,18 +550,16 @@ async fn apply_once(
     let stats = applied.stats;
     let now = now_ms();
     let view = if cfg.views.conversations {
-        "conversation"
+        LagView::Conversation
     } else {
-        "contact"
+        LagView::Contact
     };
     for i in items {
         if let (Some(ts), Some(_)) = (i.commit_ts_ms, &i.change) {
-            metrics::histogram!("hermet_sync_lag_seconds", "view" => view)
-                .record((now - ts).max(0) as f64 / 1000.0);
+            telemetry::sync_lag(view, LagMode::Cdc, (now - ts).max(0) as f64 / 1000.0);
         }
     }
-    metrics::counter!("hermet_projector_rows_total", "projector" => cfg.group.clone())
-        .increment(stats.rows as u64);
+    telemetry::rows_computed(Projector::Group(&cfg.group), stats.rows);
     Ok(())
 }
 
@@ -575,8 +573,7 @@ async fn dead_letter(
     let m = &item.msg;
     tracing::error!(group = %cfg.group, topic = m.topic(), partition = m.partition(),
         offset = m.offset(), error, "dead-lettering a record");
-    metrics::counter!("hermet_projector_dead_letters_total", "projector" => cfg.group.clone())
-        .increment(1);
+    telemetry::dead_lettered(Projector::Group(&cfg.group));
     let partition = m.partition().to_string();
     let offset = m.offset().to_string();
     let attempts = attempts.to_string();

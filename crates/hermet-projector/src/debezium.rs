@@ -160,7 +160,7 @@ pub fn decode(value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
 /// (`hermet_projector_changes_without_txid_total`) and said once per process.
 fn no_txid(table: &str) {
     static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    metrics::counter!("hermet_projector_changes_without_txid_total").increment(1);
+    crate::telemetry::change_without_txid();
     if !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(
             table,

@@ -22,6 +22,7 @@ use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
 use hermet_store::{project, sync};
 
 use crate::debezium::{self, Decoded};
+use crate::telemetry::Projector;
 use crate::visibility::{self, Gate};
 use crate::ProjectorError;
 
@@ -149,9 +150,13 @@ pub async fn replay(
                 // Dead letters include records whose transaction was not visible yet: applying
                 // one before it is would look up the state before the change.
                 let xids = xid.into_iter().collect();
-                if let Gate::TimedOut { running } =
-                    visibility::wait_visible(pool, "dlq-replay", &xids, REPLAY_VISIBILITY_WAIT)
-                        .await?
+                if let Gate::TimedOut { running } = visibility::wait_visible(
+                    pool,
+                    Projector::DlqReplay,
+                    &xids,
+                    REPLAY_VISIBILITY_WAIT,
+                )
+                .await?
                 {
                     return Err(ProjectorError::Other(format!(
                         "dead letter at offset {}: transaction(s) {running:?} still not visible to new snapshots; replay later",

@@ -11,7 +11,8 @@
 //! - [`visibility`]: the gate every WAL-fed reader passes before it looks up the write side
 //!   (a transaction the relay shipped may not be visible yet);
 //! - [`push`]: the push notifier, one per API process, telling connected users what changed
-//!   (live only, at most once: it is the exception to the contract below).
+//!   (live only, at most once: it is the exception to the contract below);
+//! - [`telemetry`]: the metrics all of these record.
 //!
 //! Contract shared by all: at-least-once delivery into an idempotent, order-independent
 //! projection. Progress (offset, outbox row) moves only after the effect committed, so a crash
@@ -27,6 +28,7 @@ pub mod dlq;
 pub mod outbox;
 pub mod push;
 pub mod replay;
+pub mod telemetry;
 pub mod visibility;
 
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,7 @@ use hermet_core::projection::{ProjectionConfig, Views};
 use hermet_store::sync::{bury_outbox, finish_outbox, take_outbox, OutboxRow};
 use hermet_store::{project, StoreError};
 
+use crate::telemetry::{self, LagMode, LagView, Projector};
 use crate::{is_transient, now_ms, Bisect, ProjectorError};
 
 #[derive(Debug, Clone)]
@@ -46,7 +47,7 @@ pub async fn run_outbox(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectorError> {
     tokio::pin!(shutdown);
-    metrics::counter!("hermet_view_update_failures_total", "projector" => "outbox").increment(0);
+    telemetry::register_outbox();
     let mut backoff = Duration::from_millis(50);
     // Failed steps of the batch at the head of the queue, for its data.
     let mut failures = 0u32;
@@ -139,7 +140,10 @@ async fn drain_once(cfg: &OutboxConfig, pool: &Pool, isolate: bool) -> Result<us
     done.retire_cached(cfg.cache.as_ref()).await;
     if let Some(oldest) = applied.iter().map(|r| r.created_at).min() {
         let lag = (now_ms() - oldest).max(0) as f64 / 1000.0;
-        metrics::histogram!("hermet_sync_lag_seconds", "view" => "outbox").record(lag);
+        // One transaction brought both views up to date.
+        for view in LagView::ALL {
+            telemetry::sync_lag(view, LagMode::Async, lag);
+        }
     }
     Ok(finished)
 }
@@ -162,8 +166,7 @@ async fn apply_piece(
         }
         Err(e) => {
             if !is_transient(&e) {
-                metrics::counter!("hermet_view_update_failures_total", "projector" => "outbox")
-                    .increment(1);
+                telemetry::update_failed(Projector::Outbox);
             }
             piece.rollback().await?;
             Err(e)

@@ -45,6 +45,7 @@ use hermet_store::{audience, StoreError};
 
 use crate::consumer::WATERMARK_HEADER;
 use crate::debezium::{self, Decoded};
+use crate::telemetry::{self, Projector};
 use crate::visibility;
 use crate::{now_ms, ProjectorError};
 
@@ -113,9 +114,6 @@ pub fn process_group_id() -> String {
         nanos
     )
 }
-
-/// The `projector` label of the notifiers' visibility metrics (their group ids are per process).
-const PUSH_PROJECTOR: &str = "push-notifier";
 
 /// What one poll gathered.
 #[derive(Default)]
@@ -228,7 +226,7 @@ impl PushNotifier {
             }
             let gate = tokio::select! {
                 _ = &mut shutdown => break,
-                g = visibility::wait_visible(&self.pool, PUSH_PROJECTOR, &xids,
+                g = visibility::wait_visible(&self.pool, Projector::PushNotifier, &xids,
                     self.cfg.visibility_wait) => g,
             };
             // Timed out: look up anyway (at most once). An error: the look-ups below say it.
@@ -237,14 +235,11 @@ impl PushNotifier {
             }
             match notify(&self.pool, &*self.sink, &changes).await {
                 Ok(sent) => {
-                    metrics::counter!("hermet_push_notified_total").increment(sent as u64);
-                    if let Some(ts) = oldest_ts {
-                        metrics::histogram!("hermet_push_lag_seconds")
-                            .record((now_ms() - ts).max(0) as f64 / 1000.0);
-                    }
+                    let lag = oldest_ts.map(|ts| (now_ms() - ts).max(0) as f64 / 1000.0);
+                    telemetry::pushed(sent, lag);
                 }
                 Err(e) => {
-                    metrics::counter!("hermet_push_failures_total").increment(1);
+                    telemetry::push_failed();
                     tracing::warn!(error = %e, changes = changes.len(),
                         "push notifier lost a batch of pushes");
                 }

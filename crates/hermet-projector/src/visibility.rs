@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use hermet_store::{visibility, StoreError};
 
+use crate::telemetry::{self, Projector};
+
 /// Default bound of a wait (`projector.visibility_wait_ms`): long enough for a synchronous
 /// standby's round trip or a descheduled backend many times over, short enough that a stuck
 /// transaction does not hold its partitions for long.
@@ -44,14 +46,11 @@ pub enum Gate {
 /// `hermet_projector_visibility_waiting_transactions` says on how many transactions.
 pub async fn wait_visible(
     pool: &Pool,
-    projector: &str,
+    projector: Projector<'_>,
     xids: &BTreeSet<u32>,
     bound: Duration,
 ) -> Result<Gate, StoreError> {
-    let waiting = Waiting(
-        metrics::gauge!("hermet_projector_visibility_waiting_transactions",
-        "projector" => projector.to_owned()),
-    );
+    let waiting = Waiting(telemetry::visibility_waiting(projector));
     let gate = poll(pool, xids, bound, &waiting.0).await;
     drop(waiting);
     if let Ok(g) = &gate {
@@ -102,42 +101,26 @@ async fn poll(
     }
 }
 
-/// Counts a gate's outcome for `projector` (the one place these series are named):
-/// `hermet_projector_visibility_waits_total` and `_wait_seconds` when a batch had to wait,
-/// `hermet_projector_visibility_timeouts_total` per transaction given up on.
-fn record(projector: &str, gate: &Gate) {
+/// Counts a gate's outcome for `projector`: `hermet_projector_visibility_waits_total` and
+/// `_wait_seconds` when a batch had to wait, `hermet_projector_visibility_timeouts_total` per
+/// transaction given up on.
+fn record(projector: Projector<'_>, gate: &Gate) {
     match gate {
         Gate::Open { waited: None } => {}
         Gate::Open {
             waited: Some(waited),
         } => {
             tracing::debug!(
-                projector,
+                projector = projector.as_str(),
                 waited_ms = waited.as_millis() as u64,
                 "waited for the batch's transactions to become visible"
             );
-            metrics::counter!("hermet_projector_visibility_waits_total", "projector" => projector.to_owned())
-                .increment(1);
-            metrics::histogram!("hermet_projector_visibility_wait_seconds", "projector" => projector.to_owned())
-                .record(waited.as_secs_f64());
+            telemetry::visibility_waited(projector, *waited);
         }
         Gate::TimedOut { running } => {
-            tracing::error!(projector, transactions = ?running,
+            tracing::error!(projector = projector.as_str(), transactions = ?running,
                 "committed transactions still not visible after the bound; their records go to the dead letters");
-            metrics::counter!("hermet_projector_visibility_waits_total", "projector" => projector.to_owned())
-                .increment(1);
-            metrics::counter!("hermet_projector_visibility_timeouts_total", "projector" => projector.to_owned())
-                .increment(running.len() as u64);
+            telemetry::visibility_timed_out(projector, running.len());
         }
     }
-}
-
-/// Registers the series of `projector` at 0, so a dashboard sees 0 before the first wait.
-pub fn register(projector: &str) {
-    metrics::counter!("hermet_projector_visibility_waits_total", "projector" => projector.to_owned())
-        .increment(0);
-    metrics::counter!("hermet_projector_visibility_timeouts_total", "projector" => projector.to_owned())
-        .increment(0);
-    metrics::gauge!("hermet_projector_visibility_waiting_transactions", "projector" => projector.to_owned())
-        .set(0.0);
 }

@@ -76,6 +76,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tokio::sync::watch;
 
+pub mod telemetry;
+
+use telemetry::{CacheOp, Invalidated, LookupResult, StoreResult};
+
 /// KEYS: epoch, owner hash. ARGV: fresh epoch, fresh version (each used only if missing), stamp
 /// field, page field, ttl in ms, channels field. Returns `{'hit', stamp, page, channels}` on a
 /// hit, `{'miss', stamp}` on a miss.
@@ -267,9 +271,9 @@ impl Inner {
         }
     }
 
-    fn failed(&self, op: &'static str, e: &RedisError) {
-        tracing::warn!(op, error = %e, "redis cache call failed; reads go to PostgreSQL for now");
-        metrics::counter!("hermet_cache_errors_total", "op" => op).increment(1);
+    fn failed(&self, op: CacheOp, e: &RedisError) {
+        tracing::warn!(op = op.as_str(), error = %e, "redis cache call failed; reads go to PostgreSQL for now");
+        telemetry::error(op);
         *self.lock_down() = Some(Instant::now() + self.retry_after);
     }
 
@@ -293,7 +297,7 @@ impl Inner {
     /// succeeded: from then on no process can be served a page stored before the failure, nor
     /// store one under a stamp taken before it.
     /// `keys`: how many owners or channels the failed call was for (logged).
-    async fn make_good(self: &Arc<Self>, op: &'static str, keys: usize) {
+    async fn make_good(self: &Arc<Self>, op: CacheOp, keys: usize) {
         let ticket = {
             let mut st = self.lock_repair();
             st.failures += 1;
@@ -305,7 +309,7 @@ impl Inner {
             st.failures
         };
         tracing::warn!(
-            op,
+            op = op.as_str(),
             keys,
             ticket,
             "invalidation failed; waiting until the epoch is removed before acknowledging"
@@ -315,7 +319,7 @@ impl Inner {
         // The sender lives in `self`, which this call holds, so the wait cannot fail.
         let _ = covered.wait_for(|c| *c >= ticket).await;
         tracing::info!(
-            op,
+            op = op.as_str(),
             keys,
             ticket,
             waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -350,7 +354,7 @@ impl Inner {
                 }
                 Err(e) => {
                     attempts += 1;
-                    metrics::counter!("hermet_cache_errors_total", "op" => "epoch").increment(1);
+                    telemetry::error(CacheOp::Epoch);
                     // The first failure, then now and then: an outage must not flood the log.
                     if attempts == 1 || attempts.is_multiple_of(100) {
                         tracing::warn!(
@@ -393,17 +397,7 @@ impl RedisListCache {
             .set_max_delay(cfg.timeout);
         let conn = ConnectionManager::new_lazy_with_config(client, mgr_cfg)
             .map_err(|e| CacheError::Url(e.to_string()))?;
-        for op in [
-            "lookup",
-            "store",
-            "channel_versions",
-            "invalidate",
-            "invalidate_channels",
-            "invalidate_all",
-            "epoch",
-        ] {
-            metrics::counter!("hermet_cache_errors_total", "op" => op).increment(0);
-        }
+        telemetry::register_errors();
         Ok(RedisListCache {
             inner: Arc::new(Inner {
                 conn,
@@ -435,7 +429,7 @@ impl RedisListCache {
     }
 
     fn fallback(&self) -> Lookup {
-        metrics::counter!("hermet_cache_fallbacks_total").increment(1);
+        telemetry::fallback();
         Lookup::Unavailable
     }
 
@@ -463,7 +457,7 @@ impl RedisListCache {
         let mut got = match got {
             Ok(got) => got.into_iter(),
             Err(e) => {
-                self.inner.failed("lookup", &e);
+                self.inner.failed(CacheOp::Lookup, &e);
                 return self.fallback();
             }
         };
@@ -485,16 +479,15 @@ impl RedisListCache {
             _ => {
                 // Only a script of another shape answers so; the cache cannot be trusted.
                 tracing::error!("redis cache look-up script answered in an unknown shape");
-                metrics::counter!("hermet_cache_errors_total", "op" => "lookup").increment(1);
+                telemetry::error(CacheOp::Lookup);
                 return self.fallback();
             }
         };
-        let result = if matches!(found, Lookup::Hit(_)) {
-            "hit"
+        telemetry::lookup(if matches!(found, Lookup::Hit(_)) {
+            LookupResult::Hit
         } else {
-            "miss"
-        };
-        metrics::counter!("hermet_cache_requests_total", "result" => result).increment(1);
+            LookupResult::Miss
+        });
         found
     }
 
@@ -517,12 +510,11 @@ impl RedisListCache {
             Ok(v) if v.len() == channels.len() => Some(v),
             Ok(_) => {
                 tracing::error!("redis cache channel script answered in an unknown shape");
-                metrics::counter!("hermet_cache_errors_total", "op" => "channel_versions")
-                    .increment(1);
+                telemetry::error(CacheOp::ChannelVersions);
                 None
             }
             Err(e) => {
-                self.inner.failed("channel_versions", &e);
+                self.inner.failed(CacheOp::ChannelVersions, &e);
                 None
             }
         }
@@ -556,15 +548,15 @@ impl RedisListCache {
         let r: Result<i64, _> = inv.invoke_async(&mut c).await;
         match r {
             Ok(1) => {
-                metrics::counter!("hermet_cache_stores_total", "result" => "stored").increment(1);
+                telemetry::stored(StoreResult::Stored);
                 true
             }
             Ok(_) => {
-                metrics::counter!("hermet_cache_stores_total", "result" => "stale").increment(1);
+                telemetry::stored(StoreResult::Stale);
                 false
             }
             Err(e) => {
-                self.inner.failed("store", &e);
+                self.inner.failed(CacheOp::Store, &e);
                 false
             }
         }
@@ -572,7 +564,7 @@ impl RedisListCache {
 
     async fn invalidate_inner(&self, owners: &[UserId]) {
         let keys: Vec<String> = owners.iter().map(|o| self.owner_key(*o)).collect();
-        self.remove_versions(&keys, "invalidate", "hermet_cache_invalidations_total")
+        self.remove_versions(&keys, CacheOp::Invalidate, Invalidated::Owners)
             .await;
     }
 
@@ -580,17 +572,13 @@ impl RedisListCache {
     /// retires every page recorded against it; a failure is made good the same way).
     async fn invalidate_channels_inner(&self, channels: &[ChannelId]) {
         let keys: Vec<String> = channels.iter().map(|c| self.channel_key(*c)).collect();
-        self.remove_versions(
-            &keys,
-            "invalidate_channels",
-            "hermet_cache_channel_invalidations_total",
-        )
-        .await;
+        self.remove_versions(&keys, CacheOp::InvalidateChannels, Invalidated::Channels)
+            .await;
     }
 
-    /// Removes the version keys `keys` (owners' or channels'), counting them in `counter`; a
+    /// Removes the version keys `keys` (`whose`: owners' or channels'), counting them; a
     /// failure is made good by removing the epoch before this returns.
-    async fn remove_versions(&self, keys: &[String], op: &'static str, counter: &'static str) {
+    async fn remove_versions(&self, keys: &[String], op: CacheOp, whose: Invalidated) {
         if keys.is_empty() {
             return;
         }
@@ -600,7 +588,7 @@ impl RedisListCache {
             let mut c = self.inner.conn.clone();
             match redis::cmd("DEL").arg(keys).query_async::<i64>(&mut c).await {
                 Ok(_) => {
-                    metrics::counter!(counter).increment(keys.len() as u64);
+                    telemetry::invalidated(whose, keys.len());
                     return;
                 }
                 Err(e) => self.inner.failed(op, &e),
@@ -613,10 +601,10 @@ impl RedisListCache {
         if !self.inner.repair_pending() {
             match self.inner.remove_epoch().await {
                 Ok(()) => return,
-                Err(e) => self.inner.failed("invalidate_all", &e),
+                Err(e) => self.inner.failed(CacheOp::InvalidateAll, &e),
             }
         }
-        self.inner.make_good("invalidate_all", 0).await;
+        self.inner.make_good(CacheOp::InvalidateAll, 0).await;
     }
 }
 

@@ -10,7 +10,8 @@
 //! - [`oracle`]: the read side recomputed from the write side in SQL, and a diff against it;
 //! - [`rebuild`]: the online rebuild into shadow tables, swapped in atomically;
 //! - [`audience`]: who hears about a change (the push notifier's look-ups);
-//! - [`visibility`]: whether transactions the WAL already shipped are visible to look-ups yet.
+//! - [`visibility`]: whether transactions the WAL already shipped are visible to look-ups yet;
+//! - [`telemetry`]: the metrics this crate records.
 //!
 //! All SQL binds its values; batches use `UNNEST` arrays.
 
@@ -25,6 +26,7 @@ pub mod rebuild;
 mod rows;
 pub mod shard;
 pub mod sync;
+pub mod telemetry;
 pub mod views;
 pub mod visibility;
 

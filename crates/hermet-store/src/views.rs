@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 use tokio_postgres::error::SqlState;
 
 use crate::shard::{self, ShardNames};
+use crate::telemetry::{view_rows_written, WrittenView};
 use crate::{now_ms, StoreError};
 
 /// Columns of `user_conversation_view` that are functions of its other columns. They are plain
@@ -249,12 +250,9 @@ pub async fn apply_batch(tx: &Transaction<'_>, b: &ViewBatch) -> Result<(), Stor
         let stmt = tx.prepare_cached(INSERT_CONTACT_REFS).await?;
         tx.execute(&stmt, &[&c, &o]).await?;
     }
-    metrics::counter!("hermet_view_updates_total", "view" => "conversation")
-        .increment(b.conversations.len() as u64);
-    metrics::counter!("hermet_view_updates_total", "view" => "channel")
-        .increment(b.channels.len() as u64);
-    metrics::counter!("hermet_view_updates_total", "view" => "contact")
-        .increment(b.contacts.len() as u64);
+    view_rows_written(WrittenView::Conversation, b.conversations.len());
+    view_rows_written(WrittenView::Channel, b.channels.len());
+    view_rows_written(WrittenView::Contact, b.contacts.len());
     Ok(())
 }
 

@@ -291,18 +291,11 @@ pub async fn sample_slots(pool: deadpool_postgres::Pool, configured: String) {
         let names: std::collections::BTreeSet<String> =
             now.iter().map(|s| s.slot.clone()).collect();
         for gone in seen.difference(&names) {
-            metrics::gauge!("hermet_cdc_slot_retained_wal_bytes", "slot" => gone.clone()).set(0.0);
-            metrics::gauge!("hermet_cdc_slot_active", "slot" => gone.clone()).set(0.0);
+            crate::telemetry::slot(gone, 0.0, false);
         }
         for s in &now {
             let retained = s.retained_wal_bytes.unwrap_or(0) as f64;
-            metrics::gauge!("hermet_cdc_slot_retained_wal_bytes", "slot" => s.slot.clone())
-                .set(retained);
-            metrics::gauge!("hermet_cdc_slot_active", "slot" => s.slot.clone()).set(if s.active {
-                1.0
-            } else {
-                0.0
-            });
+            crate::telemetry::slot(&s.slot, retained, s.active);
         }
         seen = names;
     }

@@ -78,8 +78,16 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     let store = connect_and_migrate(&cfg).await?;
     let mut tasks = Tasks::new();
     let samplers = [
-        ("commands pool sampler", store.pool().clone(), "commands"),
-        ("reads pool sampler", store.read_pool().clone(), "reads"),
+        (
+            "commands pool sampler",
+            store.pool().clone(),
+            crate::telemetry::DbPool::Commands,
+        ),
+        (
+            "reads pool sampler",
+            store.read_pool().clone(),
+            crate::telemetry::DbPool::Reads,
+        ),
     ];
     for (name, pool, label) in samplers {
         let token = tasks.token();
@@ -115,7 +123,7 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
                 let r = relay::run(rcfg, token.clone().cancelled_owned()).await;
                 if let Err(e) = &r {
                     if !relay_fatal(e) && !token.is_cancelled() {
-                        metrics::counter!("hermet_cdc_errors_total").increment(1);
+                        crate::telemetry::relay_failed();
                     }
                 }
                 Ok(r?)
@@ -318,8 +326,7 @@ async fn background_audit(
             report = audit::audit(&conn, preview, cfg.buckets, Some(&sample)).await?;
         }
         let rate = report.consistency_rate();
-        metrics::gauge!("hermet_consistency_rate").set(rate);
-        metrics::counter!("hermet_audit_findings_total").increment(report.findings.len() as u64);
+        crate::telemetry::audited(rate, report.findings.len());
         let mut repaired = false;
         if report.findings.is_empty() {
             tracing::debug!(buckets = ?sample, rows = report.expected_rows, "audit clean");
@@ -330,7 +337,7 @@ async fn background_audit(
             let chosen = &report.findings[..report.findings.len().min(cfg.max_repairs)];
             match audit::repair_committed(&mut conn, chosen, &projection, &*cache).await {
                 Ok(rows) => {
-                    metrics::counter!("hermet_audit_repaired_total").increment(chosen.len() as u64);
+                    crate::telemetry::audit_repaired(chosen.len());
                     repaired = true;
                     tracing::warn!(buckets = ?sample, findings = report.findings.len(), rate,
                         repaired = chosen.len(), rows,
@@ -338,7 +345,7 @@ async fn background_audit(
                 }
                 Err(e) => {
                     // Logged and counted; the next pass over these buckets tries again.
-                    metrics::counter!("hermet_audit_repair_failures_total").increment(1);
+                    crate::telemetry::audit_repair_failed();
                     tracing::error!(buckets = ?sample, findings = report.findings.len(), rate,
                         error = %e, "audit found read-side rows that differ from the write side; repairing them failed");
                 }

@@ -317,10 +317,14 @@ fn check_metrics(text: &str) {
         ),
         (
             "hermet_sync_lag_seconds_count",
-            &["view=\"conversation\""],
+            &["view=\"conversation\"", "mode=\"cdc\""],
             true,
         ),
-        ("hermet_sync_lag_seconds_count", &["view=\"contact\""], true),
+        (
+            "hermet_sync_lag_seconds_count",
+            &["view=\"contact\"", "mode=\"cdc\""],
+            true,
+        ),
         ("hermet_consistency_rate", &[], true),
         (
             "hermet_view_updates_total",
