@@ -476,11 +476,4 @@ impl Proc {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
-
-    /// The exit status once the process has exited (it is then reaped); `None` while it runs.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
-        self.child = None;
-        Some(status)
-    }
 }
