@@ -215,7 +215,7 @@ async fn run_in(
         };
         eprintln!("bench rebuild: {what}");
         let o = rebuild::RebuildOptions::new(
-            vec![rebuild::View::Conversation, rebuild::View::Contact],
+            hermet_core::projection::ReadModel::ALL.to_vec(),
             preview,
         );
         let r = rebuild::rebuild(&pool, &o, &rebuild::NoProgress).await?;

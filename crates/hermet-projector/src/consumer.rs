@@ -1,7 +1,7 @@
 //! Kafka consumer groups that keep a read model converged.
 //!
 //! Each group ([`GROUPS`]) reads the write-side topics its view depends on
-//! ([`Views::reads_table`]: the contact group only users and friendships) and maintains its own
+//! ([`ReadModels::reads_table`]: the contact group only users and friendships) and maintains its own
 //! view through the shared projection. One step:
 //!
 //! 1. poll up to `batch_max` records or until `batch_wait` passes;
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use hermet_core::cache::ListCache;
 use hermet_core::change::RowChange;
-use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_core::projection::{ProjectionConfig, ReadModels};
 use hermet_kafka::rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use hermet_kafka::rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use hermet_kafka::rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
@@ -49,7 +49,7 @@ use hermet_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use hermet_kafka::rdkafka::statistics::Statistics;
 use hermet_kafka::rdkafka::{ClientConfig, ClientContext};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
-use hermet_kafka::DropOffRuntime;
+use hermet_kafka::{DropOffRuntime, WATERMARK_HEADER};
 use hermet_store::sync::{
     advance_watermarks, record_dead_letters, DeadLetterMark, PartitionProgress,
 };
@@ -59,16 +59,13 @@ use crate::debezium::{self, Decoded};
 use crate::visibility::{self, Gate};
 use crate::{classify, now_ms, Bisect, Failure, ProjectorError};
 
-/// Header of the relay's watermark markers (see `hermet_cdc::relay::WATERMARK_HEADER`).
-pub const WATERMARK_HEADER: &str = "hermet-watermark";
-
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
     pub brokers: String,
     /// The consumer group, also the projector's name in `hermet_projector_watermarks`.
     pub group: String,
     pub topics: Vec<String>,
-    pub views: Views,
+    pub read_models: ReadModels,
     pub batch_max: usize,
     pub batch_wait: Duration,
     pub max_attempts: u32,
@@ -80,18 +77,18 @@ pub struct GroupConfig {
     pub visibility_wait: Duration,
 }
 
-/// The consumer groups, before `projector.group_prefix`, and the views each maintains.
-pub const GROUPS: [(&str, Views); 2] = [
-    ("conversation-view-updater", Views::CONVERSATIONS),
-    ("contact-view-updater", Views::CONTACTS),
+/// The consumer groups, before `projector.group_prefix`, and the read models each maintains.
+pub const GROUPS: [(&str, ReadModels); 2] = [
+    ("conversation-view-updater", ReadModels::CONVERSATIONS),
+    ("contact-view-updater", ReadModels::CONTACTS),
 ];
 
-/// The views of the group named `group`, with or without its `projector.group_prefix`.
-pub fn group_views(group: &str) -> Option<Views> {
+/// The read models of the group named `group`, with or without its `projector.group_prefix`.
+pub fn group_read_models(group: &str) -> Option<ReadModels> {
     GROUPS
         .iter()
         .find(|(name, _)| group.ends_with(name))
-        .map(|(_, views)| *views)
+        .map(|(_, models)| *models)
 }
 
 /// Default of [`GroupConfig::batch_max`]. A group that keeps up applies far fewer per batch (what
@@ -518,7 +515,7 @@ async fn apply_once(
     let changes: Vec<RowChange> = items.iter().filter_map(|i| i.change.clone()).collect();
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    let applied = project::apply_changes(&tx, &changes, cfg.views, &cfg.projection).await?;
+    let applied = project::apply_changes(&tx, &changes, cfg.read_models, &cfg.projection).await?;
     if let Some((progress, letters)) = finish {
         // Marks first: a record without an LSN takes the watermark from before this batch.
         record_dead_letters(&tx, &cfg.group, letters).await?;
@@ -528,7 +525,7 @@ async fn apply_once(
     applied.retire_cached(cfg.cache.as_ref()).await;
     let stats = applied.stats;
     let now = now_ms();
-    let view = if cfg.views.conversations {
+    let view = if cfg.read_models.conversations {
         "conversation"
     } else {
         "contact"

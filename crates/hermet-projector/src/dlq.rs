@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use hermet_core::cache::ListCache;
-use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_core::projection::{ProjectionConfig, ReadModels};
 use hermet_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use hermet_kafka::rdkafka::message::{Headers, Message, OwnedMessage};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
@@ -121,9 +121,9 @@ pub fn list(brokers: &str, topic: &str) -> Result<Vec<DeadLetter>, ProjectorErro
     Ok(msgs.iter().map(letter).collect())
 }
 
-/// The views a group maintains; groups may carry a `projector.group_prefix`.
-fn views_of(group: &str) -> Views {
-    crate::consumer::group_views(group).unwrap_or(Views::ALL)
+/// The read models a group maintains; groups may carry a `projector.group_prefix`.
+fn read_models_of(group: &str) -> ReadModels {
+    crate::consumer::group_read_models(group).unwrap_or(ReadModels::ALL)
 }
 
 /// Applies every dead letter not replayed yet; stops at the first one that still fails (it
@@ -172,7 +172,7 @@ pub async fn replay(
         let tx = conn.transaction().await?;
         let done = match change {
             Some(change) => {
-                project::apply_changes(&tx, &[change], views_of(&group), projection).await?
+                project::apply_changes(&tx, &[change], read_models_of(&group), projection).await?
             }
             None => project::Applied::default(),
         };

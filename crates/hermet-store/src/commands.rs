@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use deadpool_postgres::Transaction;
 use hermet_core::change::{Change, Op, RowChange};
-use hermet_core::projection::Views;
+use hermet_core::projection::ReadModels;
 use hermet_core::rows::{ChannelId, ChannelRow, ChannelType, Fanout, MemberRow, UserId, UserRow};
 use hermet_core::validate::{Avatar, Content, Invalid, Label, MessageType, Name, MAX_IDS_PER_CALL};
 use hermet_core::Lsn;
@@ -173,7 +173,7 @@ impl Store {
         match self.config().sync_mode {
             SyncMode::DualWrite => {
                 applied =
-                    project::apply_changes(&tx, &changes.0, Views::ALL, &self.config().projection)
+                    project::apply_changes(&tx, &changes.0, ReadModels::ALL, &self.config().projection)
                         .await?;
             }
             SyncMode::Async => crate::sync::enqueue(&tx, &changes.0).await?,

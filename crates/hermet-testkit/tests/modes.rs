@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use hermet_api::{ApiConfig, AppState, TokenKeys, ViewCoverage};
 use hermet_core::cache::{no_cache, NoCache};
 use hermet_core::change::RowChange;
-use hermet_core::projection::Views;
+use hermet_core::projection::ReadModels;
 use hermet_core::validate::{Avatar, Content, Limits, MessageType, Name};
 use hermet_core::Lsn;
 use hermet_projector::{classify, dlq, is_transient, outbox, Failure};
@@ -322,11 +322,11 @@ async fn outbox_changes(store: &Store) -> Result<Vec<Vec<RowChange>>, String> {
         .collect()
 }
 
-/// Applies `changes` to `views` in one transaction, as any projector does.
-async fn apply(store: &Store, changes: &[RowChange], views: Views) -> Result<(), String> {
+/// Applies `changes` to `models` in one transaction, as any projector does.
+async fn apply(store: &Store, changes: &[RowChange], models: ReadModels) -> Result<(), String> {
     let mut conn = store.pool().get().await.map_err(|e| e.to_string())?;
     let tx = conn.transaction().await.map_err(|e| e.to_string())?;
-    project::apply_changes(&tx, changes, views, &projection())
+    project::apply_changes(&tx, changes, models, &projection())
         .await
         .map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| e.to_string())
@@ -377,10 +377,10 @@ async fn projection_case(
             let mut some: Vec<RowChange> =
                 so_far.into_iter().filter(|_| rng.gen_ratio(1, 2)).collect();
             some.shuffle(&mut rng);
-            let views = *[Views::ALL, Views::CONVERSATIONS, Views::CONTACTS]
+            let models = *[ReadModels::ALL, ReadModels::CONVERSATIONS, ReadModels::CONTACTS]
                 .choose(&mut rng)
-                .expect("views");
-            apply(store, &some, views).await?;
+                .expect("read models");
+            apply(store, &some, models).await?;
         }
     }
     let per_command = outbox_changes(store).await?;
@@ -401,10 +401,10 @@ async fn projection_case(
             break;
         }
         if let Some(batch) = a {
-            apply(store, &batch, Views::CONVERSATIONS).await?;
+            apply(store, &batch, ReadModels::CONVERSATIONS).await?;
         }
         if let Some(batch) = b {
-            apply(store, &batch, Views::CONTACTS).await?;
+            apply(store, &batch, ReadModels::CONTACTS).await?;
         }
     }
     let sloppy = dump(store, &VIEW_TABLES, false).await;
@@ -423,7 +423,7 @@ async fn projection_case(
         .map_err(|e| e.to_string())?;
     drop(conn);
     for changes in &per_command {
-        apply(store, changes, Views::ALL).await?;
+        apply(store, changes, ReadModels::ALL).await?;
     }
     let clean = dump(store, &VIEW_TABLES, false).await;
     let d = db.diff(store).await;
@@ -1129,7 +1129,7 @@ async fn a_profile_change_reaches_a_row_built_without_its_member_change() {
         .into_iter()
         .partition(|c| matches!(c, RowChange::ChannelMembers(_)));
     assert!(!members.is_empty() && !others.is_empty());
-    apply(&store, &others, Views::ALL).await.expect("apply");
+    apply(&store, &others, ReadModels::ALL).await.expect("apply");
     let peer_nickname = || async {
         let conn = store.pool().get().await.expect("connection");
         conn.query_opt(
@@ -1151,7 +1151,7 @@ async fn a_profile_change_reaches_a_row_built_without_its_member_change() {
         avatar: None,
     };
     store.update_profile(b, &patch).await.expect("rename");
-    apply(&store, &taken().await, Views::ALL)
+    apply(&store, &taken().await, ReadModels::ALL)
         .await
         .expect("apply");
     assert_eq!(
@@ -1161,7 +1161,7 @@ async fn a_profile_change_reaches_a_row_built_without_its_member_change() {
     );
     db.assert_converged(&store).await;
     // The member changes at last (a replay): nothing moves.
-    apply(&store, &members, Views::ALL).await.expect("apply");
+    apply(&store, &members, ReadModels::ALL).await.expect("apply");
     db.assert_converged(&store).await;
 }
 

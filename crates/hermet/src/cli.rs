@@ -174,13 +174,13 @@ fn run_command(rt: &tokio::runtime::Runtime, command: Command, cfg: Config) -> a
         Command::Admin {
             cmd: AdminCmd::Rebuild { view },
         } => {
-            use hermet_store::rebuild::View;
-            let views = match view {
-                ViewArg::Conversation => vec![View::Conversation],
-                ViewArg::Contact => vec![View::Contact],
-                ViewArg::All => vec![View::Conversation, View::Contact],
+            use hermet_core::projection::ReadModel;
+            let models = match view {
+                ViewArg::Conversation => vec![ReadModel::Conversations],
+                ViewArg::Contact => vec![ReadModel::Contacts],
+                ViewArg::All => ReadModel::ALL.to_vec(),
             };
-            rt.block_on(ops::rebuild(&cfg, views))
+            rt.block_on(ops::rebuild(&cfg, models))
         }
         Command::Admin {
             cmd:

@@ -43,10 +43,13 @@ impl hermet_store::rebuild::Progress for Bar {
     }
 }
 
-pub async fn rebuild(cfg: &Config, views: Vec<hermet_store::rebuild::View>) -> anyhow::Result<()> {
+pub async fn rebuild(
+    cfg: &Config,
+    models: Vec<hermet_core::projection::ReadModel>,
+) -> anyhow::Result<()> {
     use hermet_store::rebuild;
     let pool = hermet_store::connect_pool(&cfg.database.url, 2)?;
-    let opts = rebuild::RebuildOptions::new(views, cfg.read_side.preview_chars as i32);
+    let opts = rebuild::RebuildOptions::new(models, cfg.read_side.preview_chars as i32);
     let bar = Bar::new();
     let result = rebuild::rebuild(&pool, &opts, &bar).await;
     bar.0.finish_and_clear();
