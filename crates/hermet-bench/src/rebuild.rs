@@ -100,11 +100,12 @@ pub async fn seed(
         rows += client.execute(sql, params).await?;
     }
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "SELECT setval(pg_get_serial_sequence('messages', 'id'), GREATEST(max(id), 1))
                FROM messages;
-             ANALYZE users, channels, channel_members, friendships, messages",
-        )
+             ANALYZE {}",
+            hermet_core::rows::WRITE_TABLES.join(", ")
+        ))
         .await?;
     Ok(rows)
 }

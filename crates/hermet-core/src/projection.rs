@@ -488,7 +488,7 @@ mod tests {
         MemberRow {
             channel_id,
             user_id,
-            role: "member".into(),
+            role: crate::rows::MemberRole::Member,
             joined_at: 5,
             left_at: None,
             left_seq: None,
@@ -738,7 +738,7 @@ mod tests {
             remark_name: "Bobby".into(),
             group_name: String::new(),
             starred: false,
-            status: "active".into(),
+            status: crate::rows::FriendshipStatus::Active,
             ver: 2,
             created_at: 0,
             deleted_at: None,

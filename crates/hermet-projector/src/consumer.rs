@@ -103,16 +103,60 @@ pub const MAX_BATCH_MAX: usize = 1_000_000;
 /// Default of [`GroupConfig::batch_wait`].
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(10);
 
-/// One record of a batch.
+/// One record of a batch: the Kafka message and what it says.
 struct Item {
     msg: OwnedMessage,
-    change: Option<RowChange>,
-    lsn: Option<u64>,
-    commit_ts_ms: Option<i64>,
-    /// The transaction of the change, when the event names it.
-    xid: Option<u32>,
-    /// Set when the record cannot even be decoded.
-    poison: Option<String>,
+    record: Record,
+}
+
+/// What a record of a change topic says.
+enum Record {
+    /// A relay watermark marker: every event of its partition up to `lsn` came before it.
+    Marker { lsn: u64 },
+    /// A row change, committed at `lsn`.
+    Change {
+        change: RowChange,
+        lsn: u64,
+        commit_ts_ms: i64,
+        /// The transaction of the change, when the event names it.
+        xid: Option<u32>,
+    },
+    /// A record that carries no change (a tombstone, an event of no interest).
+    Skip,
+    /// A record that cannot even be decoded, and why.
+    Poison(String),
+}
+
+impl Item {
+    fn change(&self) -> Option<&RowChange> {
+        match &self.record {
+            Record::Change { change, .. } => Some(change),
+            _ => None,
+        }
+    }
+
+    /// The position the record proves its partition applied up to, if it says one.
+    fn lsn(&self) -> Option<u64> {
+        match self.record {
+            Record::Marker { lsn } | Record::Change { lsn, .. } => Some(lsn),
+            Record::Skip | Record::Poison(_) => None,
+        }
+    }
+
+    fn commit_ts_ms(&self) -> Option<i64> {
+        match self.record {
+            Record::Change { commit_ts_ms, .. } => Some(commit_ts_ms),
+            _ => None,
+        }
+    }
+
+    /// The transaction of the record's change, when it carries a change that names one.
+    fn change_xid(&self) -> Option<u32> {
+        match self.record {
+            Record::Change { xid, .. } => xid,
+            _ => None,
+        }
+    }
 }
 
 fn marker_lsn(msg: &OwnedMessage) -> Option<u64> {
@@ -126,47 +170,25 @@ fn marker_lsn(msg: &OwnedMessage) -> Option<u64> {
 }
 
 fn item(msg: OwnedMessage) -> Item {
-    if let Some(lsn) = marker_lsn(&msg) {
-        return Item {
-            msg,
-            change: None,
-            lsn: Some(lsn),
-            commit_ts_ms: None,
-            xid: None,
-            poison: None,
-        };
-    }
-    match debezium::decode(msg.payload()) {
-        Ok(Decoded::Change {
-            change,
-            lsn,
-            commit_ts_ms,
-            xid,
-        }) => Item {
-            msg,
-            change: Some(change),
-            lsn: Some(lsn),
-            commit_ts_ms: Some(commit_ts_ms),
-            xid,
-            poison: None,
+    let record = match marker_lsn(&msg) {
+        Some(lsn) => Record::Marker { lsn },
+        None => match debezium::decode(msg.payload()) {
+            Ok(Decoded::Change {
+                change,
+                lsn,
+                commit_ts_ms,
+                xid,
+            }) => Record::Change {
+                change,
+                lsn,
+                commit_ts_ms,
+                xid,
+            },
+            Ok(Decoded::Skip) => Record::Skip,
+            Err(e) => Record::Poison(e.to_string()),
         },
-        Ok(Decoded::Skip) => Item {
-            msg,
-            change: None,
-            lsn: None,
-            commit_ts_ms: None,
-            xid: None,
-            poison: None,
-        },
-        Err(e) => Item {
-            msg,
-            change: None,
-            lsn: None,
-            commit_ts_ms: None,
-            xid: None,
-            poison: Some(e.to_string()),
-        },
-    }
+    };
+    Item { msg, record }
 }
 
 pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, ProjectorError> {
@@ -313,11 +335,7 @@ async fn retire_other_topics(cfg: &GroupConfig, pool: &Pool) {
 /// Waits until the transactions of the batch's changes are visible ([`visibility`]), for at
 /// most `visibility_wait`. A database that cannot answer is waited for, as an apply would be.
 async fn gate(cfg: &GroupConfig, pool: &Pool, batch: &[Item]) -> Gate {
-    let xids = batch
-        .iter()
-        .filter(|i| i.change.is_some())
-        .filter_map(|i| i.xid)
-        .collect();
+    let xids = batch.iter().filter_map(Item::change_xid).collect();
     let mut backoff = Duration::from_millis(50);
     loop {
         match visibility::wait_visible(pool, &cfg.group, &xids, cfg.visibility_wait).await {
@@ -349,15 +367,13 @@ async fn process(
         Gate::Open { .. } => None,
         Gate::TimedOut { running } => Some(running),
     };
-    let invisible = |i: &Item| {
-        running.is_some_and(|r| i.change.is_some() && i.xid.is_some_and(|x| r.contains(&x)))
-    };
+    let invisible = |xid: u32| running.is_some_and(|r| r.contains(&xid));
     let mut letters: Vec<DeadLetterMark> = Vec::new();
     let mut good: Vec<&Item> = Vec::with_capacity(batch.len());
     for (at, i) in batch.iter().enumerate() {
-        let reason = match (&i.poison, i.xid) {
-            (Some(p), _) => p.clone(),
-            (None, Some(xid)) if invisible(i) => format!(
+        let reason = match (&i.record, i.change_xid()) {
+            (Record::Poison(p), _) => p.clone(),
+            (_, Some(xid)) if invisible(xid) => format!(
                 "transaction {xid} is committed but was still not visible to new snapshots after \
                  {} ms (projector.visibility_wait_ms); replay this record once it is",
                 cfg.visibility_wait.as_millis()
@@ -421,11 +437,11 @@ async fn process(
 fn mark(batch: &[Item], at: usize, error: String) -> DeadLetterMark {
     let item = &batch[at];
     let (topic, partition) = (item.msg.topic(), item.msg.partition());
-    let lsn = item.lsn.filter(|l| *l > 0).or_else(|| {
+    let lsn = item.lsn().filter(|l| *l > 0).or_else(|| {
         batch[..at]
             .iter()
             .filter(|i| i.msg.topic() == topic && i.msg.partition() == partition)
-            .filter_map(|i| i.lsn)
+            .filter_map(Item::lsn)
             .max()
     });
     DeadLetterMark {
@@ -450,10 +466,10 @@ fn progress_of(batch: &[Item]) -> Vec<PartitionProgress> {
             commit_ts_ms: None,
         });
         p.next_offset = p.next_offset.max(i.msg.offset() + 1);
-        if let Some(lsn) = i.lsn {
+        if let Some(lsn) = i.lsn() {
             p.applied_lsn = p.applied_lsn.max(i64::try_from(lsn).unwrap_or(i64::MAX));
         }
-        if let Some(ts) = i.commit_ts_ms {
+        if let Some(ts) = i.commit_ts_ms() {
             p.commit_ts_ms = Some(p.commit_ts_ms.map_or(ts, |t| t.max(ts)));
         }
     }
@@ -512,7 +528,7 @@ async fn apply_once(
     items: &[&Item],
     finish: Option<Finish<'_>>,
 ) -> Result<(), StoreError> {
-    let changes: Vec<RowChange> = items.iter().filter_map(|i| i.change.clone()).collect();
+    let changes: Vec<RowChange> = items.iter().filter_map(|i| i.change().cloned()).collect();
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
     let applied = project::apply_changes(&tx, &changes, cfg.read_models, &cfg.projection).await?;
@@ -531,7 +547,7 @@ async fn apply_once(
         "contact"
     };
     for i in items {
-        if let (Some(ts), Some(_)) = (i.commit_ts_ms, &i.change) {
+        if let Some(ts) = i.commit_ts_ms() {
             metrics::histogram!("hermet_sync_lag_seconds", "view" => view)
                 .record((now - ts).max(0) as f64 / 1000.0);
         }

@@ -11,7 +11,9 @@ use std::sync::LazyLock;
 use deadpool_postgres::Transaction;
 use hermet_core::change::{Change, Op, RowChange};
 use hermet_core::projection::ReadModels;
-use hermet_core::rows::{ChannelId, ChannelRow, ChannelType, Fanout, MemberRow, UserId, UserRow};
+use hermet_core::rows::{
+    ChannelId, ChannelRow, ChannelType, Fanout, MemberRole, MemberRow, UserId, UserRow,
+};
 use hermet_core::validate::{Avatar, Content, Invalid, Label, MessageType, Name, MAX_IDS_PER_CALL};
 use hermet_core::Lsn;
 use tokio_postgres::types::ToSql;
@@ -588,7 +590,7 @@ impl Store {
         let tx = conn.transaction().await?;
         let before = Self::lock_group(&tx, channel_id).await?;
         let me = Self::active_member(&tx, channel_id, actor).await?;
-        if me.role != "owner" {
+        if me.role != MemberRole::Owner {
             return Err(StoreError::forbidden(
                 "not_owner",
                 "only the group owner may do this",
@@ -686,7 +688,7 @@ impl Store {
         let victim = if target == actor {
             me
         } else {
-            if me.role != "owner" {
+            if me.role != MemberRole::Owner {
                 return Err(StoreError::forbidden(
                     "not_owner",
                     "only the group owner may remove others",
@@ -714,7 +716,7 @@ impl Store {
         )?;
         let mut ch = Changes::default();
         ch.members(left, Op::Update);
-        if victim.role == "owner" {
+        if victim.role == MemberRole::Owner {
             let sql = format!(
                 "UPDATE channel_members SET role = 'owner', settings_ver = settings_ver + 1
                   WHERE (channel_id, user_id) = (

@@ -20,13 +20,7 @@ use crate::pipeline::{brokers, cleanup, cleanup_blocking, connect, snapshot_done
 use crate::TestDb;
 
 /// The write-side tables the relay captures.
-pub const TABLES: [&str; 5] = [
-    "users",
-    "channels",
-    "channel_members",
-    "friendships",
-    "messages",
-];
+pub const TABLES: [&str; 5] = hermet_core::rows::WRITE_TABLES;
 /// Partitions of each test topic: more than one, so events of one table arrive out of order.
 pub const PARTITIONS: i32 = 2;
 /// Short, so truncation is exercised on most messages.

@@ -307,6 +307,15 @@ const RESET: &str = "TRUNCATE users, channels, channel_members, friendships, mes
     contact_reverse_index, hermet_outbox, hermet_outbox_dead
     RESTART IDENTITY CASCADE";
 
+/// The lists above name every write-side table, and only those, in the order of the one list.
+#[test]
+fn write_table_lists_match_the_write_side() {
+    let tables = hermet_core::rows::WRITE_TABLES;
+    assert_eq!(WRITE_TABLES.map(|(t, _)| t), tables);
+    let prefix = format!("TRUNCATE {},", tables.join(", "));
+    assert!(RESET.starts_with(&prefix), "{RESET}");
+}
+
 const RESET_READ_SIDE: &str = "TRUNCATE user_conversation_view, channel_view, user_contact_view,
     conversation_reverse_index, contact_reverse_index";
 

@@ -283,15 +283,7 @@ impl Default for CdcConfig {
             enabled: false,
             slot: "hermet_slot".into(),
             publication: "hermet_publication".into(),
-            tables: [
-                "users",
-                "channels",
-                "channel_members",
-                "friendships",
-                "messages",
-            ]
-            .map(String::from)
-            .to_vec(),
+            tables: hermet_core::rows::WRITE_TABLES.map(String::from).to_vec(),
             topic_prefix: "hermet".into(),
             topic_template: "{table}.changed".into(),
             partitions: hermet_cdc::relay::DEFAULT_PARTITIONS,

@@ -33,13 +33,7 @@ use tokio_postgres::Client;
 /// Tests that use replication slots run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const TABLES: [&str; 5] = [
-    "users",
-    "channels",
-    "channel_members",
-    "friendships",
-    "messages",
-];
+const TABLES: [&str; 5] = hermet_core::rows::WRITE_TABLES;
 /// Debezium's `unavailable.value.placeholder` default: an unchanged TOASTed value.
 const UNAVAILABLE: &str = "__debezium_unavailable_value";
 /// Partitions of the test topics: more than one, so per-key routing matters.

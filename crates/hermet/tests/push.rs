@@ -32,13 +32,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Tests that use replication slots run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const TABLES: [&str; 5] = [
-    "users",
-    "channels",
-    "channel_members",
-    "friendships",
-    "messages",
-];
+const TABLES: [&str; 5] = hermet_core::rows::WRITE_TABLES;
 const PARTITIONS: i32 = 3;
 /// Bound of every wait on the pipeline (relay start, a push arriving).
 const WAIT: Duration = Duration::from_secs(60);
