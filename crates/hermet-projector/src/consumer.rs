@@ -44,15 +44,14 @@ use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, ReadModels};
 use hermet_kafka::rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use hermet_kafka::rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
-use hermet_kafka::rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
-use hermet_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use hermet_kafka::rdkafka::message::{Headers, Message, OwnedMessage};
+use hermet_kafka::rdkafka::producer::FutureProducer;
 use hermet_kafka::rdkafka::statistics::Statistics;
 use hermet_kafka::rdkafka::{ClientConfig, ClientContext};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
 use hermet_kafka::{DropOffRuntime, WATERMARK_HEADER};
-use hermet_store::sync::{
-    advance_watermarks, record_dead_letters, DeadLetterMark, PartitionProgress,
-};
+use hermet_store::dead_letters::{record_dead_letters, DeadLetterMark};
+use hermet_store::sync::{advance_watermarks, PartitionProgress};
 use hermet_store::{project, StoreError};
 
 use crate::debezium::{self, Decoded};
@@ -353,7 +352,7 @@ async fn gate(cfg: &GroupConfig, pool: &Pool, batch: &[Item]) -> Gate {
 /// Applies a batch (or dead-letters what cannot be applied); returns when every record is
 /// either applied or in the dead-letter topic, and the partitions' watermarks have moved past all
 /// of them in the same transaction that marks the dead-lettered ones outstanding
-/// (`hermet_store::sync::record_dead_letters`: reads asking for their writes answer stale until
+/// (`hermet_store::dead_letters::record_dead_letters`: reads asking for their writes answer stale until
 /// they are replayed).
 async fn process(
     cfg: &GroupConfig,
@@ -569,45 +568,7 @@ async fn dead_letter(
         offset = m.offset(), error, "dead-lettering a record");
     metrics::counter!("hermet_projector_dead_letters_total", "projector" => cfg.group.clone())
         .increment(1);
-    let partition = m.partition().to_string();
-    let offset = m.offset().to_string();
-    let attempts = attempts.to_string();
-    let headers = OwnedHeaders::new()
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-error",
-            value: Some(error),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-attempts",
-            value: Some(&attempts),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-group",
-            value: Some(&cfg.group),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-topic",
-            value: Some(m.topic()),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-partition",
-            value: Some(&partition),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-offset",
-            value: Some(&offset),
-        });
-    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&cfg.dlq_topic).headers(headers);
-    if let Some(k) = m.key() {
-        rec = rec.key(k);
-    }
-    if let Some(v) = m.payload() {
-        rec = rec.payload(v);
-    }
-    dlq.send(rec, Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| ProjectorError::Rd(e))?;
-    Ok(())
+    crate::dlq::publish(dlq, &cfg.dlq_topic, &cfg.group, m, error, attempts).await
 }
 
 fn commit_offsets<C: ConsumerContext>(

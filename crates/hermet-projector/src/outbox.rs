@@ -23,7 +23,8 @@ use deadpool_postgres::{Pool, Transaction};
 use hermet_core::cache::ListCache;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{ProjectionConfig, ReadModels};
-use hermet_store::sync::{bury_outbox, finish_outbox, take_outbox, OutboxRow};
+use hermet_store::dead_letters::bury_outbox;
+use hermet_store::sync::{finish_outbox, take_outbox, OutboxRow};
 use hermet_store::{project, StoreError};
 
 use crate::{is_transient, now_ms, Bisect, ProjectorError};

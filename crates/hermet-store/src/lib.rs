@@ -10,13 +10,15 @@
 //! - [`oracle`]: the read side recomputed from the write side in SQL, and a diff against it;
 //! - [`rebuild`]: the online rebuild into shadow tables, swapped in atomically;
 //! - [`audience`]: who hears about a change (the push notifier's look-ups);
-//! - [`visibility`]: whether transactions the WAL already shipped are visible to look-ups yet.
+//! - [`visibility`]: whether transactions the WAL already shipped are visible to look-ups yet;
+//! - [`dead_letters`]: what the projectors set aside, kept until a replay applies it.
 //!
 //! All SQL binds its values; batches use `UNNEST` arrays.
 
 pub mod audience;
 pub mod audit;
 pub mod commands;
+pub mod dead_letters;
 mod error;
 pub mod migrate;
 pub mod oracle;

@@ -29,7 +29,7 @@ use hermet_core::validate::{Avatar, Content, Limits, MessageType, Name};
 use hermet_core::Lsn;
 use hermet_projector::{classify, dlq, is_transient, outbox, Failure};
 use hermet_store::commands::ProfilePatch;
-use hermet_store::{project, sync, Store, StoreConfig, StoreError, SyncMode};
+use hermet_store::{dead_letters, project, sync, Store, StoreConfig, StoreError, SyncMode};
 use hermet_testkit::cdc::{projection, Cdc, Task, CONTACTS, CONVERSATIONS, WAIT};
 use hermet_testkit::pipeline::{brokers, connect, wal_lsn};
 use hermet_testkit::workload::{self, Cmd};
@@ -751,12 +751,12 @@ async fn coverage_counts_only_the_projectors_topics() {
 /// projector `p`; projector `q` only moves its watermarks alike).
 async fn marked_batch(
     store: &Store,
-    letters: Vec<sync::DeadLetterMark>,
+    letters: Vec<dead_letters::DeadLetterMark>,
     progress: Vec<sync::PartitionProgress>,
 ) {
     let mut conn = store.pool().get().await.expect("connection");
     let tx = conn.transaction().await.expect("tx");
-    sync::record_dead_letters(&tx, "p", &letters)
+    dead_letters::record_dead_letters(&tx, "p", &letters)
         .await
         .expect("dead letters");
     for projector in ["p", "q"] {
@@ -770,7 +770,7 @@ async fn marked_batch(
 async fn cleared(store: &Store, partition: i32, offset: i64) -> bool {
     let mut conn = store.pool().get().await.expect("connection");
     let tx = conn.transaction().await.expect("tx");
-    let there = sync::clear_dead_letter(&tx, "p", "users", partition, offset)
+    let there = dead_letters::clear_dead_letter(&tx, "p", "users", partition, offset)
         .await
         .expect("clear");
     tx.commit().await.expect("commit");
@@ -798,7 +798,7 @@ async fn coverage_stops_before_outstanding_dead_letters() {
         next_offset: 10,
         commit_ts_ms: None,
     };
-    let letter = |partition: i32, offset: i64, lsn: Option<i64>| sync::DeadLetterMark {
+    let letter = |partition: i32, offset: i64, lsn: Option<i64>| dead_letters::DeadLetterMark {
         topic: "users".into(),
         partition,
         offset,

@@ -247,16 +247,10 @@ async fn dlq(cfg: &Config, cmd: DlqCmd) -> anyhow::Result<()> {
                 );
             }
             let conn = pool.get().await?;
-            let rows = conn
-                .query(
-                    "SELECT id, attempts, error FROM hermet_outbox_dead ORDER BY id",
-                    &[],
-                )
-                .await?;
+            let rows = hermet_store::dead_letters::list_buried_outbox(&conn).await?;
             println!("outbox rows set aside: {}", rows.len());
             for r in rows {
-                let (id, attempts, error): (i64, i32, String) = (r.get(0), r.get(1), r.get(2));
-                println!("  outbox {id} attempts={attempts} error={error}");
+                println!("  outbox {} attempts={} error={}", r.id, r.attempts, r.error);
             }
         }
         DlqCmd::Replay => {

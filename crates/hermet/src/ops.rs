@@ -405,13 +405,11 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
             behind_bytes: r.get(4),
         })
         .collect();
-    let r = conn
-        .query_one(
-            "SELECT (SELECT count(*) FROM hermet_outbox), (SELECT count(*) FROM hermet_outbox_dead)",
-            &[],
-        )
-        .await?;
-    let (outbox_pending, outbox_dead): (i64, i64) = (r.get(0), r.get(1));
+    let outbox_pending: i64 = conn
+        .query_one("SELECT count(*) FROM hermet_outbox", &[])
+        .await?
+        .get(0);
+    let outbox_dead = hermet_store::dead_letters::count_buried_outbox(&conn).await?;
     let last_audit = conn
         .query_opt(
             "SELECT source, finished_at, audited_buckets, buckets, expected_rows, findings,
