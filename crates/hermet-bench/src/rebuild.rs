@@ -215,10 +215,8 @@ async fn run_in(
             "rebuild (full read side)"
         };
         eprintln!("bench rebuild: {what}");
-        let o = rebuild::RebuildOptions::new(
-            hermet_core::projection::ReadModel::ALL.to_vec(),
-            preview,
-        );
+        let o =
+            rebuild::RebuildOptions::new(hermet_core::projection::ReadModel::ALL.to_vec(), preview);
         let r = rebuild::rebuild(&pool, &o, &rebuild::NoProgress).await?;
         results.push(Measured {
             what,

@@ -596,7 +596,10 @@ async fn send_markers(
     let rec = Record {
         key: None,
         value: None,
-        headers: vec![(hermet_kafka::WATERMARK_HEADER, at.0.to_string().into_bytes())],
+        headers: vec![(
+            hermet_kafka::WATERMARK_HEADER,
+            at.0.to_string().into_bytes(),
+        )],
     };
     let mut futs = Vec::with_capacity(markers.len());
     for (topic, p) in markers {

@@ -540,7 +540,11 @@ mod tests {
             RowChange::Messages(Change::inserted(message(7, 4, "a"))),
         ];
         for c in &others {
-            assert!(!ReadModels::CONTACTS.reads_table(c.table()), "{}", c.table());
+            assert!(
+                !ReadModels::CONTACTS.reads_table(c.table()),
+                "{}",
+                c.table()
+            );
             assert!(ReadModels::CONVERSATIONS.reads_table(c.table()));
             let a = affected(std::slice::from_ref(c));
             assert!(
@@ -549,7 +553,9 @@ mod tests {
             );
         }
         for t in ["users", "friendships"] {
-            assert!(ReadModels::CONTACTS.reads_table(t) && ReadModels::CONVERSATIONS.reads_table(t));
+            assert!(
+                ReadModels::CONTACTS.reads_table(t) && ReadModels::CONVERSATIONS.reads_table(t)
+            );
         }
         assert!(!ReadModels::CONTACTS.reads_table("audit_log"));
         assert!(ReadModels::CONVERSATIONS.reads_table("audit_log"));

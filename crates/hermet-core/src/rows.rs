@@ -319,7 +319,12 @@ mod tests {
         check(&[R::Owner, R::Member], R::as_str, R::parse, "role");
         use ChannelType as C;
         check(&[C::Single, C::Group], C::as_str, C::parse, "channel_type");
-        check(&[Fanout::Write, Fanout::Read], Fanout::as_str, Fanout::parse, "fanout");
+        check(
+            &[Fanout::Write, Fanout::Read],
+            Fanout::as_str,
+            Fanout::parse,
+            "fanout",
+        );
         assert_eq!(
             UnknownValue::new("role", "admin").to_string(),
             r#"role cannot be "admin""#

@@ -174,9 +174,13 @@ impl Store {
         let mut applied = project::Applied::default();
         match self.config().sync_mode {
             SyncMode::DualWrite => {
-                applied =
-                    project::apply_changes(&tx, &changes.0, ReadModels::ALL, &self.config().projection)
-                        .await?;
+                applied = project::apply_changes(
+                    &tx,
+                    &changes.0,
+                    ReadModels::ALL,
+                    &self.config().projection,
+                )
+                .await?;
             }
             SyncMode::Async => crate::sync::enqueue(&tx, &changes.0).await?,
             // The WAL carries the changes; the relay and the projectors do the rest.

@@ -386,9 +386,13 @@ async fn projection_case(
             let mut some: Vec<RowChange> =
                 so_far.into_iter().filter(|_| rng.gen_ratio(1, 2)).collect();
             some.shuffle(&mut rng);
-            let models = *[ReadModels::ALL, ReadModels::CONVERSATIONS, ReadModels::CONTACTS]
-                .choose(&mut rng)
-                .expect("read models");
+            let models = *[
+                ReadModels::ALL,
+                ReadModels::CONVERSATIONS,
+                ReadModels::CONTACTS,
+            ]
+            .choose(&mut rng)
+            .expect("read models");
             apply(store, &some, models).await?;
         }
     }
@@ -1138,7 +1142,9 @@ async fn a_profile_change_reaches_a_row_built_without_its_member_change() {
         .into_iter()
         .partition(|c| matches!(c, RowChange::ChannelMembers(_)));
     assert!(!members.is_empty() && !others.is_empty());
-    apply(&store, &others, ReadModels::ALL).await.expect("apply");
+    apply(&store, &others, ReadModels::ALL)
+        .await
+        .expect("apply");
     let peer_nickname = || async {
         let conn = store.pool().get().await.expect("connection");
         conn.query_opt(
@@ -1170,7 +1176,9 @@ async fn a_profile_change_reaches_a_row_built_without_its_member_change() {
     );
     db.assert_converged(&store).await;
     // The member changes at last (a replay): nothing moves.
-    apply(&store, &members, ReadModels::ALL).await.expect("apply");
+    apply(&store, &members, ReadModels::ALL)
+        .await
+        .expect("apply");
     db.assert_converged(&store).await;
 }
 

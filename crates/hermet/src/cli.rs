@@ -250,7 +250,10 @@ async fn dlq(cfg: &Config, cmd: DlqCmd) -> anyhow::Result<()> {
             let rows = hermet_store::dead_letters::list_buried_outbox(&conn).await?;
             println!("outbox rows set aside: {}", rows.len());
             for r in rows {
-                println!("  outbox {} attempts={} error={}", r.id, r.attempts, r.error);
+                println!(
+                    "  outbox {} attempts={} error={}",
+                    r.id, r.attempts, r.error
+                );
             }
         }
         DlqCmd::Replay => {

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use super::{page_limit, path_id, strict_min_lsn};
 use crate::auth::AuthUser;
 use crate::consistency::{lsn_header, min_lsn, stale_header, wait_for};
-use hermet_core::projection::ReadModel;
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::AppState;
+use hermet_core::projection::ReadModel;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

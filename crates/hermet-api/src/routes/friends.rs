@@ -9,10 +9,10 @@ use serde_json::json;
 use super::{label, path_id, strict_min_lsn};
 use crate::auth::AuthUser;
 use crate::consistency::{lsn_header, stale_header, wait_for};
-use hermet_core::projection::ReadModel;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::AppState;
+use hermet_core::projection::ReadModel;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
