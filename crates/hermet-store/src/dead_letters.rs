@@ -1,6 +1,6 @@
 //! The dead letters: what a projector could not apply and moved past, kept until `hermet admin
-//! dlq replay` applies it. This module owns both tables that hold them; nothing else reads or
-//! writes them (except [`crate::sync::covers`], which counts them as not applied).
+//! dlq replay` applies it. This module owns both tables that hold them: no other hermet code writes
+//! them, and besides it only [`crate::sync::covers`] reads them (it counts them as not applied).
 //!
 //! - `hermet_outbox_dead`: outbox rows set aside by the `async` worker. [`bury_outbox`] moves a
 //!   row there (keeping its `wal_lsn`), [`list_buried_outbox`] and [`count_buried_outbox`]
@@ -19,8 +19,8 @@ use deadpool_postgres::{GenericClient, Transaction};
 
 use crate::{now_ms, StoreError};
 
-/// Moves an outbox row that keeps failing out of the way, keeping it (and its `wal_lsn`, which reads
-/// keep waiting for) for replay.
+/// Moves an outbox row that keeps failing out of the way, keeping it (and its `wal_lsn`, which
+/// reads keep waiting for) for replay.
 pub async fn bury_outbox(
     tx: &Transaction<'_>,
     id: i64,
