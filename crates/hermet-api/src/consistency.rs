@@ -13,6 +13,7 @@ use std::sync::{Arc, Once, Weak};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use hermet_core::projection::ReadModel;
 use hermet_core::Lsn;
 use hermet_store::sync::{self, Coverage};
 use hermet_store::{Store, StoreError, SyncMode};
@@ -44,13 +45,6 @@ pub fn min_lsn(headers: &HeaderMap) -> Result<Option<Lsn>, ApiError> {
 
 pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-hermet-stale");
 
-/// Which projector a read waits on.
-#[derive(Debug, Clone, Copy)]
-pub enum View {
-    Conversations,
-    Contacts,
-}
-
 /// What read-your-writes waits on per view: the projector and, in `cdc`, the topics and
 /// partitions it consumes (see `hermet_store::sync::Coverage`).
 #[derive(Debug, Clone)]
@@ -60,10 +54,10 @@ pub struct ViewCoverage {
 }
 
 impl ViewCoverage {
-    pub fn of(&self, view: View) -> &Coverage {
+    pub fn of(&self, view: ReadModel) -> &Coverage {
         match view {
-            View::Conversations => &self.conversations,
-            View::Contacts => &self.contacts,
+            ReadModel::Conversations => &self.conversations,
+            ReadModel::Contacts => &self.contacts,
         }
     }
 }
@@ -93,7 +87,7 @@ impl Default for ViewCoverage {
 pub async fn wait_for(
     state: &crate::AppState,
     headers: &HeaderMap,
-    view: View,
+    view: ReadModel,
 ) -> Result<bool, ApiError> {
     let Some(lsn) = min_lsn(headers)? else {
         return Ok(false);
@@ -118,24 +112,13 @@ const ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// While no read waits the poller sleeps; this often it looks whether its API is gone.
 const PARK: Duration = Duration::from_secs(1);
 
-const VIEWS: [View; 2] = [View::Conversations, View::Contacts];
-
-impl View {
-    fn index(self) -> usize {
-        match self {
-            View::Conversations => 0,
-            View::Contacts => 1,
-        }
-    }
-}
-
 /// One check of the poller: the WAL insert position, then how far each view that had readers
 /// waiting is applied (`hermet_store::sync::covered_upto`), both read after `started`.
 #[derive(Debug, Clone, Copy)]
 struct Check {
     started: Instant,
     wal: Lsn,
-    /// Per [`View::index`]: `None` when the view was not checked; `Some(None)` when not even the
+    /// Per [`ReadModel::index`]: `None` when the view was not checked; `Some(None)` when not even the
     /// oldest write is known to be applied.
     covered: [Option<Option<Lsn>>; 2],
 }
@@ -162,7 +145,7 @@ pub(crate) struct Waits {
 struct Shared {
     /// Permits of [`ApiConfig::max_read_waiters`](crate::ApiConfig).
     slots: Semaphore,
-    /// Reads waiting per [`View::index`]: which views the poller checks.
+    /// Reads waiting per [`ReadModel::index`]: which views the poller checks.
     waiting: [AtomicUsize; 2],
     /// A read started waiting: check now.
     wake: Notify,
@@ -203,7 +186,7 @@ impl Waits {
     async fn wait(
         &self,
         state: &crate::AppState,
-        view: View,
+        view: ReadModel,
         lsn: Lsn,
         arrived: Instant,
     ) -> Result<bool, ApiError> {
@@ -317,7 +300,7 @@ async fn check(
         .parse()
         .map_err(|e| StoreError::Decode(format!("WAL position {wal:?}: {e}")))?;
     let mut covered = [None, None];
-    for view in VIEWS {
+    for view in ReadModel::ALL {
         if wanted[view.index()] {
             let cov = std::slice::from_ref(coverage.of(view));
             covered[view.index()] = Some(sync::covered_upto(&conn, mode, cov).await?);

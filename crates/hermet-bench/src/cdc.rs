@@ -47,13 +47,7 @@ pub(crate) use helpers::*;
 pub use report::*;
 
 /// The captured write-side tables.
-pub(crate) const TABLES: [&str; 5] = [
-    "users",
-    "channels",
-    "channel_members",
-    "friendships",
-    "messages",
-];
+pub(crate) const TABLES: [&str; 5] = hermet_core::rows::WRITE_TABLES;
 pub(crate) const PUBLICATION: &str = "hermet_bench_pub";
 pub(crate) const POLL: Duration = Duration::from_millis(50);
 /// Longest wait for the relay to reach "streaming" or a drain to make progress.

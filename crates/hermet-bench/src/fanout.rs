@@ -585,7 +585,8 @@ async fn add_members_sql(
 async fn rebuild(pool: &deadpool_postgres::Pool, spec: &ServerSpec<'_>) -> Result<f64, BenchError> {
     use hermet_store::rebuild;
     let t = Instant::now();
-    let o = rebuild::RebuildOptions::new(vec![rebuild::View::Conversation], 50);
+    let o =
+        rebuild::RebuildOptions::new(vec![hermet_core::projection::ReadModel::Conversations], 50);
     rebuild::rebuild(pool, &o, &rebuild::NoProgress).await?;
     let cache = hermet_redis::RedisListCache::new(&hermet_redis::RedisCacheConfig {
         url: spec.env.redis_url.clone(),

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use hermet_core::lsn::Lsn;
-use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_core::projection::{ProjectionConfig, ReadModels};
 use hermet_core::validate::{Content, Limits, MessageType};
 use hermet_projector::consumer::GROUPS;
 use hermet_store::{Store, StoreConfig, SyncMode};
@@ -492,20 +492,20 @@ impl Cdc {
         format!("hb_{}_{group}", self.tag)
     }
 
-    /// The topics a group maintaining `views` reads.
-    fn topics(&self, views: Views) -> Vec<String> {
+    /// The topics a group maintaining `models` reads.
+    fn topics(&self, models: ReadModels) -> Vec<String> {
         let template = crate::cdc::topic_template(&self.tag, 1);
         crate::cdc::TABLES
             .iter()
-            .filter(|t| views.reads_table(t))
+            .filter(|t| models.reads_table(t))
             .map(|t| template.replace("{table}", t))
             .collect()
     }
 
-    fn coverage(&self, group: &str, views: Views) -> hermet_store::sync::Coverage {
+    fn coverage(&self, group: &str, models: ReadModels) -> hermet_store::sync::Coverage {
         hermet_store::sync::Coverage::new(
             self.group_name(group),
-            self.topics(views),
+            self.topics(models),
             self.partitions,
         )
     }
@@ -513,12 +513,12 @@ impl Cdc {
     fn groups(&self, pool: &deadpool_postgres::Pool) -> Vec<Task> {
         GROUPS
             .into_iter()
-            .map(|(g, views)| {
+            .map(|(g, models)| {
                 let cfg = hermet_projector::consumer::GroupConfig {
                     brokers: self.brokers.clone(),
                     group: self.group_name(g),
-                    topics: self.topics(views),
-                    views,
+                    topics: self.topics(models),
+                    read_models: models,
                     batch_wait: self.batch_wait,
                     batch_max: self.batch_max,
                     max_attempts: 5,
@@ -614,7 +614,7 @@ async fn run_mode(
     let mut relay: Option<Task> = None;
     let projectors = GROUPS
         .iter()
-        .map(|(g, views)| cdc.coverage(g, *views))
+        .map(|(g, models)| cdc.coverage(g, *models))
         .collect();
     match mode {
         SyncMode::DualWrite => {}

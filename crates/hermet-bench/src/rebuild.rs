@@ -100,11 +100,12 @@ pub async fn seed(
         rows += client.execute(sql, params).await?;
     }
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "SELECT setval(pg_get_serial_sequence('messages', 'id'), GREATEST(max(id), 1))
                FROM messages;
-             ANALYZE users, channels, channel_members, friendships, messages",
-        )
+             ANALYZE {}",
+            hermet_core::rows::WRITE_TABLES.join(", ")
+        ))
         .await?;
     Ok(rows)
 }
@@ -214,10 +215,8 @@ async fn run_in(
             "rebuild (full read side)"
         };
         eprintln!("bench rebuild: {what}");
-        let o = rebuild::RebuildOptions::new(
-            vec![rebuild::View::Conversation, rebuild::View::Contact],
-            preview,
-        );
+        let o =
+            rebuild::RebuildOptions::new(hermet_core::projection::ReadModel::ALL.to_vec(), preview);
         let r = rebuild::rebuild(&pool, &o, &rebuild::NoProgress).await?;
         results.push(Measured {
             what,

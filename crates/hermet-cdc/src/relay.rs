@@ -97,11 +97,6 @@ pub const DEFAULT_PARTITIONS: i32 = 2;
 /// every partition.
 pub const MIN_WATERMARK_INTERVAL: Duration = Duration::from_millis(5);
 
-/// Header of a watermark marker: a record with neither key nor value (consumers written for
-/// Debezium skip it like a tombstone) whose header says "every event of this partition up to
-/// this LSN came before me". Projectors use it to know that a quiet partition is caught up.
-pub const WATERMARK_HEADER: &str = "hermet-watermark";
-
 impl RelayConfig {
     pub fn router(&self) -> Result<TopicRouter, RelayError> {
         TopicRouter::new(&self.topic_prefix, Some("public"), &self.topic_template)
@@ -646,7 +641,10 @@ async fn send_markers(
     let rec = Record {
         key: None,
         value: None,
-        headers: vec![(WATERMARK_HEADER, at.0.to_string().into_bytes())],
+        headers: vec![(
+            hermet_kafka::WATERMARK_HEADER,
+            at.0.to_string().into_bytes(),
+        )],
     };
     let mut futs = Vec::with_capacity(markers.len());
     for (topic, p) in markers {

@@ -76,3 +76,20 @@ impl RowChange {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::WRITE_TABLES;
+
+    /// Each write-side table has its variant, and the variant's serialized tag (the outbox's
+    /// JSON) and [`RowChange::table`] are that table's name.
+    #[test]
+    fn every_write_table_has_its_variant() {
+        for table in WRITE_TABLES {
+            let json = format!(r#"{{"table":"{table}","op":"d","before":null,"after":null}}"#);
+            let change: RowChange = serde_json::from_str(&json).expect(table);
+            assert_eq!(change.table(), table);
+        }
+    }
+}

@@ -53,35 +53,67 @@ impl Default for ProjectionConfig {
     }
 }
 
-/// Which read models a projector maintains. `dual_write` and the outbox worker maintain both;
-/// the Kafka consumer groups split them (`conversation-view-updater`, `contact-view-updater`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Views {
-    /// `user_conversation_view` and `conversation_reverse_index`.
-    pub conversations: bool,
+/// A read model: a family of view tables kept converged together, by one Kafka consumer group
+/// in `cdc` (`conversation-view-updater`, `contact-view-updater`), rebuilt together, and waited
+/// for together by read-your-writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReadModel {
+    /// `user_conversation_view`, `channel_view` and `conversation_reverse_index`.
+    Conversations,
     /// `user_contact_view` and `contact_reverse_index`.
+    Contacts,
+}
+
+impl ReadModel {
+    pub const ALL: [ReadModel; 2] = [ReadModel::Conversations, ReadModel::Contacts];
+
+    /// Its position in [`ReadModel::ALL`], for per-model arrays.
+    pub fn index(self) -> usize {
+        match self {
+            ReadModel::Conversations => 0,
+            ReadModel::Contacts => 1,
+        }
+    }
+}
+
+/// The set of read models a projector maintains. `dual_write` and the outbox worker maintain
+/// both; the Kafka consumer groups split them (`conversation-view-updater`,
+/// `contact-view-updater`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadModels {
+    /// [`ReadModel::Conversations`].
+    pub conversations: bool,
+    /// [`ReadModel::Contacts`].
     pub contacts: bool,
 }
 
-impl Views {
-    pub const ALL: Views = Views {
+impl ReadModels {
+    pub const ALL: ReadModels = ReadModels {
         conversations: true,
         contacts: true,
     };
-    pub const CONVERSATIONS: Views = Views {
+    pub const CONVERSATIONS: ReadModels = ReadModels {
         conversations: true,
         contacts: false,
     };
-    pub const CONTACTS: Views = Views {
+    pub const CONTACTS: ReadModels = ReadModels {
         conversations: false,
         contacts: true,
     };
 
-    /// Whether a change of write-side `table` can alter these views, so a projector for them
-    /// must read that table's changes. The contact views embed only users and friendships (see
-    /// [`affected`]: `profile_users`, `friend_pairs`); conversations embed every table. A table
-    /// this does not know is read by the conversation projector, which reports it as poison
-    /// rather than dropping it.
+    /// Whether `model` is in the set.
+    pub fn contains(self, model: ReadModel) -> bool {
+        match model {
+            ReadModel::Conversations => self.conversations,
+            ReadModel::Contacts => self.contacts,
+        }
+    }
+
+    /// Whether a change of write-side `table` can alter these read models, so a projector for
+    /// them must read that table's changes. The contact views embed only users and friendships
+    /// (see [`affected`]: `profile_users`, `friend_pairs`); conversations embed every table. A
+    /// table this does not know is read by the conversation projector, which reports it as
+    /// poison rather than dropping it.
     pub fn reads_table(self, table: &str) -> bool {
         self.conversations || (self.contacts && matches!(table, "users" | "friendships"))
     }
@@ -456,7 +488,7 @@ mod tests {
         MemberRow {
             channel_id,
             user_id,
-            role: "member".into(),
+            role: crate::rows::MemberRole::Member,
             joined_at: 5,
             left_at: None,
             left_seq: None,
@@ -508,8 +540,12 @@ mod tests {
             RowChange::Messages(Change::inserted(message(7, 4, "a"))),
         ];
         for c in &others {
-            assert!(!Views::CONTACTS.reads_table(c.table()), "{}", c.table());
-            assert!(Views::CONVERSATIONS.reads_table(c.table()));
+            assert!(
+                !ReadModels::CONTACTS.reads_table(c.table()),
+                "{}",
+                c.table()
+            );
+            assert!(ReadModels::CONVERSATIONS.reads_table(c.table()));
             let a = affected(std::slice::from_ref(c));
             assert!(
                 a.profile_users.is_empty() && a.friend_pairs.is_empty(),
@@ -517,10 +553,12 @@ mod tests {
             );
         }
         for t in ["users", "friendships"] {
-            assert!(Views::CONTACTS.reads_table(t) && Views::CONVERSATIONS.reads_table(t));
+            assert!(
+                ReadModels::CONTACTS.reads_table(t) && ReadModels::CONVERSATIONS.reads_table(t)
+            );
         }
-        assert!(!Views::CONTACTS.reads_table("audit_log"));
-        assert!(Views::CONVERSATIONS.reads_table("audit_log"));
+        assert!(!ReadModels::CONTACTS.reads_table("audit_log"));
+        assert!(ReadModels::CONVERSATIONS.reads_table("audit_log"));
     }
 
     #[test]
@@ -706,7 +744,7 @@ mod tests {
             remark_name: "Bobby".into(),
             group_name: String::new(),
             starred: false,
-            status: "active".into(),
+            status: crate::rows::FriendshipStatus::Active,
             ver: 2,
             created_at: 0,
             deleted_at: None,

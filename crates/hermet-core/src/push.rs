@@ -220,7 +220,7 @@ mod tests {
         let member = MemberRow {
             channel_id: 7,
             user_id: 2,
-            role: "member".into(),
+            role: crate::rows::MemberRole::Member,
             joined_at: 0,
             left_at: None,
             left_seq: None,
@@ -236,7 +236,7 @@ mod tests {
             remark_name: String::new(),
             group_name: String::new(),
             starred: false,
-            status: "active".into(),
+            status: crate::rows::FriendshipStatus::Active,
             ver: 1,
             created_at: 0,
             deleted_at: None,

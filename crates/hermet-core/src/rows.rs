@@ -5,9 +5,38 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The write-side tables, one per row type below (and per [`crate::change::RowChange`] variant):
+/// what the CDC relay captures by default, what a test resets. The one list; everything else that
+/// names them all derives from it.
+pub const WRITE_TABLES: [&str; 5] = [
+    "users",
+    "channels",
+    "channel_members",
+    "friendships",
+    "messages",
+];
+
 pub type UserId = i64;
 pub type ChannelId = i64;
 pub type MessageId = i64;
+
+/// A text column holding a value its enum does not have (the column's `CHECK` allows only the
+/// enum's values, so this means a schema the code does not know).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{column} cannot be {value:?}")]
+pub struct UnknownValue {
+    pub column: &'static str,
+    pub value: String,
+}
+
+impl UnknownValue {
+    fn new(column: &'static str, value: &str) -> Self {
+        UnknownValue {
+            column,
+            value: value.to_owned(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -24,11 +53,11 @@ impl ChannelType {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Result<Self, UnknownValue> {
         match s {
-            "single" => Some(ChannelType::Single),
-            "group" => Some(ChannelType::Group),
-            _ => None,
+            "single" => Ok(ChannelType::Single),
+            "group" => Ok(ChannelType::Group),
+            _ => Err(UnknownValue::new("channel_type", s)),
         }
     }
 }
@@ -54,11 +83,11 @@ impl Fanout {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Result<Self, UnknownValue> {
         match s {
-            "write" => Some(Fanout::Write),
-            "read" => Some(Fanout::Read),
-            _ => None,
+            "write" => Ok(Fanout::Write),
+            "read" => Ok(Fanout::Read),
+            _ => Err(UnknownValue::new("fanout", s)),
         }
     }
 
@@ -155,11 +184,38 @@ impl ChannelRow {
     }
 }
 
+/// A member's role in a channel (`channel_members.role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    /// Manages a group (renames it, adds and removes members). One per group; when the owner
+    /// leaves, another member becomes owner.
+    Owner,
+    Member,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Owner => "owner",
+            MemberRole::Member => "member",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, UnknownValue> {
+        match s {
+            "owner" => Ok(MemberRole::Owner),
+            "member" => Ok(MemberRole::Member),
+            _ => Err(UnknownValue::new("role", s)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRow {
     pub channel_id: ChannelId,
     pub user_id: UserId,
-    pub role: String,
+    pub role: MemberRole,
     pub joined_at: i64,
     /// Set while the user is not a member (left or removed).
     pub left_at: Option<i64>,
@@ -179,6 +235,32 @@ impl MemberRow {
     }
 }
 
+/// Whether a friendship holds (`friendships.status`). Rows are never deleted: unfriending marks
+/// the row deleted, and befriending again makes it active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FriendshipStatus {
+    Active,
+    Deleted,
+}
+
+impl FriendshipStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FriendshipStatus::Active => "active",
+            FriendshipStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, UnknownValue> {
+        match s {
+            "active" => Ok(FriendshipStatus::Active),
+            "deleted" => Ok(FriendshipStatus::Deleted),
+            _ => Err(UnknownValue::new("status", s)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FriendshipRow {
     pub user_id: UserId,
@@ -186,7 +268,7 @@ pub struct FriendshipRow {
     pub remark_name: String,
     pub group_name: String,
     pub starred: bool,
-    pub status: String,
+    pub status: FriendshipStatus,
     pub ver: i64,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
@@ -194,7 +276,7 @@ pub struct FriendshipRow {
 
 impl FriendshipRow {
     pub fn is_active(&self) -> bool {
-        self.status == "active"
+        self.status == FriendshipStatus::Active
     }
 }
 
@@ -208,4 +290,44 @@ pub struct MessageRow {
     pub msg_type: String,
     pub content: String,
     pub created_at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text of each value is its column's text and its JSON (outbox rows, Debezium events),
+    /// and parses back; anything else is refused with the column's name.
+    #[test]
+    fn text_values_round_trip() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug + Serialize>(
+            values: &[T],
+            as_str: fn(T) -> &'static str,
+            parse: fn(&str) -> Result<T, UnknownValue>,
+            column: &'static str,
+        ) {
+            for &v in values {
+                assert_eq!(parse(as_str(v)), Ok(v));
+                let json = serde_json::to_string(&v).expect("serialize");
+                assert_eq!(json, format!("\"{}\"", as_str(v)));
+            }
+            assert_eq!(parse("Bogus"), Err(UnknownValue::new(column, "Bogus")));
+        }
+        use FriendshipStatus as S;
+        check(&[S::Active, S::Deleted], S::as_str, S::parse, "status");
+        use MemberRole as R;
+        check(&[R::Owner, R::Member], R::as_str, R::parse, "role");
+        use ChannelType as C;
+        check(&[C::Single, C::Group], C::as_str, C::parse, "channel_type");
+        check(
+            &[Fanout::Write, Fanout::Read],
+            Fanout::as_str,
+            Fanout::parse,
+            "fanout",
+        );
+        assert_eq!(
+            UnknownValue::new("role", "admin").to_string(),
+            r#"role cannot be "admin""#
+        );
+    }
 }

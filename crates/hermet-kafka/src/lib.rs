@@ -16,6 +16,12 @@ use rdkafka::producer::FutureProducer;
 
 pub use rdkafka;
 
+/// Header of a watermark marker: a record with neither key nor value (consumers written for
+/// Debezium skip it like a tombstone) whose header says "every event of this partition up to
+/// this LSN came before me". The relay (`hermet_cdc::relay`) writes it; projectors use it to
+/// know that a quiet partition is caught up.
+pub const WATERMARK_HEADER: &str = "hermet-watermark";
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     #[error("kafka client: {0}")]

@@ -1,7 +1,7 @@
 //! Kafka consumer groups that keep a read model converged.
 //!
 //! Each group ([`GROUPS`]) reads the write-side topics its view depends on
-//! ([`Views::reads_table`]: the contact group only users and friendships) and maintains its own
+//! ([`ReadModels::reads_table`]: the contact group only users and friendships) and maintains its own
 //! view through the shared projection. One step:
 //!
 //! 1. poll up to `batch_max` records or until `batch_wait` passes;
@@ -41,18 +41,17 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use hermet_core::cache::ListCache;
 use hermet_core::change::RowChange;
-use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_core::projection::{ProjectionConfig, ReadModels};
 use hermet_kafka::rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use hermet_kafka::rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
-use hermet_kafka::rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
-use hermet_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use hermet_kafka::rdkafka::message::{Headers, Message, OwnedMessage};
+use hermet_kafka::rdkafka::producer::FutureProducer;
 use hermet_kafka::rdkafka::statistics::Statistics;
 use hermet_kafka::rdkafka::{ClientConfig, ClientContext};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
-use hermet_kafka::DropOffRuntime;
-use hermet_store::sync::{
-    advance_watermarks, record_dead_letters, DeadLetterMark, PartitionProgress,
-};
+use hermet_kafka::{DropOffRuntime, WATERMARK_HEADER};
+use hermet_store::dead_letters::{record_dead_letters, DeadLetterMark};
+use hermet_store::sync::{advance_watermarks, PartitionProgress};
 use hermet_store::{project, StoreError};
 
 use crate::debezium::{self, Decoded};
@@ -60,16 +59,13 @@ use crate::telemetry::{self, LagMode, LagView, Projector};
 use crate::visibility::{self, Gate};
 use crate::{classify, now_ms, Bisect, Failure, ProjectorError};
 
-/// Header of the relay's watermark markers (see `hermet_cdc::relay::WATERMARK_HEADER`).
-pub const WATERMARK_HEADER: &str = "hermet-watermark";
-
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
     pub brokers: String,
     /// The consumer group, also the projector's name in `hermet_projector_watermarks`.
     pub group: String,
     pub topics: Vec<String>,
-    pub views: Views,
+    pub read_models: ReadModels,
     pub batch_max: usize,
     pub batch_wait: Duration,
     pub max_attempts: u32,
@@ -81,18 +77,18 @@ pub struct GroupConfig {
     pub visibility_wait: Duration,
 }
 
-/// The consumer groups, before `projector.group_prefix`, and the views each maintains.
-pub const GROUPS: [(&str, Views); 2] = [
-    ("conversation-view-updater", Views::CONVERSATIONS),
-    ("contact-view-updater", Views::CONTACTS),
+/// The consumer groups, before `projector.group_prefix`, and the read models each maintains.
+pub const GROUPS: [(&str, ReadModels); 2] = [
+    ("conversation-view-updater", ReadModels::CONVERSATIONS),
+    ("contact-view-updater", ReadModels::CONTACTS),
 ];
 
-/// The views of the group named `group`, with or without its `projector.group_prefix`.
-pub fn group_views(group: &str) -> Option<Views> {
+/// The read models of the group named `group`, with or without its `projector.group_prefix`.
+pub fn group_read_models(group: &str) -> Option<ReadModels> {
     GROUPS
         .iter()
         .find(|(name, _)| group.ends_with(name))
-        .map(|(_, views)| *views)
+        .map(|(_, models)| *models)
 }
 
 /// Default of [`GroupConfig::batch_max`]. A group that keeps up applies far fewer per batch (what
@@ -107,16 +103,63 @@ pub const MAX_BATCH_MAX: usize = 1_000_000;
 /// Default of [`GroupConfig::batch_wait`].
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(10);
 
-/// One record of a batch.
+/// One record of a batch: the Kafka message and what it says.
 struct Item {
     msg: OwnedMessage,
-    change: Option<RowChange>,
-    lsn: Option<u64>,
-    commit_ts_ms: Option<i64>,
-    /// The transaction of the change, when the event names it.
-    xid: Option<u32>,
-    /// Set when the record cannot even be decoded.
-    poison: Option<String>,
+    record: Record,
+}
+
+/// What a record of a change topic says.
+// Built once per record and kept in its batch: boxing the change would only add an allocation
+// (as for `debezium::Decoded`).
+#[allow(clippy::large_enum_variant)]
+enum Record {
+    /// A relay watermark marker: every event of its partition up to `lsn` came before it.
+    Marker { lsn: u64 },
+    /// A row change, committed at `lsn`.
+    Change {
+        change: RowChange,
+        lsn: u64,
+        commit_ts_ms: i64,
+        /// The transaction of the change, when the event names it.
+        xid: Option<u32>,
+    },
+    /// A record that carries no change (a tombstone, an event of no interest).
+    Skip,
+    /// A record that cannot even be decoded, and why.
+    Poison(String),
+}
+
+impl Item {
+    fn change(&self) -> Option<&RowChange> {
+        match &self.record {
+            Record::Change { change, .. } => Some(change),
+            _ => None,
+        }
+    }
+
+    /// The position the record proves its partition applied up to, if it says one.
+    fn lsn(&self) -> Option<u64> {
+        match self.record {
+            Record::Marker { lsn } | Record::Change { lsn, .. } => Some(lsn),
+            Record::Skip | Record::Poison(_) => None,
+        }
+    }
+
+    fn commit_ts_ms(&self) -> Option<i64> {
+        match self.record {
+            Record::Change { commit_ts_ms, .. } => Some(commit_ts_ms),
+            _ => None,
+        }
+    }
+
+    /// The transaction of the record's change, when it carries a change that names one.
+    fn change_xid(&self) -> Option<u32> {
+        match self.record {
+            Record::Change { xid, .. } => xid,
+            _ => None,
+        }
+    }
 }
 
 fn marker_lsn(msg: &OwnedMessage) -> Option<u64> {
@@ -130,47 +173,25 @@ fn marker_lsn(msg: &OwnedMessage) -> Option<u64> {
 }
 
 fn item(msg: OwnedMessage) -> Item {
-    if let Some(lsn) = marker_lsn(&msg) {
-        return Item {
-            msg,
-            change: None,
-            lsn: Some(lsn),
-            commit_ts_ms: None,
-            xid: None,
-            poison: None,
-        };
-    }
-    match debezium::decode(msg.payload()) {
-        Ok(Decoded::Change {
-            change,
-            lsn,
-            commit_ts_ms,
-            xid,
-        }) => Item {
-            msg,
-            change: Some(change),
-            lsn: Some(lsn),
-            commit_ts_ms: Some(commit_ts_ms),
-            xid,
-            poison: None,
+    let record = match marker_lsn(&msg) {
+        Some(lsn) => Record::Marker { lsn },
+        None => match debezium::decode(msg.payload()) {
+            Ok(Decoded::Change {
+                change,
+                lsn,
+                commit_ts_ms,
+                xid,
+            }) => Record::Change {
+                change,
+                lsn,
+                commit_ts_ms,
+                xid,
+            },
+            Ok(Decoded::Skip) => Record::Skip,
+            Err(e) => Record::Poison(e.to_string()),
         },
-        Ok(Decoded::Skip) => Item {
-            msg,
-            change: None,
-            lsn: None,
-            commit_ts_ms: None,
-            xid: None,
-            poison: None,
-        },
-        Err(e) => Item {
-            msg,
-            change: None,
-            lsn: None,
-            commit_ts_ms: None,
-            xid: None,
-            poison: Some(e.to_string()),
-        },
-    }
+    };
+    Item { msg, record }
 }
 
 pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, ProjectorError> {
@@ -332,11 +353,7 @@ async fn retire_other_topics(cfg: &GroupConfig, pool: &Pool) {
 /// Waits until the transactions of the batch's changes are visible ([`visibility`]), for at
 /// most `visibility_wait`. A database that cannot answer is waited for, as an apply would be.
 async fn gate(cfg: &GroupConfig, pool: &Pool, batch: &[Item]) -> Gate {
-    let xids = batch
-        .iter()
-        .filter(|i| i.change.is_some())
-        .filter_map(|i| i.xid)
-        .collect();
+    let xids = batch.iter().filter_map(Item::change_xid).collect();
     let mut backoff = Duration::from_millis(50);
     loop {
         match visibility::wait_visible(
@@ -361,7 +378,7 @@ async fn gate(cfg: &GroupConfig, pool: &Pool, batch: &[Item]) -> Gate {
 /// Applies a batch (or dead-letters what cannot be applied); returns when every record is
 /// either applied or in the dead-letter topic, and the partitions' watermarks have moved past all
 /// of them in the same transaction that marks the dead-lettered ones outstanding
-/// (`hermet_store::sync::record_dead_letters`: reads asking for their writes answer stale until
+/// (`hermet_store::dead_letters::record_dead_letters`: reads asking for their writes answer stale until
 /// they are replayed).
 async fn process(
     cfg: &GroupConfig,
@@ -375,15 +392,13 @@ async fn process(
         Gate::Open { .. } => None,
         Gate::TimedOut { running } => Some(running),
     };
-    let invisible = |i: &Item| {
-        running.is_some_and(|r| i.change.is_some() && i.xid.is_some_and(|x| r.contains(&x)))
-    };
+    let invisible = |xid: u32| running.is_some_and(|r| r.contains(&xid));
     let mut letters: Vec<DeadLetterMark> = Vec::new();
     let mut good: Vec<&Item> = Vec::with_capacity(batch.len());
     for (at, i) in batch.iter().enumerate() {
-        let reason = match (&i.poison, i.xid) {
-            (Some(p), _) => p.clone(),
-            (None, Some(xid)) if invisible(i) => format!(
+        let reason = match (&i.record, i.change_xid()) {
+            (Record::Poison(p), _) => p.clone(),
+            (_, Some(xid)) if invisible(xid) => format!(
                 "transaction {xid} is committed but was still not visible to new snapshots after \
                  {} ms (projector.visibility_wait_ms); replay this record once it is",
                 cfg.visibility_wait.as_millis()
@@ -446,11 +461,11 @@ async fn process(
 fn mark(batch: &[Item], at: usize, error: String) -> DeadLetterMark {
     let item = &batch[at];
     let (topic, partition) = (item.msg.topic(), item.msg.partition());
-    let lsn = item.lsn.filter(|l| *l > 0).or_else(|| {
+    let lsn = item.lsn().filter(|l| *l > 0).or_else(|| {
         batch[..at]
             .iter()
             .filter(|i| i.msg.topic() == topic && i.msg.partition() == partition)
-            .filter_map(|i| i.lsn)
+            .filter_map(Item::lsn)
             .max()
     });
     DeadLetterMark {
@@ -475,10 +490,10 @@ fn progress_of(batch: &[Item]) -> Vec<PartitionProgress> {
             commit_ts_ms: None,
         });
         p.next_offset = p.next_offset.max(i.msg.offset() + 1);
-        if let Some(lsn) = i.lsn {
+        if let Some(lsn) = i.lsn() {
             p.applied_lsn = p.applied_lsn.max(i64::try_from(lsn).unwrap_or(i64::MAX));
         }
-        if let Some(ts) = i.commit_ts_ms {
+        if let Some(ts) = i.commit_ts_ms() {
             p.commit_ts_ms = Some(p.commit_ts_ms.map_or(ts, |t| t.max(ts)));
         }
     }
@@ -536,10 +551,10 @@ async fn apply_once(
     items: &[&Item],
     finish: Option<Finish<'_>>,
 ) -> Result<(), StoreError> {
-    let changes: Vec<RowChange> = items.iter().filter_map(|i| i.change.clone()).collect();
+    let changes: Vec<RowChange> = items.iter().filter_map(|i| i.change().cloned()).collect();
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    let applied = project::apply_changes(&tx, &changes, cfg.views, &cfg.projection).await?;
+    let applied = project::apply_changes(&tx, &changes, cfg.read_models, &cfg.projection).await?;
     if let Some((progress, letters)) = finish {
         // Marks first: a record without an LSN takes the watermark from before this batch.
         record_dead_letters(&tx, &cfg.group, letters).await?;
@@ -573,46 +588,8 @@ async fn dead_letter(
     let m = &item.msg;
     tracing::error!(group = %cfg.group, topic = m.topic(), partition = m.partition(),
         offset = m.offset(), error, "dead-lettering a record");
-    telemetry::dead_lettered(Projector::Group(&cfg.group));
-    let partition = m.partition().to_string();
-    let offset = m.offset().to_string();
-    let attempts = attempts.to_string();
-    let headers = OwnedHeaders::new()
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-error",
-            value: Some(error),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-attempts",
-            value: Some(&attempts),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-group",
-            value: Some(&cfg.group),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-topic",
-            value: Some(m.topic()),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-partition",
-            value: Some(&partition),
-        })
-        .insert(hermet_kafka::rdkafka::message::Header {
-            key: "hermet-dlq-offset",
-            value: Some(&offset),
-        });
-    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&cfg.dlq_topic).headers(headers);
-    if let Some(k) = m.key() {
-        rec = rec.key(k);
-    }
-    if let Some(v) = m.payload() {
-        rec = rec.payload(v);
-    }
-    dlq.send(rec, Duration::from_secs(30))
-        .await
-        .map_err(|(e, _)| ProjectorError::Rd(e))?;
-    Ok(())
+        if let Some(ts) = i.commit_ts_ms() {
+            telemetry::sync_lag(view, LagMode::Cdc, (now - ts).max(0) as f64 / 1000.0);
 }
 
 /// Commits the offsets after `batch` without waiting; returns them.

@@ -1,7 +1,8 @@
 //! Dead letters: list them, and put them back through the projection once the cause is fixed.
 //!
-//! Kafka projectors dead-letter to a topic (headers say which group, topic, partition, offset,
-//! error and attempt count); the outbox worker sets rows aside in `hermet_outbox_dead`.
+//! Kafka projectors dead-letter to a topic ([`publish`]: headers say which group, topic,
+//! partition, offset, error and attempt count); the outbox worker sets rows aside in
+//! `hermet_outbox_dead` (`hermet_store::dead_letters`, which also keeps the marks below).
 //! Replaying is safe at any time: the projection recomputes rows from current state, so an old
 //! event can only confirm what is there or fill in what is missing.
 //!
@@ -15,11 +16,12 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use hermet_core::cache::ListCache;
-use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_core::projection::{ProjectionConfig, ReadModels};
 use hermet_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use hermet_kafka::rdkafka::message::{Headers, Message, OwnedMessage};
+use hermet_kafka::rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use hermet_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
-use hermet_store::{project, sync};
+use hermet_store::{dead_letters, project};
 
 use crate::debezium::{self, Decoded};
 use crate::telemetry::Projector;
@@ -31,6 +33,57 @@ const REPLAY_VISIBILITY_WAIT: Duration = Duration::from_secs(5);
 
 /// Group used by `dlq replay`, so each dead letter is replayed once.
 pub const REPLAY_GROUP: &str = "hermet-dlq-replayer";
+
+/// Headers of a dead letter: the group that gave up on the record, where the record came from,
+/// why and after how many attempts. Written by [`publish`], read by [`list`] and [`replay`].
+const GROUP: &str = "hermet-dlq-group";
+const TOPIC: &str = "hermet-dlq-topic";
+const PARTITION: &str = "hermet-dlq-partition";
+const OFFSET: &str = "hermet-dlq-offset";
+const ERROR: &str = "hermet-dlq-error";
+const ATTEMPTS: &str = "hermet-dlq-attempts";
+
+/// Sends record `m`, which consumer group `group` could not apply, to the dead-letter topic
+/// with its key, value and the headers that say where it came from.
+pub(crate) async fn publish(
+    producer: &FutureProducer,
+    dlq_topic: &str,
+    group: &str,
+    m: &OwnedMessage,
+    error: &str,
+    attempts: u32,
+) -> Result<(), ProjectorError> {
+    let partition = m.partition().to_string();
+    let offset = m.offset().to_string();
+    let attempts = attempts.to_string();
+    let headers = [
+        (ERROR, error),
+        (ATTEMPTS, &attempts),
+        (GROUP, group),
+        (TOPIC, m.topic()),
+        (PARTITION, &partition),
+        (OFFSET, &offset),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value),
+        })
+    });
+    let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq_topic).headers(headers);
+    if let Some(k) = m.key() {
+        rec = rec.key(k);
+    }
+    if let Some(v) = m.payload() {
+        rec = rec.payload(v);
+    }
+    producer
+        .send(rec, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| ProjectorError::Rd(e))?;
+    Ok(())
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -55,12 +108,12 @@ fn letter(m: &OwnedMessage) -> DeadLetter {
     DeadLetter {
         dlq_offset: m.offset(),
         dlq_partition: m.partition(),
-        group: header(m, "hermet-dlq-group"),
-        topic: header(m, "hermet-dlq-topic"),
-        partition: header(m, "hermet-dlq-partition"),
-        offset: header(m, "hermet-dlq-offset"),
-        error: header(m, "hermet-dlq-error"),
-        attempts: header(m, "hermet-dlq-attempts"),
+        group: header(m, GROUP),
+        topic: header(m, TOPIC),
+        partition: header(m, PARTITION),
+        offset: header(m, OFFSET),
+        error: header(m, ERROR),
+        attempts: header(m, ATTEMPTS),
     }
 }
 
@@ -122,9 +175,9 @@ pub fn list(brokers: &str, topic: &str) -> Result<Vec<DeadLetter>, ProjectorErro
     Ok(msgs.iter().map(letter).collect())
 }
 
-/// The views a group maintains; groups may carry a `projector.group_prefix`.
-fn views_of(group: &str) -> Views {
-    crate::consumer::group_views(group).unwrap_or(Views::ALL)
+/// The read models a group maintains; groups may carry a `projector.group_prefix`.
+fn read_models_of(group: &str) -> ReadModels {
+    crate::consumer::group_read_models(group).unwrap_or(ReadModels::ALL)
 }
 
 /// Applies every dead letter not replayed yet; stops at the first one that still fails (it
@@ -144,7 +197,7 @@ pub async fn replay(
     };
     let mut applied = 0;
     for m in &msgs {
-        let group = header(m, "hermet-dlq-group");
+        let group = header(m, GROUP);
         let change = match debezium::decode(m.payload()) {
             Ok(Decoded::Change { change, xid, .. }) => {
                 // Dead letters include records whose transaction was not visible yet: applying
@@ -177,7 +230,7 @@ pub async fn replay(
         let tx = conn.transaction().await?;
         let done = match change {
             Some(change) => {
-                project::apply_changes(&tx, &[change], views_of(&group), projection).await?
+                project::apply_changes(&tx, &[change], read_models_of(&group), projection).await?
             }
             None => project::Applied::default(),
         };
@@ -199,15 +252,15 @@ async fn forget(
     tx: &deadpool_postgres::Transaction<'_>,
     m: &OwnedMessage,
 ) -> Result<(), ProjectorError> {
-    let group = header(m, "hermet-dlq-group");
-    let topic = header(m, "hermet-dlq-topic");
+    let group = header(m, GROUP);
+    let topic = header(m, TOPIC);
     let source = (
-        header(m, "hermet-dlq-partition").parse::<i32>(),
-        header(m, "hermet-dlq-offset").parse::<i64>(),
+        header(m, PARTITION).parse::<i32>(),
+        header(m, OFFSET).parse::<i64>(),
     );
     match source {
         (Ok(partition), Ok(offset)) => {
-            sync::clear_dead_letter(tx, &group, &topic, partition, offset).await?;
+            dead_letters::clear_dead_letter(tx, &group, &topic, partition, offset).await?;
         }
         _ => tracing::warn!(
             dlq_offset = m.offset(),
@@ -223,7 +276,7 @@ async fn forget(
 pub async fn replay_outbox(pool: &Pool) -> Result<u64, ProjectorError> {
     let mut conn = pool.get().await?;
     let tx = conn.transaction().await?;
-    let n = sync::unbury_outbox(&tx).await?;
+    let n = dead_letters::unbury_outbox(&tx).await?;
     tx.commit().await?;
     Ok(n)
 }

@@ -22,8 +22,9 @@ use std::time::Duration;
 use deadpool_postgres::{Pool, Transaction};
 use hermet_core::cache::ListCache;
 use hermet_core::change::RowChange;
-use hermet_core::projection::{ProjectionConfig, Views};
-use hermet_store::sync::{bury_outbox, finish_outbox, take_outbox, OutboxRow};
+use hermet_core::projection::{ProjectionConfig, ReadModels};
+use hermet_store::dead_letters::bury_outbox;
+use hermet_store::sync::{finish_outbox, take_outbox, OutboxRow};
 use hermet_store::{project, StoreError};
 
 use crate::telemetry::{self, LagMode, LagView, Projector};
@@ -159,7 +160,7 @@ async fn apply_piece(
 ) -> Result<project::Applied, StoreError> {
     let changes: Vec<RowChange> = rows.iter().flat_map(|r| r.changes.clone()).collect();
     let piece = tx.savepoint("outbox_piece").await?;
-    match project::apply_changes(&piece, &changes, Views::ALL, &cfg.projection).await {
+    match project::apply_changes(&piece, &changes, ReadModels::ALL, &cfg.projection).await {
         Ok(applied) => {
             piece.commit().await?;
             Ok(applied)

@@ -40,10 +40,9 @@ use hermet_core::rows::{ChannelId, UserId};
 use hermet_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use hermet_kafka::rdkafka::message::{BorrowedMessage, Headers, Message};
 use hermet_kafka::rdkafka::{Offset, TopicPartitionList};
-use hermet_kafka::DropOffRuntime;
+use hermet_kafka::{DropOffRuntime, WATERMARK_HEADER};
 use hermet_store::{audience, StoreError};
 
-use crate::consumer::WATERMARK_HEADER;
 use crate::debezium::{self, Decoded};
 use crate::telemetry::{self, Projector};
 use crate::visibility;

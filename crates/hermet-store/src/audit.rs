@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use deadpool_postgres::Transaction;
-use hermet_core::projection::{Affected, ProjectionConfig, Views};
+use hermet_core::projection::{Affected, ProjectionConfig, ReadModels};
 use serde_json::Value;
 
 use crate::oracle;
@@ -376,7 +376,7 @@ pub async fn repair(
         &[&trefs.0, &trefs.1],
     )
     .await?;
-    let batch = project::compute(tx, &affected, Views::ALL, cfg).await?;
+    let batch = project::compute(tx, &affected, ReadModels::ALL, cfg).await?;
     views::apply_batch(tx, &batch).await?;
     Ok(batch.len())
 }

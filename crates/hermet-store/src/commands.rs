@@ -10,8 +10,10 @@ use std::sync::LazyLock;
 
 use deadpool_postgres::Transaction;
 use hermet_core::change::{Change, Op, RowChange};
-use hermet_core::projection::Views;
-use hermet_core::rows::{ChannelId, ChannelRow, ChannelType, Fanout, MemberRow, UserId, UserRow};
+use hermet_core::projection::ReadModels;
+use hermet_core::rows::{
+    ChannelId, ChannelRow, ChannelType, Fanout, MemberRole, MemberRow, UserId, UserRow,
+};
 use hermet_core::validate::{Avatar, Content, Invalid, Label, MessageType, Name, MAX_IDS_PER_CALL};
 use hermet_core::Lsn;
 use tokio_postgres::types::ToSql;
@@ -172,9 +174,13 @@ impl Store {
         let mut applied = project::Applied::default();
         match self.config().sync_mode {
             SyncMode::DualWrite => {
-                applied =
-                    project::apply_changes(&tx, &changes.0, Views::ALL, &self.config().projection)
-                        .await?;
+                applied = project::apply_changes(
+                    &tx,
+                    &changes.0,
+                    ReadModels::ALL,
+                    &self.config().projection,
+                )
+                .await?;
             }
             SyncMode::Async => crate::sync::enqueue(&tx, &changes.0).await?,
             // The WAL carries the changes; the relay and the projectors do the rest.
@@ -588,7 +594,7 @@ impl Store {
         let tx = conn.transaction().await?;
         let before = Self::lock_group(&tx, channel_id).await?;
         let me = Self::active_member(&tx, channel_id, actor).await?;
-        if me.role != "owner" {
+        if me.role != MemberRole::Owner {
             return Err(StoreError::forbidden(
                 "not_owner",
                 "only the group owner may do this",
@@ -686,7 +692,7 @@ impl Store {
         let victim = if target == actor {
             me
         } else {
-            if me.role != "owner" {
+            if me.role != MemberRole::Owner {
                 return Err(StoreError::forbidden(
                     "not_owner",
                     "only the group owner may remove others",
@@ -714,7 +720,7 @@ impl Store {
         )?;
         let mut ch = Changes::default();
         ch.members(left, Op::Update);
-        if victim.role == "owner" {
+        if victim.role == MemberRole::Owner {
             let sql = format!(
                 "UPDATE channel_members SET role = 'owner', settings_ver = settings_ver + 1
                   WHERE (channel_id, user_id) = (

@@ -32,6 +32,13 @@ pub enum StoreError {
     },
 }
 
+/// A text column whose value the code does not know is a row of unexpected shape.
+impl From<hermet_core::rows::UnknownValue> for StoreError {
+    fn from(e: hermet_core::rows::UnknownValue) -> Self {
+        StoreError::Decode(e.to_string())
+    }
+}
+
 impl StoreError {
     pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         StoreError::NotFound {

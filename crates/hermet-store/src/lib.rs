@@ -12,12 +12,14 @@
 //! - [`audience`]: who hears about a change (the push notifier's look-ups);
 //! - [`visibility`]: whether transactions the WAL already shipped are visible to look-ups yet;
 //! - [`telemetry`]: the metrics this crate records.
+//! - [`dead_letters`]: what the projectors set aside, kept until a replay applies it.
 //!
 //! All SQL binds its values; batches use `UNNEST` arrays.
 
 pub mod audience;
 pub mod audit;
 pub mod commands;
+pub mod dead_letters;
 mod error;
 pub mod migrate;
 pub mod oracle;

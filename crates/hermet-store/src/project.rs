@@ -19,7 +19,7 @@ use std::sync::LazyLock;
 use deadpool_postgres::Transaction;
 use hermet_core::change::RowChange;
 use hermet_core::projection::{
-    self, Affected, ChannelInputs, ContactInputs, ConversationInputs, ProjectionConfig, Views,
+    self, Affected, ChannelInputs, ContactInputs, ConversationInputs, ProjectionConfig, ReadModels,
 };
 use hermet_core::rows::{ChannelId, Fanout, FriendshipRow, MemberRow, MessageRow, UserId, UserRow};
 use hermet_core::views::ViewBatch;
@@ -75,14 +75,14 @@ impl Applied {
 pub async fn apply_changes(
     tx: &Transaction<'_>,
     changes: &[RowChange],
-    views: Views,
+    models: ReadModels,
     cfg: &ProjectionConfig,
 ) -> Result<Applied, StoreError> {
     let affected = projection::affected(changes);
     if affected.is_empty() {
         return Ok(Applied::default());
     }
-    let (batch, read_fanout) = compute_with_fanout(tx, &affected, views, cfg).await?;
+    let (batch, read_fanout) = compute_with_fanout(tx, &affected, models, cfg).await?;
     views::apply_batch(tx, &batch).await?;
     let owners: BTreeSet<UserId> = batch.conversations.iter().map(|r| r.user_id).collect();
     Ok(Applied {
@@ -96,20 +96,20 @@ pub async fn apply_changes(
 pub async fn compute(
     tx: &Transaction<'_>,
     affected: &Affected,
-    views: Views,
+    models: ReadModels,
     cfg: &ProjectionConfig,
 ) -> Result<ViewBatch, StoreError> {
-    Ok(compute_with_fanout(tx, affected, views, cfg).await?.0)
+    Ok(compute_with_fanout(tx, affected, models, cfg).await?.0)
 }
 
 /// [`compute`], and the channels in read diffusion whose `channel_view` row the batch writes.
 async fn compute_with_fanout(
     tx: &Transaction<'_>,
     affected: &Affected,
-    views: Views,
+    models: ReadModels,
     cfg: &ProjectionConfig,
 ) -> Result<(ViewBatch, Vec<ChannelId>), StoreError> {
-    let (conv_keys, channel_ids) = if views.conversations {
+    let (conv_keys, channel_ids) = if models.conversations {
         (
             conversation_keys(tx, affected).await?,
             channel_keys(affected),
@@ -117,7 +117,7 @@ async fn compute_with_fanout(
     } else {
         (Vec::new(), Vec::new())
     };
-    let contact_keys = if views.contacts {
+    let contact_keys = if models.contacts {
         contact_keys(tx, affected).await?
     } else {
         Vec::new()

@@ -59,6 +59,7 @@
 use std::time::Instant;
 
 use deadpool_postgres::{Client, GenericClient, Pool};
+use hermet_core::projection::ReadModel;
 use tokio_postgres::IsolationLevel;
 
 use crate::{now_ms, oracle, views, StoreError};
@@ -66,21 +67,14 @@ use crate::{now_ms, oracle, views, StoreError};
 /// An arbitrary constant: the advisory lock that lets one rebuild run at a time.
 const REBUILD_LOCK: i64 = 0x6865_726d_6574_7262;
 
-/// A view and its reverse index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum View {
-    Conversation,
-    Contact,
-}
-
 /// The rebuilt tables, in the order the projection writes them (`views::apply_batch`), which is
 /// the order they are locked in: the same order cannot deadlock with a projection batch.
-const TABLES: [(&str, View); 5] = [
-    ("user_conversation_view", View::Conversation),
-    ("channel_view", View::Conversation),
-    ("user_contact_view", View::Contact),
-    ("conversation_reverse_index", View::Conversation),
-    ("contact_reverse_index", View::Contact),
+const TABLES: [(&str, ReadModel); 5] = [
+    ("user_conversation_view", ReadModel::Conversations),
+    ("channel_view", ReadModel::Conversations),
+    ("user_contact_view", ReadModel::Contacts),
+    ("conversation_reverse_index", ReadModel::Conversations),
+    ("contact_reverse_index", ReadModel::Contacts),
 ];
 
 /// Progress of a rebuild, for a progress bar.
@@ -101,7 +95,7 @@ impl Progress for NoProgress {
 
 #[derive(Debug, Clone)]
 pub struct RebuildOptions {
-    pub views: Vec<View>,
+    pub read_models: Vec<ReadModel>,
     /// Conversation preview length, as configured.
     pub preview_chars: i32,
     /// Rows per `INSERT … SELECT` of the build (by owner-id range), roughly.
@@ -119,9 +113,9 @@ pub struct RebuildOptions {
 }
 
 impl RebuildOptions {
-    pub fn new(views: Vec<View>, preview_chars: i32) -> Self {
+    pub fn new(read_models: Vec<ReadModel>, preview_chars: i32) -> Self {
         RebuildOptions {
-            views,
+            read_models,
             preview_chars,
             chunk_rows: 100_000,
             max_passes: 5,
@@ -149,7 +143,7 @@ pub struct RebuildReport {
     pub total_secs: f64,
 }
 
-/// Rebuilds the chosen views online. Needs two connections from `pool`.
+/// Rebuilds the chosen read models online. Needs two connections from `pool`.
 pub async fn rebuild(
     pool: &Pool,
     opts: &RebuildOptions,
@@ -203,7 +197,7 @@ async fn run(
 ) -> Result<RebuildReport, StoreError> {
     let tables: Vec<&'static str> = TABLES
         .iter()
-        .filter(|(_, v)| opts.views.contains(v))
+        .filter(|(_, v)| opts.read_models.contains(v))
         .map(|(t, _)| *t)
         .collect();
     if tables.is_empty() {

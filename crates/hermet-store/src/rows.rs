@@ -2,7 +2,8 @@
 //! that join tables select the lists one after another and decode at offsets.
 
 use hermet_core::rows::{
-    ChannelRow, ChannelType, Fanout, FriendshipRow, MemberRow, MessageRow, UserRow,
+    ChannelRow, ChannelType, Fanout, FriendshipRow, FriendshipStatus, MemberRole, MemberRow,
+    MessageRow, UserRow,
 };
 use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
@@ -58,11 +59,9 @@ pub(crate) fn user(row: &Row, at: usize) -> Result<UserRow, StoreError> {
 }
 
 pub(crate) fn channel(row: &Row, at: usize) -> Result<ChannelRow, StoreError> {
-    let t: String = get(row, at + 1)?;
     Ok(ChannelRow {
         id: get(row, at)?,
-        channel_type: ChannelType::parse(&t)
-            .ok_or_else(|| StoreError::Decode(format!("channel_type {t:?}")))?,
+        channel_type: ChannelType::parse(&get::<String>(row, at + 1)?)?,
         name: get(row, at + 2)?,
         avatar: get(row, at + 3)?,
         channel_status: get(row, at + 4)?,
@@ -74,10 +73,7 @@ pub(crate) fn channel(row: &Row, at: usize) -> Result<ChannelRow, StoreError> {
         pair_high: get(row, at + 10)?,
         created_at: get(row, at + 11)?,
         updated_at: get(row, at + 12)?,
-        fanout: {
-            let f: String = get(row, at + 13)?;
-            Fanout::parse(&f).ok_or_else(|| StoreError::Decode(format!("fanout {f:?}")))?
-        },
+        fanout: Fanout::parse(&get::<String>(row, at + 13)?)?,
         fanout_ver: get(row, at + 14)?,
     })
 }
@@ -86,7 +82,7 @@ pub(crate) fn member(row: &Row, at: usize) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
         channel_id: get(row, at)?,
         user_id: get(row, at + 1)?,
-        role: get(row, at + 2)?,
+        role: MemberRole::parse(&get::<String>(row, at + 2)?)?,
         joined_at: get(row, at + 3)?,
         left_at: get(row, at + 4)?,
         left_seq: get(row, at + 5)?,
@@ -114,7 +110,7 @@ pub(crate) fn friendship(row: &Row, at: usize) -> Result<FriendshipRow, StoreErr
         remark_name: get(row, at + 2)?,
         group_name: get(row, at + 3)?,
         starred: get(row, at + 4)?,
-        status: get(row, at + 5)?,
+        status: FriendshipStatus::parse(&get::<String>(row, at + 5)?)?,
         ver: get(row, at + 6)?,
         created_at: get(row, at + 7)?,
         deleted_at: get(row, at + 8)?,

@@ -3,12 +3,11 @@
 //! - `async`: [`enqueue`] writes a command's row changes to `hermet_outbox` in the command's
 //!   transaction; [`take_outbox`]/[`finish_outbox`] let a worker claim rows (`FOR UPDATE SKIP
 //!   LOCKED`, so workers never wait on each other), apply them and delete them in one transaction;
-//!   [`bury_outbox`] sets a failing row aside in `hermet_outbox_dead` with its `wal_lsn`, and
-//!   [`unbury_outbox`] puts set-aside rows back.
+//!   a row that keeps failing is set aside in `hermet_outbox_dead` ([`crate::dead_letters`]).
 //! - `cdc`: [`advance_watermarks`] records, in the projector's apply transaction, how far each
-//!   partition has been applied; [`record_dead_letters`], in that same transaction, which records
-//!   it moved past without applying them (`hermet_projector_dead_letters`), and
-//!   [`clear_dead_letter`] forgets one when `dlq replay` applies it.
+//!   partition has been applied; in that same transaction the projector marks the records it
+//!   moved past without applying them outstanding (`hermet_projector_dead_letters`, see
+//!   [`crate::dead_letters`]).
 //! - [`covers`]: whether a view has applied everything up to an LSN (read-your-writes).
 //!
 //! The contract of [`covers`]: it never says a write is applied while one of its changes is
@@ -82,44 +81,6 @@ pub async fn finish_outbox(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), Stor
     Ok(())
 }
 
-/// Moves a row that keeps failing out of the way, keeping it (and its `wal_lsn`, which reads
-/// keep waiting for) for replay.
-pub async fn bury_outbox(
-    tx: &Transaction<'_>,
-    id: i64,
-    error: &str,
-    attempts: i32,
-) -> Result<(), StoreError> {
-    let stmt = tx
-        .prepare_cached(
-            "WITH gone AS (DELETE FROM hermet_outbox WHERE id = $1 RETURNING id, changes, wal_lsn)
-             INSERT INTO hermet_outbox_dead (id, changes, error, attempts, failed_at, wal_lsn)
-             SELECT id, changes, $2, $3, $4, wal_lsn FROM gone
-             ON CONFLICT (id) DO UPDATE SET error = excluded.error,
-                 attempts = hermet_outbox_dead.attempts + excluded.attempts,
-                 failed_at = excluded.failed_at,
-                 wal_lsn = LEAST(hermet_outbox_dead.wal_lsn, excluded.wal_lsn)",
-        )
-        .await?;
-    tx.execute(&stmt, &[&id, &error, &attempts, &now_ms()])
-        .await?;
-    Ok(())
-}
-
-/// Puts every set-aside outbox row back into the outbox (`hermet admin dlq replay`); returns
-/// how many. A row keeps its `wal_lsn` (one set aside before it was kept counts as older than
-/// any write), so reads go on waiting for it until a worker applies it.
-pub async fn unbury_outbox(tx: &Transaction<'_>) -> Result<u64, StoreError> {
-    let stmt = tx
-        .prepare_cached(
-            "WITH back AS (DELETE FROM hermet_outbox_dead RETURNING changes, failed_at, wal_lsn)
-             INSERT INTO hermet_outbox (changes, created_at, wal_lsn)
-             SELECT changes, failed_at, COALESCE(wal_lsn, '0/0') FROM back",
-        )
-        .await?;
-    Ok(tx.execute(&stmt, &[]).await?)
-}
-
 /// Progress of one partition in one apply.
 #[derive(Debug, Clone)]
 pub struct PartitionProgress {
@@ -130,7 +91,8 @@ pub struct PartitionProgress {
     pub commit_ts_ms: Option<i64>,
 }
 
-/// Records partition progress; never moves an LSN or offset backwards.
+/// Records partition progress; never moves an LSN or offset backwards. Dead letters of the same
+/// batch are marked first ([`crate::dead_letters::record_dead_letters`]).
 pub async fn advance_watermarks(
     tx: &Transaction<'_>,
     projector: &str,
@@ -162,88 +124,6 @@ pub async fn advance_watermarks(
     )
     .await?;
     Ok(())
-}
-
-/// A record a projector moves past without applying it (it went to the dead-letter topic).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterMark {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// A lower bound of the commit LSN of the record's transaction: the change's own LSN.
-    /// `None` when the record says nothing (it could not be decoded): the partition's applied
-    /// LSN before this batch is taken, which every later commit in the partition is past.
-    pub lsn: Option<i64>,
-    pub error: String,
-}
-
-/// Records dead-lettered records as outstanding (see [`covered`]). Call it in the transaction
-/// that advances the partitions' watermarks past them, *before* [`advance_watermarks`] (a record
-/// without an LSN takes the watermark as it was before the batch).
-pub async fn record_dead_letters(
-    tx: &Transaction<'_>,
-    projector: &str,
-    letters: &[DeadLetterMark],
-) -> Result<(), StoreError> {
-    if letters.is_empty() {
-        return Ok(());
-    }
-    let topics: Vec<&str> = letters.iter().map(|l| l.topic.as_str()).collect();
-    let parts: Vec<i32> = letters.iter().map(|l| l.partition).collect();
-    let offsets: Vec<i64> = letters.iter().map(|l| l.offset).collect();
-    let lsns: Vec<Option<i64>> = letters.iter().map(|l| l.lsn).collect();
-    let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO hermet_projector_dead_letters AS d
-                 (projector, topic, partition, source_offset, lsn, error, dead_at)
-             SELECT $1, u.topic, u.partition, u.source_offset,
-                    COALESCE(u.lsn, w.applied_lsn, 0), u.error, $7
-               FROM UNNEST($2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::text[])
-                    AS u(topic, partition, source_offset, lsn, error)
-               LEFT JOIN hermet_projector_watermarks w
-                      ON w.projector = $1 AND w.topic = u.topic AND w.partition = u.partition
-             ON CONFLICT (projector, topic, partition, source_offset) DO UPDATE SET
-                 lsn = LEAST(d.lsn, excluded.lsn),
-                 error = excluded.error,
-                 dead_at = excluded.dead_at",
-        )
-        .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &projector,
-            &topics,
-            &parts,
-            &offsets,
-            &lsns,
-            &errors,
-            &now_ms(),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Forgets the outstanding dead letter of `projector` at `topic`/`partition`/`offset`; call it
-/// in the transaction that applies the record. Returns whether there was one.
-pub async fn clear_dead_letter(
-    tx: &Transaction<'_>,
-    projector: &str,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> Result<bool, StoreError> {
-    let stmt = tx
-        .prepare_cached(
-            "DELETE FROM hermet_projector_dead_letters
-              WHERE projector = $1 AND topic = $2 AND partition = $3 AND source_offset = $4",
-        )
-        .await?;
-    Ok(tx
-        .execute(&stmt, &[&projector, &topic, &partition, &offset])
-        .await?
-        > 0)
 }
 
 /// What a projector's coverage is judged on: its name (`hermet_projector_watermarks.projector`)

@@ -736,8 +736,7 @@ pub async fn list_conversations(
             let pinned: bool = r.try_get(13).map_err(decode)?;
             Ok(ConversationItem {
                 channel_id,
-                conversation_type: ChannelType::parse(&t)
-                    .ok_or_else(|| StoreError::Decode(format!("conversation_type {t:?}")))?,
+                conversation_type: ChannelType::parse(&t)?,
                 name: r.try_get(2).map_err(decode)?,
                 avatar: r.try_get(3).map_err(decode)?,
                 peer_user_id: r.try_get(4).map_err(decode)?,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hermet_cdc::relay::{self, RelayConfig};
 use hermet_core::cache::no_cache;
-use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_core::projection::{ProjectionConfig, ReadModels};
 use hermet_core::Lsn;
 use hermet_projector::consumer::{self, GroupConfig};
 use hermet_store::{sync, Store, SyncMode};
@@ -20,13 +20,7 @@ use crate::pipeline::{brokers, cleanup, cleanup_blocking, connect, snapshot_done
 use crate::TestDb;
 
 /// The write-side tables the relay captures.
-pub const TABLES: [&str; 5] = [
-    "users",
-    "channels",
-    "channel_members",
-    "friendships",
-    "messages",
-];
+pub const TABLES: [&str; 5] = hermet_core::rows::WRITE_TABLES;
 /// Partitions of each test topic: more than one, so events of one table arrive out of order.
 pub const PARTITIONS: i32 = 2;
 /// Short, so truncation is exercised on most messages.
@@ -36,9 +30,9 @@ pub const WAIT: Duration = Duration::from_secs(120);
 pub const CONVERSATIONS: &str = "conversation-view-updater";
 pub const CONTACTS: &str = "contact-view-updater";
 
-/// The views group `base` maintains.
-pub fn views_of(base: &str) -> Views {
-    consumer::group_views(base).expect("a projector group")
+/// The read models group `base` maintains.
+pub fn read_models_of(base: &str) -> ReadModels {
+    consumer::group_read_models(base).expect("a projector group")
 }
 
 /// The projection settings of the pipeline's groups (and of the stores tests compare with).
@@ -163,13 +157,13 @@ impl Cdc {
         format!("{}{base}", self.group_prefix())
     }
 
-    /// The topics a group maintaining `views` reads.
-    pub fn group_topics(&self, views: Views) -> Vec<String> {
+    /// The topics a group maintaining `models` reads.
+    pub fn group_topics(&self, models: ReadModels) -> Vec<String> {
         let all = self.topics();
         TABLES
             .iter()
             .zip(all)
-            .filter(|(t, _)| views.reads_table(t))
+            .filter(|(t, _)| models.reads_table(t))
             .map(|(_, topic)| topic)
             .collect()
     }
@@ -178,7 +172,7 @@ impl Cdc {
     pub fn coverage(&self, base: &str) -> sync::Coverage {
         sync::Coverage::new(
             self.group(base),
-            self.group_topics(views_of(base)),
+            self.group_topics(read_models_of(base)),
             PARTITIONS,
         )
     }
@@ -217,12 +211,12 @@ impl Cdc {
             .expect("dead-letter topic");
     }
 
-    pub fn group_config(&self, base: &str, views: Views) -> GroupConfig {
+    pub fn group_config(&self, base: &str, models: ReadModels) -> GroupConfig {
         GroupConfig {
             brokers: brokers(),
             group: self.group(base),
-            topics: self.group_topics(views),
-            views,
+            topics: self.group_topics(models),
+            read_models: models,
             batch_max: 500,
             batch_wait: Duration::from_millis(10),
             max_attempts: self.max_attempts,
@@ -235,8 +229,8 @@ impl Cdc {
 
     /// Starts both consumer groups on `pool`.
     pub fn start_groups(&mut self, pool: &deadpool_postgres::Pool) {
-        for (base, views) in consumer::GROUPS {
-            let (cfg, pool) = (self.group_config(base, views), pool.clone());
+        for (base, models) in consumer::GROUPS {
+            let (cfg, pool) = (self.group_config(base, models), pool.clone());
             self.groups.push(Task::spawn(base, |stop| async move {
                 consumer::run_group(cfg, pool, stop)
                     .await

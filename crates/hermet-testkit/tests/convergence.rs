@@ -23,6 +23,13 @@ const RESET: &str = "TRUNCATE users, channels, channel_members, friendships, mes
     contact_reverse_index
     RESTART IDENTITY CASCADE";
 
+/// `RESET` truncates every write-side table.
+#[test]
+fn reset_names_the_write_side() {
+    let prefix = format!("TRUNCATE {},", hermet_core::rows::WRITE_TABLES.join(", "));
+    assert!(RESET.starts_with(&prefix), "{RESET}");
+}
+
 async fn run_sequence(db: &TestDb, store: &Store, cmds: &[Cmd]) -> Result<(), String> {
     let conn = store.pool().get().await.map_err(|e| e.to_string())?;
     conn.batch_execute(RESET).await.map_err(|e| e.to_string())?;

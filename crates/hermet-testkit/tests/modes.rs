@@ -24,12 +24,12 @@ use std::time::Duration;
 use hermet_api::{ApiConfig, AppState, TokenKeys, ViewCoverage};
 use hermet_core::cache::{no_cache, NoCache};
 use hermet_core::change::RowChange;
-use hermet_core::projection::Views;
+use hermet_core::projection::ReadModels;
 use hermet_core::validate::{Avatar, Content, Limits, MessageType, Name};
 use hermet_core::Lsn;
 use hermet_projector::{classify, dlq, is_transient, outbox, Failure};
 use hermet_store::commands::ProfilePatch;
-use hermet_store::{project, sync, Store, StoreError, SyncMode};
+use hermet_store::{dead_letters, project, sync, Store, StoreError, SyncMode};
 use hermet_testkit::cdc::{projection, store_config, Cdc, Task, CONTACTS, CONVERSATIONS, WAIT};
 use hermet_testkit::pipeline::{brokers, connect, wal_lsn, SERIAL};
 use hermet_testkit::workload::{self, Cmd};
@@ -292,6 +292,15 @@ const RESET: &str = "TRUNCATE users, channels, channel_members, friendships, mes
     contact_reverse_index, hermet_outbox, hermet_outbox_dead
     RESTART IDENTITY CASCADE";
 
+/// The lists above name every write-side table, and only those, in the order of the one list.
+#[test]
+fn write_table_lists_match_the_write_side() {
+    let tables = hermet_core::rows::WRITE_TABLES;
+    assert_eq!(WRITE_TABLES.map(|(t, _)| t), tables);
+    let prefix = format!("TRUNCATE {},", tables.join(", "));
+    assert!(RESET.starts_with(&prefix), "{RESET}");
+}
+
 const RESET_READ_SIDE: &str = "TRUNCATE user_conversation_view, channel_view, user_contact_view,
     conversation_reverse_index, contact_reverse_index";
 
@@ -307,11 +316,11 @@ async fn outbox_changes(store: &Store) -> Result<Vec<Vec<RowChange>>, String> {
         .collect()
 }
 
-/// Applies `changes` to `views` in one transaction, as any projector does.
-async fn apply(store: &Store, changes: &[RowChange], views: Views) -> Result<(), String> {
+/// Applies `changes` to `models` in one transaction, as any projector does.
+async fn apply(store: &Store, changes: &[RowChange], models: ReadModels) -> Result<(), String> {
     let mut conn = store.pool().get().await.map_err(|e| e.to_string())?;
     let tx = conn.transaction().await.map_err(|e| e.to_string())?;
-    project::apply_changes(&tx, changes, views, &projection())
+    project::apply_changes(&tx, changes, models, &projection())
         .await
         .map_err(|e| e.to_string())?;
     tx.commit().await.map_err(|e| e.to_string())
@@ -362,10 +371,14 @@ async fn projection_case(
             let mut some: Vec<RowChange> =
                 so_far.into_iter().filter(|_| rng.gen_ratio(1, 2)).collect();
             some.shuffle(&mut rng);
-            let views = *[Views::ALL, Views::CONVERSATIONS, Views::CONTACTS]
-                .choose(&mut rng)
-                .expect("views");
-            apply(store, &some, views).await?;
+            let models = *[
+                ReadModels::ALL,
+                ReadModels::CONVERSATIONS,
+                ReadModels::CONTACTS,
+            ]
+            .choose(&mut rng)
+            .expect("read models");
+            apply(store, &some, models).await?;
         }
     }
     let per_command = outbox_changes(store).await?;
@@ -386,10 +399,10 @@ async fn projection_case(
             break;
         }
         if let Some(batch) = a {
-            apply(store, &batch, Views::CONVERSATIONS).await?;
+            apply(store, &batch, ReadModels::CONVERSATIONS).await?;
         }
         if let Some(batch) = b {
-            apply(store, &batch, Views::CONTACTS).await?;
+            apply(store, &batch, ReadModels::CONTACTS).await?;
         }
     }
     let sloppy = dump(store, &VIEW_TABLES, false).await;
@@ -408,7 +421,7 @@ async fn projection_case(
         .map_err(|e| e.to_string())?;
     drop(conn);
     for changes in &per_command {
-        apply(store, changes, Views::ALL).await?;
+        apply(store, changes, ReadModels::ALL).await?;
     }
     let clean = dump(store, &VIEW_TABLES, false).await;
     let d = db.diff(store).await;
@@ -720,12 +733,12 @@ async fn coverage_counts_only_the_projectors_topics() {
 /// projector `p`; projector `q` only moves its watermarks alike).
 async fn marked_batch(
     store: &Store,
-    letters: Vec<sync::DeadLetterMark>,
+    letters: Vec<dead_letters::DeadLetterMark>,
     progress: Vec<sync::PartitionProgress>,
 ) {
     let mut conn = store.pool().get().await.expect("connection");
     let tx = conn.transaction().await.expect("tx");
-    sync::record_dead_letters(&tx, "p", &letters)
+    dead_letters::record_dead_letters(&tx, "p", &letters)
         .await
         .expect("dead letters");
     for projector in ["p", "q"] {
@@ -739,7 +752,7 @@ async fn marked_batch(
 async fn cleared(store: &Store, partition: i32, offset: i64) -> bool {
     let mut conn = store.pool().get().await.expect("connection");
     let tx = conn.transaction().await.expect("tx");
-    let there = sync::clear_dead_letter(&tx, "p", "users", partition, offset)
+    let there = dead_letters::clear_dead_letter(&tx, "p", "users", partition, offset)
         .await
         .expect("clear");
     tx.commit().await.expect("commit");
@@ -767,7 +780,7 @@ async fn coverage_stops_before_outstanding_dead_letters() {
         next_offset: 10,
         commit_ts_ms: None,
     };
-    let letter = |partition: i32, offset: i64, lsn: Option<i64>| sync::DeadLetterMark {
+    let letter = |partition: i32, offset: i64, lsn: Option<i64>| dead_letters::DeadLetterMark {
         topic: "users".into(),
         partition,
         offset,
@@ -1107,7 +1120,9 @@ async fn a_profile_change_reaches_a_row_built_without_its_member_change() {
         .into_iter()
         .partition(|c| matches!(c, RowChange::ChannelMembers(_)));
     assert!(!members.is_empty() && !others.is_empty());
-    apply(&store, &others, Views::ALL).await.expect("apply");
+    apply(&store, &others, ReadModels::ALL)
+        .await
+        .expect("apply");
     let peer_nickname = || async {
         let conn = store.pool().get().await.expect("connection");
         conn.query_opt(
@@ -1129,7 +1144,7 @@ async fn a_profile_change_reaches_a_row_built_without_its_member_change() {
         avatar: None,
     };
     store.update_profile(b, &patch).await.expect("rename");
-    apply(&store, &taken().await, Views::ALL)
+    apply(&store, &taken().await, ReadModels::ALL)
         .await
         .expect("apply");
     assert_eq!(
@@ -1139,7 +1154,9 @@ async fn a_profile_change_reaches_a_row_built_without_its_member_change() {
     );
     db.assert_converged(&store).await;
     // The member changes at last (a replay): nothing moves.
-    apply(&store, &members, Views::ALL).await.expect("apply");
+    apply(&store, &members, ReadModels::ALL)
+        .await
+        .expect("apply");
     db.assert_converged(&store).await;
 }
 

@@ -174,13 +174,13 @@ fn run_command(rt: &tokio::runtime::Runtime, command: Command, cfg: Config) -> a
         Command::Admin {
             cmd: AdminCmd::Rebuild { view },
         } => {
-            use hermet_store::rebuild::View;
-            let views = match view {
-                ViewArg::Conversation => vec![View::Conversation],
-                ViewArg::Contact => vec![View::Contact],
-                ViewArg::All => vec![View::Conversation, View::Contact],
+            use hermet_core::projection::ReadModel;
+            let models = match view {
+                ViewArg::Conversation => vec![ReadModel::Conversations],
+                ViewArg::Contact => vec![ReadModel::Contacts],
+                ViewArg::All => ReadModel::ALL.to_vec(),
             };
-            rt.block_on(ops::rebuild(&cfg, views))
+            rt.block_on(ops::rebuild(&cfg, models))
         }
         Command::Admin {
             cmd:
@@ -247,16 +247,13 @@ async fn dlq(cfg: &Config, cmd: DlqCmd) -> anyhow::Result<()> {
                 );
             }
             let conn = pool.get().await?;
-            let rows = conn
-                .query(
-                    "SELECT id, attempts, error FROM hermet_outbox_dead ORDER BY id",
-                    &[],
-                )
-                .await?;
+            let rows = hermet_store::dead_letters::list_buried_outbox(&conn).await?;
             println!("outbox rows set aside: {}", rows.len());
             for r in rows {
-                let (id, attempts, error): (i64, i32, String) = (r.get(0), r.get(1), r.get(2));
-                println!("  outbox {id} attempts={attempts} error={error}");
+                println!(
+                    "  outbox {} attempts={} error={}",
+                    r.id, r.attempts, r.error
+                );
             }
         }
         DlqCmd::Replay => {

@@ -310,15 +310,7 @@ impl Default for CdcConfig {
             enabled: false,
             slot: "hermet_slot".into(),
             publication: "hermet_publication".into(),
-            tables: [
-                "users",
-                "channels",
-                "channel_members",
-                "friendships",
-                "messages",
-            ]
-            .map(String::from)
-            .to_vec(),
+            tables: hermet_core::rows::WRITE_TABLES.map(String::from).to_vec(),
             topic_prefix: "hermet".into(),
             topic_template: "{table}.changed".into(),
             partitions: hermet_cdc::relay::DEFAULT_PARTITIONS,
@@ -728,12 +720,12 @@ impl Config {
         self.topics_of(|_| true)
     }
 
-    /// The topics a projector of `views` consumes: those of the captured tables it reads.
+    /// The topics a projector of `models` consumes: those of the captured tables it reads.
     pub fn group_topics(
         &self,
-        views: hermet_core::projection::Views,
+        models: hermet_core::projection::ReadModels,
     ) -> Result<Vec<String>, ConfigError> {
-        self.topics_of(|table| views.reads_table(table))
+        self.topics_of(|table| models.reads_table(table))
     }
 
     /// Topics of the captured tables whose name (without schema) passes `keep`.
@@ -756,11 +748,11 @@ impl Config {
     pub fn coverage(
         &self,
         group: &str,
-        views: hermet_core::projection::Views,
+        models: hermet_core::projection::ReadModels,
     ) -> Result<hermet_store::sync::Coverage, ConfigError> {
         Ok(hermet_store::sync::Coverage::new(
             format!("{}{group}", self.projector.group_prefix),
-            self.group_topics(views)?,
+            self.group_topics(models)?,
             self.cdc.partitions,
         ))
     }
@@ -768,15 +760,15 @@ impl Config {
     pub fn group_config(
         &self,
         group: &str,
-        views: hermet_core::projection::Views,
+        models: hermet_core::projection::ReadModels,
         cache: Arc<dyn ListCache>,
     ) -> Result<hermet_projector::consumer::GroupConfig, ConfigError> {
         let p = &self.projector;
         Ok(hermet_projector::consumer::GroupConfig {
             brokers: self.kafka.brokers.clone(),
             group: format!("{}{group}", p.group_prefix),
-            topics: self.group_topics(views)?,
-            views,
+            topics: self.group_topics(models)?,
+            read_models: models,
             batch_max: p.batch_max,
             batch_wait: std::time::Duration::from_millis(p.batch_wait_ms),
             max_attempts: p.max_attempts,
@@ -911,7 +903,7 @@ mod tests {
     /// Each group reads the topics of the tables its view depends on; reads wait on those only.
     #[test]
     fn groups_read_the_topics_of_their_views() {
-        use hermet_core::projection::Views;
+        use hermet_core::projection::ReadModels;
         let mut c = valid();
         c.cdc.partitions = 3;
         c.cdc.tables = vec![
@@ -930,12 +922,12 @@ mod tests {
             ])
         );
         assert_eq!(
-            c.group_topics(Views::CONVERSATIONS)
+            c.group_topics(ReadModels::CONVERSATIONS)
                 .map_err(|e| e.to_string()),
             all
         );
         let cov = c
-            .coverage("contact-view-updater", Views::CONTACTS)
+            .coverage("contact-view-updater", ReadModels::CONTACTS)
             .map_err(|e| e.to_string());
         assert_eq!(
             cov,

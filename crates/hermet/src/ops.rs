@@ -43,10 +43,13 @@ impl hermet_store::rebuild::Progress for Bar {
     }
 }
 
-pub async fn rebuild(cfg: &Config, views: Vec<hermet_store::rebuild::View>) -> anyhow::Result<()> {
+pub async fn rebuild(
+    cfg: &Config,
+    models: Vec<hermet_core::projection::ReadModel>,
+) -> anyhow::Result<()> {
     use hermet_store::rebuild;
     let pool = hermet_store::connect_pool(&cfg.database.url, 2)?;
-    let opts = rebuild::RebuildOptions::new(views, cfg.read_side.preview_chars as i32);
+    let opts = rebuild::RebuildOptions::new(models, cfg.read_side.preview_chars as i32);
     let bar = Bar::new();
     let result = rebuild::rebuild(&pool, &opts, &bar).await;
     bar.0.finish_and_clear();
@@ -395,13 +398,11 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
             behind_bytes: r.get(4),
         })
         .collect();
-    let r = conn
-        .query_one(
-            "SELECT (SELECT count(*) FROM hermet_outbox), (SELECT count(*) FROM hermet_outbox_dead)",
-            &[],
-        )
-        .await?;
-    let (outbox_pending, outbox_dead): (i64, i64) = (r.get(0), r.get(1));
+    let outbox_pending: i64 = conn
+        .query_one("SELECT count(*) FROM hermet_outbox", &[])
+        .await?
+        .get(0);
+    let outbox_dead = hermet_store::dead_letters::count_buried_outbox(&conn).await?;
     let last_audit = conn
         .query_opt(
             "SELECT source, finished_at, audited_buckets, buckets, expected_rows, findings,

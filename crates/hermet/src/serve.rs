@@ -6,7 +6,7 @@ use hermet_store::{connect_pool, migrate, Store};
 use std::time::Duration;
 
 use hermet_core::cache::ListCache;
-use hermet_core::projection::{ProjectionConfig, Views};
+use hermet_core::projection::{ProjectionConfig, ReadModels};
 use hermet_core::push::PushSink;
 use hermet_projector::consumer::{self, GROUPS};
 use hermet_projector::{outbox, push};
@@ -360,15 +360,15 @@ async fn background_audit(
 
 /// What reads with `X-Hermet-Min-Lsn` wait on, per view.
 fn view_coverage(cfg: &Config) -> anyhow::Result<hermet_api::ViewCoverage> {
-    let of = |views: Views| -> anyhow::Result<hermet_store::sync::Coverage> {
+    let of = |models: ReadModels| -> anyhow::Result<hermet_store::sync::Coverage> {
         let (group, _) = GROUPS
             .iter()
-            .find(|(_, v)| *v == views)
+            .find(|(_, v)| *v == models)
             .context("no projector group maintains this view")?;
-        Ok(cfg.coverage(group, views)?)
+        Ok(cfg.coverage(group, models)?)
     };
     Ok(hermet_api::ViewCoverage {
-        conversations: of(Views::CONVERSATIONS)?,
-        contacts: of(Views::CONTACTS)?,
+        conversations: of(ReadModels::CONVERSATIONS)?,
+        contacts: of(ReadModels::CONTACTS)?,
     })
 }

@@ -535,7 +535,7 @@ async fn rebuild_converges_in_dual_write_and_async_under_load() {
             store.list_contacts(u, 50).await.expect("contacts");
         }
         let opts = rebuild::RebuildOptions::new(
-            vec![rebuild::View::Conversation, rebuild::View::Contact],
+            hermet_core::projection::ReadModel::ALL.to_vec(),
             PREVIEW as i32,
         );
         // The seeded users' rows exist only once the rebuild swaps them in. A routed read that

@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{page_limit, path_id, strict_min_lsn};
 use crate::auth::AuthUser;
-use crate::consistency::{lsn_header, min_lsn, stale_header, wait_for, View};
+use crate::consistency::{lsn_header, min_lsn, stale_header, wait_for};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::AppState;
+use hermet_core::projection::ReadModel;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +47,7 @@ pub(crate) async fn list(
     // the projector's invalidation landed (see `hermet_core::cache`).
     let wants_own_writes =
         min_lsn(&headers)?.is_some() && state.store().config().sync_mode != SyncMode::DualWrite;
-    let stale = wait_for(&state, &headers, View::Conversations).await?;
+    let stale = wait_for(&state, &headers, ReadModel::Conversations).await?;
     let body = if after.is_none() && !wants_own_writes && !stale {
         first_page(state.store(), me, limit).await?.0
     } else {

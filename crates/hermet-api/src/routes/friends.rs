@@ -8,10 +8,11 @@ use serde_json::json;
 
 use super::{label, path_id, strict_min_lsn};
 use crate::auth::AuthUser;
-use crate::consistency::{lsn_header, stale_header, wait_for, View};
+use crate::consistency::{lsn_header, stale_header, wait_for};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::AppState;
+use hermet_core::projection::ReadModel;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,7 +89,7 @@ pub(crate) async fn contacts(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     strict_min_lsn(&headers)?;
-    let stale = wait_for(&state, &headers, View::Contacts).await?;
+    let stale = wait_for(&state, &headers, ReadModel::Contacts).await?;
     let items = state.store().list_contacts(me, 10_000).await?;
     let contacts: Vec<_> = items
         .iter()

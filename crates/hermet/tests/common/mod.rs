@@ -317,10 +317,10 @@ impl Pipeline {
 
     /// The topics group `g` (before the prefix) reads.
     pub fn group_topics(&self, g: &str) -> Vec<String> {
-        let views = hermet_projector::consumer::group_views(g).expect("a projector group");
+        let models = hermet_projector::consumer::group_read_models(g).expect("a projector group");
         TABLES
             .iter()
-            .filter(|t| views.reads_table(t))
+            .filter(|t| models.reads_table(t))
             .map(|t| format!("{}.{t}.changed", self.prefix()))
             .collect()
     }
