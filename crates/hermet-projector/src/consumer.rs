@@ -564,13 +564,13 @@ async fn apply_once(
     applied.retire_cached(cfg.cache.as_ref()).await;
     let stats = applied.stats;
     let now = now_ms();
-    let view = if cfg.views.conversations {
+    let view = if cfg.read_models.conversations {
         LagView::Conversation
     } else {
         LagView::Contact
     };
     for i in items {
-        if let (Some(ts), Some(_)) = (i.commit_ts_ms, &i.change) {
+        if let Some(ts) = i.commit_ts_ms() {
             telemetry::sync_lag(view, LagMode::Cdc, (now - ts).max(0) as f64 / 1000.0);
         }
     }
@@ -588,8 +588,8 @@ async fn dead_letter(
     let m = &item.msg;
     tracing::error!(group = %cfg.group, topic = m.topic(), partition = m.partition(),
         offset = m.offset(), error, "dead-lettering a record");
-        if let Some(ts) = i.commit_ts_ms() {
-            telemetry::sync_lag(view, LagMode::Cdc, (now - ts).max(0) as f64 / 1000.0);
+    telemetry::dead_lettered(Projector::Group(&cfg.group));
+    crate::dlq::publish(dlq, &cfg.dlq_topic, &cfg.group, m, error, attempts).await
 }
 
 /// Commits the offsets after `batch` without waiting; returns them.
