@@ -1,4 +1,4 @@
-//! Bad input on every endpoint of `API.md`: each case must get its documented 4xx status and the
+//! Bad input on every endpoint of `docs/api.md`: each case must get its documented 4xx status and the
 //! JSON error shape `{"error": {"code", "message", "field"?}}` — never a 500, never a non-JSON
 //! body — and must change nothing: after every rejected write the database is byte-for-byte the
 //! same, and at the end every user's profile, contacts, conversation list and histories are too.
@@ -222,7 +222,7 @@ fn bad_auths(ctx: &Ctx) -> Vec<(&'static str, Auth)> {
     ]
 }
 
-/// One endpoint of `API.md` with valid path ids and (for writes) a valid body, from ann.
+/// One endpoint of `docs/api.md` with valid path ids and (for writes) a valid body, from ann.
 struct Endpoint {
     method: &'static str,
     /// The path with `{}` where an id goes.

@@ -1,6 +1,6 @@
 //! Convergence of the `dual_write` read side, against the rebuild oracle:
 //! - a property test runs random command sequences (`hermet_testkit::workload`: every scenario
-//!   of SPEC §4, valid or not) and asserts, after each sequence, that the read side equals a
+//!   of design §3 (docs/design.md), valid or not) and asserts, after each sequence, that the read side equals a
 //!   rebuild from the write side;
 //! - a concurrency test runs random commands from several tasks at once and asserts the same.
 //!

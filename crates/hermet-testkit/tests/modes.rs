@@ -2,7 +2,7 @@
 //! means"), in one process: the CDC relay, the Kafka consumer groups and the outbox worker run as
 //! tasks next to the test.
 //!
-//! - differential: one seeded workload (every scenario of SPEC §4) in `dual_write`, `async` and
+//! - differential: one seeded workload (every scenario of design §3 (docs/design.md)) in `dual_write`, `async` and
 //!   `cdc`, each on a database of its own; after draining, every read side equals the oracle and
 //!   the three are identical (timestamps compared as set/unset);
 //! - property: the row changes of random sequences, applied shuffled across tables, duplicated,

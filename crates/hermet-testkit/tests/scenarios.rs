@@ -1,4 +1,4 @@
-//! Every scenario of SPEC §4 through the HTTP API against a real PostgreSQL, in `dual_write`
+//! Every scenario of design §3 (docs/design.md) through the HTTP API against a real PostgreSQL, in `dual_write`
 //! mode, with the read side checked against the rebuild oracle after each.
 
 use hermet_core::Lsn;

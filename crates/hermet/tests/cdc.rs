@@ -1,4 +1,4 @@
-//! The CDC relay end to end (SPEC §5 "CDC relay", issue 3): the real `hermet serve --role cdc`
+//! The CDC relay end to end (docs/design.md §4, "CDC relay"): the real `hermet serve --role cdc`
 //! process against the local PostgreSQL and Kafka, its topics read back by an independent
 //! consumer that knows only Debezium's documented envelope.
 //!

@@ -1,4 +1,4 @@
-//! WebSocket push (issue 4, SPEC §5 "Push") with a real WebSocket client: `GET /v1/ws`
+//! WebSocket push (docs/design.md §4, "Push") with a real WebSocket client: `GET /v1/ws`
 //! authentication and its connection lifecycle, and the whole path — a message committed in
 //! PostgreSQL, streamed by the CDC relay to Kafka, read by the push notifier, sent to the
 //! recipient's socket — with the relay and the notifier running in-process.
