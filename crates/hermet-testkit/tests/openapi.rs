@@ -1,5 +1,5 @@
 //! `GET /openapi.json` describes every endpoint the server routes (the sections of `docs/api.md`),
-//! uses the error schema.
+//! and every documented error response uses the error schema.
 
 use hermet_testkit::TestApp;
 use serde_json::Value;
