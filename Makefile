@@ -1,7 +1,8 @@
 # The two commands of the README, and a few conveniences. Everything installs what is missing
 # and starts its own private PostgreSQL, Kafka and Redis (scripts/services.sh).
 
-.PHONY: run test services-up services-down services-status lint bench-send bench-list
+.PHONY: run test services-up services-down services-status lint bench-build \
+	bench-send bench-list bench-cdc bench-modes bench-cache bench-rebuild bench-peers bench-fanout
 
 ## Runs hermet in the foreground on 127.0.0.1:8080 (set-up included).
 run:
@@ -24,13 +25,14 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-bench-send:
-	scripts/with-services.sh cargo run --release -p hermet -- bench send
+## The benchmark binary and the `hermet` whose `serve` its scenarios start as child processes
+## (hermet-bench runs the `hermet` of its own target directory).
+bench-build:
+	cargo build --release -p hermet -p hermet-bench
 
-bench-list:
-	scripts/with-services.sh cargo run --release -p hermet -- bench list
-
-.PHONY: bench-peers
-## hermet's relay side by side with Debezium (BENCHMARKS.md, "CDC relay vs Debezium").
-bench-peers:
-	scripts/with-services.sh cargo run --release -p hermet -- bench peers
+## One benchmark scenario (BENCHMARKS.md) with the local services, e.g.
+## `make bench-send ARGS="--users 1000 --duration-secs 5"`. bench-peers: hermet's relay side by
+## side with Debezium (BENCHMARKS.md, "CDC relay vs Debezium").
+BENCH_SCENARIOS = send list cdc modes cache rebuild peers fanout
+$(BENCH_SCENARIOS:%=bench-%): bench-build
+	scripts/with-services.sh cargo run --release -p hermet-bench -- $(@:bench-%=%) $(ARGS)

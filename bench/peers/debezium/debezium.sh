@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debezium's PostgreSQL connector on Kafka Connect (standalone): the original design's CDC
-# pipeline (方案2), as the baseline `hermet bench peers` measures hermet's relay against.
+# pipeline (方案2), as the baseline `hermet-bench peers` measures hermet's relay against.
 #
 #   bench/peers/debezium/debezium.sh fetch             fetch the pinned jars (Maven Central, via mvn)
 #   bench/peers/debezium/debezium.sh connector-config  print the connector config (JSON, the seed's shape)

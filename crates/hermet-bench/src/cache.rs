@@ -1,4 +1,4 @@
-//! `hermet bench cache`: conversation-list latency with the Redis cache off and on, in one run.
+//! `hermet-bench cache`: conversation-list latency with the Redis cache off and on, in one run.
 //!
 //! The read side of a scratch database is filled directly with synthetic conversation rows
 //! (set-based `generate_series`, about 20 conversations per user on average), because what is

@@ -1,4 +1,4 @@
-//! `hermet bench cdc`: how fast the CDC relay drains a WAL backlog into Kafka, next to
+//! `hermet-bench cdc`: how fast the CDC relay drains a WAL backlog into Kafka, next to
 //! `pg_recvlogical` draining the same backlog with the same plugin (`pgoutput`, protocol 1) in
 //! the same run.
 //!
@@ -775,12 +775,25 @@ pub(crate) async fn delete_topic_names(brokers: &str, names: &[String]) -> Resul
     Ok(())
 }
 
-/// The `hermet` binary the relays run as: `--hermet-bin`, else this executable.
+/// The `hermet` binary the relays and servers run as: `--hermet-bin`, else `hermet` next to this
+/// executable (`cargo build` puts both in the same target directory). It must exist: a missing
+/// one is reported before anything is created.
 pub(crate) fn hermet_binary(env: &BenchEnv) -> Result<PathBuf, BenchError> {
-    match &env.hermet_bin {
-        Some(p) => Ok(p.clone()),
-        None => std::env::current_exe().map_err(io_err("find the hermet binary")),
+    let path = match &env.hermet_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(io_err("find the hermet-bench executable"))?
+            .with_file_name(format!("hermet{}", std::env::consts::EXE_SUFFIX)),
+    };
+    if !path.is_file() {
+        return Err(BenchError::InvalidOptions(format!(
+            "the hermet binary {} does not exist: build it with `cargo build --release -p hermet` \
+             (the profile hermet-bench was built with), or name another with --hermet-bin \
+             (HERMET_BIN)",
+            path.display()
+        )));
     }
+    Ok(path)
 }
 
 /// The pid of the Kafka broker when the first bootstrap server is on this machine (its CPU and
@@ -821,7 +834,7 @@ pub(crate) async fn prepare_database(
     Ok((client, server_version))
 }
 
-/// Runs `hermet bench cdc` (progress on stderr) and returns its report.
+/// Runs `hermet-bench cdc` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<CdcReport, BenchError> {
     opts.check(crate::Scenario::Cdc)?;
     let hermet_bin = hermet_binary(env)?;
@@ -888,6 +901,28 @@ mod tests {
         assert_eq!(median_round(&[r(0.4), r(0.6)]).ratio, 0.5);
         assert_eq!(rate(1234567.4), "1,234,567");
         assert_eq!(rate(999.0), "999");
+    }
+
+    #[test]
+    fn a_missing_hermet_binary_says_how_to_build_it() {
+        let env = BenchEnv {
+            hermet_bin: Some(PathBuf::from("/nonexistent/hermet")),
+            ..BenchEnv::new("postgres://localhost/postgres")
+        };
+        let e = hermet_binary(&env).map_or_else(|e| e.to_string(), |p| format!("found {p:?}"));
+        assert!(
+            e.contains("/nonexistent/hermet") && e.contains("cargo build --release -p hermet"),
+            "{e}"
+        );
+        // The default is the `hermet` of this executable's directory.
+        let env = BenchEnv::new("postgres://localhost/postgres");
+        let sibling = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("hermet")));
+        if let (Err(e), Some(sibling)) = (hermet_binary(&env), sibling) {
+            let e = e.to_string();
+            assert!(e.contains(&sibling.display().to_string()), "{e}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `hermet bench fanout`: what a message into a group of N members costs, measured through the
+//! `hermet-bench fanout`: what a message into a group of N members costs, measured through the
 //! HTTP API, per sync mode and group size.
 //!
 //! For each sync mode (`--modes`), in a scratch database of its own:
@@ -173,7 +173,7 @@ fn check(opts: &BenchOptions) -> Result<usize, BenchError> {
     Ok(list_size)
 }
 
-/// Runs `hermet bench fanout` (progress on stderr) and returns its report.
+/// Runs `hermet-bench fanout` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<FanoutReport, BenchError> {
     let list_size = check(opts)?;
     let modes = parse_modes(&opts.sync_modes)?;

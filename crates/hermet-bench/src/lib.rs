@@ -4,7 +4,7 @@
 //! URL, migrates it, populates it with the workload, runs the measured phase `runs` times on it,
 //! and drops the database at the end, also on error or Ctrl-C.
 //!
-//! [`cdc`] (`hermet bench cdc`) is different: it measures the CDC relay (a child `hermet serve
+//! [`cdc`] (`hermet-bench cdc`) is different: it measures the CDC relay (a child `hermet serve
 //! --role cdc` process) draining a WAL backlog into Kafka next to `pg_recvlogical`.
 
 pub mod cache;
@@ -135,8 +135,8 @@ pub struct BenchEnv {
     pub shards: u32,
     /// `cdc`: the brokers the relay produces to.
     pub kafka_brokers: String,
-    /// `cdc`: the `hermet` binary whose `serve --role cdc` is measured [default: the running
-    /// executable, which is `hermet` when the benchmark runs as `hermet bench cdc`].
+    /// `cdc`, `peers`, `fanout`: the `hermet` binary whose `serve` they run [default: `hermet`
+    /// next to the running executable, in the same target directory].
     pub hermet_bin: Option<PathBuf>,
     /// `cache`: the Redis of the list cache.
     pub redis_url: String,
@@ -154,7 +154,7 @@ impl BenchEnv {
     }
 }
 
-/// Options of `hermet bench <scenario>` (flatten into a clap command).
+/// Options of `hermet-bench <scenario>` (flatten into a clap command).
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct BenchOptions {
     /// Users of the workload.

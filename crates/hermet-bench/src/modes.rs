@@ -1,4 +1,4 @@
-//! `hermet bench modes`: sync lag of each sync mode at a fixed offered send rate, and the Kafka
+//! `hermet-bench modes`: sync lag of each sync mode at a fixed offered send rate, and the Kafka
 //! projectors' apply throughput on a backlog.
 //!
 //! For each mode (`dual_write`, `async`, `cdc`), on its own scratch database:
@@ -798,7 +798,7 @@ fn batch_max(opts: &BenchOptions) -> usize {
         })
 }
 
-/// Runs `hermet bench modes` (progress on stderr) and returns its report.
+/// Runs `hermet-bench modes` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<ModesReport, BenchError> {
     let rate = opts.rate_for(crate::Scenario::Modes);
     if !rate.is_finite() || rate <= 0.0 {

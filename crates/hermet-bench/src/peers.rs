@@ -1,11 +1,12 @@
-//! `hermet bench peers`: hermet's CDC relay side by side with the original design's pipeline,
+//! `hermet-bench peers`: hermet's CDC relay side by side with the original design's pipeline,
 //! Debezium's PostgreSQL connector on Kafka Connect (standalone), on the same database, the same
 //! Kafka and the same writes, in one run.
 //!
 //! Debezium is run by `bench/peers/debezium/debezium.sh run` (pinned jars from Maven Central,
 //! the seed's connector config with its own slot, publication and topic prefix); that script
 //! `exec`s the JVM, so the child's pid is the Connect process whose RSS and CPU are read.
-//! hermet's relay is `hermet serve --role cdc` of the running binary, as in `bench cdc`.
+//! hermet's relay is `hermet serve --role cdc` of the `hermet` binary (`--hermet-bin`), as in
+//! `bench cdc`.
 //!
 //! One scratch database (migrated), per round:
 //!
@@ -70,20 +71,19 @@ use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
 
 mod checker;
 mod kafka;
+mod live;
 mod report;
+mod turn;
 
 pub use checker::*;
 use kafka::*;
+use live::*;
 pub use report::*;
+use turn::*;
 
 /// Users whose `profile_ver` the live writer increments (ids 1..=this, capped by the backlog's
 /// user count).
 const USER_RING: i64 = 500;
-/// The live writer commits one transaction per tick.
-const TICK: Duration = Duration::from_millis(10);
-/// How long reading back waits for a change that is not there yet before calling it lost.
-const READ_IDLE: Duration = Duration::from_secs(30);
-const CRASH_READ_IDLE: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------------- processes
 
@@ -239,410 +239,6 @@ fn peak_rss(p: &RelayProc, peak: &mut u64) {
     if let Some((_, hwm)) = memory_kib(p.pid) {
         *peak = (*peak).max(hwm);
     }
-}
-
-// ---------------------------------------------------------------------------------- live load
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-struct LiveLoad {
-    changes: u64,
-    secs: f64,
-    expect: Expectation,
-    next_message: i64,
-}
-
-/// Commits a transaction every [`TICK`] for `secs` at `rate` changes/s: message inserts (ids from
-/// `next_message`) and `profile_ver` increments of the ring users, half each.
-async fn live_load(
-    url: String,
-    rate: f64,
-    secs: f64,
-    ring: i64,
-    groups: i64,
-    next_message: i64,
-) -> Result<LiveLoad, BenchError> {
-    let mut client = admin_connect(&url).await?;
-    let mut expect = Expectation::default();
-    let ring_ids: Vec<i64> = (1..=ring).collect();
-    let rows = client
-        .query(
-            "SELECT id, profile_ver FROM users WHERE id = ANY($1)",
-            &[&ring_ids],
-        )
-        .await
-        .map_err(db_err("read the ring users"))?;
-    let mut first: HashMap<i64, i64> = rows
-        .iter()
-        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) + 1))
-        .collect();
-    let insert = client
-        .prepare(
-            "INSERT INTO messages (id, channel_id, seq, sender_id, sender_name, msg_type, content, created_at)
-             SELECT g, g % $3::int8 + 1, g, g % $4::int8 + 1, 'live', 'text', 'live message ' || g, $5::int8
-               FROM generate_series($1::int8, $2::int8) g",
-        )
-        .await
-        .map_err(db_err("prepare the live insert"))?;
-    let bump = client
-        .prepare(
-            "UPDATE users SET profile_ver = profile_ver + 1, updated_at = $2
-              WHERE id = ANY($1) RETURNING id, profile_ver",
-        )
-        .await
-        .map_err(db_err("prepare the live update"))?;
-    let mut next = next_message;
-    let mut next_user = 0i64;
-    let mut changes = 0u64;
-    let mut last_ver: HashMap<i64, i64> = HashMap::new();
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while started.elapsed().as_secs_f64() < secs {
-        tick.tick().await;
-        // What the schedule owes by now: a late tick (slow commit, busy machine) writes more in
-        // its transaction, so the offered rate holds as long as the database keeps up.
-        let n = (rate * started.elapsed().as_secs_f64()).floor() as i64 - changes as i64;
-        if n <= 0 {
-            continue;
-        }
-        let msgs = n - n / 2;
-        let users: Vec<i64> = (0..n / 2)
-            .map(|i| (next_user + i) % ring.max(1) + 1)
-            .collect();
-        next_user = (next_user + n / 2) % ring.max(1);
-        let now_ms = now_ms();
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_err("live load: begin"))?;
-        let last = next + msgs - 1;
-        tx.execute(&insert, &[&next, &last, &groups, &ring, &now_ms])
-            .await
-            .map_err(db_err("live load: insert messages"))?;
-        let bumped = if users.is_empty() {
-            Vec::new()
-        } else {
-            tx.query(&bump, &[&users, &now_ms])
-                .await
-                .map_err(db_err("live load: update users"))?
-        };
-        tx.commit().await.map_err(db_err("live load: commit"))?;
-        for id in next..=last {
-            expect
-                .keys
-                .insert(("messages".to_owned(), format!("{{\"id\":{id}}}")), (0, 0));
-        }
-        for r in &bumped {
-            let (id, v): (i64, i64) = (r.get(0), r.get(1));
-            let e = last_ver.entry(id).or_insert(v);
-            *e = (*e).max(v);
-        }
-        next = last + 1;
-        changes += n as u64;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    for (id, last) in last_ver {
-        let first = first.remove(&id).unwrap_or(last);
-        expect.keys.insert(
-            ("users".to_owned(), format!("{{\"id\":{id}}}")),
-            (first, last),
-        );
-    }
-    Ok(LiveLoad {
-        changes,
-        secs,
-        expect,
-        next_message: next,
-    })
-}
-
-fn all_found(expect: &Expectation) -> impl Fn(&[Event]) -> bool + Send + 'static {
-    let expect = expect.clone();
-    move |events: &[Event]| check_live(&expect, events).0.missing == 0
-}
-
-// ---------------------------------------------------------------------------------- a peer's turn
-
-struct Ctx<'a> {
-    s: &'a Setup<'a>,
-    ring: i64,
-    groups: i64,
-    next_message: i64,
-}
-
-/// Drain, latency loads and crash of one peer.
-async fn peer_turn(
-    ctx: &mut Ctx<'_>,
-    client: &Client,
-    pr: &PeerRound,
-    backlog_rows: u64,
-    end_lsn: u64,
-    backlog_end_ms: i64,
-) -> Result<PeerStats, BenchError> {
-    let s = ctx.s;
-    let brokers = &s.env.kafka_brokers;
-    let mut stats = PeerStats::default();
-    let mut peak = 0u64;
-
-    // ---- drain
-    let from = offsets_now(brokers, &pr.topics).await?;
-    let base = total(&from);
-    let probe = consumer(brokers)?;
-    let broker_start = s.broker_pid.and_then(cpu_secs);
-    let mut p = pr.spawn(s, false)?;
-    let cpu_start = cpu_secs(p.pid);
-    let mut cpu_last = cpu_start;
-    let mut walsender = CpuTracker::default();
-    let mut progress_at = Instant::now();
-    let mut last_progress = 0u64;
-    let mut cpu_at_stream: Option<f64> = None;
-    // When the first change reached Kafka (Debezium) or was confirmed (hermet): the start-up
-    // time is the earlier of this and the "streaming" log line, whichever the peer showed first.
-    let mut first_progress: Option<f64> = None;
-    let mut baseline: Option<u64> = None;
-    let drain_secs = loop {
-        if cpu_at_stream.is_none() && streaming_at(&p.log).is_some() {
-            cpu_at_stream = cpu_secs(p.pid);
-        }
-        p.check_alive()
-            .map_err(|e| BenchError::Scenario(format!("{}: {e}", pr.peer)))?;
-        peak_rss(&p, &mut peak);
-        if let Some(c) = cpu_secs(p.pid) {
-            cpu_last = Some(c);
-        }
-        let state = slot_state(client, &pr.slot).await?;
-        if let Some((_, Some(pid))) = state {
-            walsender.sample(pid as u32);
-        }
-        let progress = match pr.peer {
-            Peer::Hermet => state.map_or(0, |(confirmed, _)| confirmed),
-            // Records on Kafka: the topics hold nothing but this drain's records.
-            Peer::Debezium => {
-                let ends = tokio::task::block_in_place(|| end_offsets(&probe, &pr.topics))?;
-                (total(&ends) - base).max(0) as u64
-            }
-        };
-        let target = match pr.peer {
-            Peer::Hermet => end_lsn,
-            Peer::Debezium => backlog_rows,
-        };
-        if progress >= target {
-            break p.spawned.elapsed().as_secs_f64();
-        }
-        let start = *baseline.get_or_insert(progress);
-        if first_progress.is_none() && progress > start {
-            first_progress = Some(p.spawned.elapsed().as_secs_f64());
-        }
-        if progress > last_progress {
-            last_progress = progress;
-            progress_at = Instant::now();
-        } else if progress_at.elapsed() > STALL {
-            return Err(BenchError::Scenario(format!(
-                "{} made no progress for {} s draining the backlog; its last lines:\n{}",
-                pr.peer,
-                STALL.as_secs(),
-                tail(&p.log)
-            )));
-        }
-        tokio::time::sleep(POLL).await;
-    };
-    drop(probe);
-    peak_rss(&p, &mut peak);
-    stats.drain_secs = drain_secs;
-    stats.startup_secs = streaming_at(&p.log)
-        .map(|t| t.duration_since(p.spawned).as_secs_f64())
-        .into_iter()
-        .chain(first_progress)
-        .fold(drain_secs, f64::min);
-    stats.drain_rows_per_s = backlog_rows as f64 / drain_secs.max(1e-9);
-    stats.drain_stream_rows_per_s =
-        backlog_rows as f64 / (drain_secs - stats.startup_secs).max(1e-9);
-    stats.drain_cpu_secs = cpu_start.zip(cpu_last).map(|(a, b)| b - a);
-    stats.drain_cpu_per_100k = stats
-        .drain_cpu_secs
-        .map(|c| c / backlog_rows.max(1) as f64 * 100_000.0);
-    stats.drain_stream_cpu_per_100k = cpu_at_stream
-        .zip(cpu_last)
-        .map(|(a, b)| (b - a) / backlog_rows.max(1) as f64 * 100_000.0);
-    stats.walsender_cpu_secs = walsender.used();
-    stats.broker_cpu_secs = broker_start
-        .zip(s.broker_pid.and_then(cpu_secs))
-        .map(|(a, b)| b - a);
-    eprintln!(
-        "bench peers: round {}: {} drained {} rows in {:.2} s (start {:.2} s): {:.0} rows/s, \
-         CPU {:.2} s, peak RSS {:.1} MiB; reading back",
-        pr.round,
-        pr.peer,
-        backlog_rows,
-        drain_secs,
-        stats.startup_secs,
-        stats.drain_rows_per_s,
-        stats.drain_cpu_secs.unwrap_or(0.0),
-        peak as f64 / 1024.0
-    );
-    // Only the backlog's changes (committed before `write_backlog` returned): a peer draining
-    // second also streams, after the backlog, what the first one's loads wrote.
-    let want = backlog_rows as usize;
-    let end = backlog_end_ms;
-    let mut events = read_back(brokers, &pr.topics, &from, READ_IDLE, move |e| {
-        e.iter().filter(|x| x.commit_ms <= end).count() >= want
-    })
-    .await?;
-    let read = events.len();
-    events.retain(|x| x.commit_ms <= end);
-    let (check, digest) = check_drain(backlog_rows, &events);
-    if check.missing > 0 || check.duplicates > 0 || check.out_of_order > 0 {
-        eprintln!(
-            "bench peers: round {}: {} backlog check failed: read {read} records, {} committed \
-             by the backlog's end: {check:?}",
-            pr.round,
-            pr.peer,
-            events.len()
-        );
-    }
-    drop(events);
-    stats.drain_check = check;
-    stats.drain_digest = digest;
-
-    // ---- caught up with whatever was written after the backlog (the other peer's loads)
-    let from = offsets_now(brokers, &pr.topics).await?;
-    let sentinel: i64 = client
-        .query_one(
-            "UPDATE users SET profile_ver = profile_ver + 1 WHERE id = 1 RETURNING profile_ver",
-            &[],
-        )
-        .await
-        .map_err(db_err("write the sentinel"))?
-        .get(0);
-    let mut barrier = Expectation::default();
-    barrier.keys.insert(
-        ("users".to_owned(), "{\"id\":1}".to_owned()),
-        (sentinel, sentinel),
-    );
-    read_back(brokers, &pr.topics, &from, STALL, all_found(&barrier)).await?;
-
-    // ---- latency at fixed offered loads
-    for &rate in &s.opts.rates {
-        let from = offsets_now(brokers, &pr.topics).await?;
-        let cpu0 = cpu_secs(p.pid);
-        let load = live_load(
-            s.url.to_owned(),
-            rate,
-            s.opts.live_secs as f64,
-            ctx.ring,
-            ctx.groups,
-            ctx.next_message,
-        )
-        .await?;
-        ctx.next_message = load.next_message;
-        let events = read_back(
-            brokers,
-            &pr.topics,
-            &from,
-            READ_IDLE,
-            all_found(&load.expect),
-        )
-        .await?;
-        let cpu1 = cpu_secs(p.pid);
-        peak_rss(&p, &mut peak);
-        let (check, mut lat) = check_live(&load.expect, &events);
-        lat.sort_unstable();
-        let stat = LatencyStat {
-            offered_per_s: rate,
-            achieved_per_s: load.changes as f64 / load.secs.max(1e-9),
-            changes: load.changes,
-            p50_ms: percentile(&lat, 0.50),
-            p99_ms: percentile(&lat, 0.99),
-            max_ms: lat.last().copied().unwrap_or(0) as f64,
-            cpu_per_100k: cpu0
-                .zip(cpu1)
-                .map(|(a, b)| (b - a) / load.changes.max(1) as f64 * 100_000.0),
-            check,
-        };
-        eprintln!(
-            "bench peers: round {}: {} at {rate}/s offered ({:.0}/s achieved): p50 {:.0} ms, \
-             p99 {:.0} ms, max {:.0} ms; {} missing, {} duplicates, {} out of order",
-            pr.round,
-            pr.peer,
-            stat.achieved_per_s,
-            stat.p50_ms,
-            stat.p99_ms,
-            stat.max_ms,
-            stat.check.missing,
-            stat.check.duplicates,
-            stat.check.out_of_order
-        );
-        stats.latency.push(stat);
-    }
-
-    // ---- crash: SIGKILL halfway through a load, restart on the same slot
-    let from = offsets_now(brokers, &pr.topics).await?;
-    let secs = s.opts.crash_secs as f64;
-    let writer = tokio::spawn(live_load(
-        s.url.to_owned(),
-        s.opts.crash_rate,
-        secs,
-        ctx.ring,
-        ctx.groups,
-        ctx.next_message,
-    ));
-    tokio::time::sleep(Duration::from_secs_f64(secs / 2.0)).await;
-    p.check_alive()
-        .map_err(|e| BenchError::Scenario(format!("{}: {e}", pr.peer)))?;
-    peak_rss(&p, &mut peak);
-    p.child
-        .start_kill()
-        .map_err(io_err(format!("SIGKILL {}", pr.peer)))?;
-    p.child
-        .wait()
-        .await
-        .map_err(io_err(format!("wait for {}", pr.peer)))?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    wait_slot_released(client, &pr.slot).await?;
-    let restarted = Instant::now();
-    let mut p = pr.spawn(s, false)?;
-    let load = writer.await??;
-    ctx.next_message = load.next_message;
-    let events = read_back(
-        brokers,
-        &pr.topics,
-        &from,
-        CRASH_READ_IDLE,
-        all_found(&load.expect),
-    )
-    .await?;
-    let recovery_secs = restarted.elapsed().as_secs_f64();
-    p.check_alive()
-        .map_err(|e| BenchError::Scenario(format!("{} after the restart: {e}", pr.peer)))?;
-    peak_rss(&p, &mut peak);
-    let (check, _) = check_live(&load.expect, &events);
-    stats.crash = CrashStat {
-        changes: load.changes,
-        lost: check.missing,
-        duplicates: check.duplicates,
-        out_of_order: check.out_of_order,
-        recovery_secs,
-    };
-    eprintln!(
-        "bench peers: round {}: {} crash: {} changes, {} lost, {} duplicates, {} out of order; \
-         all back {:.1} s after the restart",
-        pr.round,
-        pr.peer,
-        load.changes,
-        check.missing,
-        check.duplicates,
-        check.out_of_order,
-        recovery_secs
-    );
-    stop(p, pr.peer).await?;
-    stats.peak_rss_mib = peak as f64 / 1024.0;
-    Ok(stats)
 }
 
 /// Starts a peer on its fresh slot (snapshot of the empty tables), waits until it streams, stops it.
@@ -818,7 +414,7 @@ async fn run_in(s: &Setup<'_>, topics: &mut Vec<String>) -> Result<PeersReport, 
 }
 
 /// `bench/peers/debezium/debezium.sh`, looked for above the working directory, then above the
-/// executable (`target/release/hermet` in a checkout).
+/// executable (`target/release/hermet-bench` in a checkout).
 fn find_script() -> Option<PathBuf> {
     let rel = Path::new("bench/peers/debezium/debezium.sh");
     let starts = [
@@ -843,7 +439,7 @@ fn free_port() -> Result<u16, BenchError> {
     Ok(l.local_addr().map_err(io_err("find a free port"))?.port())
 }
 
-/// Runs `hermet bench peers` (progress on stderr) and returns its report.
+/// Runs `hermet-bench peers` (progress on stderr) and returns its report.
 pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<PeersReport, BenchError> {
     opts.check(crate::Scenario::Peers)?;
     let hermet_bin = cdc::hermet_binary(env)?;

@@ -1,10 +1,10 @@
-//! `hermet bench rebuild`: online-rebuild and audit throughput on a large read side.
+//! `hermet-bench rebuild`: online-rebuild and audit throughput on a large read side.
 //!
-//! The write side is seeded set-based (`generate_series`), not through commands, so a million
-//! view rows take seconds: `users` users, each befriending the next `k = mean_friends / 2`
-//! users (one single chat and two friendship rows per pair, one message per chat), and
-//! `groups` groups of 20 members with one message each. View rows: `4·users·k` (conversations
-//! and contacts of the pairs) `+ 20·groups`, plus as many reverse-index entries as pairs × 4.
+//! The write side is seeded set-based by [`hermet_testkit::seed::write_side`] (the recovery tests
+//! seed with it too), not through commands, so a million view rows take seconds: `users` users,
+//! each befriending the next `k = mean_friends / 2` users, and `groups` groups of
+//! [`GROUP_SIZE`] members. View rows: `4·users·k` (conversations and contacts of the pairs)
+//! `+ 20·groups`, plus as many reverse-index entries as pairs × 4.
 //!
 //! Measured: a rebuild into an empty read side, a rebuild over a full one (the operator's case),
 //! and a full audit (every bucket), each as rows per second of wall time.
@@ -12,103 +12,10 @@
 use std::fmt;
 use std::time::Instant;
 
+use hermet_testkit::seed::{self, GROUP_SIZE};
 use serde::Serialize;
 
 use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions};
-
-/// Members of each seeded group.
-const GROUP_SIZE: i64 = 20;
-
-/// Seeds the write side of a migrated, empty database. Returns the write-side rows inserted.
-pub async fn seed(
-    client: &tokio_postgres::Client,
-    users: i64,
-    pairs_per_user: i64,
-    groups: i64,
-) -> Result<u64, tokio_postgres::Error> {
-    let mut rows = 0;
-    let steps: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]); 9] = [
-        (
-            "INSERT INTO users (id, nickname, avatar, profile_ver, created_at, updated_at)
-             SELECT i, 'user ' || i, 'https://a.example/' || i, 1, 0, 0
-               FROM generate_series(1, $1::bigint) i",
-            &[&users],
-        ),
-        // Pairs (i, i+k mod n), k = 1..K: distinct unordered pairs while K < n / 2.
-        (
-            "INSERT INTO channels (id, channel_type, channel_info_ver, member_count, creator_id,
-                                   last_seq, pair_low, pair_high, created_at, updated_at)
-             SELECT row_number() OVER (ORDER BY a, b), 'single', 1, 2, LEAST(a, b), 1,
-                    LEAST(a, b), GREATEST(a, b), 0, 0
-               FROM (SELECT i AS a, ((i - 1 + k) % $1::bigint) + 1 AS b
-                       FROM generate_series(1, $1::bigint) i, generate_series(1, $2::bigint) k) p",
-            &[&users, &pairs_per_user],
-        ),
-        (
-            "INSERT INTO channel_members (channel_id, user_id, joined_at, read_seq)
-             SELECT id, pair_low, id, 1 FROM channels WHERE channel_type = 'single'
-             UNION ALL
-             SELECT id, pair_high, id, 0 FROM channels WHERE channel_type = 'single'",
-            &[],
-        ),
-        (
-            "INSERT INTO friendships (user_id, friend_id, remark_name, status, created_at)
-             SELECT pair_low, pair_high, CASE WHEN id % 7 = 0 THEN 'remark ' || id ELSE '' END,
-                    'active', 0
-               FROM channels WHERE channel_type = 'single'
-             UNION ALL
-             SELECT pair_high, pair_low, '', 'active', 0 FROM channels WHERE channel_type = 'single'",
-            &[],
-        ),
-        (
-            "INSERT INTO channels (id, channel_type, name, channel_info_ver, member_count,
-                                   creator_id, last_seq, created_at, updated_at)
-             SELECT m.base + g, 'group', 'group ' || g, 1, $3::bigint, ((g * 7) % $1::bigint) + 1,
-                    1, 0, 0
-               FROM (SELECT COALESCE(max(id), 0) AS base FROM channels) m,
-                    generate_series(1, $2::bigint) g",
-            &[&users, &groups, &GROUP_SIZE],
-        ),
-        // Member j of group g: user (7g + 13j) mod n + 1, distinct for j < 20 when n > 260.
-        (
-            "INSERT INTO channel_members (channel_id, user_id, role, joined_at, read_seq)
-             SELECT c.id, ((c.creator_id - 1 + j * 13) % $1::bigint) + 1,
-                    CASE WHEN j = 0 THEN 'owner' ELSE 'member' END, c.id, 0
-               FROM channels c, generate_series(0, $2::bigint - 1) j
-              WHERE c.channel_type = 'group'",
-            &[&users, &GROUP_SIZE],
-        ),
-        (
-            "INSERT INTO messages (channel_id, seq, sender_id, sender_name, msg_type, content,
-                                   created_at)
-             SELECT c.id, 1, c.creator_id, 'user ' || c.creator_id, 'text',
-                    'hello from ' || c.creator_id || ' in channel ' || c.id, 1000 + c.id
-               FROM channels c",
-            &[],
-        ),
-        (
-            "SELECT setval(pg_get_serial_sequence('users', 'id'), GREATEST(max(id), 1)) FROM users",
-            &[],
-        ),
-        (
-            "SELECT setval(pg_get_serial_sequence('channels', 'id'), GREATEST(max(id), 1))
-               FROM channels",
-            &[],
-        ),
-    ];
-    for (sql, params) in steps {
-        rows += client.execute(sql, params).await?;
-    }
-    client
-        .batch_execute(&format!(
-            "SELECT setval(pg_get_serial_sequence('messages', 'id'), GREATEST(max(id), 1))
-               FROM messages;
-             ANALYZE {}",
-            hermet_core::rows::WRITE_TABLES.join(", ")
-        ))
-        .await?;
-    Ok(rows)
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Measured {
@@ -200,7 +107,7 @@ async fn run_in(
     hermet_store::migrate::migrate(&mut client, shards).await?;
     let t = Instant::now();
     eprintln!("bench rebuild: seeding");
-    let seed_rows = seed(&client, users, pairs, groups)
+    let seed_rows = seed::write_side(&client, users, pairs, groups)
         .await
         .map_err(db("seed the write side"))?;
     let seed_secs = t.elapsed().as_secs_f64();

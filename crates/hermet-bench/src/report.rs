@@ -168,7 +168,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "**hermet bench {}** ({}): {} users (seed {}), {} friendships (max {} per user), \
+            "**hermet-bench {}** ({}): {} users (seed {}), {} friendships (max {} per user), \
              {} groups ({} memberships, largest {}), {} shards; {} {}{}, {} s x {} runs after {} s warm-up",
             self.scenario,
             p.sync_mode,

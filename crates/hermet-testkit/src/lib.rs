@@ -7,6 +7,7 @@
 
 pub mod cdc;
 pub mod pipeline;
+pub mod seed;
 pub mod workload;
 
 use std::net::SocketAddr;

@@ -35,14 +35,6 @@ enum Command {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
-    /// Run a benchmark scenario in a scratch database on the configured server (see BENCHMARKS.md).
-    Bench {
-        #[arg(value_enum)]
-        scenario: hermet_bench::Scenario,
-        // Boxed: the options of every scenario make this variant much larger than the others.
-        #[command(flatten)]
-        opts: Box<hermet_bench::BenchOptions>,
-    },
 }
 
 #[derive(Subcommand)]
@@ -132,7 +124,7 @@ enum DlqCmd {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref()).context("loading configuration")?;
-    init_tracing(&cfg.log.filter);
+    hermet::init_tracing(&cfg.log.filter);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,14 +140,6 @@ fn run_command(rt: &tokio::runtime::Runtime, command: Command, cfg: Config) -> a
     match command {
         Command::Serve { role } => rt.block_on(serve::serve(cfg, &role)),
         Command::Migrate => rt.block_on(serve::migrate_only(&cfg)),
-        Command::Bench { scenario, opts } => {
-            let mut env = hermet_bench::BenchEnv::new(cfg.database.url.clone());
-            // `bench cdc` runs the relay (`serve --role cdc` of this same binary) on these.
-            env.kafka_brokers = cfg.kafka.brokers.clone();
-            env.redis_url = cfg.redis.url.clone();
-            rt.block_on(hermet_bench::run_and_print(&env, scenario, &opts))?;
-            Ok(())
-        }
         Command::Admin {
             cmd: AdminCmd::Dlq { cmd },
         } => rt.block_on(dlq(&cfg, cmd)),
@@ -207,17 +191,6 @@ fn run_command(rt: &tokio::runtime::Runtime, command: Command, cfg: Config) -> a
             Ok(())
         }
     }
-}
-
-fn init_tracing(default_filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(default_filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
 }
 
 async fn dlq(cfg: &Config, cmd: DlqCmd) -> anyhow::Result<()> {
@@ -374,6 +347,19 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("hermet").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn benchmarks_are_not_part_of_hermet() {
+        // They are the `hermet-bench` binary: the production binary does not link them.
+        assert!(parse(&["bench", "send"]).is_err());
+        use clap::CommandFactory;
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        assert!(names.iter().any(|n| n == "serve"), "{names:?}");
+        assert!(!names.iter().any(|n| n == "bench"), "{names:?}");
     }
 
     #[test]

@@ -2,24 +2,14 @@
 //! hands over to the subcommand. Everything else lives in the library crates.
 
 mod cli;
-mod config;
 mod ops;
 mod serve;
 mod shutdown;
 mod telemetry;
 
-use std::process::ExitCode;
+// The configuration lives in this crate's library part, shared with `hermet-bench`.
+use hermet::config;
 
-fn main() -> ExitCode {
-    match cli::run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One readable report: the error and its causes.
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    hermet::exit_code(cli::run())
 }

@@ -30,11 +30,11 @@ use hermet_testkit::{TestDb, TEST_SHARDS};
 use serde_json::Value;
 
 /// The workload's users befriending each other, plus a bulk of seeded users, chats and groups
-/// (set-based, like `hermet bench rebuild`), so the rebuild has rows to build.
+/// (set-based, as `hermet-bench rebuild` seeds), so the rebuild has rows to build.
 async fn populate(store: &Store) -> workload::World {
     {
         let conn = store.pool().get().await.expect("connection");
-        hermet_bench::rebuild::seed(&conn, 1_000, 2, 40)
+        hermet_testkit::seed::write_side(&conn, 1_000, 2, 40)
             .await
             .expect("seed");
     }
