@@ -20,7 +20,7 @@ const TRUNCATES_IGNORED: Metric = Metric::counter(
     "hermet_cdc_truncates_ignored_total",
     "TRUNCATE messages the relay skipped.",
 );
-/// Public for `hermet bench modes --stage-metrics`, which keeps this series.
+/// Public for `hermet-bench modes --stage-metrics`, which keeps this series.
 pub const COMMIT_TO_ACK: Metric = Metric::histogram(
     "hermet_cdc_commit_to_ack_seconds",
     "Transaction commit to Kafka acknowledgement of its last change.",

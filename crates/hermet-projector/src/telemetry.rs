@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hermet_core::telemetry::{self, Metric, Unit};
 
-/// Public for `hermet bench modes --stage-metrics`, which keeps this series.
+/// Public for `hermet-bench modes --stage-metrics`, which keeps this series.
 pub const SYNC_LAG: Metric = Metric::histogram(
     "hermet_sync_lag_seconds",
     "Write-side commit to view applied, per view (conversation, contact) and mode (async: outbox worker, cdc: consumer groups).",
@@ -37,7 +37,7 @@ const DEAD_LETTERS: Metric = Metric::counter(
     "Records a projector sent to the dead-letter topic.",
 )
 .labels(&["projector"]);
-/// Public for `hermet bench modes --stage-metrics`, which keeps this series.
+/// Public for `hermet-bench modes --stage-metrics`, which keeps this series.
 pub const BATCH: Metric = Metric::histogram(
     "hermet_projector_batch_seconds",
     "Time to apply one projector batch.",
