@@ -149,7 +149,7 @@ fn now_ms() -> i64 {
 /// How often the replication client reports the acknowledged position to PostgreSQL (at most;
 /// only when it moved, or as a keepalive reply). The slot's `confirmed_flush_lsn` trails Kafka's
 /// acknowledgements by up to this much: at 1 s it quantized a drain of a few seconds to whole
-/// seconds (`hermet bench cdc`, BENCHMARKS.md); a status message is a few dozen bytes.
+/// seconds (`hermet-bench cdc`, BENCHMARKS.md); a status message is a few dozen bytes.
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Connection settings of the replication client, from the database URL.
