@@ -109,23 +109,16 @@ struct Item {
     record: Record,
 }
 
-/// What a record of a change topic says.
+/// What a record of a change topic says: a relay watermark marker, what the Debezium decoder
+/// made of it (a change or nothing to apply), or why it could not be decoded.
 // Built once per record and kept in its batch: boxing the change would only add an allocation
 // (as for `debezium::Decoded`).
 #[allow(clippy::large_enum_variant)]
 enum Record {
     /// A relay watermark marker: every event of its partition up to `lsn` came before it.
     Marker { lsn: u64 },
-    /// A row change, committed at `lsn`.
-    Change {
-        change: RowChange,
-        lsn: u64,
-        commit_ts_ms: i64,
-        /// The transaction of the change, when the event names it.
-        xid: Option<u32>,
-    },
-    /// A record that carries no change (a tombstone, an event of no interest).
-    Skip,
+    /// A change event as decoded ([`Decoded::Change`], or [`Decoded::Skip`] for a tombstone).
+    Decoded(Decoded),
     /// A record that cannot even be decoded, and why.
     Poison(String),
 }
@@ -133,7 +126,7 @@ enum Record {
 impl Item {
     fn change(&self) -> Option<&RowChange> {
         match &self.record {
-            Record::Change { change, .. } => Some(change),
+            Record::Decoded(Decoded::Change { change, .. }) => Some(change),
             _ => None,
         }
     }
@@ -141,14 +134,14 @@ impl Item {
     /// The position the record proves its partition applied up to, if it says one.
     fn lsn(&self) -> Option<u64> {
         match self.record {
-            Record::Marker { lsn } | Record::Change { lsn, .. } => Some(lsn),
-            Record::Skip | Record::Poison(_) => None,
+            Record::Marker { lsn } | Record::Decoded(Decoded::Change { lsn, .. }) => Some(lsn),
+            Record::Decoded(Decoded::Skip) | Record::Poison(_) => None,
         }
     }
 
     fn commit_ts_ms(&self) -> Option<i64> {
         match self.record {
-            Record::Change { commit_ts_ms, .. } => Some(commit_ts_ms),
+            Record::Decoded(Decoded::Change { commit_ts_ms, .. }) => Some(commit_ts_ms),
             _ => None,
         }
     }
@@ -156,7 +149,7 @@ impl Item {
     /// The transaction of the record's change, when it carries a change that names one.
     fn change_xid(&self) -> Option<u32> {
         match self.record {
-            Record::Change { xid, .. } => xid,
+            Record::Decoded(Decoded::Change { xid, .. }) => xid,
             _ => None,
         }
     }
@@ -176,18 +169,7 @@ fn item(msg: OwnedMessage) -> Item {
     let record = match marker_lsn(&msg) {
         Some(lsn) => Record::Marker { lsn },
         None => match debezium::decode(msg.payload()) {
-            Ok(Decoded::Change {
-                change,
-                lsn,
-                commit_ts_ms,
-                xid,
-            }) => Record::Change {
-                change,
-                lsn,
-                commit_ts_ms,
-                xid,
-            },
-            Ok(Decoded::Skip) => Record::Skip,
+            Ok(decoded) => Record::Decoded(decoded),
             Err(e) => Record::Poison(e.to_string()),
         },
     };
