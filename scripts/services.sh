@@ -6,7 +6,7 @@
 #   scripts/services.sh status                          up/down per service; non-zero if one is down
 #   scripts/services.sh env                             export lines: eval "$(scripts/services.sh env)"
 #   scripts/services.sh env --run                       the same for the CLI next to `make run`: its
-#       database (`hermet`, not the admin database `postgres`) and target/release on PATH
+#       database (`hermet`, not the admin database `postgres`), its sync mode, target/release on PATH
 #   scripts/services.sh kafka-run CLASS [ARGS]...       run a Kafka tool class, e.g.
 #       scripts/services.sh kafka-run org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:59092 --list
 #
@@ -688,6 +688,8 @@ cmd_env() {
         # it); `make run` serves from a database of its own, `hermet` on the same server.
         db=${db%/*}/hermet
         printf 'export PATH=%q:"$PATH"\n' "$ROOT/target/release"
+        # `make run`'s default mode, so `hermet admin status` reports what is running.
+        printf 'export HERMET_SYNC_MODE="${HERMET_SYNC_MODE:-cdc}"\n'
         ;;
     *) die "usage: $0 env [--run]" ;;
     esac
