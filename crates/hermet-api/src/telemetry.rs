@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hermet_core::telemetry::{self, Metric, Unit};
+use hermet_core::telemetry::{Metric, Unit};
 
 const HTTP_REQUESTS: Metric = Metric::histogram(
     "hermet_http_request_duration_seconds",
@@ -14,7 +14,8 @@ const HTTP_REQUESTS: Metric = Metric::histogram(
 const STALE_READS: Metric = Metric::counter(
     "hermet_stale_reads_total",
     "Reads with X-Hermet-Min-Lsn answered stale because the wait ran out.",
-);
+)
+.starts_at_zero();
 const READ_WAITERS: Metric = Metric::gauge(
     "hermet_read_waiters",
     "Reads with X-Hermet-Min-Lsn waiting for the view now.",
@@ -26,13 +27,15 @@ const READ_WAITS_REFUSED: Metric = Metric::counter(
 const PUSH_CONNECTIONS: Metric = Metric::gauge(
     "hermet_push_connections",
     "Open WebSocket push connections.",
-);
+)
+.starts_at_zero();
 const PUSH_EVENTS: Metric =
-    Metric::counter("hermet_push_events_total", "Push events sent to sockets.");
+    Metric::counter("hermet_push_events_total", "Push events sent to sockets.").starts_at_zero();
 const PUSH_SLOW_DROPS: Metric = Metric::counter(
     "hermet_push_slow_drops_total",
     "Push connections dropped for not keeping up.",
-);
+)
+.starts_at_zero();
 
 /// Every series of this crate.
 pub const METRICS: &[Metric] = &[
@@ -44,16 +47,6 @@ pub const METRICS: &[Metric] = &[
     PUSH_EVENTS,
     PUSH_SLOW_DROPS,
 ];
-
-/// Describes this crate's series and creates those that only move on trouble at 0, so
-/// dashboards and alerts see 0 rather than "no data".
-pub fn register() {
-    telemetry::describe(METRICS);
-    for m in [STALE_READS, PUSH_EVENTS, PUSH_SLOW_DROPS] {
-        metrics::counter!(m.name).increment(0);
-    }
-    metrics::gauge!(PUSH_CONNECTIONS.name).increment(0.0);
-}
 
 /// A request to `route` (its template, e.g. `/v1/conversations`) answered `status` after
 /// `elapsed`.
@@ -105,11 +98,12 @@ pub fn push_slow_drop() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hermet_core::telemetry;
 
     #[test]
     fn functions_record_what_is_declared() {
         let problems = telemetry::check(METRICS, || {
-            register();
+            telemetry::register(METRICS);
             request("/v1/users".to_owned(), "GET", 200, Duration::from_millis(1));
             read_wait_started();
             read_wait_ended();

@@ -1,6 +1,6 @@
 //! The metrics of the CDC relay (see `hermet_core::telemetry` for the contract).
 
-use hermet_core::telemetry::{self, Metric, Unit};
+use hermet_core::telemetry::{Metric, Unit};
 
 const SLOT_LAG: Metric = Metric::gauge(
     "hermet_cdc_slot_lag_bytes",
@@ -19,7 +19,8 @@ const EVENTS: Metric = Metric::counter(
 const TRUNCATES_IGNORED: Metric = Metric::counter(
     "hermet_cdc_truncates_ignored_total",
     "TRUNCATE messages the relay skipped.",
-);
+)
+.starts_at_zero();
 /// Public for `hermet-bench modes --stage-metrics`, which keeps this series.
 pub const COMMIT_TO_ACK: Metric = Metric::histogram(
     "hermet_cdc_commit_to_ack_seconds",
@@ -35,13 +36,6 @@ pub const METRICS: &[Metric] = &[
     TRUNCATES_IGNORED,
     COMMIT_TO_ACK,
 ];
-
-/// Describes this crate's series and creates `hermet_cdc_truncates_ignored_total` at 0, so
-/// dashboards and alerts see 0 rather than "no data".
-pub fn register() {
-    telemetry::describe(METRICS);
-    metrics::counter!(TRUNCATES_IGNORED.name).increment(0);
-}
 
 /// WAL between the server's position and the slot's confirmed one.
 pub fn slot_lag(bytes: f64) {
@@ -71,11 +65,12 @@ pub fn event_relayed(table: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hermet_core::telemetry;
 
     #[test]
     fn functions_record_what_is_declared() {
         let problems = telemetry::check(METRICS, || {
-            register();
+            telemetry::register(METRICS);
             slot_lag(1.0);
             confirmed(hermet_core::Lsn(1));
             commit_to_ack(0.1);

@@ -4,9 +4,9 @@
 //! series once, as a [`Metric`] (name, kind, unit, label keys, help text) in one `METRICS` list,
 //! and records them only through that module's small typed functions, whose label values are
 //! enums (or data such as a consumer group's name), never strings written at a call site. The
-//! module's `register()` describes its list ([`describe`]) and creates at 0 the series that
-//! only move on trouble; the binary calls every crate's `register()` when it installs the
-//! exporter. A series recorded by several crates is declared in the lowest crate they share.
+//! binary passes every crate's list to [`register`] when it installs the exporter, which
+//! describes each series and creates at 0 those marked [`Metric::starts_at_zero`]. A series
+//! recorded by several crates is declared in the lowest crate they share.
 //!
 //! [`check`] lets each crate's tests prove that its typed functions record exactly its
 //! declarations (name, kind, label keys); the binary's tests prove that the README's metrics
@@ -46,6 +46,9 @@ pub struct Metric {
     pub labels: &'static [&'static str],
     /// The `# HELP` text.
     pub help: &'static str,
+    /// Created at 0 when registered, so dashboards and alerts see 0 rather than "no data"
+    /// (series without labels that only move on trouble).
+    pub starts_at_zero: bool,
 }
 
 impl Metric {
@@ -68,6 +71,7 @@ impl Metric {
             unit: None,
             labels: &[],
             help,
+            starts_at_zero: false,
         }
     }
 
@@ -80,6 +84,14 @@ impl Metric {
 
     pub const fn labels(self, labels: &'static [&'static str]) -> Metric {
         Metric { labels, ..self }
+    }
+
+    /// Marks a counter or gauge without labels to be created at 0 by [`register`].
+    pub const fn starts_at_zero(self) -> Metric {
+        Metric {
+            starts_at_zero: true,
+            ..self
+        }
     }
 
     /// Gives the installed recorder this series' unit and help text.
@@ -97,10 +109,19 @@ impl Metric {
     }
 }
 
-/// Describes every series of `all` to the installed recorder.
-pub fn describe(all: &[Metric]) {
+/// Describes every series of `all` to the installed recorder, and creates at 0 those marked
+/// [`Metric::starts_at_zero`] (a gauge by adding 0, so a value another process set stays).
+pub fn register(all: &[Metric]) {
     for m in all {
         m.describe();
+        if !m.starts_at_zero {
+            continue;
+        }
+        match m.kind {
+            Kind::Counter => metrics::counter!(m.name).increment(0),
+            Kind::Gauge => metrics::gauge!(m.name).increment(0.0),
+            Kind::Histogram => {}
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use hermet_core::telemetry::{self, Metric, Unit};
+use hermet_core::telemetry::{Metric, Unit};
 
 /// Public for `hermet-bench modes --stage-metrics`, which keeps this series.
 pub const SYNC_LAG: Metric = Metric::histogram(
@@ -72,9 +72,10 @@ const WITHOUT_TXID: Metric = Metric::counter(
 const PUSH_NOTIFIED: Metric = Metric::counter(
     "hermet_push_notified_total",
     "Changes the push notifier turned into events.",
-);
+)
+.starts_at_zero();
 const PUSH_FAILURES: Metric =
-    Metric::counter("hermet_push_failures_total", "Push notifier failures.");
+    Metric::counter("hermet_push_failures_total", "Push notifier failures.").starts_at_zero();
 const PUSH_LAG: Metric = Metric::histogram(
     "hermet_push_lag_seconds",
     "Write-side commit to push event sent.",
@@ -98,16 +99,6 @@ pub const METRICS: &[Metric] = &[
     PUSH_FAILURES,
     PUSH_LAG,
 ];
-
-/// Describes this crate's series and creates the push notifier's counters at 0, so dashboards
-/// and alerts see 0 rather than "no data". A projector's own series are created when it starts
-/// ([`register_group`], [`register_outbox`]).
-pub fn register() {
-    telemetry::describe(METRICS);
-    for m in [PUSH_NOTIFIED, PUSH_FAILURES] {
-        metrics::counter!(m.name).increment(0);
-    }
-}
 
 /// The `projector` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,11 +259,12 @@ pub fn push_failed() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hermet_core::telemetry;
 
     #[test]
     fn functions_record_what_is_declared() {
         let problems = telemetry::check(METRICS, || {
-            register();
+            telemetry::register(METRICS);
             register_group("g");
             register_outbox();
             sync_lag(LagView::Contact, LagMode::Cdc, 0.1);

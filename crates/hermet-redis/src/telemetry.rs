@@ -1,6 +1,6 @@
 //! The metrics of the conversation-list cache (see `hermet_core::telemetry` for the contract).
 
-use hermet_core::telemetry::{self, Metric};
+use hermet_core::telemetry::Metric;
 
 const REQUESTS: Metric = Metric::counter(
     "hermet_cache_requests_total",
@@ -23,7 +23,8 @@ const CHANNEL_INVALIDATIONS: Metric = Metric::counter(
 const FALLBACKS: Metric = Metric::counter(
     "hermet_cache_fallbacks_total",
     "Reads served from PostgreSQL because Redis was unreachable or untrusted.",
-);
+)
+.starts_at_zero();
 const ERRORS: Metric = Metric::counter(
     "hermet_cache_errors_total",
     "Failed Redis calls, by operation (lookup, store, channel_versions, invalidate, invalidate_channels, invalidate_all, epoch).",
@@ -39,13 +40,6 @@ pub const METRICS: &[Metric] = &[
     FALLBACKS,
     ERRORS,
 ];
-
-/// Describes this crate's series and creates `hermet_cache_fallbacks_total` at 0, so
-/// dashboards and alerts see 0 rather than "no data" (also where no cache is configured).
-pub fn register() {
-    telemetry::describe(METRICS);
-    metrics::counter!(FALLBACKS.name).increment(0);
-}
 
 /// A Redis call of the cache (label `op` of `hermet_cache_errors_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,11 +157,12 @@ pub fn invalidated(whose: Invalidated, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hermet_core::telemetry;
 
     #[test]
     fn functions_record_what_is_declared() {
         let problems = telemetry::check(METRICS, || {
-            register();
+            telemetry::register(METRICS);
             register_errors();
             error(CacheOp::Lookup);
             fallback();

@@ -1,7 +1,7 @@
 //! The metrics hermet-store records (see `hermet_core::telemetry` for the contract): view rows
 //! written by the projection, whichever path runs it.
 
-use hermet_core::telemetry::{self, Metric};
+use hermet_core::telemetry::Metric;
 
 const VIEW_UPDATES: Metric = Metric::counter(
     "hermet_view_updates_total",
@@ -11,11 +11,6 @@ const VIEW_UPDATES: Metric = Metric::counter(
 
 /// Every series of this crate.
 pub const METRICS: &[Metric] = &[VIEW_UPDATES];
-
-/// Describes this crate's series to the installed recorder.
-pub fn register() {
-    telemetry::describe(METRICS);
-}
 
 /// The view table a projection wrote rows of (label `view`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +41,7 @@ pub fn view_rows_written(view: WrittenView, rows: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hermet_core::telemetry;
 
     #[test]
     fn functions_record_what_is_declared() {

@@ -77,39 +77,19 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     let metrics = crate::telemetry::install()?;
     let store = connect_and_migrate(&cfg).await?;
     let mut tasks = Tasks::new();
-    let samplers = [
-        (
-            "commands pool sampler",
-            store.pool().clone(),
-            crate::telemetry::DbPool::Commands,
-        ),
-        (
-            "reads pool sampler",
-            store.read_pool().clone(),
-            crate::telemetry::DbPool::Reads,
-        ),
-    ];
-    for (name, pool, label) in samplers {
-        let token = tasks.token();
-        tasks.spawn(name, async move {
-            token
-                .run_until_cancelled(crate::telemetry::sample_pool(pool, label))
-                .await;
-            Ok(())
-        });
-    }
-    // Slots nobody streams from keep WAL without bound; the relay's own gauges stop with it.
-    let (token, pool, slot) = (
-        tasks.token(),
-        store.read_pool().clone(),
-        cfg.cdc.slot.clone(),
+    tasks.spawn_until_cancelled(
+        "commands pool sampler",
+        crate::telemetry::sample_pool(store.pool().clone(), crate::telemetry::DbPool::Commands),
     );
-    tasks.spawn("slot sampler", async move {
-        token
-            .run_until_cancelled(crate::ops::sample_slots(pool, slot))
-            .await;
-        Ok(())
-    });
+    tasks.spawn_until_cancelled(
+        "reads pool sampler",
+        crate::telemetry::sample_pool(store.read_pool().clone(), crate::telemetry::DbPool::Reads),
+    );
+    // Slots nobody streams from keep WAL without bound; the relay's own gauges stop with it.
+    tasks.spawn_until_cancelled(
+        "slot sampler",
+        crate::ops::sample_slots(store.read_pool().clone(), cfg.cdc.slot.clone()),
+    );
 
     if cdc {
         let rcfg = cfg.relay_config();

@@ -91,12 +91,8 @@ impl Tasks {
         }
     }
 
-    /// The token every task of this set stops on.
-    pub fn token(&self) -> CancellationToken {
-        self.cancel.clone()
-    }
-
-    /// Spawns `task`, tracked under `name`. It must return once [`Tasks::token`] is cancelled.
+    /// Spawns `task`, tracked under `name`. It must return once the set is cancelled, or on a
+    /// stop of its own asked before [`Tasks::finish`] (the HTTP server's).
     /// If it ends before that, [`Tasks::ended`] reports it.
     pub fn spawn<F>(&self, name: &'static str, task: F) -> tokio::task::JoinHandle<()>
     where
@@ -129,6 +125,19 @@ impl Tasks {
             }
             let _ = ended.send((name, result));
         })
+    }
+
+    /// Spawns `work` under `name` and drops it when the token is cancelled: for loops that hold
+    /// no progress of their own (the samplers), so there is nothing to finish on the way out.
+    pub fn spawn_until_cancelled<F>(&self, name: &'static str, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.cancel.clone();
+        self.spawn(name, async move {
+            token.run_until_cancelled(work).await;
+            Ok(())
+        });
     }
 
     /// Runs `run` under `name`, restarting it with backoff when it fails until the token is
@@ -230,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn finish_waits_for_stopping_tasks_and_names_the_stuck_ones() {
         let tasks = Tasks::new();
-        let token = tasks.token();
+        let token = tasks.cancel.clone();
         // Stops on cancel, after a shutdown path of its own.
         tasks.spawn("polite", async move {
             token.cancelled().await;

@@ -21,19 +21,23 @@ const CONSISTENCY_RATE: Metric = Metric::gauge(
 const AUDIT_FINDINGS: Metric = Metric::counter(
     "hermet_audit_findings_total",
     "Mismatches found by the background audit.",
-);
+)
+.starts_at_zero();
 const AUDIT_REPAIRED: Metric = Metric::counter(
     "hermet_audit_repaired_total",
     "Findings the background audit repaired (at most audit.max_repairs per pass).",
-);
+)
+.starts_at_zero();
 const AUDIT_REPAIR_FAILURES: Metric = Metric::counter(
     "hermet_audit_repair_failures_total",
     "Background audit passes whose repair failed (rolled back; retried on the next pass).",
-);
+)
+.starts_at_zero();
 const CDC_ERRORS: Metric = Metric::counter(
     "hermet_cdc_errors_total",
     "Relay failures (the relay is started again after each).",
-);
+)
+.starts_at_zero();
 const SLOT_RETAINED_WAL: Metric = Metric::gauge(
     "hermet_cdc_slot_retained_wal_bytes",
     "WAL the server keeps for a replication slot of this database (from its restart_lsn).",
@@ -70,7 +74,6 @@ const METRICS: &[Metric] = &[
 ];
 
 /// Every series hermet exports, per crate.
-#[cfg(test)]
 fn all() -> [&'static [Metric]; 6] {
     [
         METRICS,
@@ -88,27 +91,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
-    hermet_store::telemetry::register();
-    hermet_redis::telemetry::register();
-    hermet_cdc::telemetry::register();
-    hermet_projector::telemetry::register();
-    hermet_api::telemetry::register();
-    register();
-    Ok(handle)
-}
-
-/// Describes this binary's series and creates at 0 those that only move on trouble, so
-/// dashboards and alerts see 0 rather than "no data".
-fn register() {
-    telemetry::describe(METRICS);
-    for m in [
-        AUDIT_FINDINGS,
-        AUDIT_REPAIRED,
-        AUDIT_REPAIR_FAILURES,
-        CDC_ERRORS,
-    ] {
-        metrics::counter!(m.name).increment(0);
+    for metrics in all() {
+        telemetry::register(metrics);
     }
+    Ok(handle)
 }
 
 /// The relay failed and is started again.
@@ -207,7 +193,7 @@ mod tests {
     #[test]
     fn functions_record_what_is_declared() {
         let problems = telemetry::check(METRICS, || {
-            register();
+            telemetry::register(METRICS);
             relay_failed();
             audited(1.0, 0);
             audit_repaired(1);
