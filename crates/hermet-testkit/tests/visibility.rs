@@ -416,19 +416,40 @@ async fn a_transaction_invisible_past_the_bound_is_dead_lettered_then_replayed()
     });
     let pid = waiting_commit(&admin, &db).await;
     let topic = cdc.dlq_topic();
-    let letters = eventually("the held friendship in the dead letters", WAIT, || {
-        let topic = topic.clone();
-        async move {
+    let groups = [cdc.group(CONVERSATIONS), cdc.group(CONTACTS)];
+    // Complete once both groups dead-lettered their records of the held transaction and no more
+    // arrive: a group's records can come in more than one batch, each set aside only after its
+    // own visibility wait, so the list must stay the same for several of those waits.
+    let settled = Duration::from_millis(1_000);
+    let mut seen: Option<(usize, std::time::Instant)> = None;
+    let letters = eventually(
+        "the held friendship in the dead letters",
+        WAIT,
+        async || {
+            let topic = topic.clone();
             let letters = tokio::task::spawn_blocking(move || dlq::list(&brokers(), &topic))
                 .await
                 .expect("list task")
                 .expect("dlq list");
-            letters
-                .iter()
-                .any(|l| l.error.contains("not visible"))
-                .then_some(letters)
-        }
-    })
+            let both = groups.iter().all(|g| {
+                letters
+                    .iter()
+                    .any(|l| &l.group == g && l.error.contains("not visible"))
+            });
+            if !both {
+                return None;
+            }
+            match seen {
+                Some((n, since)) if n == letters.len() => {
+                    (since.elapsed() >= settled).then_some(letters)
+                }
+                _ => {
+                    seen = Some((letters.len(), std::time::Instant::now()));
+                    None
+                }
+            }
+        },
+    )
     .await;
     assert!(
         letters.iter().all(|l| l.error.contains("not visible")),
