@@ -10,6 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::rate_limit::{self, ClientAddr};
 use crate::AppState;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -79,7 +80,12 @@ impl FromRequestParts<AppState> for AuthUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(&parts.headers)?
             .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
-        state.keys().verify(token.trim()).map(AuthUser)
+        let user = state
+            .keys()
+            .verify(token.trim())
+            .map_err(|e| rate_limit::auth_failed(state, ClientAddr::of(parts, state), e))?;
+        rate_limit::check_user(state, parts, user)?;
+        Ok(AuthUser(user))
     }
 }
 

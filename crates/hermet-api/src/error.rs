@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<&'static str>,
+    /// Seconds for the `Retry-After` header (a 429); a 503 without it says 1.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -57,7 +60,10 @@ impl IntoResponse for ApiError {
             body["error"]["field"] = json!(field);
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+        } else if self.status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
         }
@@ -72,6 +78,7 @@ impl From<Invalid> for ApiError {
             code: "invalid_input",
             message: e.to_string(),
             field: Some(e.field),
+            retry_after: None,
         }
     }
 }

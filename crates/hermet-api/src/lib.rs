@@ -7,6 +7,7 @@
 //! - [`routes`]: one module per resource; handlers parse input into `hermet_core::validate` types
 //!   and call the store — no SQL here;
 //! - [`push`]: the hub of `GET /v1/ws` connections that the push notifier publishes to;
+//! - [`rate_limit`]: per-user and per-address limits answered with 429;
 //! - [`telemetry`]: the metrics this crate records.
 //!
 //! Reads in `dual_write` mode are always fresh; `X-Hermet-Min-Lsn` is validated and, in the
@@ -17,6 +18,7 @@ pub mod consistency;
 pub mod error;
 pub mod extract;
 pub mod push;
+pub mod rate_limit;
 mod routes;
 pub mod telemetry;
 
@@ -36,6 +38,7 @@ pub use auth::TokenKeys;
 pub use consistency::ViewCoverage;
 pub use error::ApiError;
 pub use push::Hub;
+pub use rate_limit::{Limit, RateLimits};
 pub use routes::conversations::first_page as conversation_first_page;
 pub use routes::retrying as retry_conflicts;
 
@@ -55,6 +58,8 @@ pub struct ApiConfig {
     /// What a read of each view waits on: the projector and (`cdc`) every partition it consumes,
     /// all of which must have caught up for the read to be fresh.
     pub coverage: consistency::ViewCoverage,
+    /// Per-user and per-address limits; all off by default.
+    pub rate_limits: RateLimits,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +71,7 @@ impl Default for ApiConfig {
             read_wait: std::time::Duration::from_secs(2),
             max_read_waiters: consistency::DEFAULT_MAX_READ_WAITERS,
             coverage: consistency::ViewCoverage::default(),
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -84,6 +90,7 @@ pub(crate) struct Inner {
     hub: Hub,
     /// Reads waiting for `X-Hermet-Min-Lsn`, and their poller.
     pub(crate) waits: consistency::Waits,
+    pub(crate) limits: rate_limit::Limiters,
 }
 
 impl AppState {
@@ -103,6 +110,7 @@ impl AppState {
     ) -> Self {
         let keys = TokenKeys::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs);
         let waits = consistency::Waits::new(cfg.max_read_waiters);
+        let limits = rate_limit::Limiters::new(&cfg.rate_limits);
         AppState {
             inner: Arc::new(Inner {
                 store,
@@ -111,6 +119,7 @@ impl AppState {
                 metrics,
                 hub,
                 waits,
+                limits,
             }),
         }
     }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use hermet_core::telemetry::{Metric, Unit};
 
+use crate::rate_limit::Bucket;
+
 const HTTP_REQUESTS: Metric = Metric::histogram(
     "hermet_http_request_duration_seconds",
     "HTTP request duration by route template, method and status.",
@@ -37,6 +39,17 @@ const PUSH_SLOW_DROPS: Metric = Metric::counter(
 )
 .starts_at_zero();
 
+const RATE_LIMITED: Metric = Metric::counter(
+    "hermet_rate_limited_total",
+    "Requests answered 429 by a rate limit, by limit (send, write, signup, auth_failure).",
+)
+.labels(&["limit"]);
+const AUTH_FAILURES: Metric = Metric::counter(
+    "hermet_auth_failures_total",
+    "Requests whose bearer token was refused (answered 401, or 429 once rate limited).",
+)
+.starts_at_zero();
+
 /// Every series of this crate.
 pub const METRICS: &[Metric] = &[
     HTTP_REQUESTS,
@@ -46,6 +59,8 @@ pub const METRICS: &[Metric] = &[
     PUSH_CONNECTIONS,
     PUSH_EVENTS,
     PUSH_SLOW_DROPS,
+    RATE_LIMITED,
+    AUTH_FAILURES,
 ];
 
 /// A request to `route` (its template, e.g. `/v1/conversations`) answered `status` after
@@ -95,6 +110,24 @@ pub fn push_slow_drop() {
     metrics::counter!(PUSH_SLOW_DROPS.name).increment(1);
 }
 
+/// Creates `hermet_rate_limited_total` at 0 for every limit, so a rate of it reads 0 rather
+/// than nothing before the first refusal.
+pub fn rate_limits_registered() {
+    for bucket in Bucket::ALL {
+        metrics::counter!(RATE_LIMITED.name, "limit" => bucket.as_str()).increment(0);
+    }
+}
+
+/// A request refused by the `bucket` limit.
+pub fn rate_limited(bucket: Bucket) {
+    metrics::counter!(RATE_LIMITED.name, "limit" => bucket.as_str()).increment(1);
+}
+
+/// A bearer token was refused.
+pub fn auth_failure() {
+    metrics::counter!(AUTH_FAILURES.name).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +145,9 @@ mod tests {
             push_disconnected(1);
             push_events(1);
             push_slow_drop();
+            rate_limits_registered();
+            rate_limited(Bucket::Send);
+            auth_failure();
         });
         assert!(problems.is_empty(), "{problems:?}");
     }

@@ -12,6 +12,7 @@ use crate::auth::AuthUser;
 use crate::consistency::lsn_header;
 use crate::error::ApiError;
 use crate::extract::Json;
+use crate::rate_limit::{self, ClientAddr};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -27,8 +28,10 @@ fn user_json(u: &UserRow) -> serde_json::Value {
 
 pub(crate) async fn create(
     State(state): State<AppState>,
+    addr: ClientAddr,
     Json(body): Json<CreateUser>,
 ) -> Result<impl IntoResponse, ApiError> {
+    rate_limit::check_signup(&state, addr)?;
     let limits = &state.store().config().limits;
     let nickname = name("nickname", &body.nickname, limits)?;
     let avatar = avatar(body.avatar.as_deref().unwrap_or(""), limits)?;

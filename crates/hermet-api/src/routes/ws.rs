@@ -18,6 +18,7 @@ use crate::auth::bearer_token;
 use crate::error::ApiError;
 use crate::extract::Query;
 use crate::push::Subscription;
+use crate::rate_limit::{self, ClientAddr};
 use crate::AppState;
 
 /// How often the server pings; a peer silent for [`SILENCE_LIMIT`] is gone.
@@ -36,6 +37,7 @@ pub(crate) struct WsQuery {
 pub(crate) async fn connect(
     State(state): State<AppState>,
     headers: HeaderMap,
+    addr: ClientAddr,
     Query(q): Query<WsQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -45,7 +47,10 @@ pub(crate) async fn connect(
             ApiError::unauthorized("expected `Authorization: Bearer <token>` or `?token=<token>`")
         })?,
     };
-    let user = state.keys().verify(token.trim())?;
+    let user = state
+        .keys()
+        .verify(token.trim())
+        .map_err(|e| rate_limit::auth_failed(&state, addr, e))?;
     let upgrade = upgrade.map_err(|r| {
         ApiError::new(
             r.status(),
