@@ -92,6 +92,7 @@ log "starting hermet serve (dual_write) on $BASE, database $DB"
 env -u HERMET_CONFIG \
     HERMET_DATABASE_URL="$DB_URL" \
     HERMET_SYNC_MODE=dual_write \
+    HERMET_RATE_LIMITS__ENABLED=false \
     HERMET_HTTP__ADDR="127.0.0.1:$PORT" \
     HERMET_JWT_SECRET="$(head -c 48 /dev/urandom | base64 -w0)" \
     HERMET_REDIS__KEY_PREFIX="fuzz$TAG" \

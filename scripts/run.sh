@@ -28,5 +28,16 @@ if [[ -z ${HERMET_JWT_SECRET:-} ]]; then
     export HERMET_JWT_SECRET
 fi
 
+# Rate limits: the production defaults (the `[rate_limits]` section's) would throttle a test
+# client hammering this server from localhost, so a development run allows thousands a second
+# (a config file, or these variables set beforehand, win).
+if [[ -z ${HERMET_CONFIG:-} ]]; then
+    for limit in SEND:5000:10000 WRITE:10000:20000 SIGNUP:5000:10000 AUTH_FAILURE:1000:2000; do
+        IFS=: read -r name rate burst <<<"$limit"
+        rate_var=HERMET_RATE_LIMITS__${name}__PER_SECOND burst_var=HERMET_RATE_LIMITS__${name}__BURST
+        export "$rate_var=${!rate_var:-$rate}" "$burst_var=${!burst_var:-$burst}"
+    done
+fi
+
 cargo build --release -p hermet
 exec target/release/hermet serve

@@ -211,8 +211,19 @@ impl TestApp {
 
     /// The app over `store` (e.g. one with a list cache) on `db`.
     pub async fn spawn_with(db: TestDb, store: Store) -> TestApp {
+        // No rate limits (the `ApiConfig` default): the tests create users and send fast.
+        Self::spawn_limited(db, store, hermet_api::RateLimits::default()).await
+    }
+
+    /// The app over `store` with `rate_limits`.
+    pub async fn spawn_limited(
+        db: TestDb,
+        store: Store,
+        rate_limits: hermet_api::RateLimits,
+    ) -> TestApp {
         let cfg = ApiConfig {
             jwt_secret: TEST_SECRET.into(),
+            rate_limits,
             ..ApiConfig::default()
         };
         let hub = hermet_api::Hub::default();
@@ -380,8 +391,17 @@ impl TestApp {
     }
 }
 
-async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
-    axum::serve(listener, app).await
+/// Serves `app` with the peer address of each request, as `hermet serve` does (the per-address
+/// rate limits key on it).
+pub async fn axum_serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }
 
 /// What a probe of [`eventually`] answers: the value it waits for, or not yet (with what it saw,

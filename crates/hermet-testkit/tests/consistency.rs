@@ -35,7 +35,7 @@ async fn serve(store: &Store, cfg: ApiConfig) -> String {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = hermet_testkit::axum_serve(listener, app).await;
     });
     format!("http://{addr}")
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use hermet_api::rate_limit::ProxyNet;
+use hermet_api::{Limit, RateLimits};
 use hermet_core::cache::ListCache;
 use hermet_core::projection::ProjectionConfig;
 use hermet_core::rows::FanoutConfig;
@@ -36,6 +38,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub rate_limits: RateLimitsConfig,
 }
 
 /// How `serve` stops (SIGTERM, Ctrl-C, or a task that failed).
@@ -265,10 +268,22 @@ impl Default for ReadSideConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Printed by `hermet config` with each broker passed through [`redact`]: a broker written as
+/// a URL could carry SASL credentials.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     pub brokers: String,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let KafkaConfig { brokers } = self;
+        let shown: Vec<String> = brokers.split(',').map(redact).collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &shown.join(","))
+            .finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -387,6 +402,72 @@ impl Default for LogConfig {
         LogConfig {
             filter: "info".into(),
         }
+    }
+}
+
+// ---- [rate_limits] -------------------------------------------------------------------------
+
+/// Per-user and per-address request limits (`hermet_api::rate_limit` has the contract): each a
+/// `per_second` rate and a `burst`, `per_second = 0` turning it off. These defaults are the
+/// production ones; `make run` raises them so a test client on localhost is not throttled, and
+/// the test harnesses turn them off with `enabled = false`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Off: no limit applies, whatever the others say.
+    pub enabled: bool,
+    /// Per user: `POST /v1/channels/{id}/messages`.
+    pub send: Limit,
+    /// Per user: every authenticated `POST`, `PATCH` and `DELETE` (sends included).
+    pub write: Limit,
+    /// Per client address: `POST /v1/users`.
+    pub signup: Limit,
+    /// Per client address: refused bearer tokens; past it they are answered 429, not 401.
+    pub auth_failure: Limit,
+    /// Proxies (addresses or networks, `10.0.0.0/8`) whose `X-Forwarded-For` names the client;
+    /// empty: the client address is the TCP peer.
+    pub trusted_proxies: Vec<ProxyNet>,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            enabled: true,
+            send: Limit::new(20, 50),
+            write: Limit::new(50, 100),
+            signup: Limit::new(1, 20),
+            auth_failure: Limit::new(5, 20),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl RateLimitsConfig {
+    /// What the API applies.
+    pub fn api(&self) -> RateLimits {
+        if self.enabled {
+            self.configured()
+        } else {
+            RateLimits::default()
+        }
+    }
+
+    fn configured(&self) -> RateLimits {
+        RateLimits {
+            send: self.send,
+            write: self.write,
+            signup: self.signup,
+            auth_failure: self.auth_failure,
+            trusted_proxies: self.trusted_proxies.clone(),
+        }
+    }
+
+    /// A limit that is on needs a `burst` of at least 1 (checked with `enabled = false` too, so
+    /// turning the limits on cannot meet a bad value later).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.configured().validate().map_err(|(bucket, e)| {
+            ConfigError::Invalid(format!("rate_limits.{}: {e}", bucket.as_str()))
+        })
     }
 }
 
@@ -675,6 +756,7 @@ impl Config {
         if let Some((name, _)) = waits.iter().find(|(_, ms)| u128::from(*ms) > max_wait_ms) {
             return bad(format!("{name} must be at most {max_wait_ms} (one hour)"));
         }
+        self.rate_limits.validate()?;
         if !SHUTDOWN_DEADLINE_SECS.contains(&self.shutdown.deadline_secs) {
             return bad(format!(
                 "shutdown.deadline_secs must be between {} and {}",

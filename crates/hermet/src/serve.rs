@@ -3,6 +3,7 @@
 use anyhow::Context;
 use hermet_api::{ApiConfig, AppState};
 use hermet_store::{connect_pool, migrate, Store};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hermet_core::cache::ListCache;
@@ -177,18 +178,29 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
             read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
             max_read_waiters: cfg.projector.max_read_waiters,
             coverage: view_coverage(&cfg)?,
+            rate_limits: cfg.rate_limits.api(),
         };
-        let app = hermet_api::router(AppState::with_hub(store, api_cfg, Some(metrics), hub));
+        let state = AppState::with_hub(store, api_cfg, Some(metrics), hub);
+        // Keyed limiters keep an entry per user and address seen: drop the idle ones.
+        tasks.spawn_until_cancelled(
+            "rate limit sweeper",
+            hermet_api::rate_limit::sweep(state.clone(), hermet_api::rate_limit::SWEEP_EVERY),
+        );
+        let app = hermet_api::router(state);
         let listener = TcpListener::bind(cfg.http.addr)
             .await
             .with_context(|| format!("binding {}", cfg.http.addr))?;
         tracing::info!(addr = %cfg.http.addr, mode = ?cfg.sync.mode, relay = cdc, projectors = projector, "hermet is serving");
         let stop = http_stop.clone().cancelled_owned();
         Some(tasks.spawn("http api", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .context("serving HTTP")
+            // The peer address keys the per-address rate limits.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop)
+            .await
+            .context("serving HTTP")
         }))
     } else if let Some(addr) = cfg.http.metrics_addr {
         // Relay- and projector-only processes answer `/metrics` (and `/healthz`) on their own

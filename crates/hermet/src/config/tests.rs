@@ -154,12 +154,18 @@ fn printed_configuration_has_no_passwords() {
     let mut c = valid();
     c.database.url = "postgres://hermet:db-s3cret@db:5432/hermet".into();
     c.redis.url = "redis://:redis-s3cret@cache:6379".into();
+    c.kafka.brokers = "SASL_SSL://app:kafka-s3cret@k1:9093,k2:9093".into();
     let shown = format!("{c:#?}");
     assert!(
         shown.contains("postgres://hermet:***@db:5432/hermet"),
         "{shown}"
     );
     assert!(shown.contains("redis://:***@cache:6379"), "{shown}");
+    assert!(
+        shown.contains("SASL_SSL://app:***@k1:9093,k2:9093"),
+        "{shown}"
+    );
+    assert!(shown.contains("rate_limits: RateLimitsConfig"), "{shown}");
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(!shown.contains(&c.auth.jwt_secret), "{shown}");
 }
@@ -212,6 +218,64 @@ fn the_shutdown_deadline_is_set_and_bounded() {
         jail.set_env("HERMET_SHUTDOWN__DEADLINE_SECS", "7");
         let c = Config::load(None).map_err(|e| e.to_string())?;
         assert_eq!(c.shutdown.deadline(), std::time::Duration::from_secs(7));
+        Ok(())
+    });
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn rate_limits_are_validated_and_can_be_turned_off() {
+    use hermet_api::Limit;
+    let d = valid().rate_limits;
+    assert!(d.enabled);
+    assert_eq!((d.send, d.write), (Limit::new(20, 50), Limit::new(50, 100)));
+    assert_eq!(d.api().signup, Limit::new(1, 20));
+    let e = validated(|c| c.rate_limits.send = Limit::new(10, 0));
+    assert!(
+        e.as_ref()
+            .is_err_and(|e| e.contains("rate_limits.send: burst must be at least 1")),
+        "{e:?}"
+    );
+    let e = validated(|c| {
+        c.rate_limits.enabled = false;
+        c.rate_limits.auth_failure = Limit::new(1, 0);
+    });
+    assert!(
+        e.as_ref()
+            .is_err_and(|e| e.contains("rate_limits.auth_failure")),
+        "checked while off too: {e:?}"
+    );
+    assert!(
+        validated(|c| c.rate_limits.signup = Limit::new(0, 0)).is_ok(),
+        "0: off"
+    );
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "hermet.toml",
+            "[rate_limits]\nsignup = { per_second = 2, burst = 3 }\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        )?;
+        jail.set_env("HERMET_RATE_LIMITS__SEND__PER_SECOND", "7");
+        jail.set_env("HERMET_RATE_LIMITS__SEND__BURST", "9");
+        let c = Config::load(Some(Path::new("hermet.toml"))).map_err(|e| e.to_string())?;
+        let api = c.rate_limits.api();
+        assert_eq!((api.signup, api.send), (Limit::new(2, 3), Limit::new(7, 9)));
+        assert_eq!(
+            api.write,
+            Limit::new(50, 100),
+            "the rest keep their defaults"
+        );
+        assert_eq!(api.trusted_proxies, vec!["10.0.0.0/8".parse().unwrap()]);
+        jail.set_env("HERMET_RATE_LIMITS__ENABLED", "false");
+        let c = Config::load(Some(Path::new("hermet.toml"))).map_err(|e| e.to_string())?;
+        let api = c.rate_limits.api();
+        assert!(api.each().iter().all(|(_, l)| !l.is_on()), "all off");
+        jail.set_env("HERMET_RATE_LIMITS__SEND__BURST", "0");
+        assert!(Config::load(None).is_err(), "burst 0 refused at start-up");
+        jail.create_file(
+            "bad.toml",
+            "[rate_limits]\ntrusted_proxies = [\"10.0.0.0/40\"]\n",
+        )?;
+        assert!(Config::load(Some(Path::new("bad.toml"))).is_err());
         Ok(())
     });
 }
