@@ -1,6 +1,7 @@
 //! hermet-api: the HTTP/JSON API of `docs/api.md`, on axum.
 //!
 //! - [`auth`]: HS256 bearer tokens whose `sub` is the user id;
+//! - [`jwks`]: tokens signed by an identity provider, verified against its key set (JWKS);
 //! - [`error`]: every failure becomes `{"error": {"code", "message"}}` with the documented status;
 //!   internals are logged, never sent;
 //! - [`extract`]: JSON/path/query extractors whose rejections use that same error shape;
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod consistency;
 pub mod error;
 pub mod extract;
+pub mod jwks;
 pub mod push;
 mod routes;
 pub mod telemetry;
@@ -55,6 +57,8 @@ pub struct ApiConfig {
     /// What a read of each view waits on: the projector and (`cdc`) every partition it consumes,
     /// all of which must have caught up for the read to be fresh.
     pub coverage: consistency::ViewCoverage,
+    /// `[auth.jwks]`: user tokens signed by the identity provider, if configured.
+    pub jwks: Option<jwks::JwksConfig>,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +70,7 @@ impl Default for ApiConfig {
             read_wait: std::time::Duration::from_secs(2),
             max_read_waiters: consistency::DEFAULT_MAX_READ_WAITERS,
             coverage: consistency::ViewCoverage::default(),
+            jwks: None,
         }
     }
 }

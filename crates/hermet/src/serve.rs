@@ -177,6 +177,7 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
             read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
             max_read_waiters: cfg.projector.max_read_waiters,
             coverage: view_coverage(&cfg)?,
+            jwks: cfg.auth.jwks.clone(),
         };
         let app = hermet_api::router(AppState::with_hub(store, api_cfg, Some(metrics), hub));
         let listener = TcpListener::bind(cfg.http.addr)
