@@ -297,7 +297,8 @@ impl ExternalIdentity {
 /// Why a token is refused, or (`Unavailable`) cannot be checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwksError {
-    /// Not three base64url parts with a JSON header and claims.
+    /// Not three base64url parts with a JSON header and claims, or a header naming critical
+    /// extensions (`crit`).
     #[error("malformed token")]
     Malformed,
     /// The header's `alg` is not one of the configured ones (`none` and `HS*` never are).
@@ -415,6 +416,10 @@ struct RawHeader<'a> {
     alg: Cow<'a, str>,
     #[serde(default, borrow)]
     kid: Option<Cow<'a, str>>,
+    /// Critical extensions (RFC 7515 §4.1.11): none is understood, so a token naming any is
+    /// refused.
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 /// The decoded JSON of a token's header (the caller parses it, borrowing from it).
@@ -431,6 +436,9 @@ fn header_json(token: &str) -> Result<Vec<u8>, JwksError> {
 fn parse_header(token: &str) -> Result<OwnedHeader, JwksError> {
     let json = header_json(token)?;
     let h: RawHeader<'_> = serde_json::from_slice(&json).map_err(|_| JwksError::Malformed)?;
+    if h.crit.is_some() {
+        return Err(JwksError::Malformed);
+    }
     Ok(OwnedHeader {
         alg: h.alg.into_owned(),
         kid: h.kid.map(Cow::into_owned),

@@ -464,6 +464,23 @@ async fn forged_and_tampered_tokens_are_refused() {
     let token = jsonwebtoken::encode(&header, &claims("victim"), &es.key).expect("sign");
     assert_eq!(v.verify(&token).await, Err(JwksError::KeyMismatch));
 
+    // A critical header extension nobody here understands.
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("e1".into());
+    let head = serde_json::to_value(&header).expect("header");
+    let mut head = head.as_object().expect("object").clone();
+    head.insert("crit".into(), json!(["exp-ext"]));
+    head.insert("exp-ext".into(), json!(1));
+    let signing_input = format!(
+        "{}.{}",
+        B64.encode(Value::Object(head).to_string()),
+        B64.encode(claims("victim").to_string())
+    );
+    let sig = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &es.key, Algorithm::ES256)
+        .expect("sign");
+    let token = format!("{signing_input}.{sig}");
+    assert_eq!(v.verify(&token).await, Err(JwksError::Malformed), "crit");
+
     // Garbage.
     for token in ["", "abc", "a.b", "a.b.c.d", "!!!.e30.sig", "e30.e30.sig"] {
         let got = v.verify(token).await;
