@@ -454,6 +454,30 @@ fn known_algorithm(name: &str) -> Option<Algorithm> {
     name.parse::<Algorithm>().ok()
 }
 
+/// Where the key set is read from, with what.
+enum Origin {
+    File(PathBuf),
+    Url {
+        url: reqwest::Url,
+        http: reqwest::Client,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Url { url, .. } if url.password().is_some() => {
+                // Logged: keep a password in the URL out of the logs.
+                let mut shown = url.clone();
+                let _ = shown.set_password(Some("***"));
+                write!(f, "{shown}")
+            }
+            Origin::Url { url, .. } => write!(f, "{url}"),
+        }
+    }
+}
+
 /// A verification key of the set, parsed once per load.
 struct Key {
     kid: Option<String>,
@@ -503,7 +527,7 @@ struct Claims {
 
 /// Verifies tokens against the identity provider's key set; see the module doc.
 pub struct JwksVerifier {
-    source: Source,
+    origin: Origin,
     algorithms: Vec<Algorithm>,
     /// One validation per accepted algorithm, built once.
     validations: Vec<(Algorithm, Validation)>,
@@ -511,7 +535,6 @@ pub struct JwksVerifier {
     create_users: bool,
     refresh_min_interval: Duration,
     refresh_interval: Option<Duration>,
-    http: Option<reqwest::Client>,
     keys: ArcSwap<KeySet>,
     /// Serializes re-reads; holds when an unknown `kid` last made one start.
     refresh: tokio::sync::Mutex<Option<Instant>>,
@@ -521,7 +544,7 @@ pub struct JwksVerifier {
 impl std::fmt::Debug for JwksVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwksVerifier")
-            .field("source", &self.source)
+            .field("source", &self.origin.to_string())
             .field("algorithms", &self.algorithms)
             .field("keys", &self.keys.load().keys.len())
             .finish_non_exhaustive()
@@ -549,8 +572,8 @@ impl JwksVerifier {
             })
             .collect();
         let timeout = Duration::from_millis(cfg.fetch_timeout_ms);
-        let http = match &source {
-            Source::File(_) => None,
+        let origin = match source {
+            Source::File(path) => Origin::File(path),
             Source::Url(url) => {
                 if url.scheme() == "http" {
                     tracing::warn!(
@@ -559,19 +582,18 @@ impl JwksVerifier {
                          substitute keys; use https outside tests"
                     );
                 }
-                Some(
-                    reqwest::Client::builder()
-                        .timeout(timeout)
-                        .connect_timeout(timeout)
-                        .redirect(reqwest::redirect::Policy::limited(3))
-                        .user_agent(concat!("hermet/", env!("CARGO_PKG_VERSION")))
-                        .build()
-                        .map_err(FetchError::Http)?,
-                )
+                let http = reqwest::Client::builder()
+                    .timeout(timeout)
+                    .connect_timeout(timeout)
+                    .redirect(reqwest::redirect::Policy::limited(3))
+                    .user_agent(concat!("hermet/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(FetchError::Http)?;
+                Origin::Url { url, http }
             }
         };
         let verifier = JwksVerifier {
-            source,
+            origin,
             algorithms,
             validations,
             nickname_claim: cfg.nickname_claim.clone(),
@@ -579,13 +601,12 @@ impl JwksVerifier {
             refresh_min_interval: Duration::from_secs(cfg.refresh_min_interval_secs),
             refresh_interval: (cfg.refresh_interval_secs > 0)
                 .then(|| Duration::from_secs(cfg.refresh_interval_secs)),
-            http,
             keys: ArcSwap::from_pointee(KeySet { keys: Vec::new() }),
             refresh: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
         };
         let count = verifier.refresh().await?;
-        tracing::info!(source = ?verifier.source, keys = count, "identity provider keys loaded");
+        tracing::info!(source = %verifier.origin, keys = count, "identity provider keys loaded");
         Ok(verifier)
     }
 
@@ -710,13 +731,13 @@ impl JwksVerifier {
                     .iter()
                     .map(|k| k.kid.as_deref().unwrap_or("-"))
                     .collect();
-                tracing::debug!(source = ?self.source, why, keys = count, kids = ?kids, "identity provider keys read");
+                tracing::debug!(source = %self.origin, why, keys = count, kids = ?kids, "identity provider keys read");
                 self.keys.store(Arc::new(set));
                 Ok(count)
             }
             Err(e) => {
                 tracing::warn!(
-                    source = ?self.source,
+                    source = %self.origin,
                     why,
                     error = %e,
                     kept_keys = self.keys.load().keys.len(),
@@ -728,8 +749,8 @@ impl JwksVerifier {
     }
 
     async fn fetch(&self) -> Result<Vec<u8>, FetchError> {
-        match (&self.source, &self.http) {
-            (Source::File(path), _) => {
+        match &self.origin {
+            Origin::File(path) => {
                 let path = path.clone();
                 let shown = path.display().to_string();
                 let read = tokio::task::spawn_blocking(move || read_capped(&path)).await;
@@ -746,7 +767,7 @@ impl JwksVerifier {
                     }),
                 }
             }
-            (Source::Url(url), Some(http)) => {
+            Origin::Url { url, http } => {
                 let mut resp = http.get(url.clone()).send().await?;
                 if !resp.status().is_success() {
                     return Err(FetchError::Status(resp.status().as_u16()));
@@ -766,7 +787,6 @@ impl JwksVerifier {
                 }
                 Ok(body)
             }
-            (Source::Url(_), None) => unreachable!("a URL source always has a client"),
         }
     }
 
@@ -795,7 +815,7 @@ impl JwksVerifier {
                 Ok(key) => keys.push(key),
                 Err(reason) => {
                     skipped += 1;
-                    tracing::warn!(source = ?self.source, kid, reason, "identity provider key skipped");
+                    tracing::warn!(source = %self.origin, kid, reason, "identity provider key skipped");
                 }
             }
         }
