@@ -359,7 +359,7 @@ pub enum FetchError {
         source: std::io::Error,
     },
     #[error("fetching the key set: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(reqwest::Error),
     #[error("the key set answered HTTP {0}")]
     Status(u16),
     #[error("the key set is larger than {MAX_DOCUMENT_BYTES} bytes")]
@@ -768,7 +768,9 @@ impl JwksVerifier {
                 }
             }
             Origin::Url { url, http } => {
-                let mut resp = http.get(url.clone()).send().await?;
+                // The URL is in the log line already (password masked): not in the error.
+                let http_error = |e: reqwest::Error| FetchError::Http(e.without_url());
+                let mut resp = http.get(url.clone()).send().await.map_err(http_error)?;
                 if !resp.status().is_success() {
                     return Err(FetchError::Status(resp.status().as_u16()));
                 }
@@ -779,7 +781,7 @@ impl JwksVerifier {
                     return Err(FetchError::TooLarge);
                 }
                 let mut body = Vec::new();
-                while let Some(chunk) = resp.chunk().await? {
+                while let Some(chunk) = resp.chunk().await.map_err(http_error)? {
                     if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
                         return Err(FetchError::TooLarge);
                     }
