@@ -72,6 +72,9 @@ for p in build-essential cmake pkg-config libssl-dev libsasl2-dev zlib1g-dev lib
     pkg_installed "$p" || missing+=("$p")
 done
 
+# openssl: the JWKS tests and `hermet-bench auth` make their RSA key pairs with it.
+command -v openssl >/dev/null || missing+=(openssl)
+
 # curl and jq: the README's API walk-through uses them.
 command -v curl >/dev/null || missing+=(curl)
 command -v jq >/dev/null || missing+=(jq)

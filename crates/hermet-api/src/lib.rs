@@ -1,6 +1,7 @@
 //! hermet-api: the HTTP/JSON API of `docs/api.md`, on axum.
 //!
 //! - [`auth`]: HS256 bearer tokens whose `sub` is the user id;
+//! - [`jwks`]: tokens signed by an identity provider, verified against its key set (JWKS);
 //! - [`error`]: every failure becomes `{"error": {"code", "message"}}` with the documented status;
 //!   internals are logged, never sent;
 //! - [`extract`]: JSON/path/query extractors whose rejections use that same error shape;
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod consistency;
 pub mod error;
 pub mod extract;
+pub mod jwks;
 pub mod push;
 pub mod rate_limit;
 mod routes;
@@ -60,6 +62,8 @@ pub struct ApiConfig {
     pub coverage: consistency::ViewCoverage,
     /// Per-user and per-address limits; all off by default.
     pub rate_limits: RateLimits,
+    /// `[auth.jwks]`: user tokens signed by the identity provider, if configured.
+    pub jwks: Option<jwks::JwksConfig>,
 }
 
 impl Default for ApiConfig {
@@ -72,6 +76,7 @@ impl Default for ApiConfig {
             max_read_waiters: consistency::DEFAULT_MAX_READ_WAITERS,
             coverage: consistency::ViewCoverage::default(),
             rate_limits: RateLimits::default(),
+            jwks: None,
         }
     }
 }

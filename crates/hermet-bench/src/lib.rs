@@ -7,6 +7,7 @@
 //! [`cdc`] (`hermet-bench cdc`) is different: it measures the CDC relay (a child `hermet serve
 //! --role cdc` process) draining a WAL backlog into Kafka next to `pg_recvlogical`.
 
+pub mod auth;
 pub mod cache;
 pub mod cdc;
 pub mod fanout;
@@ -108,6 +109,9 @@ pub enum Scenario {
     /// the message, view rows written per message, and the uncached conversation-list latency of
     /// a member of many large groups.
     Fanout,
+    /// Bearer-token verification per request, in process: HS256 (`TokenKeys`) against
+    /// identity-provider tokens (`JwksVerifier`) signed with RS256, ES256 and EdDSA.
+    Auth,
 }
 
 impl std::fmt::Display for Scenario {
@@ -121,6 +125,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Rebuild => "rebuild",
             Scenario::Peers => "peers",
             Scenario::Fanout => "fanout",
+            Scenario::Auth => "auth",
         })
     }
 }
@@ -393,6 +398,7 @@ impl BenchOptions {
             Scenario::Rebuild => 1,
             Scenario::Peers => 1,
             Scenario::Fanout => 8,
+            Scenario::Auth => 1,
         })
     }
 
@@ -524,10 +530,11 @@ pub async fn run(
             | Scenario::Rebuild
             | Scenario::Peers
             | Scenario::Fanout
+            | Scenario::Auth
     ) {
         return Err(BenchError::InvalidOptions(
-            "`cdc`, `modes`, `cache`, `rebuild`, `peers` and `fanout` have their own reports: \
-             use run_and_print"
+            "`cdc`, `modes`, `cache`, `rebuild`, `peers`, `fanout` and `auth` have their own \
+             reports: use run_and_print"
                 .to_owned(),
         ));
     }
@@ -575,6 +582,7 @@ pub async fn run_and_print(
             opts.check(scenario)?;
             print_report(&fanout::run(env, opts).await?, opts.json)
         }
+        Scenario::Auth => print_report(&auth::run(opts).await?, opts.json),
         Scenario::Send | Scenario::List => {
             let report = run(env, scenario, opts).await?;
             if opts.json {
@@ -730,7 +738,8 @@ async fn measure_all(
             | Scenario::Cache
             | Scenario::Rebuild
             | Scenario::Peers
-            | Scenario::Fanout => Source::Send,
+            | Scenario::Fanout
+            | Scenario::Auth => Source::Send,
             Scenario::List => Source::List,
         },
         workers,

@@ -215,6 +215,9 @@ pub struct AuthConfig {
     /// HS256 secret shared with whoever issues tokens; at least 32 bytes.
     pub jwt_secret: String,
     pub token_ttl_secs: u64,
+    /// `[auth.jwks]`: also accept tokens signed by the product's identity provider, verified
+    /// against its key set (hermet_api::jwks).
+    pub jwks: Option<hermet_api::jwks::JwksConfig>,
 }
 
 impl Default for AuthConfig {
@@ -222,6 +225,7 @@ impl Default for AuthConfig {
         AuthConfig {
             jwt_secret: String::new(),
             token_ttl_secs: 30 * 24 * 3600,
+            jwks: None,
         }
     }
 }
@@ -231,6 +235,7 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("jwt_secret", &"<redacted>")
             .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -757,6 +762,10 @@ impl Config {
             return bad(format!("{name} must be at most {max_wait_ms} (one hour)"));
         }
         self.rate_limits.validate()?;
+        if let Some(jwks) = &self.auth.jwks {
+            jwks.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if !SHUTDOWN_DEADLINE_SECS.contains(&self.shutdown.deadline_secs) {
             return bad(format!(
                 "shutdown.deadline_secs must be between {} and {}",

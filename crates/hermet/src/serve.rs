@@ -179,6 +179,7 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
             max_read_waiters: cfg.projector.max_read_waiters,
             coverage: view_coverage(&cfg)?,
             rate_limits: cfg.rate_limits.api(),
+            jwks: cfg.auth.jwks.clone(),
         };
         let state = AppState::with_hub(store, api_cfg, Some(metrics), hub);
         // Keyed limiters keep an entry per user and address seen: drop the idle ones.

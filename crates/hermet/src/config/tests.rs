@@ -279,3 +279,52 @@ fn rate_limits_are_validated_and_can_be_turned_off() {
         Ok(())
     });
 }
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn the_identity_provider_key_set_is_read_and_validated() {
+    assert!(valid().auth.jwks.is_none(), "off unless configured");
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "hermet.toml",
+            "[auth.jwks]\nsource = \"https://idp.example.com/.well-known/jwks.json\"\n\
+             issuer = \"https://idp.example.com/\"\naudience = [\"hermet\", \"chat\"]\n",
+        )?;
+        let c = Config::load(Some(Path::new("hermet.toml"))).map_err(|e| e.to_string())?;
+        let jwks = c.auth.jwks.as_ref().ok_or("no [auth.jwks]")?;
+        assert_eq!(jwks.audience.as_slice(), ["hermet", "chat"]);
+        assert_eq!(jwks.algorithms, ["RS256", "ES256", "EdDSA"]);
+        assert_eq!(jwks.refresh_min_interval_secs, 60);
+        assert!(!jwks.create_users);
+        jail.set_env("HERMET_AUTH__JWKS__AUDIENCE", "solo");
+        jail.set_env("HERMET_AUTH__JWKS__CREATE_USERS", "true");
+        let c = Config::load(Some(Path::new("hermet.toml"))).map_err(|e| e.to_string())?;
+        let jwks = c.auth.jwks.as_ref().ok_or("no [auth.jwks]")?;
+        assert_eq!(jwks.audience.as_slice(), ["solo"]);
+        assert!(jwks.create_users);
+
+        jail.create_file(
+            "hs.toml",
+            "[auth.jwks]\nsource = \"/etc/jwks.json\"\nissuer = \"i\"\naudience = \"a\"\n\
+             algorithms = [\"RS256\", \"HS256\"]\n",
+        )?;
+        let e = Config::load(Some(Path::new("hs.toml")))
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("HS256 is a shared-secret algorithm")),
+            "{e:?}"
+        );
+        jail.create_file(
+            "typo.toml",
+            "[auth.jwks]\nsource = \"/etc/jwks.json\"\nissuer = \"i\"\naudience = \"a\"\n\
+             leeway = 5\n",
+        )?;
+        assert!(
+            Config::load(Some(Path::new("typo.toml"))).is_err(),
+            "unknown keys are refused"
+        );
+        Ok(())
+    });
+}
