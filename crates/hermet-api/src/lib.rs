@@ -1,6 +1,7 @@
 //! hermet-api: the HTTP/JSON API of `docs/api.md`, on axum.
 //!
-//! - [`auth`]: HS256 bearer tokens whose `sub` is the user id;
+//! - [`auth`]: HS256 bearer tokens whose `sub` is the user id, refused for disabled users and
+//!   revoked tokens (a cache fed by `LISTEN hermet_auth`), and the server API keys;
 //! - [`error`]: every failure becomes `{"error": {"code", "message"}}` with the documented status;
 //!   internals are logged, never sent;
 //! - [`extract`]: JSON/path/query extractors whose rejections use that same error shape;
@@ -45,6 +46,10 @@ pub struct ApiConfig {
     pub jwt_secret: String,
     /// Lifetime of tokens issued by `POST /v1/users`.
     pub token_ttl_secs: u64,
+    /// Longest `ttl_secs` of `POST /v1/server/users/{id}/tokens`.
+    pub max_token_ttl_secs: u64,
+    /// Whether anyone may create a user with `POST /v1/users` (else `403 signup_disabled`).
+    pub open_signup: bool,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Longest a read with `X-Hermet-Min-Lsn` waits for the view before answering stale.
@@ -62,6 +67,8 @@ impl Default for ApiConfig {
         ApiConfig {
             jwt_secret: String::new(),
             token_ttl_secs: 30 * 24 * 3600,
+            max_token_ttl_secs: 30 * 24 * 3600,
+            open_signup: false,
             max_body_bytes: 64 * 1024,
             read_wait: std::time::Duration::from_secs(2),
             max_read_waiters: consistency::DEFAULT_MAX_READ_WAITERS,
@@ -82,6 +89,9 @@ pub(crate) struct Inner {
     pub(crate) cfg: ApiConfig,
     metrics: Option<PrometheusHandle>,
     hub: Hub,
+    auth: Arc<auth::states::AuthStates>,
+    /// Ends the auth listener when the state is dropped.
+    _listener: Option<auth::states::ListenerStop>,
     /// Reads waiting for `X-Hermet-Min-Lsn`, and their poller.
     pub(crate) waits: consistency::Waits,
 }
@@ -103,6 +113,8 @@ impl AppState {
     ) -> Self {
         let keys = TokenKeys::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs);
         let waits = consistency::Waits::new(cfg.max_read_waiters);
+        let auth = Arc::new(auth::states::AuthStates::new(store.clone(), hub.clone()));
+        let listener = auth::states::spawn_listener(&auth);
         AppState {
             inner: Arc::new(Inner {
                 store,
@@ -110,6 +122,8 @@ impl AppState {
                 cfg,
                 metrics,
                 hub,
+                auth,
+                _listener: listener,
                 waits,
             }),
         }
@@ -125,6 +139,11 @@ impl AppState {
 
     pub fn keys(&self) -> &TokenKeys {
         &self.inner.keys
+    }
+
+    /// The users' auth states of this process.
+    pub fn auth(&self) -> &auth::states::AuthStates {
+        &self.inner.auth
     }
 }
 

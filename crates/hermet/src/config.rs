@@ -212,6 +212,10 @@ pub struct AuthConfig {
     /// HS256 secret shared with whoever issues tokens; at least 32 bytes.
     pub jwt_secret: String,
     pub token_ttl_secs: u64,
+    /// Longest lifetime a server may ask for a minted token (`POST /v1/server/users/{id}/tokens`).
+    pub max_token_ttl_secs: u64,
+    /// `POST /v1/users` open to anyone (development); off, users come from the product's server.
+    pub open_signup: bool,
 }
 
 impl Default for AuthConfig {
@@ -219,6 +223,8 @@ impl Default for AuthConfig {
         AuthConfig {
             jwt_secret: String::new(),
             token_ttl_secs: 30 * 24 * 3600,
+            max_token_ttl_secs: 30 * 24 * 3600,
+            open_signup: false,
         }
     }
 }
@@ -228,6 +234,8 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("jwt_secret", &"<redacted>")
             .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("max_token_ttl_secs", &self.max_token_ttl_secs)
+            .field("open_signup", &self.open_signup)
             .finish()
     }
 }
@@ -674,6 +682,9 @@ impl Config {
         ];
         if let Some((name, _)) = waits.iter().find(|(_, ms)| u128::from(*ms) > max_wait_ms) {
             return bad(format!("{name} must be at most {max_wait_ms} (one hour)"));
+        }
+        if self.auth.max_token_ttl_secs == 0 {
+            return bad("auth.max_token_ttl_secs must be at least 1".into());
         }
         if !SHUTDOWN_DEADLINE_SECS.contains(&self.shutdown.deadline_secs) {
             return bad(format!(

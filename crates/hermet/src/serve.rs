@@ -40,7 +40,8 @@ async fn connect_and_migrate(cfg: &Config) -> anyhow::Result<Store> {
     let reads = connect_pool(&cfg.database.url, cfg.database.read_pool_size)?;
     Ok(Store::new(pool, cfg.store_config())
         .with_read_pool(reads)
-        .with_cache(cfg.list_cache()?))
+        .with_cache(cfg.list_cache()?)
+        .with_listen_url(&cfg.database.url)?)
 }
 
 pub async fn migrate_only(cfg: &Config) -> anyhow::Result<()> {
@@ -173,11 +174,14 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
         let api_cfg = ApiConfig {
             jwt_secret: cfg.auth.jwt_secret.clone(),
             token_ttl_secs: cfg.auth.token_ttl_secs,
+            max_token_ttl_secs: cfg.auth.max_token_ttl_secs,
+            open_signup: cfg.auth.open_signup,
             max_body_bytes: cfg.http.max_body_bytes,
             read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
             max_read_waiters: cfg.projector.max_read_waiters,
             coverage: view_coverage(&cfg)?,
         };
+        // The state's auth listener (`LISTEN hermet_auth`) ends with it, when this server stops.
         let app = hermet_api::router(AppState::with_hub(store, api_cfg, Some(metrics), hub));
         let listener = TcpListener::bind(cfg.http.addr)
             .await

@@ -29,6 +29,13 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     Json(body): Json<CreateUser>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if !state.inner.cfg.open_signup {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signup_disabled",
+            "open sign-up is off: users are created by the product's server (POST /v1/server/users)",
+        ));
+    }
     let limits = &state.store().config().limits;
     let nickname = name("nickname", &body.nickname, limits)?;
     let avatar = avatar(body.avatar.as_deref().unwrap_or(""), limits)?;
