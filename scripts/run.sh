@@ -28,5 +28,9 @@ if [[ -z ${HERMET_JWT_SECRET:-} ]]; then
     export HERMET_JWT_SECRET
 fi
 
+# Anyone may sign up with `POST /v1/users` here; a real deployment imports its users through
+# the server routes instead (`auth.open_signup` is off by default).
+export HERMET_AUTH__OPEN_SIGNUP=${HERMET_AUTH__OPEN_SIGNUP:-true}
+
 cargo build --release -p hermet
 exec target/release/hermet serve

@@ -77,6 +77,7 @@ impl Server {
             .env("HERMET_SYNC_MODE", spec.mode.as_str())
             .env("HERMET_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("HERMET_JWT_SECRET", spec.secret)
+            .env("HERMET_AUTH__OPEN_SIGNUP", "true")
             .env("HERMET_KAFKA_BROKERS", &spec.env.kafka_brokers)
             .env("HERMET_REDIS_URL", &spec.env.redis_url)
             .env("HERMET_REDIS__CACHE", cache.to_string())
