@@ -254,7 +254,7 @@ impl Store {
         &self,
         user: UserId,
         disabled: bool,
-    ) -> Result<AuthState, StoreError> {
+    ) -> Result<Written<AuthState>, StoreError> {
         let state = self
             .auth_write(user, SET_DISABLED, disabled, now_ms())
             .await?;
@@ -264,19 +264,25 @@ impl Store {
 
     /// Refuses every token of `user` issued before `now_ms` and announces it;
     /// `user_not_found` for an unknown user.
-    pub async fn revoke_tokens(&self, user: UserId, now_ms: i64) -> Result<AuthState, StoreError> {
+    pub async fn revoke_tokens(
+        &self,
+        user: UserId,
+        now_ms: i64,
+    ) -> Result<Written<AuthState>, StoreError> {
         let state = self.auth_write(user, REVOKE, now_ms, now_ms).await?;
         tracing::info!(user, valid_after = now_ms, "user tokens revoked");
         Ok(state)
     }
 
+    /// The write of [`Store::set_disabled`] and [`Store::revoke_tokens`], with the WAL position
+    /// after it (like every write's, though no read model depends on it).
     async fn auth_write<T: tokio_postgres::types::ToSql + Sync>(
         &self,
         user: UserId,
         sql: &str,
         value: T,
         now: i64,
-    ) -> Result<AuthState, StoreError> {
+    ) -> Result<Written<AuthState>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let row = q_opt(&tx, sql, &[&user, &value, &now])
@@ -286,9 +292,12 @@ impl Store {
         tx.execute(&stmt, &[&AUTH_CHANNEL, &user.to_string()])
             .await?;
         tx.commit().await?;
-        Ok(AuthState {
-            disabled: row.get(0),
-            tokens_valid_after_ms: row.get(1),
+        Ok(Written {
+            value: AuthState {
+                disabled: row.get(0),
+                tokens_valid_after_ms: row.get(1),
+            },
+            lsn: Self::lsn(&conn).await?,
         })
     }
 

@@ -375,6 +375,7 @@ async fn revocation_reaches_this_process_at_once_and_another_within_a_second() {
         )
         .await;
     assert_eq!(r.status, 204, "{r:?}");
+    assert!(r.header("x-hermet-lsn").is_some(), "{r:?}");
     assert_eq!(me_status(&app, &old).await, (401, "token_revoked".into()));
     eventually(
         "the other process refuses the revoked token",
@@ -451,6 +452,7 @@ async fn sockets_close_on_revocation_disable_and_expiry() {
         (200, &json!(true)),
         "{r:?}"
     );
+    assert!(r.header("x-hermet-lsn").is_some(), "{r:?}");
     for ws in [&mut here, &mut there] {
         assert_eq!(
             closed_with(ws, PROPAGATION).await,

@@ -104,24 +104,20 @@ pub(crate) async fn update_user(
             "give `nickname`, `avatar` and/or `disabled`",
         ));
     }
-    let lsn = if profile {
-        Some(
-            retrying(|| state.store().update_profile(user, &patch))
-                .await?
-                .lsn,
-        )
-    } else {
-        None
-    };
+    let mut lsn = None;
+    if profile {
+        let w = retrying(|| state.store().update_profile(user, &patch)).await?;
+        lsn = Some(w.lsn);
+    }
     if let Some(disabled) = body.disabled {
-        let auth = state.store().set_disabled(user, disabled).await?;
-        state.auth().applied(user, auth);
+        let w = state.store().set_disabled(user, disabled).await?;
+        state.auth().applied(user, w.value);
+        lsn = Some(w.lsn);
     }
     let body = axum::Json(user_json(&state.store().server_user(user).await?));
-    Ok(match lsn {
-        Some(lsn) => (lsn_header(lsn), body).into_response(),
-        None => body.into_response(),
-    })
+    // One of the two ran: a request with nothing to change was refused above.
+    let lsn = lsn.ok_or_else(ApiError::internal)?;
+    Ok((lsn_header(lsn), body).into_response())
 }
 
 #[derive(Deserialize)]
@@ -166,9 +162,9 @@ pub(crate) async fn revoke_tokens(
     _key: ServerKey,
     State(state): State<AppState>,
     Path(user): Path<i64>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let user = path_id("user_id", user)?;
-    let auth = state.store().revoke_tokens(user, now_ms()).await?;
-    state.auth().applied(user, auth);
-    Ok(StatusCode::NO_CONTENT)
+    let w = state.store().revoke_tokens(user, now_ms()).await?;
+    state.auth().applied(user, w.value);
+    Ok((StatusCode::NO_CONTENT, lsn_header(w.lsn)).into_response())
 }
