@@ -435,6 +435,14 @@ async fn sockets_close_on_revocation_disable_and_expiry() {
             (CloseCode::Policy, "token revoked".into())
         );
     }
+    // Nor can the revoked token open a new one.
+    let url = format!("ws://{}/v1/ws?token={token}", app.addr);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401)
+        }
+        other => panic!("a revoked token opened a socket: {other:?}"),
+    }
 
     // Disable: closed everywhere, tokens refused, no new token; re-enable restores the token.
     let token = mint(&app, &key, user, None).await;
