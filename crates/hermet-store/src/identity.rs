@@ -31,7 +31,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
 use crate::commands::{q_one, q_opt, user_not_found, Changes};
-use crate::rows::{self, prefixed, USER_COLS};
+use crate::rows::{self, get, prefixed, USER_COLS};
 use crate::{now_ms, Store, StoreError, Written};
 
 /// The channel of `NOTIFY hermet_auth, '<user_id>'`.
@@ -95,25 +95,13 @@ pub struct ApiKeyInfo {
 const KEY_COLS: &str = "id, name, prefix, created_at, revoked_at, last_used_at";
 
 fn key_info(row: &tokio_postgres::Row) -> Result<ApiKeyInfo, StoreError> {
-    let get = |i| -> Result<Option<i64>, StoreError> {
-        row.try_get(i)
-            .map_err(|e| StoreError::Decode(e.to_string()))
-    };
     Ok(ApiKeyInfo {
-        id: row
-            .try_get(0)
-            .map_err(|e| StoreError::Decode(e.to_string()))?,
-        name: row
-            .try_get(1)
-            .map_err(|e| StoreError::Decode(e.to_string()))?,
-        prefix: row
-            .try_get(2)
-            .map_err(|e| StoreError::Decode(e.to_string()))?,
-        created_at: row
-            .try_get(3)
-            .map_err(|e| StoreError::Decode(e.to_string()))?,
-        revoked_at: get(4)?,
-        last_used_at: get(5)?,
+        id: get(row, 0)?,
+        name: get(row, 1)?,
+        prefix: get(row, 2)?,
+        created_at: get(row, 3)?,
+        revoked_at: get(row, 4)?,
+        last_used_at: get(row, 5)?,
     })
 }
 
@@ -148,10 +136,10 @@ impl Store {
         let stmt = conn
             .prepare_cached("SELECT user_id FROM user_auth WHERE external_id = $1")
             .await?;
-        Ok(conn
-            .query_opt(&stmt, &[&external_id])
+        conn.query_opt(&stmt, &[&external_id])
             .await?
-            .map(|r| r.get(0)))
+            .map(|r| get(&r, 0))
+            .transpose()
     }
 
     /// Creates the user of `external_id`, or returns the one already imported with it (`false`:
@@ -229,8 +217,8 @@ impl Store {
             .ok_or_else(|| user_not_found(id))?;
         Ok(ServerUser {
             user: rows::user(&row, 0)?,
-            external_id: row.get(6),
-            disabled: row.get(7),
+            external_id: get(&row, 6)?,
+            disabled: get(&row, 7)?,
         })
     }
 
@@ -240,13 +228,13 @@ impl Store {
         let stmt = conn
             .prepare_cached("SELECT disabled, tokens_valid_after FROM user_auth WHERE user_id = $1")
             .await?;
-        Ok(conn
-            .query_opt(&stmt, &[&user])
-            .await?
-            .map_or_else(AuthState::default, |r| AuthState {
-                disabled: r.get(0),
-                tokens_valid_after_ms: r.get(1),
-            }))
+        match conn.query_opt(&stmt, &[&user]).await? {
+            Some(r) => Ok(AuthState {
+                disabled: get(&r, 0)?,
+                tokens_valid_after_ms: get(&r, 1)?,
+            }),
+            None => Ok(AuthState::default()),
+        }
     }
 
     /// Disables or re-enables a user and announces it; `user_not_found` for an unknown user.
@@ -294,8 +282,8 @@ impl Store {
         tx.commit().await?;
         Ok(Written {
             value: AuthState {
-                disabled: row.get(0),
-                tokens_valid_after_ms: row.get(1),
+                disabled: get(&row, 0)?,
+                tokens_valid_after_ms: get(&row, 1)?,
             },
             lsn: Self::lsn(&conn).await?,
         })
@@ -318,7 +306,7 @@ impl Store {
                 &[&name.as_str(), &key_hash(&key), &prefix, &now_ms()],
             )
             .await?;
-        let id: ApiKeyId = row.get(0);
+        let id: ApiKeyId = get(&row, 0)?;
         tracing::info!(key_id = id, prefix = %prefix, "api key created");
         Ok(NewApiKey { id, key, prefix })
     }
@@ -358,7 +346,7 @@ impl Store {
         let Some(row) = conn.query_opt(&stmt, &[&key_hash(plain)]).await? else {
             return Ok(None);
         };
-        let (id, last_used): (ApiKeyId, Option<i64>) = (row.get(0), row.get(1));
+        let (id, last_used): (ApiKeyId, Option<i64>) = (get(&row, 0)?, get(&row, 1)?);
         let now = now_ms();
         if last_used.is_none_or(|t| t < now - LAST_USED_EVERY_MS) {
             // Concurrent requests may both get here; the condition keeps it to one write.
