@@ -362,13 +362,16 @@ impl Store {
         Ok(Some(id))
     }
 
-    /// A dedicated connection that has run `LISTEN hermet_auth` (see [`AuthListener`]).
+    /// A dedicated connection that has run `LISTEN hermet_auth` (see [`AuthListener`]), named
+    /// [`LISTENER_APPLICATION_NAME`] in `pg_stat_activity`.
     pub async fn listen_auth(&self) -> Result<AuthListener, StoreError> {
         let Some(pg) = &self.listen else {
             return Err(StoreError::Config(
                 "the store has no database url to listen on".into(),
             ));
         };
+        let mut pg = (**pg).clone();
+        pg.application_name(LISTENER_APPLICATION_NAME);
         let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(NoTls))
             .await
             .map_err(|_| StoreError::Unavailable("connecting to listen: timed out".into()))??;
@@ -384,6 +387,9 @@ impl Store {
         Ok(l)
     }
 }
+
+/// The `application_name` of listener connections.
+pub const LISTENER_APPLICATION_NAME: &str = "hermet auth listener";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A listener with no notification for this long checks that its connection still answers (a

@@ -409,6 +409,52 @@ async fn revocation_reaches_this_process_at_once_and_another_within_a_second() {
     assert_eq!((r.status, r.code()), (404, "user_not_found"), "{r:?}");
 }
 
+/// Rule 4 of `hermet_api::auth::states`: while the listener is down nothing cached is trusted,
+/// and it comes back with an empty cache — so a change it could not hear of (here one made
+/// without a notification, as any change made while it was away) is still seen.
+#[tokio::test]
+async fn a_lost_listener_reconnects_and_forgets_what_it_may_have_missed() {
+    let app = TestApp::spawn().await;
+    let peer = Peer::spawn(&app).await;
+    let key = new_key(&app).await;
+    let user = import(&app, &key, "acct-lost", "Lou").await;
+    let token = mint(&app, &key, user, None).await;
+    assert_eq!(peer.me(&token).await.0, 200, "cached as valid");
+
+    let sessions = peer.state.auth().listener_sessions();
+    let conn = app.store.pool().get().await.unwrap();
+    let killed: i64 = conn
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = $1",
+            &[&hermet_store::identity::LISTENER_APPLICATION_NAME],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "no listener connection found");
+    // Revoked behind every listener's back: no NOTIFY.
+    conn.execute(
+        "INSERT INTO user_auth (user_id, tokens_valid_after, updated_at) VALUES ($1, $2, $2)
+         ON CONFLICT (user_id) DO UPDATE SET tokens_valid_after = EXCLUDED.tokens_valid_after",
+        &[&user, &(now_ms() + 1)],
+    )
+    .await
+    .unwrap();
+    eventually(
+        "the peer's listener is back",
+        Duration::from_secs(10),
+        async || peer.state.auth().listener_sessions() > sessions && peer.state.auth().listening(),
+    )
+    .await;
+    let (status, body) = peer.me(&token).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("token_revoked")),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn sockets_close_on_revocation_disable_and_expiry() {
     let app = TestApp::spawn().await;

@@ -93,6 +93,8 @@ struct Cache {
     users: HashMap<UserId, AuthState>,
     generation: u64,
     listening: bool,
+    /// Times the listener came up.
+    sessions: u64,
 }
 
 impl AuthStates {
@@ -157,11 +159,17 @@ impl AuthStates {
         }
     }
 
+    /// How many times the listener has come up (each time with an empty cache).
+    pub fn listener_sessions(&self) -> u64 {
+        self.lock().sessions
+    }
+
     fn set_listening(&self, on: bool) {
         let mut c = self.lock();
         c.generation += 1;
         c.users.clear();
         c.listening = on;
+        c.sessions += u64::from(on);
     }
 
     /// This process changed `user`'s state to `state`: forget the old one and close the
