@@ -95,6 +95,7 @@ env -u HERMET_CONFIG \
     HERMET_RATE_LIMITS__ENABLED=false \
     HERMET_HTTP__ADDR="127.0.0.1:$PORT" \
     HERMET_JWT_SECRET="$(head -c 48 /dev/urandom | base64 -w0)" \
+    HERMET_AUTH__OPEN_SIGNUP=true \
     HERMET_REDIS__KEY_PREFIX="fuzz$TAG" \
     RUST_LOG=${RUST_LOG:-info} \
     NO_COLOR=1 \

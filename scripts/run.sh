@@ -28,6 +28,9 @@ if [[ -z ${HERMET_JWT_SECRET:-} ]]; then
     export HERMET_JWT_SECRET
 fi
 
+# Anyone may sign up with `POST /v1/users` here; a real deployment imports its users through
+# the server routes instead (`auth.open_signup` is off by default).
+export HERMET_AUTH__OPEN_SIGNUP=${HERMET_AUTH__OPEN_SIGNUP:-true}
 # Rate limits: the production defaults (the `[rate_limits]` section's) would throttle a test
 # client hammering this server from localhost, so a development run allows thousands a second
 # (a config file, or these variables set beforehand, win).

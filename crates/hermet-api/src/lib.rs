@@ -1,6 +1,7 @@
 //! hermet-api: the HTTP/JSON API of `docs/api.md`, on axum.
 //!
-//! - [`auth`]: HS256 bearer tokens whose `sub` is the user id;
+//! - [`auth`]: HS256 bearer tokens whose `sub` is the user id, refused for disabled users and
+//!   revoked tokens (a cache fed by `LISTEN hermet_auth`), and the server API keys;
 //! - [`jwks`]: tokens signed by an identity provider, verified against its key set (JWKS);
 //! - [`error`]: every failure becomes `{"error": {"code", "message"}}` with the documented status;
 //!   internals are logged, never sent;
@@ -50,6 +51,10 @@ pub struct ApiConfig {
     pub jwt_secret: String,
     /// Lifetime of tokens issued by `POST /v1/users`.
     pub token_ttl_secs: u64,
+    /// Longest `ttl_secs` of `POST /v1/server/users/{id}/tokens`.
+    pub max_token_ttl_secs: u64,
+    /// Whether anyone may create a user with `POST /v1/users` (else `403 signup_disabled`).
+    pub open_signup: bool,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Longest a read with `X-Hermet-Min-Lsn` waits for the view before answering stale.
@@ -62,8 +67,9 @@ pub struct ApiConfig {
     pub coverage: consistency::ViewCoverage,
     /// Per-user and per-address limits; all off by default.
     pub rate_limits: RateLimits,
-    /// `[auth.jwks]`: user tokens signed by the identity provider, if configured.
-    pub jwks: Option<jwks::JwksConfig>,
+    /// `[auth.jwks]`: the verifier of user tokens signed by the product's identity provider,
+    /// if one is configured (built, and its key set read, before the server starts).
+    pub identity_provider: Option<Arc<jwks::JwksVerifier>>,
 }
 
 impl Default for ApiConfig {
@@ -71,12 +77,14 @@ impl Default for ApiConfig {
         ApiConfig {
             jwt_secret: String::new(),
             token_ttl_secs: 30 * 24 * 3600,
+            max_token_ttl_secs: 30 * 24 * 3600,
+            open_signup: false,
             max_body_bytes: 64 * 1024,
             read_wait: std::time::Duration::from_secs(2),
             max_read_waiters: consistency::DEFAULT_MAX_READ_WAITERS,
             coverage: consistency::ViewCoverage::default(),
             rate_limits: RateLimits::default(),
-            jwks: None,
+            identity_provider: None,
         }
     }
 }
@@ -93,6 +101,11 @@ pub(crate) struct Inner {
     pub(crate) cfg: ApiConfig,
     metrics: Option<PrometheusHandle>,
     hub: Hub,
+    auth: Arc<auth::states::AuthStates>,
+    /// Identity-provider subjects already mapped to users.
+    external: auth::external::ExternalUsers,
+    /// Ends the auth listener when the state is dropped.
+    _listener: Option<auth::states::ListenerStop>,
     /// Reads waiting for `X-Hermet-Min-Lsn`, and their poller.
     pub(crate) waits: consistency::Waits,
     pub(crate) limits: rate_limit::Limiters,
@@ -116,6 +129,9 @@ impl AppState {
         let keys = TokenKeys::new(cfg.jwt_secret.as_bytes(), cfg.token_ttl_secs);
         let waits = consistency::Waits::new(cfg.max_read_waiters);
         let limits = rate_limit::Limiters::new(&cfg.rate_limits);
+        let auth = Arc::new(auth::states::AuthStates::new(store.clone(), hub.clone()));
+        let external = auth::external::ExternalUsers::default();
+        let listener = auth::states::spawn_listener(&auth);
         AppState {
             inner: Arc::new(Inner {
                 store,
@@ -123,6 +139,9 @@ impl AppState {
                 cfg,
                 metrics,
                 hub,
+                auth,
+                _listener: listener,
+                external,
                 waits,
                 limits,
             }),
@@ -139,6 +158,16 @@ impl AppState {
 
     pub fn keys(&self) -> &TokenKeys {
         &self.inner.keys
+    }
+
+    /// The identity provider's verifier, when `[auth.jwks]` is configured.
+    pub fn identity_provider(&self) -> Option<&jwks::JwksVerifier> {
+        self.inner.cfg.identity_provider.as_deref()
+    }
+
+    /// The users' auth states of this process.
+    pub fn auth(&self) -> &auth::states::AuthStates {
+        &self.inner.auth
     }
 }
 

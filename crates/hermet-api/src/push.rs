@@ -12,6 +12,10 @@
 //!   published; nothing is stored for users who are away or were dropped. Clients recover by
 //!   re-reading their lists after (re)connecting.
 //!
+//! - **Closing for auth** ([`Hub::close`]): each connection carries the issue time of its token
+//!   and a one-shot channel; a revocation or a disable sends the reason on it and the socket
+//!   closes. Publishing never looks at either, so it costs nothing per event.
+//!
 //! Concurrency: one `std::sync::Mutex` over the map. It is held only for map operations and
 //! `try_send` (never across an `.await`), so a blocking lock is cheaper than an async one.
 
@@ -22,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::extract::ws::Utf8Bytes;
 use hermet_core::push::{PushEvent, PushSink};
 use hermet_core::rows::UserId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::telemetry;
 
@@ -44,6 +48,27 @@ struct Inner {
 struct Conn {
     id: u64,
     tx: mpsc::Sender<Utf8Bytes>,
+    /// Unix ms the connection's token was issued.
+    issued_ms: i64,
+    /// Taken by the first [`Hub::close`] that applies.
+    kick: Option<oneshot::Sender<Closed>>,
+}
+
+/// Why the server closes a connection for auth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    TokenRevoked,
+    UserDisabled,
+}
+
+impl Closed {
+    /// The close frame's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Closed::TokenRevoked => "token revoked",
+            Closed::UserDisabled => "user disabled",
+        }
+    }
 }
 
 impl Default for Hub {
@@ -68,18 +93,51 @@ impl Hub {
         self.inner.capacity
     }
 
-    /// Adds a connection for `user`; it is removed when the returned value is dropped.
+    /// Adds a connection for `user` whose token has no known issue time (any revocation
+    /// closes it); it is removed when the returned value is dropped.
     pub fn register(&self, user: UserId) -> Subscription {
+        self.register_token(user, 0)
+    }
+
+    /// Adds a connection for `user` authenticated by a token issued at `issued_ms`.
+    pub fn register_token(&self, user: UserId, issued_ms: i64) -> Subscription {
         let (tx, rx) = mpsc::channel(self.inner.capacity);
+        let (kick_tx, kick) = oneshot::channel();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().entry(user).or_default().push(Conn { id, tx });
+        self.lock().entry(user).or_default().push(Conn {
+            id,
+            tx,
+            issued_ms,
+            kick: Some(kick_tx),
+        });
         telemetry::push_connected();
         Subscription {
             user,
             id,
             rx,
+            kick,
+            kick_done: false,
             hub: self.clone(),
         }
+    }
+
+    /// Asks `user`'s connections to close with `why`: all of them, or (`Some(ms)`) those whose
+    /// token was issued before `ms`. Returns how many were asked.
+    pub fn close(&self, user: UserId, issued_before: Option<i64>, why: Closed) -> usize {
+        let mut users = self.lock();
+        let Some(conns) = users.get_mut(&user) else {
+            return 0;
+        };
+        let mut n = 0;
+        for c in conns
+            .iter_mut()
+            .filter(|c| issued_before.is_none_or(|b| c.issued_ms < b))
+        {
+            if let Some(kick) = c.kick.take() {
+                n += usize::from(kick.send(why).is_ok());
+            }
+        }
+        n
     }
 
     /// Connections currently registered for `user`.
@@ -182,7 +240,18 @@ pub struct Subscription {
     user: UserId,
     id: u64,
     rx: mpsc::Receiver<Utf8Bytes>,
+    kick: oneshot::Receiver<Closed>,
+    /// The kick channel has answered (it must not be polled again).
+    kick_done: bool,
     hub: Hub,
+}
+
+/// See [`Subscription::next`].
+#[derive(Debug)]
+pub enum Delivery {
+    Event(Utf8Bytes),
+    Closed(Closed),
+    TooSlow,
 }
 
 impl Subscription {
@@ -194,6 +263,40 @@ impl Subscription {
     /// Cancel-safe.
     pub async fn recv(&mut self) -> Option<Utf8Bytes> {
         self.rx.recv().await
+    }
+
+    /// What happens next to this connection: an event, a request to close from
+    /// [`Hub::close`] (before any event still queued), or the hub having dropped it as too slow.
+    /// Cancel-safe.
+    pub async fn next(&mut self) -> Delivery {
+        let Subscription {
+            rx,
+            kick,
+            kick_done,
+            ..
+        } = self;
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut *kick, if !*kick_done => {
+                    *kick_done = true;
+                    if let Ok(why) = r {
+                        return Delivery::Closed(why);
+                    }
+                }
+                m = rx.recv() => {
+                    return match m {
+                        Some(text) => Delivery::Event(text),
+                        // A close sent just before the queue went away still wins.
+                        None if !*kick_done => match kick.try_recv() {
+                            Ok(why) => Delivery::Closed(why),
+                            Err(_) => Delivery::TooSlow,
+                        },
+                        None => Delivery::TooSlow,
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -243,6 +346,34 @@ mod tests {
         assert!(slow.recv().await.is_some());
         assert!(slow.recv().await.is_some());
         assert!(slow.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn close_reaches_the_connections_it_names_once() {
+        let hub = Hub::default();
+        let mut old = hub.register_token(1, 100);
+        let mut new = hub.register_token(1, 200);
+        let mut other = hub.register_token(2, 100);
+        hub.publish(1, &ev(5));
+        assert_eq!(hub.close(1, Some(150), Closed::TokenRevoked), 1);
+        // The close comes before the event still queued.
+        assert!(matches!(
+            old.next().await,
+            Delivery::Closed(Closed::TokenRevoked)
+        ));
+        assert!(matches!(new.next().await, Delivery::Event(_)));
+        // Asked once: a second close does not count it again.
+        assert_eq!(hub.close(1, None, Closed::UserDisabled), 1);
+        assert!(matches!(
+            new.next().await,
+            Delivery::Closed(Closed::UserDisabled)
+        ));
+        assert_eq!(hub.close(3, None, Closed::UserDisabled), 0);
+        hub.publish(2, &ev(1));
+        assert!(
+            matches!(other.next().await, Delivery::Event(_)),
+            "others keep receiving"
+        );
     }
 
     #[test]

@@ -125,6 +125,62 @@ impl Avatar {
     }
 }
 
+/// The product's own id of a user (`POST /v1/server/users`): 1–[`ExternalId::MAX_CHARS`]
+/// characters, kept exactly as sent — it is an opaque key, so leading or trailing whitespace is
+/// refused rather than trimmed (trimming would make two ids one user), as are control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalId(String);
+
+impl ExternalId {
+    pub const MAX_CHARS: usize = 256;
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        const FIELD: &str = "external_id";
+        let n = raw.chars().count();
+        if n == 0 {
+            return Err(Invalid::new(FIELD, "must not be empty"));
+        }
+        if n > Self::MAX_CHARS {
+            return Err(Invalid::new(
+                FIELD,
+                format!("must be at most {} characters", Self::MAX_CHARS),
+            ));
+        }
+        if has_control(raw) {
+            return Err(Invalid::new(FIELD, "must not contain control characters"));
+        }
+        if raw.trim() != raw {
+            return Err(Invalid::new(FIELD, "must not start or end with whitespace"));
+        }
+        Ok(ExternalId(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The name an operator gives an API key: 1–[`KeyName::MAX_CHARS`] characters after trimming,
+/// no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyName(String);
+
+impl KeyName {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let limits = Limits {
+            max_name_chars: Self::MAX_CHARS,
+            ..Limits::default()
+        };
+        Name::parse("name", raw, &limits).map(|n| KeyName(n.0))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A remark or contact-group name: empty clears it; otherwise at most `max_remark_chars`
 /// characters after trimming, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -258,6 +314,22 @@ pub fn id(field: &'static str, raw: i64) -> Result<i64, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_ids_and_key_names() {
+        assert_eq!(ExternalId::parse("acct-42").unwrap().as_str(), "acct-42");
+        assert!(ExternalId::parse(&"x".repeat(256)).is_ok());
+        for bad in ["", " a", "a ", "a\nb", "\u{0}"] {
+            assert!(ExternalId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(ExternalId::parse(&"x".repeat(257)).is_err());
+        assert_eq!(KeyName::parse(" app ").unwrap().as_str(), "app");
+        assert!(KeyName::parse(&"k".repeat(64)).is_ok());
+        for bad in ["", "  ", "a\tb"] {
+            assert!(KeyName::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(KeyName::parse(&"k".repeat(65)).is_err());
+    }
 
     #[test]
     fn names() {

@@ -72,10 +72,10 @@ pub struct MessageItem {
 
 /// Row changes collected by a command.
 #[derive(Default)]
-struct Changes(Vec<RowChange>);
+pub(crate) struct Changes(Vec<RowChange>);
 
 impl Changes {
-    fn push(&mut self, c: RowChange) {
+    pub(crate) fn push(&mut self, c: RowChange) {
         self.0.push(c);
     }
     fn members(&mut self, rows: Vec<MemberRow>, op: Op) {
@@ -96,7 +96,7 @@ impl Changes {
     }
 }
 
-fn user_not_found(id: UserId) -> StoreError {
+pub(crate) fn user_not_found(id: UserId) -> StoreError {
     StoreError::not_found("user_not_found", format!("user {id} does not exist"))
 }
 
@@ -146,7 +146,7 @@ async fn q(
     Ok(tx.query(&stmt, params).await?)
 }
 
-async fn q_opt(
+pub(crate) async fn q_opt(
     tx: &Transaction<'_>,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -155,7 +155,7 @@ async fn q_opt(
     Ok(tx.query_opt(&stmt, params).await?)
 }
 
-async fn q_one(
+pub(crate) async fn q_one(
     tx: &Transaction<'_>,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -165,12 +165,16 @@ async fn q_one(
 }
 
 impl Store {
-    async fn conn(&self) -> Result<deadpool_postgres::Client, StoreError> {
+    pub(crate) async fn conn(&self) -> Result<deadpool_postgres::Client, StoreError> {
         Ok(self.pool().get().await?)
     }
 
     /// Hands the changes to the sync path and commits.
-    async fn finish(&self, tx: Transaction<'_>, changes: Changes) -> Result<(), StoreError> {
+    pub(crate) async fn finish(
+        &self,
+        tx: Transaction<'_>,
+        changes: Changes,
+    ) -> Result<(), StoreError> {
         let mut applied = project::Applied::default();
         match self.config().sync_mode {
             SyncMode::DualWrite => {
@@ -192,7 +196,7 @@ impl Store {
         Ok(())
     }
 
-    async fn lsn(conn: &deadpool_postgres::Client) -> Result<Lsn, StoreError> {
+    pub(crate) async fn lsn(conn: &deadpool_postgres::Client) -> Result<Lsn, StoreError> {
         let stmt = conn.prepare_cached(CURRENT_LSN).await?;
         let row = conn.query_one(&stmt, &[]).await?;
         let s: String = row.get(0);

@@ -13,6 +13,8 @@
 //! - [`visibility`]: whether transactions the WAL already shipped are visible to look-ups yet;
 //! - [`telemetry`]: the metrics this crate records.
 //! - [`dead_letters`]: what the projectors set aside, kept until a replay applies it.
+//! - [`identity`]: users imported by external id, their auth state (disabled, tokens revoked,
+//!   announced on `NOTIFY hermet_auth`), and the server API keys.
 //!
 //! All SQL binds its values; batches use `UNNEST` arrays.
 
@@ -21,6 +23,7 @@ pub mod audit;
 pub mod commands;
 pub mod dead_letters;
 mod error;
+pub mod identity;
 pub mod migrate;
 pub mod oracle;
 pub mod project;
@@ -96,6 +99,8 @@ pub struct Store {
     /// Built at the first list read, from the catalog.
     lists: Arc<tokio::sync::OnceCell<views::ListQueries>>,
     max_list_statements: usize,
+    /// Where [`Store::listen_auth`] connects (a dedicated connection, outside the pools).
+    listen: Option<Arc<tokio_postgres::Config>>,
 }
 
 /// Opens a connection pool. Connections are made lazily; [`Store::ping`] checks one.
@@ -129,6 +134,7 @@ impl Store {
             cache: hermet_core::cache::no_cache(),
             lists: Arc::default(),
             max_list_statements: views::DEFAULT_MAX_LIST_STATEMENTS,
+            listen: None,
         }
     }
 
@@ -150,6 +156,22 @@ impl Store {
     pub fn with_max_list_statements(mut self, n: usize) -> Self {
         self.max_list_statements = n.max(1);
         self
+    }
+
+    /// The store, able to open the `LISTEN hermet_auth` connection of [`Store::listen_auth`] to
+    /// the database at `url` (the pools' own database). Without it, API processes cannot learn
+    /// of other processes' auth changes and read the auth state on every request instead.
+    pub fn with_listen_url(mut self, url: &str) -> Result<Self, StoreError> {
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("database url: {e}")))?;
+        self.listen = Some(Arc::new(pg));
+        Ok(self)
+    }
+
+    /// Whether [`Store::listen_auth`] has somewhere to connect.
+    pub fn can_listen(&self) -> bool {
+        self.listen.is_some()
     }
 
     /// The list reads' pool.

@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "hybrid_fanout",
         include_str!("../migrations/0008_hybrid_fanout.sql"),
     ),
+    (
+        9,
+        "identity",
+        include_str!("../migrations/0009_identity.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.

@@ -25,7 +25,7 @@ pub(crate) const MEMBER_WIDTH: usize = 11;
 pub(crate) const MESSAGE_WIDTH: usize = 8;
 pub(crate) const CHANNEL_WIDTH: usize = 15;
 
-fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T, StoreError> {
+pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T, StoreError> {
     row.try_get(idx)
         .map_err(|e| StoreError::Decode(format!("column {idx}: {e}")))
 }

@@ -84,6 +84,8 @@ impl TestDb {
 
     pub fn store_with(&self, cfg: StoreConfig) -> Store {
         Store::new(connect_pool(&self.url, 16).expect("pool"), cfg)
+            .with_listen_url(&self.url)
+            .expect("listen url")
     }
 
     /// Differences between the read side and the rebuild oracle.
@@ -162,6 +164,16 @@ impl Drop for TestDb {
 
 pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret!";
 
+/// The API settings of [`TestApp`]: the test secret, and open sign-up (the tests create their
+/// users with `POST /v1/users`).
+pub fn api_config() -> ApiConfig {
+    ApiConfig {
+        jwt_secret: TEST_SECRET.into(),
+        open_signup: true,
+        ..ApiConfig::default()
+    }
+}
+
 /// The app, serving on a random local port against its own database.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -212,7 +224,7 @@ impl TestApp {
     /// The app over `store` (e.g. one with a list cache) on `db`.
     pub async fn spawn_with(db: TestDb, store: Store) -> TestApp {
         // No rate limits (the `ApiConfig` default): the tests create users and send fast.
-        Self::spawn_limited(db, store, hermet_api::RateLimits::default()).await
+        Self::spawn_configured(db, store, api_config()).await
     }
 
     /// The app over `store` with `rate_limits`.
@@ -222,10 +234,14 @@ impl TestApp {
         rate_limits: hermet_api::RateLimits,
     ) -> TestApp {
         let cfg = ApiConfig {
-            jwt_secret: TEST_SECRET.into(),
             rate_limits,
-            ..ApiConfig::default()
+            ..api_config()
         };
+        Self::spawn_configured(db, store, cfg).await
+    }
+
+    /// The app over `store` on `db` with API settings of its own.
+    pub async fn spawn_configured(db: TestDb, store: Store, cfg: ApiConfig) -> TestApp {
         let hub = hermet_api::Hub::default();
         let app = hermet_api::router(AppState::with_hub(store.clone(), cfg, None, hub.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -144,6 +144,7 @@ async fn waiting_reads_hold_no_connection_and_are_bounded() {
         jwt_secret: TEST_SECRET.into(),
         read_wait,
         max_read_waiters,
+        open_signup: true,
         ..ApiConfig::default()
     };
     let read_wait = Duration::from_secs(6);

@@ -1264,6 +1264,7 @@ async fn read_your_writes_in_cdc_mode() {
         jwt_secret: TEST_SECRET.into(),
         read_wait: wait,
         coverage: coverage.clone(),
+        open_signup: true,
         ..ApiConfig::default()
     };
     // Generous: a fresh read normally waits for one projector batch.
@@ -1401,6 +1402,7 @@ async fn serve_waiting(store: &Store, coverage: ViewCoverage, wait: Duration) ->
             jwt_secret: TEST_SECRET.into(),
             read_wait: wait,
             coverage,
+            open_signup: true,
             ..ApiConfig::default()
         },
     )

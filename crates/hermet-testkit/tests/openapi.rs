@@ -23,6 +23,10 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("patch", "/v1/conversations/{channel_id}"),
     ("get", "/v1/conversations"),
     ("get", "/v1/ws"),
+    ("post", "/v1/server/users"),
+    ("patch", "/v1/server/users/{user_id}"),
+    ("post", "/v1/server/users/{user_id}/tokens"),
+    ("delete", "/v1/server/users/{user_id}/tokens"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -105,6 +109,11 @@ async fn openapi_lists_every_endpoint_with_auth_and_error_schema() {
     assert_eq!(scheme["scheme"], "bearer");
     assert_eq!(scheme["bearerFormat"], "JWT");
     assert_eq!(doc["security"], serde_json::json!([{"bearerAuth": []}]));
+    let key = &doc["components"]["securitySchemes"]["serverKey"];
+    assert_eq!(
+        (&key["type"], &key["scheme"]),
+        (&"http".into(), &"bearer".into())
+    );
 
     // The error schema has the documented shape.
     let err = doc
@@ -121,12 +130,19 @@ async fn openapi_lists_every_endpoint_with_auth_and_error_schema() {
         let name = format!("{} {path}", method.to_uppercase());
         let op = &paths[*path][*method];
         let public = PUBLIC.contains(&(*method, *path));
+        let server = path.starts_with("/v1/server/");
         match op.get("security") {
+            // The server routes take the server key, and only it.
+            Some(s) if server => assert_eq!(
+                s,
+                &serde_json::json!([{"serverKey": []}]),
+                "{name}: the server routes take the server key"
+            ),
             Some(s) => assert!(
                 public && s.as_array().is_some_and(Vec::is_empty),
                 "{name}: security override {s} (only public endpoints may lift auth)"
             ),
-            None => assert!(!public, "{name} is public but inherits bearer auth"),
+            None => assert!(!public && !server, "{name} inherits bearer auth"),
         }
 
         let responses = op["responses"]
@@ -215,9 +231,9 @@ async fn openapi_documents_limits_and_consistency_headers() {
         assert_eq!(p["schema"]["type"], "integer");
     }
 
-    // Writes carry X-Hermet-Lsn on success.
+    // Writes carry X-Hermet-Lsn on success (minting a token writes nothing).
     for (method, path) in ENDPOINTS {
-        if *method == "get" {
+        if *method == "get" || (*method, *path) == ("post", "/v1/server/users/{user_id}/tokens") {
             continue;
         }
         let responses = op(method, path)["responses"]

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::{ops, serve};
+use crate::{apikey, ops, serve};
 
 #[derive(Parser)]
 #[command(name = "hermet", version, about = "CQRS instant-messaging backend")]
@@ -104,6 +104,37 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: DlqCmd,
     },
+    /// API keys of the product's app server (the `/v1/server/...` routes).
+    Apikey {
+        #[command(subcommand)]
+        cmd: ApikeyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCmd {
+    /// Create a key and print it (the only time it is shown) with its id.
+    Create {
+        /// What the key is for (1–64 characters).
+        #[arg(long)]
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys (never the keys themselves: their id, name and first characters).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: requests with it are refused from now on.
+    Revoke {
+        /// The key's id (from `create` or `list`).
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -186,6 +217,13 @@ fn run_command(rt: &tokio::runtime::Runtime, command: Command, cfg: Config) -> a
         Command::Admin {
             cmd: AdminCmd::Status { json },
         } => rt.block_on(ops::status(&cfg, json)),
+        Command::Admin {
+            cmd: AdminCmd::Apikey { cmd },
+        } => match cmd {
+            ApikeyCmd::Create { name, json } => rt.block_on(apikey::create(&cfg, &name, json)),
+            ApikeyCmd::List { json } => rt.block_on(apikey::list(&cfg, json)),
+            ApikeyCmd::Revoke { id, json } => rt.block_on(apikey::revoke(&cfg, id, json)),
+        },
         Command::Config => {
             println!("{cfg:#?}");
             Ok(())

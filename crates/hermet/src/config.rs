@@ -218,6 +218,10 @@ pub struct AuthConfig {
     /// `[auth.jwks]`: also accept tokens signed by the product's identity provider, verified
     /// against its key set (hermet_api::jwks).
     pub jwks: Option<hermet_api::jwks::JwksConfig>,
+    /// Longest lifetime a server may ask for a minted token (`POST /v1/server/users/{id}/tokens`).
+    pub max_token_ttl_secs: u64,
+    /// `POST /v1/users` open to anyone (development); off, users come from the product's server.
+    pub open_signup: bool,
 }
 
 impl Default for AuthConfig {
@@ -226,6 +230,8 @@ impl Default for AuthConfig {
             jwt_secret: String::new(),
             token_ttl_secs: 30 * 24 * 3600,
             jwks: None,
+            max_token_ttl_secs: 30 * 24 * 3600,
+            open_signup: false,
         }
     }
 }
@@ -236,6 +242,8 @@ impl std::fmt::Debug for AuthConfig {
             .field("jwt_secret", &"<redacted>")
             .field("token_ttl_secs", &self.token_ttl_secs)
             .field("jwks", &self.jwks)
+            .field("max_token_ttl_secs", &self.max_token_ttl_secs)
+            .field("open_signup", &self.open_signup)
             .finish()
     }
 }
@@ -765,6 +773,9 @@ impl Config {
         if let Some(jwks) = &self.auth.jwks {
             jwks.validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        if self.auth.max_token_ttl_secs == 0 {
+            return bad("auth.max_token_ttl_secs must be at least 1".into());
         }
         if !SHUTDOWN_DEADLINE_SECS.contains(&self.shutdown.deadline_secs) {
             return bad(format!(

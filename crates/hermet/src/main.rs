@@ -1,6 +1,7 @@
 //! The `hermet` binary: parses the command line, loads configuration, sets up logging, then
 //! hands over to the subcommand. Everything else lives in the library crates.
 
+mod apikey;
 mod cli;
 mod ops;
 mod serve;

@@ -41,7 +41,8 @@ async fn connect_and_migrate(cfg: &Config) -> anyhow::Result<Store> {
     let reads = connect_pool(&cfg.database.url, cfg.database.read_pool_size)?;
     Ok(Store::new(pool, cfg.store_config())
         .with_read_pool(reads)
-        .with_cache(cfg.list_cache()?))
+        .with_cache(cfg.list_cache()?)
+        .with_listen_url(&cfg.database.url)?)
 }
 
 pub async fn migrate_only(cfg: &Config) -> anyhow::Result<()> {
@@ -171,16 +172,37 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
     // was acknowledged to a client is behind the relay's last confirmed position.
     let http_stop = CancellationToken::new();
     let http = if api {
+        // The provider's key set is read before serving: a wrong source stops the start here.
+        let identity_provider = match &cfg.auth.jwks {
+            Some(jwks) => {
+                let v = Arc::new(
+                    hermet_api::jwks::JwksVerifier::new(jwks)
+                        .await
+                        .context("reading the identity provider's key set ([auth.jwks])")?,
+                );
+                if jwks.refresh_interval_secs > 0 {
+                    let idp = v.clone();
+                    tasks.spawn_until_cancelled("jwks refresh", async move {
+                        idp.refresh_periodically().await
+                    });
+                }
+                Some(v)
+            }
+            None => None,
+        };
         let api_cfg = ApiConfig {
             jwt_secret: cfg.auth.jwt_secret.clone(),
             token_ttl_secs: cfg.auth.token_ttl_secs,
+            max_token_ttl_secs: cfg.auth.max_token_ttl_secs,
+            open_signup: cfg.auth.open_signup,
             max_body_bytes: cfg.http.max_body_bytes,
             read_wait: Duration::from_millis(cfg.projector.read_wait_ms),
             max_read_waiters: cfg.projector.max_read_waiters,
             coverage: view_coverage(&cfg)?,
             rate_limits: cfg.rate_limits.api(),
-            jwks: cfg.auth.jwks.clone(),
+            identity_provider: identity_provider.clone(),
         };
+        // The state's auth listener (`LISTEN hermet_auth`) ends with it, when this server stops.
         let state = AppState::with_hub(store, api_cfg, Some(metrics), hub);
         // Keyed limiters keep an entry per user and address seen: drop the idle ones.
         tasks.spawn_until_cancelled(

@@ -140,6 +140,7 @@ async fn an_inactive_slot_retaining_wal_is_reported() {
     serve_env.extend([
         ("HERMET_HTTP_ADDR".to_owned(), addr.clone()),
         ("HERMET_JWT_SECRET".to_owned(), TEST_SECRET.to_owned()),
+        ("HERMET_AUTH__OPEN_SIGNUP".to_owned(), "true".to_owned()),
         ("HERMET_AUDIT__INTERVAL_SECS".to_owned(), "0".to_owned()),
         ("HERMET_REDIS__CACHE".to_owned(), "false".to_owned()),
     ]);

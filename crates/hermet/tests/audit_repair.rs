@@ -156,6 +156,7 @@ impl Serving {
             kv("HERMET_READ_SIDE__PREVIEW_CHARS", &PREVIEW.to_string()),
             kv("HERMET_HTTP_ADDR", &addr),
             kv("HERMET_JWT_SECRET", TEST_SECRET),
+            kv("HERMET_AUTH__OPEN_SIGNUP", "true"),
             // A repair retires every cached page: only this test's pages.
             kv("HERMET_REDIS__KEY_PREFIX", &format!("ar{tag}")),
             kv("HERMET_AUDIT__INTERVAL_SECS", "1"),

@@ -168,6 +168,7 @@ async fn serve_all_in_cdc_mode_reads_your_writes() {
         &[
             ("HERMET_HTTP_ADDR".into(), addr.clone()),
             ("HERMET_JWT_SECRET".into(), TEST_SECRET.into()),
+            ("HERMET_AUTH__OPEN_SIGNUP".into(), "true".into()),
             ("HERMET_PROJECTOR__READ_WAIT_MS".into(), "30000".into()),
         ],
     );

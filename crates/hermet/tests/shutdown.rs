@@ -133,6 +133,7 @@ async fn stops_cleanly_under_load(mode: &str) {
     let env: Vec<(String, String)> = vec![
         ("HERMET_HTTP_ADDR".into(), addr.clone()),
         ("HERMET_JWT_SECRET".into(), TEST_SECRET.into()),
+        ("HERMET_AUTH__OPEN_SIGNUP".into(), "true".into()),
         ("HERMET_SYNC_MODE".into(), mode.into()),
         (
             "HERMET_SHUTDOWN__DEADLINE_SECS".into(),

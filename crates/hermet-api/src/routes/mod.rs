@@ -4,6 +4,7 @@ mod channels;
 pub(crate) mod conversations;
 mod friends;
 mod groups;
+mod server;
 mod users;
 mod ws;
 
@@ -44,6 +45,12 @@ pub(crate) fn router() -> Router<AppState> {
             patch(conversations::update),
         )
         .route("/v1/ws", get(ws::connect))
+        .route("/v1/server/users", post(server::import_user))
+        .route("/v1/server/users/{user_id}", patch(server::update_user))
+        .route(
+            "/v1/server/users/{user_id}/tokens",
+            post(server::mint_token).delete(server::revoke_tokens),
+        )
 }
 
 /// A nickname or group name. The document's `maxLength` bounds the string as sent, so that is

@@ -31,6 +31,13 @@ pub(crate) async fn create(
     addr: ClientAddr,
     Json(body): Json<CreateUser>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if !state.inner.cfg.open_signup {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signup_disabled",
+            "open sign-up is off: users are created by the product's server (POST /v1/server/users)",
+        ));
+    }
     rate_limit::check_signup(&state, addr)?;
     let limits = &state.store().config().limits;
     let nickname = name("nickname", &body.nickname, limits)?;

@@ -3,8 +3,13 @@
 //! connection then receives this user's events (`hermet_core::push::PushEvent`) as JSON text
 //! frames from the [`Hub`](crate::push::Hub); what the client sends is ignored, pings are answered
 //! (by the protocol library), and the server pings an idle connection to find dead peers.
+//!
+//! Auth does not end at the upgrade: the connection is closed (code 1008, policy) when its token
+//! expires ("token expired"), when the user's tokens issued before it are revoked ("token
+//! revoked") or when the user is disabled ("user disabled"), through [`Hub::close`]
+//! (crate::push::Hub::close), which the auth listener calls in every API process.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -17,8 +22,8 @@ use tokio::time::Instant;
 use crate::auth::bearer_token;
 use crate::error::ApiError;
 use crate::extract::Query;
-use crate::push::Subscription;
-use crate::rate_limit::{self, ClientAddr};
+use crate::push::{Delivery, Subscription};
+use crate::rate_limit::ClientAddr;
 use crate::AppState;
 
 /// How often the server pings; a peer silent for [`SILENCE_LIMIT`] is gone.
@@ -47,10 +52,9 @@ pub(crate) async fn connect(
             ApiError::unauthorized("expected `Authorization: Bearer <token>` or `?token=<token>`")
         })?,
     };
-    let user = state
-        .keys()
-        .verify(token.trim())
-        .map_err(|e| rate_limit::auth_failed(&state, addr, e))?;
+    let token = crate::auth::authenticate(&state, token.trim())
+        .await
+        .map_err(|e| crate::auth::refused(&state, addr, e))?;
     let upgrade = upgrade.map_err(|r| {
         ApiError::new(
             r.status(),
@@ -58,29 +62,54 @@ pub(crate) async fn connect(
             format!("GET /v1/ws is a WebSocket endpoint: {}", r.body_text()),
         )
     })?;
-    // Registered before the upgrade completes, so nothing published after the 101 is missed.
-    let sub = state.hub().register(user);
+    // Registered before the upgrade completes, so nothing published after the 101 is missed;
+    // and before the auth check, so a revocation after the check reaches this connection.
+    let sub = state.hub().register_token(token.user, token.issued_ms);
+    state.auth().check(token.user, token.issued_ms).await?;
+    let expires = expiry_instant(token.expires_at_secs);
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| pump(socket, sub)))
+        .on_upgrade(move |socket| pump(socket, sub, expires)))
 }
 
-/// Forwards the subscription's events until either side ends; dropping `sub` unregisters.
-async fn pump(mut socket: WebSocket, mut sub: Subscription) {
+/// When a token valid until `exp` (Unix seconds) expires, on the monotonic clock.
+fn expiry_instant(exp: u64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(exp).saturating_sub(now);
+    // Far-future expiries are capped (an `Instant` that far out may not be representable).
+    Instant::now() + left.min(Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// Forwards the subscription's events until either side ends or the token stops being valid;
+/// dropping `sub` unregisters.
+async fn pump(mut socket: WebSocket, mut sub: Subscription, expires: Instant) {
     let user = sub.user();
     tracing::debug!(user, "push connection open");
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
+    let expiry = tokio::time::sleep_until(expires);
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
-            event = sub.recv() => match event {
-                Some(text) => {
+            () = &mut expiry => {
+                close(&mut socket, close_code::POLICY, "token expired").await;
+                break;
+            }
+            delivery = sub.next() => match delivery {
+                Delivery::Event(text) => {
                     if !send(&mut socket, Message::Text(text)).await {
                         break;
                     }
                 }
-                None => {
+                Delivery::Closed(why) => {
+                    tracing::info!(user, reason = why.reason(), "push connection closed for auth");
+                    close(&mut socket, close_code::POLICY, why.reason()).await;
+                    break;
+                }
+                Delivery::TooSlow => {
                     // The hub dropped us: the client did not keep up.
                     let reason = "too slow; reconnect and re-read lists";
                     close(&mut socket, close_code::AGAIN, reason).await;

@@ -79,6 +79,7 @@ impl Server {
             .env("HERMET_JWT_SECRET", spec.secret)
             // The load comes from one address at rates far past the production limits.
             .env("HERMET_RATE_LIMITS__ENABLED", "false")
+            .env("HERMET_AUTH__OPEN_SIGNUP", "true")
             .env("HERMET_KAFKA_BROKERS", &spec.env.kafka_brokers)
             .env("HERMET_REDIS_URL", &spec.env.redis_url)
             .env("HERMET_REDIS__CACHE", cache.to_string())

@@ -25,6 +25,7 @@ fn validated(change: impl FnOnce(&mut Config)) -> Result<(), String> {
 #[test]
 fn bad_values_are_refused() {
     assert!(validated(|c| c.read_side.shards = 0).is_err());
+    assert!(validated(|c| c.auth.max_token_ttl_secs = 0).is_err());
     assert!(validated(|c| c.database.url = "mysql://nope".into()).is_err());
     assert!(validated(|c| c.projector.max_attempts = 0).is_err());
     assert!(validated(|c| c.database.read_pool_size = 0).is_err());
@@ -185,6 +186,12 @@ fn file_and_environment() {
         jail.set_env("HERMET_AUDIT__REPAIR", "false");
         jail.set_env("HERMET_AUDIT__MAX_REPAIRS", "25");
         let c = Config::load(Some(Path::new("hermet.toml"))).map_err(|e| e.to_string())?;
+        assert!(!c.auth.open_signup, "open sign-up is off unless asked for");
+        jail.set_env("HERMET_AUTH__OPEN_SIGNUP", "true");
+        jail.set_env("HERMET_AUTH__MAX_TOKEN_TTL_SECS", "3600");
+        let c = Config::load(Some(Path::new("hermet.toml"))).map_err(|e| e.to_string())?;
+        assert!(c.auth.open_signup);
+        assert_eq!(c.auth.max_token_ttl_secs, 3600);
         assert_eq!(c.database.read_pool_size, 3);
         assert!(
             !c.audit.repair,

@@ -358,6 +358,8 @@ impl Pipeline {
             kv("HERMET_PROJECTOR__DLQ_TOPIC", self.dlq_topic()),
             kv("HERMET_PROJECTOR__BATCH_MAX", self.batch_max.to_string()),
             kv("HERMET_JWT_SECRET", TEST_SECRET.into()),
+            // The tests create their users with `POST /v1/users`.
+            kv("HERMET_AUTH__OPEN_SIGNUP", "true".into()),
             // Its own cache keys in the shared Redis.
             kv("HERMET_REDIS__KEY_PREFIX", self.prefix()),
             kv("HERMET_AUDIT__INTERVAL_SECS", "1".into()),
