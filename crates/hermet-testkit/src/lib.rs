@@ -6,6 +6,7 @@
 //! dropped when the value is dropped.
 
 pub mod cdc;
+pub mod idp;
 pub mod pipeline;
 pub mod seed;
 pub mod workload;
