@@ -110,7 +110,8 @@ pub enum Scenario {
     /// a member of many large groups.
     Fanout,
     /// Bearer-token verification per request, in process: HS256 (`TokenKeys`) against
-    /// identity-provider tokens (`JwksVerifier`) signed with RS256, ES256 and EdDSA.
+    /// identity-provider tokens (`JwksVerifier`) signed with RS256, ES256 and EdDSA; then the
+    /// same kinds through `GET /v1/me` of an in-process API, next to `GET /healthz`.
     Auth,
 }
 
@@ -582,7 +583,7 @@ pub async fn run_and_print(
             opts.check(scenario)?;
             print_report(&fanout::run(env, opts).await?, opts.json)
         }
-        Scenario::Auth => print_report(&auth::run(opts).await?, opts.json),
+        Scenario::Auth => print_report(&auth::run(env, opts).await?, opts.json),
         Scenario::Send | Scenario::List => {
             let report = run(env, scenario, opts).await?;
             if opts.json {
