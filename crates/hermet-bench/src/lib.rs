@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hermet_core::projection::ProjectionConfig;
+use hermet_core::rows::FanoutConfig;
 use hermet_core::validate::Limits;
 use hermet_store::{Store, StoreConfig, StoreError, SyncMode};
 use serde::Serialize;
@@ -517,6 +518,17 @@ async fn drop_database(admin_url: &str, name: &str) -> Result<(), BenchError> {
         })
 }
 
+/// The store configuration of the scenarios that run the store in process: `mode` and `fanout`,
+/// the rest as deployed by default.
+pub(crate) fn store_config(mode: SyncMode, fanout: FanoutConfig) -> StoreConfig {
+    StoreConfig {
+        sync_mode: mode,
+        projection: ProjectionConfig::default(),
+        limits: Limits::default(),
+        fanout,
+    }
+}
+
 /// Runs a scenario in its own scratch database and returns the report (progress goes to stderr).
 pub async fn run(
     env: &BenchEnv,
@@ -654,12 +666,7 @@ async fn run_in(
     let pool = hermet_store::connect_pool(url, pool_size)?;
     let store = Store::new(
         pool.clone(),
-        StoreConfig {
-            sync_mode: SyncMode::DualWrite,
-            projection: ProjectionConfig::default(),
-            limits: Limits::default(),
-            fanout: opts.read_threshold.config(),
-        },
+        store_config(SyncMode::DualWrite, opts.read_threshold.config()),
     );
     let result = measure_all(store, scenario, opts, plan, shards, workers, background).await;
     pool.close();

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 
 use hermet_api::jwks::JwksVerifier;
 use hermet_api::{ApiConfig, AppState};
-use hermet_core::projection::ProjectionConfig;
-use hermet_core::validate::Limits;
-use hermet_store::{Store, StoreConfig, SyncMode};
+use hermet_store::{Store, SyncMode};
 use hermet_testkit::idp::{self, Signer};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -202,12 +200,7 @@ async fn run_in(
     // With the LISTEN connection, as deployed: the auth-state cache is fed by it.
     let store = Store::new(
         pool.clone(),
-        StoreConfig {
-            sync_mode: SyncMode::DualWrite,
-            projection: ProjectionConfig::default(),
-            limits: Limits::default(),
-            fanout: Default::default(),
-        },
+        crate::store_config(SyncMode::DualWrite, Default::default()),
     )
     .with_listen_url(url)?;
     let mut jwks = idp::config(source);
