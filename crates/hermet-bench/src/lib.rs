@@ -182,7 +182,8 @@ pub struct BenchOptions {
     /// Unmeasured load before the first run (connections, caches).
     #[arg(long, default_value_t = 2)]
     pub warmup_secs: u64,
-    /// Measured workers [default: 8 senders for `send`, 16 readers for `list`].
+    /// Measured workers [default: 8 senders for `send`, 16 readers for `list`; `auth`: 1
+    /// verifier in process, 8 connections through HTTP].
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// `list`: background writers running the workload's write mix (0: none).
