@@ -1,40 +1,40 @@
-//! `hermet-bench auth`: what verifying a bearer token costs, per request, in process.
+//! `hermet-bench auth`: what verifying a bearer token costs, per request: in process, then
+//! through the HTTP API ([`http`]).
 //!
-//! Cases: hermet's own HS256 token (`TokenKeys::verify`), and identity-provider tokens through
-//! `JwksVerifier::verify` signed with RS256 (2048-bit), ES256 and EdDSA (Ed25519), plus two
-//! refusals an attacker can make the server do for free: an ES256 token with a bad signature,
-//! and a token naming an unknown `kid` (refused without re-reading the key set: the re-read is
-//! rate-limited, and the one it allows happens in the warm-up). Keys are generated for the run
-//! (ES256, Ed25519 with `ring`; RSA with `openssl genpkey`); the key set is a temporary file.
+//! In process (no database, no HTTP): hermet's own HS256 token (`TokenKeys::verify`), and
+//! identity-provider tokens through `JwksVerifier::verify` signed with RS256 (2048-bit), ES256
+//! and EdDSA (Ed25519), plus two refusals an attacker can make the server do for free: an ES256
+//! token with a bad signature, and a token naming an unknown `kid` (refused without re-reading
+//! the key set: the re-read is rate-limited, and the one it allows happens in the warm-up). Keys
+//! come from the test identity provider ([`hermet_testkit::idp`]: made for the run, none
+//! committed); the key set is a temporary file.
 //!
 //! `--concurrency` workers (default 1) verify in a closed loop for `--duration-secs` per case,
 //! cases in turn, `--runs` times. Reported per case and run: verifications/s (all workers),
 //! mean CPU-time-ish cost (wall time × workers / verifications) and per-call latency p50, p99,
-//! p99.9 in nanoseconds; then the medians. No database, no HTTP.
+//! p99.9 in nanoseconds; then the medians. The HTTP part follows, on a scratch database.
+
+mod http;
 
 use std::fmt::{self, Write as _};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
-use base64::Engine as _;
 use hdrhistogram::Histogram;
-use hermet_api::jwks::{Audiences, JwksConfig, JwksVerifier};
+use hermet_api::jwks::JwksVerifier;
 use hermet_api::TokenKeys;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use hermet_testkit::idp::{self, KeyFile, Signer};
 use serde::Serialize;
-use serde_json::{json, Value};
 
 use crate::report::median;
-use crate::{BenchError, BenchOptions};
+use crate::{BenchEnv, BenchError, BenchOptions};
 
-const ISSUER: &str = "https://idp.bench/";
-const AUDIENCE: &str = "hermet-bench";
+pub use http::{HttpReport, HttpRow, HttpSummary};
+
 /// Distinct tokens per case, used in turn.
 const TOKENS: usize = 64;
+/// Lifetime of the run's provider tokens: longer than any run.
+const TOKEN_TTL_SECS: u64 = 24 * 3600;
 
 /// One case of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +57,8 @@ pub struct AuthReport {
     pub concurrency: usize,
     pub duration_secs: u64,
     pub rows: Vec<AuthRow>,
+    /// The same token kinds through `GET /v1/me`.
+    pub http: HttpReport,
 }
 
 impl fmt::Display for AuthReport {
@@ -78,13 +80,7 @@ impl fmt::Display for AuthReport {
                 r.run, r.case, r.per_s, r.mean_ns, r.p50_ns, r.p99_ns, r.p999_ns, r.unexpected
             );
         }
-        let mut cases: Vec<&'static str> = Vec::new();
-        for r in &self.rows {
-            if !cases.contains(&r.case) {
-                cases.push(r.case);
-            }
-        }
-        for case in cases {
+        for case in first_seen(self.rows.iter().map(|r| r.case)) {
             let rs: Vec<&AuthRow> = self.rows.iter().filter(|r| r.case == case).collect();
             let m = |get: &dyn Fn(&AuthRow) -> f64| median(rs.iter().map(|r| get(r)).collect());
             let _ = writeln!(
@@ -97,8 +93,21 @@ impl fmt::Display for AuthReport {
                 m(&|r| r.p999_ns as f64),
             );
         }
-        f.write_str(&out)
+        out.push('\n');
+        f.write_str(&out)?;
+        self.http.fmt(f)
     }
+}
+
+/// The distinct values of `items` in the order they first appear.
+fn first_seen<T: PartialEq + Copy>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for x in items {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
 }
 
 /// Who verifies a case's tokens.
@@ -125,7 +134,8 @@ impl Verifier {
     }
 }
 
-pub async fn run(opts: &BenchOptions) -> Result<AuthReport, BenchError> {
+/// Runs the in-process part, then the HTTP part on a scratch database of `env`'s server.
+pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<AuthReport, BenchError> {
     let concurrency = opts.concurrency.unwrap_or(1);
     if concurrency == 0 || opts.runs == 0 || opts.duration_secs == 0 {
         return Err(BenchError::InvalidOptions(
@@ -134,25 +144,14 @@ pub async fn run(opts: &BenchOptions) -> Result<AuthReport, BenchError> {
     }
     eprintln!("bench auth: generating keys");
     let signers = [
-        Signer::rs256("rs-1")?,
-        Signer::es256("es-1")?,
-        Signer::eddsa("ed-1")?,
+        Signer::rs256("rs-1"),
+        Signer::es256("es-1"),
+        Signer::eddsa("ed-1"),
     ];
-    let file =
-        KeyFile::new(&json!({"keys": signers.iter().map(|s| s.jwk.clone()).collect::<Vec<_>>()}))?;
-    let cfg = JwksConfig {
-        source: file.0.display().to_string(),
-        issuer: ISSUER.into(),
-        audience: Audiences::One(AUDIENCE.into()),
-        algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
-        leeway_secs: 30,
-        // One re-read for the unknown-kid case (in the warm-up), none after.
-        refresh_min_interval_secs: 86_400,
-        refresh_interval_secs: 0,
-        fetch_timeout_ms: 5_000,
-        create_users: false,
-        nickname_claim: "name".into(),
-    };
+    let file = KeyFile::new(&idp::key_set(&signers.iter().collect::<Vec<_>>()));
+    let mut cfg = idp::config(&file.source());
+    // One re-read for the unknown-kid case (in the warm-up), none after.
+    cfg.refresh_min_interval_secs = 86_400;
     let jwks = Arc::new(
         JwksVerifier::new(&cfg)
             .await
@@ -174,13 +173,13 @@ pub async fn run(opts: &BenchOptions) -> Result<AuthReport, BenchError> {
         cases.push(Case {
             name,
             verifier: Verifier::Jwks(jwks.clone()),
-            tokens: Arc::new(s.tokens()?),
+            tokens: Arc::new(tokens(s)),
             valid: true,
         });
     }
     // Valid ES256 tokens with the signature of another.
     let es = &signers[1];
-    let good = es.tokens()?;
+    let good = tokens(es);
     let forged = good
         .iter()
         .zip(good.iter().cycle().skip(1))
@@ -196,12 +195,12 @@ pub async fn run(opts: &BenchOptions) -> Result<AuthReport, BenchError> {
         tokens: Arc::new(forged),
         valid: false,
     });
-    let mut stranger = Signer::es256("unknown-kid")?;
+    let mut stranger = Signer::es256("unknown-kid");
     stranger.kid = "not-in-the-set".into();
     cases.push(Case {
         name: "unknown kid",
         verifier: Verifier::Jwks(jwks.clone()),
-        tokens: Arc::new(stranger.tokens()?),
+        tokens: Arc::new(tokens(&stranger)),
         valid: false,
     });
 
@@ -220,11 +219,20 @@ pub async fn run(opts: &BenchOptions) -> Result<AuthReport, BenchError> {
             rows.push(row);
         }
     }
+    let http = http::run(env, opts, &signers, &file.source()).await?;
     Ok(AuthReport {
         concurrency,
         duration_secs: opts.duration_secs,
         rows,
+        http,
     })
+}
+
+/// [`TOKENS`] distinct valid tokens of `signer`, one subject each.
+fn tokens(signer: &Signer) -> Vec<String> {
+    (0..TOKENS)
+        .map(|i| signer.sign(&idp::claims_valid_for(&format!("user-{i}"), TOKEN_TTL_SECS)))
+        .collect()
 }
 
 /// `concurrency` workers verifying `case`'s tokens in a closed loop for `duration`.
@@ -279,128 +287,4 @@ async fn measure(
         p999_ns: h.value_at_quantile(0.999),
         unexpected,
     })
-}
-
-/// A private key and its public JWK.
-struct Signer {
-    kid: String,
-    alg: Algorithm,
-    key: EncodingKey,
-    jwk: Value,
-}
-
-fn crypto(what: &str) -> impl Fn(ring::error::Unspecified) -> BenchError + '_ {
-    move |_| BenchError::Scenario(format!("{what} failed"))
-}
-
-impl Signer {
-    fn es256(kid: &str) -> Result<Signer, BenchError> {
-        let rng = SystemRandom::new();
-        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).map_err(crypto("P-256 key"))?;
-        let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng)
-            .map_err(|e| BenchError::Scenario(format!("P-256 key: {e}")))?;
-        let point = pair.public_key().as_ref();
-        Ok(Signer {
-            kid: kid.into(),
-            alg: Algorithm::ES256,
-            key: EncodingKey::from_ec_der(pkcs8.as_ref()),
-            jwk: json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": kid,
-                        "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..])}),
-        })
-    }
-
-    fn eddsa(kid: &str) -> Result<Signer, BenchError> {
-        let rng = SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(crypto("Ed25519 key"))?;
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-            .map_err(|e| BenchError::Scenario(format!("Ed25519 key: {e}")))?;
-        Ok(Signer {
-            kid: kid.into(),
-            alg: Algorithm::EdDSA,
-            key: EncodingKey::from_ed_der(pkcs8.as_ref()),
-            jwk: json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": kid,
-                        "x": B64.encode(pair.public_key().as_ref())}),
-        })
-    }
-
-    /// `ring` does not generate RSA keys: `openssl genpkey` does.
-    fn rs256(kid: &str) -> Result<Signer, BenchError> {
-        let out = std::process::Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-            ])
-            .output()
-            .map_err(|source| BenchError::Io {
-                what: "running openssl genpkey (RS256 key)".into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(BenchError::Scenario(format!(
-                "openssl genpkey: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        let pem = out.stdout;
-        let body: String = String::from_utf8_lossy(&pem)
-            .lines()
-            .filter(|l| !l.starts_with("-----"))
-            .collect();
-        let der = STANDARD
-            .decode(body)
-            .map_err(|e| BenchError::Scenario(format!("RSA PEM: {e}")))?;
-        let pair = RsaKeyPair::from_pkcs8(&der)
-            .map_err(|e| BenchError::Scenario(format!("RSA key: {e}")))?;
-        let public = signature::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
-        Ok(Signer {
-            kid: kid.into(),
-            alg: Algorithm::RS256,
-            key: EncodingKey::from_rsa_pem(&pem)
-                .map_err(|e| BenchError::Scenario(format!("RSA PEM: {e}")))?,
-            jwk: json!({"kty": "RSA", "alg": "RS256", "kid": kid,
-                        "n": B64.encode(&public.n), "e": B64.encode(&public.e)}),
-        })
-    }
-
-    fn tokens(&self) -> Result<Vec<String>, BenchError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut header = Header::new(self.alg);
-        header.kid = Some(self.kid.clone());
-        (0..TOKENS)
-            .map(|i| {
-                let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": format!("user-{i}"),
-                                    "iat": now, "exp": now + 3600, "name": format!("User {i}")});
-                jsonwebtoken::encode(&header, &claims, &self.key)
-                    .map_err(|e| BenchError::Scenario(format!("signing: {e}")))
-            })
-            .collect()
-    }
-}
-
-/// The key-set file of the run, removed at the end.
-struct KeyFile(PathBuf);
-
-impl KeyFile {
-    fn new(doc: &Value) -> Result<KeyFile, BenchError> {
-        let path =
-            std::env::temp_dir().join(format!("hermet-bench-jwks-{}.json", std::process::id()));
-        std::fs::write(&path, doc.to_string()).map_err(|source| BenchError::Io {
-            what: format!("writing {}", path.display()),
-            source,
-        })?;
-        Ok(KeyFile(path))
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

@@ -27,10 +27,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use hermet_core::cache::Source;
-use hermet_core::projection::ProjectionConfig;
-use hermet_core::validate::Limits;
 use hermet_redis::{RedisCacheConfig, RedisListCache};
-use hermet_store::{Store, StoreConfig, SyncMode};
+use hermet_store::{Store, SyncMode};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
@@ -252,12 +250,7 @@ async fn run_in(
         opts.pool_size
             .unwrap_or(hermet_store::DEFAULT_READ_POOL_SIZE),
     )?;
-    let store_cfg = StoreConfig {
-        sync_mode: SyncMode::DualWrite,
-        projection: ProjectionConfig::default(),
-        limits: Limits::default(),
-        fanout: Default::default(),
-    };
+    let store_cfg = crate::store_config(SyncMode::DualWrite, Default::default());
     let uncached = Store::new(pool.clone(), store_cfg.clone());
     let cache = RedisListCache::new(&RedisCacheConfig {
         url: env.redis_url.clone(),

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hermet_core::projection::ProjectionConfig;
+use hermet_core::rows::FanoutConfig;
 use hermet_core::validate::Limits;
 use hermet_store::{Store, StoreConfig, StoreError, SyncMode};
 use serde::Serialize;
@@ -110,7 +111,8 @@ pub enum Scenario {
     /// a member of many large groups.
     Fanout,
     /// Bearer-token verification per request, in process: HS256 (`TokenKeys`) against
-    /// identity-provider tokens (`JwksVerifier`) signed with RS256, ES256 and EdDSA.
+    /// identity-provider tokens (`JwksVerifier`) signed with RS256, ES256 and EdDSA; then the
+    /// same kinds through `GET /v1/me` of an in-process API, next to `GET /healthz`.
     Auth,
 }
 
@@ -180,7 +182,8 @@ pub struct BenchOptions {
     /// Unmeasured load before the first run (connections, caches).
     #[arg(long, default_value_t = 2)]
     pub warmup_secs: u64,
-    /// Measured workers [default: 8 senders for `send`, 16 readers for `list`].
+    /// Measured workers [default: 8 senders for `send`, 16 readers for `list`; `auth`: 1
+    /// verifier in process, 8 connections through HTTP].
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// `list`: background writers running the workload's write mix (0: none).
@@ -516,6 +519,17 @@ async fn drop_database(admin_url: &str, name: &str) -> Result<(), BenchError> {
         })
 }
 
+/// The store configuration of the scenarios that run the store in process: `mode` and `fanout`,
+/// the rest as deployed by default.
+pub(crate) fn store_config(mode: SyncMode, fanout: FanoutConfig) -> StoreConfig {
+    StoreConfig {
+        sync_mode: mode,
+        projection: ProjectionConfig::default(),
+        limits: Limits::default(),
+        fanout,
+    }
+}
+
 /// Runs a scenario in its own scratch database and returns the report (progress goes to stderr).
 pub async fn run(
     env: &BenchEnv,
@@ -582,7 +596,7 @@ pub async fn run_and_print(
             opts.check(scenario)?;
             print_report(&fanout::run(env, opts).await?, opts.json)
         }
-        Scenario::Auth => print_report(&auth::run(opts).await?, opts.json),
+        Scenario::Auth => print_report(&auth::run(env, opts).await?, opts.json),
         Scenario::Send | Scenario::List => {
             let report = run(env, scenario, opts).await?;
             if opts.json {
@@ -653,12 +667,7 @@ async fn run_in(
     let pool = hermet_store::connect_pool(url, pool_size)?;
     let store = Store::new(
         pool.clone(),
-        StoreConfig {
-            sync_mode: SyncMode::DualWrite,
-            projection: ProjectionConfig::default(),
-            limits: Limits::default(),
-            fanout: opts.read_threshold.config(),
-        },
+        store_config(SyncMode::DualWrite, opts.read_threshold.config()),
     );
     let result = measure_all(store, scenario, opts, plan, shards, workers, background).await;
     pool.close();

@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use hermet_core::lsn::Lsn;
 use hermet_core::projection::{ProjectionConfig, ReadModels};
-use hermet_core::validate::{Content, Limits, MessageType};
+use hermet_core::validate::{Content, MessageType};
 use hermet_projector::consumer::GROUPS;
-use hermet_store::{Store, StoreConfig, SyncMode};
+use hermet_store::{Store, SyncMode};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -594,12 +594,7 @@ async fn run_mode(
     )?;
     let store = Store::new(
         pool.clone(),
-        StoreConfig {
-            sync_mode: mode,
-            projection: ProjectionConfig::default(),
-            limits: Limits::default(),
-            fanout: opts.read_threshold.config(),
-        },
+        crate::store_config(mode, opts.read_threshold.config()),
     );
     let cdc = Cdc {
         tag: tag.to_owned(),

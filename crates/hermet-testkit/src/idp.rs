@@ -121,9 +121,15 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
+/// Claims of a token for `sub` valid for ten minutes from now.
 pub fn claims(sub: &str) -> Value {
+    claims_valid_for(sub, 600)
+}
+
+/// [`claims`] valid for `secs` from now (a benchmark outlasting ten minutes needs more).
+pub fn claims_valid_for(sub: &str, secs: u64) -> Value {
     let now = now();
-    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 600,
+    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + secs,
            "name": format!("Name of {sub}")})
 }
 
