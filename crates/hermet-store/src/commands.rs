@@ -96,6 +96,20 @@ impl Changes {
     }
 }
 
+/// Inserts a user row in `tx` (the first step of every way a user is created).
+pub(crate) async fn insert_user(
+    tx: &deadpool_postgres::Transaction<'_>,
+    nickname: &Name,
+    avatar: &Avatar,
+) -> Result<UserRow, StoreError> {
+    let sql = format!(
+        "INSERT INTO users (nickname, avatar, created_at, updated_at) VALUES ($1, $2, $3, $3)
+         RETURNING {USER_COLS}"
+    );
+    let row = q_one(tx, &sql, &[&nickname.as_str(), &avatar.as_str(), &now_ms()]).await?;
+    rows::user(&row, 0)
+}
+
 pub(crate) fn user_not_found(id: UserId) -> StoreError {
     StoreError::not_found("user_not_found", format!("user {id} does not exist"))
 }
@@ -210,13 +224,7 @@ impl Store {
     ) -> Result<Written<UserRow>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
-        let now = now_ms();
-        let sql = format!(
-            "INSERT INTO users (nickname, avatar, created_at, updated_at) VALUES ($1, $2, $3, $3)
-             RETURNING {USER_COLS}"
-        );
-        let row = q_one(&tx, &sql, &[&nickname.as_str(), &avatar.as_str(), &now]).await?;
-        let user = rows::user(&row, 0)?;
+        let user = insert_user(&tx, nickname, avatar).await?;
         let mut ch = Changes::default();
         ch.push(RowChange::Users(Change::inserted(user.clone())));
         self.finish(tx, ch).await?;

@@ -30,7 +30,7 @@ use sha2::{Digest as _, Sha256};
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
-use crate::commands::{q_one, q_opt, user_not_found, Changes};
+use crate::commands::{insert_user, q_opt, user_not_found, Changes};
 use crate::rows::{self, get, prefixed, USER_COLS};
 use crate::{now_ms, Store, StoreError, Written};
 
@@ -153,12 +153,7 @@ impl Store {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let now = now_ms();
-        let sql = format!(
-            "INSERT INTO users (nickname, avatar, created_at, updated_at) VALUES ($1, $2, $3, $3)
-             RETURNING {USER_COLS}"
-        );
-        let row = q_one(&tx, &sql, &[&nickname.as_str(), &avatar.as_str(), &now]).await?;
-        let user = rows::user(&row, 0)?;
+        let user = insert_user(&tx, nickname, avatar).await?;
         // Waits for a concurrent transaction holding the same id, then does nothing if it
         // committed.
         let claimed = q_opt(

@@ -304,7 +304,8 @@ impl TestApp {
         Self::finish(req.body(body.to_owned())).await
     }
 
-    async fn finish(req: reqwest::RequestBuilder) -> Resp {
+    /// Sends a request built elsewhere (another client, extra headers) and reads the answer.
+    pub async fn finish(req: reqwest::RequestBuilder) -> Resp {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();

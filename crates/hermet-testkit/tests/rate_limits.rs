@@ -65,20 +65,7 @@ async fn call_from(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.bytes().await.expect("body");
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("JSON body")
-    };
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    TestApp::finish(req).await
 }
 
 fn ip(s: &str) -> IpAddr {

@@ -81,6 +81,19 @@ fn avatar(raw: &str, limits: &Limits) -> Result<Avatar, ApiError> {
     Ok(Avatar::parse(raw, limits)?)
 }
 
+/// A profile change as sent (`PATCH /v1/me`, `PATCH /v1/server/users/{user_id}`), each field
+/// validated like on creation.
+fn profile_patch(
+    nickname: Option<&str>,
+    avatar_raw: Option<&str>,
+    limits: &Limits,
+) -> Result<hermet_store::commands::ProfilePatch, ApiError> {
+    Ok(hermet_store::commands::ProfilePatch {
+        nickname: nickname.map(|n| name("nickname", n, limits)).transpose()?,
+        avatar: avatar_raw.map(|a| avatar(a, limits)).transpose()?,
+    })
+}
+
 fn at_most_chars(field: &'static str, raw: &str, max: usize) -> Result<(), ApiError> {
     if raw.chars().count() > max {
         return Err(Invalid::new(field, format!("must be at most {max} characters")).into());

@@ -6,12 +6,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hermet_core::validate::{ExternalId, Invalid};
-use hermet_store::commands::ProfilePatch;
 use hermet_store::identity::ServerUser;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{avatar, name, path_id, retrying};
+use super::{avatar, name, path_id, profile_patch, retrying};
 use crate::auth::{now_ms, ServerKey};
 use crate::consistency::lsn_header;
 use crate::error::ApiError;
@@ -85,18 +84,7 @@ pub(crate) async fn update_user(
 ) -> Result<Response, ApiError> {
     let user = path_id("user_id", user)?;
     let limits = &state.store().config().limits;
-    let patch = ProfilePatch {
-        nickname: body
-            .nickname
-            .as_deref()
-            .map(|n| name("nickname", n, limits))
-            .transpose()?,
-        avatar: body
-            .avatar
-            .as_deref()
-            .map(|a| avatar(a, limits))
-            .transpose()?,
-    };
+    let patch = profile_patch(body.nickname.as_deref(), body.avatar.as_deref(), limits)?;
     let profile = patch.nickname.is_some() || patch.avatar.is_some();
     if !profile && body.disabled.is_none() {
         return Err(ApiError::bad_request(

@@ -3,11 +3,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use hermet_core::rows::UserRow;
-use hermet_store::commands::ProfilePatch;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{avatar, name};
+use super::{avatar, name, profile_patch};
 use crate::auth::AuthUser;
 use crate::consistency::lsn_header;
 use crate::error::ApiError;
@@ -70,18 +69,7 @@ pub(crate) async fn update_me(
     Json(body): Json<UpdateMe>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limits = &state.store().config().limits;
-    let patch = ProfilePatch {
-        nickname: body
-            .nickname
-            .as_deref()
-            .map(|n| name("nickname", n, limits))
-            .transpose()?,
-        avatar: body
-            .avatar
-            .as_deref()
-            .map(|a| avatar(a, limits))
-            .transpose()?,
-    };
+    let patch = profile_patch(body.nickname.as_deref(), body.avatar.as_deref(), limits)?;
     if patch.nickname.is_none() && patch.avatar.is_none() {
         return Err(ApiError::bad_request(
             "nothing_to_change",
