@@ -157,12 +157,22 @@ async fn api_key_lifecycle_through_the_cli() {
             "app server",
             "--json",
         ],
-        env.clone(),
+        // Logged at info, as an operator would run it: the logs must stay off stdout (which
+        // `--json` output is piped from) and must not carry the key.
+        [
+            env.clone(),
+            vec![("RUST_LOG".to_owned(), "info".to_owned())],
+        ]
+        .concat(),
     )
     .await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "create: {stdout}{stderr}");
-    let created: Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert!(
+        stderr.contains("api key created"),
+        "logged on stderr: {stderr}"
+    );
+    let created: Value = serde_json::from_str(stdout.trim()).expect("stdout is the JSON alone");
     let key = created["key"].as_str().expect("key").to_owned();
     let id = created["id"].as_i64().expect("id");
     assert!(key.starts_with("hmk_") && key.len() > 40, "{key}");
