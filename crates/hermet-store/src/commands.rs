@@ -26,6 +26,8 @@ use crate::rows::{
 use crate::views::{self, ContactItem, ConversationItem, ListCursor};
 use crate::{now_ms, project, Store, StoreError, SyncMode, Written};
 
+pub use crate::history::{MessageItem, MessagePage};
+
 #[derive(Debug, Clone, Default)]
 pub struct ProfilePatch {
     pub nickname: Option<Name>,
@@ -56,17 +58,6 @@ pub struct ConversationPatch {
 pub struct SentMessage {
     pub message_id: i64,
     pub seq: i64,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageItem {
-    pub message_id: i64,
-    pub seq: i64,
-    pub sender_id: UserId,
-    pub sender_name: String,
-    pub msg_type: String,
-    pub content: String,
     pub created_at: i64,
 }
 
@@ -114,7 +105,7 @@ pub(crate) fn user_not_found(id: UserId) -> StoreError {
     StoreError::not_found("user_not_found", format!("user {id} does not exist"))
 }
 
-fn channel_not_found(id: ChannelId) -> StoreError {
+pub(crate) fn channel_not_found(id: ChannelId) -> StoreError {
     StoreError::not_found("channel_not_found", format!("channel {id} does not exist"))
 }
 
@@ -151,7 +142,7 @@ static SEND_WRITES: LazyLock<String> = LazyLock::new(|| {
 const CURRENT_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
 
 /// Runs a statement through the connection's statement cache: one round trip instead of two.
-async fn q(
+pub(crate) async fn q(
     tx: &Transaction<'_>,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
@@ -315,7 +306,7 @@ impl Store {
             .transpose()
     }
 
-    async fn active_member(
+    pub(crate) async fn active_member(
         tx: &Transaction<'_>,
         channel: ChannelId,
         user: UserId,
@@ -823,46 +814,6 @@ impl Store {
             value: sent,
             lsn: Self::lsn(&conn).await?,
         })
-    }
-
-    /// Messages of a channel, newest first, below `before_seq` when given. Members only.
-    pub async fn list_messages(
-        &self,
-        reader: UserId,
-        channel_id: ChannelId,
-        before_seq: Option<i64>,
-        limit: i64,
-    ) -> Result<Vec<MessageItem>, StoreError> {
-        let mut conn = self.conn().await?;
-        // A read-only transaction: membership and messages from one snapshot.
-        let tx = conn.build_transaction().read_only(true).start().await?;
-        let exists = q_opt(&tx, "SELECT 1 FROM channels WHERE id = $1", &[&channel_id]).await?;
-        if exists.is_none() {
-            return Err(channel_not_found(channel_id));
-        }
-        Self::active_member(&tx, channel_id, reader).await?;
-        let before = before_seq.unwrap_or(i64::MAX);
-        let sql = format!(
-            "SELECT {MESSAGE_COLS} FROM messages
-              WHERE channel_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-        );
-        let out = q(&tx, &sql, &[&channel_id, &before, &limit])
-            .await?
-            .iter()
-            .map(|r| {
-                rows::message(r, 0).map(|m| MessageItem {
-                    message_id: m.id,
-                    seq: m.seq,
-                    sender_id: m.sender_id,
-                    sender_name: m.sender_name,
-                    msg_type: m.msg_type,
-                    content: m.content,
-                    created_at: m.created_at,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await?;
-        Ok(out)
     }
 
     /// Moves the read position forward to `seq` (never backwards; `0` is a no-op).

@@ -4,6 +4,7 @@
 //! - [`Store`] commands ([`commands`]): each write-side command is one transaction that also
 //!   hands its row changes to the configured sync path — in `dual_write` the projection runs in
 //!   that same transaction ([`project`]);
+//! - [`history`]: a channel's messages, paged back (history) or forward (catch-up);
 //! - [`project`]: resolves what a batch of changes affects, looks up current write-side state,
 //!   runs the pure projection of `hermet-core`, and applies the result set-based ([`views`]);
 //! - [`views`]: the guarded batch upserts and the list queries of the read side;
@@ -23,6 +24,7 @@ pub mod audit;
 pub mod commands;
 pub mod dead_letters;
 mod error;
+pub mod history;
 pub mod identity;
 pub mod migrate;
 pub mod oracle;

@@ -343,7 +343,12 @@ pub async fn exec(store: &Store, w: &mut World, c: &Cmd) -> Result<(), String> {
             Some(ch) => {
                 // A seq somewhere in 0..=last (and sometimes past it).
                 let last = store
-                    .list_messages(u(*who), ch, None, 1)
+                    .list_messages(
+                        u(*who),
+                        ch,
+                        hermet_store::commands::MessagePage::Before(None),
+                        1,
+                    )
                     .await
                     .ok()
                     .and_then(|m| m.first().map(|m| m.seq))

@@ -494,6 +494,33 @@ async fn message_history_pages_newest_first() {
         .map(|m| m["seq"].as_i64().unwrap())
         .collect();
     assert_eq!(seqs, vec![3, 2, 1]);
+    // Catch-up: oldest first after the last seq the client has, paged by the largest seq seen.
+    let forward = |after: i64, limit: i64| {
+        let (app, bob) = (&app, &bob);
+        async move {
+            let path = format!("/v1/channels/{ch}/messages?after_seq={after}&limit={limit}");
+            let r = app.get(&path, bob).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            r.body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["seq"].as_i64().unwrap(), m["content"].clone()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        forward(2, 2).await,
+        vec![(3, json!("m3")), (4, json!("m4"))]
+    );
+    assert_eq!(forward(4, 10).await, vec![(5, json!("m5"))]);
+    assert_eq!(forward(5, 10).await, vec![], "caught up");
+    let all: Vec<i64> = forward(0, 100).await.into_iter().map(|(s, _)| s).collect();
+    assert_eq!(all, vec![1, 2, 3, 4, 5], "after_seq=0: from the start");
+    let r = app
+        .get(&format!("/v1/channels/{ch}/messages?after_seq=1"), &eve)
+        .await;
+    assert_eq!((r.status, r.code()), (403, "not_member"));
     let r = app.get(&format!("/v1/channels/{ch}/messages"), &eve).await;
     assert_eq!((r.status, r.code()), (403, "not_member"));
     let r = app.get("/v1/channels/999999/messages", &eve).await;

@@ -3,6 +3,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use hermet_core::validate::{Content, MessageType};
+use hermet_store::history::MessagePage;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -47,6 +48,7 @@ pub(crate) async fn send(
 #[serde(deny_unknown_fields)]
 pub(crate) struct HistoryQuery {
     before_seq: Option<i64>,
+    after_seq: Option<i64>,
     limit: Option<i64>,
 }
 
@@ -58,15 +60,31 @@ pub(crate) async fn history(
 ) -> Result<impl IntoResponse, ApiError> {
     let channel = path_id("channel_id", channel)?;
     let limit = page_limit(q.limit)?;
-    if q.before_seq.is_some_and(|s| s < 1) {
-        return Err(ApiError::bad_request(
-            "invalid_before_seq",
-            "before_seq must be at least 1",
-        ));
-    }
+    let page = match (q.before_seq, q.after_seq) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "give before_seq (history, newest first) or after_seq (catch-up, oldest first), not both",
+            ))
+        }
+        (Some(s), None) if s < 1 => {
+            return Err(ApiError::bad_request(
+                "invalid_before_seq",
+                "before_seq must be at least 1",
+            ))
+        }
+        (None, Some(s)) if s < 0 => {
+            return Err(ApiError::bad_request(
+                "invalid_after_seq",
+                "after_seq must be at least 0",
+            ))
+        }
+        (before, None) => MessagePage::Before(before),
+        (None, Some(after)) => MessagePage::After(after),
+    };
     let items = state
         .store()
-        .list_messages(me, channel, q.before_seq, limit)
+        .list_messages(me, channel, page, limit)
         .await?;
     let messages: Vec<_> = items
         .iter()
