@@ -20,11 +20,11 @@ pub struct MessageItem {
 }
 
 /// A page of a channel's messages: newest first below a seq (`None`: the newest), or oldest
-/// first above one (catching up from the last seq a client has).
+/// first above one (catching up from the last seq a client has), optionally below another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessagePage {
     Before(Option<i64>),
-    After(i64),
+    After { after: i64, before: Option<i64> },
 }
 
 impl Store {
@@ -45,18 +45,16 @@ impl Store {
         }
         Self::active_member(&tx, channel_id, reader).await?;
         // Both directions walk the (channel_id, seq) key.
-        let (sql, seq) = match page {
-            MessagePage::Before(seq) => (
-                "WHERE channel_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                seq.unwrap_or(i64::MAX),
-            ),
-            MessagePage::After(seq) => (
-                "WHERE channel_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3",
-                seq,
-            ),
+        let (sql, after, before) = match page {
+            MessagePage::Before(before) => ("ORDER BY seq DESC", 0, before),
+            MessagePage::After { after, before } => ("ORDER BY seq ASC", after, before),
         };
-        let sql = format!("SELECT {MESSAGE_COLS} FROM messages {sql}");
-        let out = q(&tx, &sql, &[&channel_id, &seq, &limit])
+        let sql = format!(
+            "SELECT {MESSAGE_COLS} FROM messages
+              WHERE channel_id = $1 AND seq > $2 AND seq < $3 {sql} LIMIT $4"
+        );
+        let before = before.unwrap_or(i64::MAX);
+        let out = q(&tx, &sql, &[&channel_id, &after, &before, &limit])
             .await?
             .iter()
             .map(|r| {

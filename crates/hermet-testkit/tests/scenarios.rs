@@ -517,6 +517,20 @@ async fn message_history_pages_newest_first() {
     assert_eq!(forward(5, 10).await, vec![], "caught up");
     let all: Vec<i64> = forward(0, 100).await.into_iter().map(|(s, _)| s).collect();
     assert_eq!(all, vec![1, 2, 3, 4, 5], "after_seq=0: from the start");
+    // Both bounds: the messages strictly between them, oldest first.
+    let r = app
+        .get(
+            &format!("/v1/channels/{ch}/messages?after_seq=1&before_seq=4"),
+            &bob,
+        )
+        .await;
+    let seqs: Vec<i64> = r.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
     let r = app
         .get(&format!("/v1/channels/{ch}/messages?after_seq=1"), &eve)
         .await;

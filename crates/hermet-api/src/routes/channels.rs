@@ -60,27 +60,24 @@ pub(crate) async fn history(
 ) -> Result<impl IntoResponse, ApiError> {
     let channel = path_id("channel_id", channel)?;
     let limit = page_limit(q.limit)?;
-    let page = match (q.before_seq, q.after_seq) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "give before_seq (history, newest first) or after_seq (catch-up, oldest first), not both",
-            ))
-        }
-        (Some(s), None) if s < 1 => {
-            return Err(ApiError::bad_request(
-                "invalid_before_seq",
-                "before_seq must be at least 1",
-            ))
-        }
-        (None, Some(s)) if s < 0 => {
+    if q.before_seq.is_some_and(|s| s < 1) {
+        return Err(ApiError::bad_request(
+            "invalid_before_seq",
+            "before_seq must be at least 1",
+        ));
+    }
+    let page = match q.after_seq {
+        None => MessagePage::Before(q.before_seq),
+        Some(s) if s < 0 => {
             return Err(ApiError::bad_request(
                 "invalid_after_seq",
                 "after_seq must be at least 0",
             ))
         }
-        (before, None) => MessagePage::Before(before),
-        (None, Some(after)) => MessagePage::After(after),
+        Some(after) => MessagePage::After {
+            after,
+            before: q.before_seq,
+        },
     };
     let items = state
         .store()
