@@ -2,7 +2,7 @@
 //! mode, with the read side checked against the rebuild oracle after each.
 
 use hermet_core::Lsn;
-use hermet_testkit::TestApp;
+use hermet_testkit::{Resp, TestApp};
 use serde_json::json;
 
 #[tokio::test]
@@ -457,6 +457,16 @@ async fn deleting_a_friend_closes_the_chat_and_adding_again_reopens_it() {
     app.assert_converged().await;
 }
 
+/// The seqs of a message page, in the order given.
+fn message_seqs(r: &Resp) -> Vec<i64> {
+    r.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn message_history_pages_newest_first() {
     let app = TestApp::spawn().await;
@@ -470,12 +480,7 @@ async fn message_history_pages_newest_first() {
     let r = app
         .get(&format!("/v1/channels/{ch}/messages?limit=2"), &bob)
         .await;
-    let seqs: Vec<i64> = r.body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
+    let seqs = message_seqs(&r);
     assert_eq!(seqs, vec![5, 4]);
     let m = &r.body["messages"][0];
     assert_eq!(m["content"], "m5");
@@ -487,12 +492,7 @@ async fn message_history_pages_newest_first() {
             &bob,
         )
         .await;
-    let seqs: Vec<i64> = r.body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
+    let seqs = message_seqs(&r);
     assert_eq!(seqs, vec![3, 2, 1]);
     // Catch-up: oldest first after the last seq the client has, paged by the largest seq seen.
     let forward = |after: i64, limit: i64| {
@@ -524,12 +524,7 @@ async fn message_history_pages_newest_first() {
             &bob,
         )
         .await;
-    let seqs: Vec<i64> = r.body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
+    let seqs = message_seqs(&r);
     assert_eq!(seqs, vec![2, 3]);
     let r = app
         .get(&format!("/v1/channels/{ch}/messages?after_seq=1"), &eve)

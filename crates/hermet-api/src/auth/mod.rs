@@ -151,8 +151,8 @@ impl TokenKeys {
 /// the identity provider's key set for an asymmetric `alg`), the provider subject's user, then
 /// whether that user still accepts the token (disabled, revoked).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Verified, ApiError> {
-    let v = match (token_kind(token), state.identity_provider()) {
-        (TokenKind::External, Some(idp)) => {
+    let v = match state.identity_provider() {
+        Some(idp) if token_kind(token) == TokenKind::External => {
             let id = idp.verify(token).await?;
             let user = external::user_of(state, idp, &id).await?;
             Verified {
@@ -162,12 +162,17 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Verified, Api
                 expires_at_secs: id.expires_at,
             }
         }
-        (TokenKind::External, None) => return Err(ApiError::unauthorized(
-            "tokens signed by an identity provider are not accepted: no [auth.jwks] is configured",
-        )),
-        (TokenKind::SharedSecret | TokenKind::Unrecognized, _) => {
-            state.keys().verify_token(token)?
-        }
+        Some(_) => state.keys().verify_token(token)?,
+        // Without a provider the header is only read to explain a refusal, not on every request.
+        None => state.keys().verify_token(token).map_err(|e| {
+            if token_kind(token) == TokenKind::External {
+                ApiError::unauthorized(
+                    "tokens signed by an identity provider are not accepted: no [auth.jwks] is configured",
+                )
+            } else {
+                e
+            }
+        })?,
     };
     state.auth().check(v.user, v.issued_ms).await?;
     Ok(v)
