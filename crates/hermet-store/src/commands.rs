@@ -6,23 +6,18 @@
 //! (`FOR UPDATE`), so membership changes and sends in one channel are serialized and each sees
 //! the other's effect; commands that copy a profile lock the user row `FOR SHARE`.
 
-use std::sync::LazyLock;
-
 use deadpool_postgres::Transaction;
 use hermet_core::change::{Change, Op, RowChange};
 use hermet_core::projection::ReadModels;
 use hermet_core::rows::{
     ChannelId, ChannelRow, ChannelType, Fanout, MemberRole, MemberRow, UserId, UserRow,
 };
-use hermet_core::validate::{Avatar, Content, Invalid, Label, MessageType, Name, MAX_IDS_PER_CALL};
+use hermet_core::validate::{Avatar, Invalid, Label, Name, MAX_IDS_PER_CALL};
 use hermet_core::Lsn;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use crate::rows::{
-    self, prefixed, CHANNEL_COLS, CHANNEL_WIDTH, FRIEND_COLS, MEMBER_COLS, MESSAGE_COLS,
-    MESSAGE_WIDTH, USER_COLS,
-};
+use crate::rows::{self, CHANNEL_COLS, FRIEND_COLS, MEMBER_COLS, USER_COLS};
 use crate::views::{self, ContactItem, ConversationItem, ListCursor};
 use crate::{now_ms, project, Store, StoreError, SyncMode, Written};
 
@@ -69,7 +64,7 @@ impl Changes {
     pub(crate) fn push(&mut self, c: RowChange) {
         self.0.push(c);
     }
-    fn members(&mut self, rows: Vec<MemberRow>, op: Op) {
+    pub(crate) fn members(&mut self, rows: Vec<MemberRow>, op: Op) {
         self.0.extend(rows.into_iter().map(|m| {
             RowChange::ChannelMembers(Change {
                 op,
@@ -78,7 +73,7 @@ impl Changes {
             })
         }));
     }
-    fn channel_update(&mut self, before: ChannelRow, after: ChannelRow) {
+    pub(crate) fn channel_update(&mut self, before: ChannelRow, after: ChannelRow) {
         self.0.push(RowChange::Channels(Change {
             op: Op::Update,
             before: Some(before),
@@ -109,37 +104,9 @@ pub(crate) fn channel_not_found(id: ChannelId) -> StoreError {
     StoreError::not_found("channel_not_found", format!("channel {id} does not exist"))
 }
 
-fn not_member() -> StoreError {
+pub(crate) fn not_member() -> StoreError {
     StoreError::forbidden("not_member", "you are not a member of this channel")
 }
-
-/// A send's three writes in one statement (one round trip): number the message, store it, and
-/// move the sender's own read position past it (own messages are never unread). The channel row
-/// is already locked by the send, so `last_seq + 1` is the message's number.
-static SEND_WRITES: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH ch AS (
-             UPDATE channels SET last_seq = last_seq + 1, updated_at = $2
-              WHERE id = $1 RETURNING {CHANNEL_COLS}),
-         msg AS (
-             INSERT INTO messages (channel_id, seq, sender_id, sender_name, msg_type, content, created_at)
-             SELECT $1, ch.last_seq, $3, $4, $5, $6, $2 FROM ch
-             RETURNING {MESSAGE_COLS}),
-         own AS (
-             UPDATE channel_members m SET read_seq = ch.last_seq FROM ch
-              WHERE m.channel_id = $1 AND m.user_id = $3 AND m.read_seq < ch.last_seq
-             RETURNING {own})
-         SELECT ch.*, msg.*, own.* FROM ch CROSS JOIN msg LEFT JOIN own ON true",
-        own = prefixed("m", MEMBER_COLS),
-    )
-});
-
-/// The WAL position after a command's commit (its `X-Hermet-Lsn`), read after the commit
-/// returned: the *insert* position, which is past the commit record once the commit returns
-/// whatever `synchronous_commit` is. The write position (`pg_current_wal_lsn()`) is not: with
-/// `synchronous_commit = off` a commit returns before its record is written, and a read
-/// waiting for that LSN could be answered before the write is applied.
-const CURRENT_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
 
 /// Runs a statement through the connection's statement cache: one round trip instead of two.
 pub(crate) async fn q(
@@ -201,10 +168,21 @@ impl Store {
         Ok(())
     }
 
+    /// The WAL position after a command's commit (its `X-Hermet-Lsn`), read after the commit
+    /// returned (or, pipelined, run by the server after the `COMMIT`): the *insert* position,
+    /// which is past the commit record once the commit returns whatever `synchronous_commit` is. The write position (`pg_current_wal_lsn()`) is not: with
+    /// `synchronous_commit = off` a commit returns before its record is written, and a read
+    /// waiting for that LSN could be answered before the write is applied.
+    pub(crate) const CURRENT_LSN: &'static str = "SELECT pg_current_wal_insert_lsn()::text";
+
     pub(crate) async fn lsn(conn: &deadpool_postgres::Client) -> Result<Lsn, StoreError> {
-        let stmt = conn.prepare_cached(CURRENT_LSN).await?;
-        let row = conn.query_one(&stmt, &[]).await?;
-        let s: String = row.get(0);
+        let stmt = conn.prepare_cached(Self::CURRENT_LSN).await?;
+        Self::decode_lsn(&conn.query_one(&stmt, &[]).await?)
+    }
+
+    /// The answer of [`Self::CURRENT_LSN`].
+    pub(crate) fn decode_lsn(row: &Row) -> Result<Lsn, StoreError> {
+        let s: String = rows::get(row, 0)?;
         s.parse().map_err(|e| StoreError::Decode(format!("{e}")))
     }
 
@@ -740,78 +718,6 @@ impl Store {
         self.finish(tx, ch).await?;
         Ok(Written {
             value: (),
-            lsn: Self::lsn(&conn).await?,
-        })
-    }
-
-    pub async fn send_message(
-        &self,
-        sender: UserId,
-        channel_id: ChannelId,
-        content: &Content,
-        msg_type: &MessageType,
-    ) -> Result<Written<SentMessage>, StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        let now = now_ms();
-        let before = Self::lock_channel(&tx, channel_id).await?;
-        let member = Self::member(&tx, channel_id, sender).await?;
-        let single = before.channel_type == ChannelType::Single;
-        if !member.as_ref().is_some_and(MemberRow::is_active) {
-            return Err(if single && member.is_some() {
-                StoreError::forbidden("not_friends", "you can only message your friends")
-            } else {
-                not_member()
-            });
-        }
-        if let Some(peer) = before.peer_of(sender) {
-            let friends = q_opt(
-                &tx,
-                "SELECT 1 FROM friendships
-                      WHERE user_id = $1 AND friend_id = $2 AND status = 'active'",
-                &[&sender, &peer],
-            )
-            .await?;
-            if friends.is_none() {
-                return Err(StoreError::forbidden(
-                    "not_friends",
-                    "you can only message your friends",
-                ));
-            }
-        }
-        let me = Self::lock_users(&tx, &[sender]).await?;
-        let sender_name = me.first().map(|u| u.nickname.clone()).unwrap_or_default();
-        let row = q_one(
-            &tx,
-            &SEND_WRITES,
-            &[
-                &channel_id,
-                &now,
-                &sender,
-                &sender_name,
-                &msg_type.as_str(),
-                &content.as_str(),
-            ],
-        )
-        .await?;
-        let after = rows::channel(&row, 0)?;
-        let seq = after.last_seq;
-        let msg = rows::message(&row, CHANNEL_WIDTH)?;
-        let read: Vec<MemberRow> = rows::member_opt(&row, CHANNEL_WIDTH + MESSAGE_WIDTH)?
-            .into_iter()
-            .collect();
-        let sent = SentMessage {
-            message_id: msg.id,
-            seq,
-            created_at: msg.created_at,
-        };
-        let mut ch = Changes::default();
-        ch.channel_update(before, after);
-        ch.push(RowChange::Messages(Change::inserted(msg)));
-        ch.members(read, Op::Update);
-        self.finish(tx, ch).await?;
-        Ok(Written {
-            value: sent,
             lsn: Self::lsn(&conn).await?,
         })
     }

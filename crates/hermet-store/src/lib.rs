@@ -31,6 +31,7 @@ pub mod oracle;
 pub mod project;
 pub mod rebuild;
 mod rows;
+mod send;
 pub mod shard;
 pub mod sync;
 pub mod telemetry;

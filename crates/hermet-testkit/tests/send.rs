@@ -1,0 +1,240 @@
+//! The send command's pipeline (`hermet_store::send`) in every sync mode: what a refused send
+//! leaves behind (nothing, and a usable connection), and the races its checks must win: a leave,
+//! an unfriend and a rename that commit while a send waits for its locks. Each race test first
+//! sees the send blocked on a lock in `pg_stat_activity`, so the race really happened.
+
+use std::time::Duration;
+
+use hermet_core::rows::{ChannelId, UserId};
+use hermet_core::validate::{Avatar, Content, Limits, MessageType, Name};
+use hermet_store::{Store, StoreError, SyncMode};
+use hermet_testkit::{eventually, store_config, TestDb};
+
+const MODES: [SyncMode; 3] = [SyncMode::DualWrite, SyncMode::Async, SyncMode::Cdc];
+
+async fn user(store: &Store, nickname: &str) -> UserId {
+    let name = Name::parse("nickname", nickname, &Limits::default()).expect("name");
+    let avatar = Avatar::parse("", &Limits::default()).expect("avatar");
+    store
+        .create_user(&name, &avatar)
+        .await
+        .expect("create user")
+        .value
+        .id
+}
+
+async fn send(store: &Store, from: UserId, ch: ChannelId, text: &str) -> Result<i64, StoreError> {
+    let content = Content::parse(text, &Limits::default()).expect("content");
+    store
+        .send_message(from, ch, &content, &MessageType::text())
+        .await
+        .map(|w| w.value.seq)
+}
+
+fn code(r: Result<i64, StoreError>) -> &'static str {
+    match r {
+        Err(StoreError::Forbidden { code, .. } | StoreError::NotFound { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Messages stored in `ch` and its `last_seq`.
+async fn written(db: &tokio_postgres::Client, ch: ChannelId) -> (i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM messages WHERE channel_id = $1),
+                    (SELECT last_seq FROM channels WHERE id = $1)",
+            &[&ch],
+        )
+        .await
+        .expect("count messages");
+    (row.get(0), row.get(1))
+}
+
+async fn client(db: &TestDb) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// Waits until a backend of this database other than the caller's waits for a lock.
+async fn until_a_send_waits(db: &tokio_postgres::Client) {
+    eventually("a send waiting for a lock", Duration::from_secs(10), async || {
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .is_ok_and(|r| r.get::<_, i64>(0) > 0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refused_sends_write_nothing_and_leave_the_connection_usable() {
+    for mode in MODES {
+        let db = TestDb::new().await;
+        // One connection: every send below reuses the connection of the refused ones.
+        let store = Store::new(
+            hermet_store::connect_pool(&db.url, 1).expect("pool"),
+            store_config(mode, 40),
+        );
+        let (alice, bob, carol) = (
+            user(&store, "alice").await,
+            user(&store, "bob").await,
+            user(&store, "carol").await,
+        );
+        let chat = store.add_friend(alice, bob).await.expect("befriend").value;
+        let name = Name::parse("name", "g", &Limits::default()).expect("name");
+        let avatar = Avatar::parse("", &Limits::default()).expect("avatar");
+        let group = store
+            .create_group(alice, &name, &avatar, &[bob])
+            .await
+            .expect("group")
+            .value;
+        let db_client = client(&db).await;
+
+        assert_eq!(send(&store, alice, chat, "hi").await.expect("send"), 1, "{mode:?}");
+        assert_eq!(code(send(&store, carol, chat, "x").await), "not_member", "{mode:?}");
+        assert_eq!(code(send(&store, carol, group, "x").await), "not_member", "{mode:?}");
+        assert_eq!(
+            code(send(&store, alice, 987_654_321, "x").await),
+            "channel_not_found",
+            "{mode:?}"
+        );
+        store.delete_friend(bob, alice).await.expect("unfriend");
+        assert_eq!(code(send(&store, alice, chat, "x").await), "not_friends", "{mode:?}");
+        assert_eq!(code(send(&store, bob, chat, "x").await), "not_friends", "{mode:?}");
+        store
+            .remove_member(bob, group, bob)
+            .await
+            .expect("bob leaves");
+        assert_eq!(code(send(&store, bob, group, "x").await), "not_member", "{mode:?}");
+        assert_eq!(written(&db_client, chat).await, (1, 1), "{mode:?}");
+        assert_eq!(written(&db_client, group).await, (0, 0), "{mode:?}");
+
+        // The one connection is in no transaction: the next send commits on its own.
+        assert_eq!(send(&store, alice, group, "still here").await.expect("send"), 1);
+        assert_eq!(written(&db_client, group).await, (1, 1), "{mode:?}");
+        let idle: i64 = db_client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        assert_eq!(idle, 0, "{mode:?}: a connection was left inside a transaction");
+    }
+}
+
+/// A member leaves (the channel locked, the member row marked left) while a send of theirs
+/// waits for the channel: once the leave commits, the send is refused and writes nothing.
+#[tokio::test]
+async fn a_leave_committed_while_a_send_waits_refuses_the_send() {
+    for mode in MODES {
+        let db = TestDb::new().await;
+        let store = db.store_with(store_config(mode, 40));
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let name = Name::parse("name", "g", &Limits::default()).expect("name");
+        let avatar = Avatar::parse("", &Limits::default()).expect("avatar");
+        let group = store
+            .create_group(alice, &name, &avatar, &[bob])
+            .await
+            .expect("group")
+            .value;
+        let mut leaver = client(&db).await;
+        let tx = leaver.transaction().await.expect("begin");
+        tx.execute("SELECT 1 FROM channels WHERE id = $1 FOR UPDATE", &[&group])
+            .await
+            .expect("lock");
+        tx.execute(
+            "UPDATE channel_members SET left_at = 1, left_seq = 0
+              WHERE channel_id = $1 AND user_id = $2",
+            &[&group, &bob],
+        )
+        .await
+        .expect("leave");
+        let sending = {
+            let store = store.clone();
+            tokio::spawn(async move { send(&store, bob, group, "after I left").await })
+        };
+        until_a_send_waits(&client(&db).await).await;
+        tx.commit().await.expect("commit the leave");
+        let r = sending.await.expect("join");
+        assert_eq!(code(r), "not_member", "{mode:?}");
+        assert_eq!(written(&client(&db).await, group).await, (0, 0), "{mode:?}");
+    }
+}
+
+/// An unfriend commits while a send in the single chat waits for the channel.
+#[tokio::test]
+async fn an_unfriend_committed_while_a_send_waits_refuses_the_send() {
+    for mode in MODES {
+        let db = TestDb::new().await;
+        let store = db.store_with(store_config(mode, 40));
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let chat = store.add_friend(alice, bob).await.expect("befriend").value;
+        let mut other = client(&db).await;
+        let tx = other.transaction().await.expect("begin");
+        tx.execute("SELECT 1 FROM channels WHERE id = $1 FOR UPDATE", &[&chat])
+            .await
+            .expect("lock");
+        tx.execute(
+            "UPDATE friendships SET status = 'deleted' WHERE user_id = $1 AND friend_id = $2",
+            &[&alice, &bob],
+        )
+        .await
+        .expect("unfriend");
+        let sending = {
+            let store = store.clone();
+            tokio::spawn(async move { send(&store, alice, chat, "too late").await })
+        };
+        until_a_send_waits(&client(&db).await).await;
+        tx.commit().await.expect("commit the unfriend");
+        assert_eq!(code(sending.await.expect("join")), "not_friends", "{mode:?}");
+        assert_eq!(written(&client(&db).await, chat).await, (0, 0), "{mode:?}");
+    }
+}
+
+/// A rename holds the sender's user row while a send waits for it: the message carries the
+/// name the rename committed, never the one it replaced.
+#[tokio::test]
+async fn a_rename_committed_while_a_send_waits_names_the_message() {
+    for mode in MODES {
+        let db = TestDb::new().await;
+        let store = db.store_with(store_config(mode, 40));
+        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let chat = store.add_friend(alice, bob).await.expect("befriend").value;
+        let mut other = client(&db).await;
+        let tx = other.transaction().await.expect("begin");
+        tx.execute(
+            "UPDATE users SET nickname = 'alicia' WHERE id = $1",
+            &[&alice],
+        )
+        .await
+        .expect("rename");
+        let sending = {
+            let store = store.clone();
+            tokio::spawn(async move { send(&store, alice, chat, "hello").await })
+        };
+        until_a_send_waits(&client(&db).await).await;
+        tx.commit().await.expect("commit the rename");
+        assert_eq!(sending.await.expect("join").expect("send"), 1, "{mode:?}");
+        let name: String = client(&db)
+            .await
+            .query_one(
+                "SELECT sender_name FROM messages WHERE channel_id = $1",
+                &[&chat],
+            )
+            .await
+            .expect("message")
+            .get(0);
+        assert_eq!(name, "alicia", "{mode:?}");
+    }
+}
