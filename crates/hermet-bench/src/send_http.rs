@@ -15,7 +15,7 @@
 //!      bearer token (signed with the secret the server was given), back to back for
 //!      `--duration-secs` after `--warmup-secs`. Any answer but 201 fails the run.
 //!    - pgbench: `-n -M prepared -c C -j min(C, 2)`, a `--warmup-secs` run, then a `-T D -l` run
-//!      of the script of [`pgbench`]: the statements of one `cdc` send (`BEGIN`, the channel lock,
+//!      of the script of the `pgbench` submodule: the statements of one `cdc` send (`BEGIN`, the channel lock,
 //!      the send, `COMMIT`, the LSN query) in one pipeline, as the store sends them. Latency
 //!      percentiles come from pgbench's per-transaction log.
 //!

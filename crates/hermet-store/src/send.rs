@@ -87,8 +87,8 @@ static SEND: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// The statements of one send in `cdc`, in the order the pipeline sends them: `BEGIN`,
-/// [`LOCK_CHANNEL`] (`$1` channel), [`SEND`] (`$1`..`$5` as documented there), `COMMIT` and the
-/// LSN query.
+/// `LOCK_CHANNEL` (`$1` channel), `SEND` (`$1` channel, `$2` now in ms, `$3` sender, `$4` type,
+/// `$5` content), `COMMIT` and the LSN query.
 ///
 /// For benchmarks only (`hermet-bench send-http` runs them through pgbench next to the HTTP
 /// sends): the text is the store's own, so the comparison cannot drift from what a send runs.

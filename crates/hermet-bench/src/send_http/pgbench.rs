@@ -200,6 +200,8 @@ impl Pgbench {
         let out = cmd
             .arg(&self.url)
             .stdin(Stdio::null())
+            // Interrupted (Ctrl-C), the run's future is dropped: pgbench must not go on.
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(io_err(format!("run {}", self.bin.display())))?;
