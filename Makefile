@@ -2,7 +2,8 @@
 # and starts its own private PostgreSQL, Kafka and Redis (scripts/services.sh).
 
 .PHONY: run test services-up services-down services-status lint bench-build \
-	bench-send bench-list bench-cdc bench-modes bench-cache bench-rebuild bench-peers bench-fanout bench-auth
+	bench-send bench-list bench-cdc bench-modes bench-cache bench-rebuild bench-peers bench-fanout bench-auth \
+	bench-send-http
 
 ## Runs hermet in the foreground on 127.0.0.1:8080 (set-up included).
 run:
@@ -33,6 +34,6 @@ bench-build:
 ## One benchmark scenario (BENCHMARKS.md) with the local services, e.g.
 ## `make bench-send ARGS="--users 1000 --duration-secs 5"`. bench-peers: hermet's relay side by
 ## side with Debezium (BENCHMARKS.md, "CDC relay vs Debezium").
-BENCH_SCENARIOS = send list cdc modes cache rebuild peers fanout auth
+BENCH_SCENARIOS = send list cdc modes cache rebuild peers fanout auth send-http
 $(BENCH_SCENARIOS:%=bench-%): bench-build
 	scripts/with-services.sh cargo run --release -p hermet-bench -- $(@:bench-%=%) $(ARGS)

@@ -41,7 +41,7 @@
 //! the database are dropped.
 
 mod report;
-mod server;
+pub(crate) mod server;
 
 use std::fmt;
 use std::str::FromStr;

@@ -16,6 +16,7 @@ pub mod peers;
 pub mod rebuild;
 mod report;
 mod scenarios;
+pub mod send_http;
 pub mod stages;
 pub mod workload;
 
@@ -114,6 +115,10 @@ pub enum Scenario {
     /// identity-provider tokens (`JwksVerifier`) signed with RS256, ES256 and EdDSA; then the
     /// same kinds through `GET /v1/me` of an in-process API, next to `GET /healthz`.
     Auth,
+    /// Message sends through the HTTP API of a child `hermet serve` (`cdc`) next to pgbench
+    /// running the same write-side statements (the store's own SQL, one pipeline per send), with
+    /// the pipeline running and alone: sends/s, p50/p99 and their ratios.
+    SendHttp,
 }
 
 impl std::fmt::Display for Scenario {
@@ -128,6 +133,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Peers => "peers",
             Scenario::Fanout => "fanout",
             Scenario::Auth => "auth",
+            Scenario::SendHttp => "send-http",
         })
     }
 }
@@ -142,8 +148,8 @@ pub struct BenchEnv {
     pub shards: u32,
     /// `cdc`: the brokers the relay produces to.
     pub kafka_brokers: String,
-    /// `cdc`, `peers`, `fanout`: the `hermet` binary whose `serve` they run [default: `hermet`
-    /// next to the running executable, in the same target directory].
+    /// `cdc`, `peers`, `fanout`, `send-http`: the `hermet` binary whose `serve` they run
+    /// [default: `hermet` next to the running executable, in the same target directory].
     pub hermet_bin: Option<PathBuf>,
     /// `cache`: the Redis of the list cache.
     pub redis_url: String,
@@ -183,7 +189,8 @@ pub struct BenchOptions {
     #[arg(long, default_value_t = 2)]
     pub warmup_secs: u64,
     /// Measured workers [default: 8 senders for `send`, 16 readers for `list`; `auth`: 1
-    /// verifier in process, 8 connections through HTTP].
+    /// verifier in process, 8 connections through HTTP; `send-http`: 16 HTTP connections and
+    /// pgbench clients].
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// `list`: background writers running the workload's write mix (0: none).
@@ -318,6 +325,9 @@ pub struct BenchOptions {
     /// deployed; the list user's reads always go to a second API process without the cache).
     #[arg(long)]
     pub no_cache: bool,
+    /// `send-http`: single chats (two users each) the sends go into.
+    #[arg(long, default_value_t = 200)]
+    pub chats: usize,
 }
 
 /// `--duration-secs`: whole seconds, optionally with an `s` suffix.
@@ -375,6 +385,7 @@ impl Default for BenchOptions {
             list_reads: 500,
             sql_above: 10_000,
             no_cache: false,
+            chats: 200,
         }
     }
 }
@@ -402,6 +413,7 @@ impl BenchOptions {
             Scenario::Peers => 1,
             Scenario::Fanout => 8,
             Scenario::Auth => 1,
+            Scenario::SendHttp => 16,
         })
     }
 
@@ -545,10 +557,11 @@ pub async fn run(
             | Scenario::Peers
             | Scenario::Fanout
             | Scenario::Auth
+            | Scenario::SendHttp
     ) {
         return Err(BenchError::InvalidOptions(
-            "`cdc`, `modes`, `cache`, `rebuild`, `peers`, `fanout` and `auth` have their own \
-             reports: use run_and_print"
+            "`cdc`, `modes`, `cache`, `rebuild`, `peers`, `fanout`, `auth` and `send-http` have \
+             their own reports: use run_and_print"
                 .to_owned(),
         ));
     }
@@ -597,6 +610,10 @@ pub async fn run_and_print(
             print_report(&fanout::run(env, opts).await?, opts.json)
         }
         Scenario::Auth => print_report(&auth::run(env, opts).await?, opts.json),
+        Scenario::SendHttp => {
+            opts.check(scenario)?;
+            print_report(&send_http::run(env, opts).await?, opts.json)
+        }
         Scenario::Send | Scenario::List => {
             let report = run(env, scenario, opts).await?;
             if opts.json {
@@ -748,7 +765,8 @@ async fn measure_all(
             | Scenario::Rebuild
             | Scenario::Peers
             | Scenario::Fanout
-            | Scenario::Auth => Source::Send,
+            | Scenario::Auth
+            | Scenario::SendHttp => Source::Send,
             Scenario::List => Source::List,
         },
         workers,

@@ -3,9 +3,10 @@
 //!
 //! It reads the configuration exactly as `hermet` does (`--config` / `HERMET_CONFIG`, then the
 //! `HERMET_*` variables, validated): the database URL is the admin URL of the scratch databases,
-//! `kafka.brokers` and `redis.url` are what `cdc`, `modes`, `peers`, `fanout` and `cache` use.
-//! The scenarios that run `hermet serve` as child processes (`cdc`, `peers`, `fanout`) run the
-//! `hermet` binary next to this one unless `--hermet-bin` names another.
+//! `kafka.brokers` and `redis.url` are what `cdc`, `modes`, `peers`, `fanout`, `send-http` and
+//! `cache` use. The scenarios that run `hermet serve` as child processes (`cdc`, `peers`,
+//! `fanout`, `send-http`) run the `hermet` binary next to this one unless `--hermet-bin` names
+//! another.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,8 +28,8 @@ struct Cli {
     /// TOML configuration file, as for `hermet`; `HERMET_*` environment variables override it.
     #[arg(long, short, env = "HERMET_CONFIG")]
     config: Option<PathBuf>,
-    /// `cdc`, `peers`, `fanout`: the `hermet` binary whose `serve` they run [default: `hermet`
-    /// next to this executable, i.e. in the same target directory].
+    /// `cdc`, `peers`, `fanout`, `send-http`: the `hermet` binary whose `serve` they run
+    /// [default: `hermet` next to this executable, i.e. in the same target directory].
     #[arg(long, env = "HERMET_BIN")]
     hermet_bin: Option<PathBuf>,
     #[arg(value_enum)]

@@ -49,6 +49,7 @@ use hermet_core::Lsn;
 use tokio_postgres::NoTls;
 
 pub use error::StoreError;
+pub use send::send_statements_for_benchmarks;
 
 /// How the read side is kept in sync with the write side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -86,6 +86,22 @@ static SEND: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The statements of one send in `cdc`, in the order the pipeline sends them: `BEGIN`,
+/// `LOCK_CHANNEL` (`$1` channel), `SEND` (`$1` channel, `$2` now in ms, `$3` sender, `$4` type,
+/// `$5` content), `COMMIT` and the LSN query.
+///
+/// For benchmarks only (`hermet-bench send-http` runs them through pgbench next to the HTTP
+/// sends): the text is the store's own, so the comparison cannot drift from what a send runs.
+pub fn send_statements_for_benchmarks() -> [&'static str; 5] {
+    [
+        "BEGIN",
+        LOCK_CHANNEL.as_str(),
+        SEND.as_str(),
+        "COMMIT",
+        Store::CURRENT_LSN,
+    ]
+}
+
 /// Where each part of [`SEND`]'s answer starts.
 const AT_MEMBER: usize = 2;
 const AT_CHANNEL: usize = AT_MEMBER + MEMBER_WIDTH;
@@ -124,11 +140,13 @@ fn outcome(
     // The same order of refusals as every read of these rules: membership first (a single
     // chat's member row stays when the friendship ends, so it says why), then the friendship.
     if !member.as_ref().is_some_and(MemberRow::is_active) {
-        return Err(if before.channel_type == ChannelType::Single && member.is_some() {
-            not_friends()
-        } else {
-            not_member()
-        });
+        return Err(
+            if before.channel_type == ChannelType::Single && member.is_some() {
+                not_friends()
+            } else {
+                not_member()
+            },
+        );
     }
     if !friends {
         return Err(not_friends());
