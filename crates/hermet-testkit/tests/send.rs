@@ -61,16 +61,20 @@ async fn client(db: &TestDb) -> tokio_postgres::Client {
 
 /// Waits until a backend of this database other than the caller's waits for a lock.
 async fn until_a_send_waits(db: &tokio_postgres::Client) {
-    eventually("a send waiting for a lock", Duration::from_secs(10), async || {
-        db.query_one(
-            "SELECT count(*) FROM pg_stat_activity
+    eventually(
+        "a send waiting for a lock",
+        Duration::from_secs(10),
+        async || {
+            db.query_one(
+                "SELECT count(*) FROM pg_stat_activity
               WHERE datname = current_database() AND pid <> pg_backend_pid()
                 AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .await
-        .is_ok_and(|r| r.get::<_, i64>(0) > 0)
-    })
+                &[],
+            )
+            .await
+            .is_ok_and(|r| r.get::<_, i64>(0) > 0)
+        },
+    )
     .await;
 }
 
@@ -98,27 +102,56 @@ async fn refused_sends_write_nothing_and_leave_the_connection_usable() {
             .value;
         let db_client = client(&db).await;
 
-        assert_eq!(send(&store, alice, chat, "hi").await.expect("send"), 1, "{mode:?}");
-        assert_eq!(code(send(&store, carol, chat, "x").await), "not_member", "{mode:?}");
-        assert_eq!(code(send(&store, carol, group, "x").await), "not_member", "{mode:?}");
+        assert_eq!(
+            send(&store, alice, chat, "hi").await.expect("send"),
+            1,
+            "{mode:?}"
+        );
+        assert_eq!(
+            code(send(&store, carol, chat, "x").await),
+            "not_member",
+            "{mode:?}"
+        );
+        assert_eq!(
+            code(send(&store, carol, group, "x").await),
+            "not_member",
+            "{mode:?}"
+        );
         assert_eq!(
             code(send(&store, alice, 987_654_321, "x").await),
             "channel_not_found",
             "{mode:?}"
         );
         store.delete_friend(bob, alice).await.expect("unfriend");
-        assert_eq!(code(send(&store, alice, chat, "x").await), "not_friends", "{mode:?}");
-        assert_eq!(code(send(&store, bob, chat, "x").await), "not_friends", "{mode:?}");
+        assert_eq!(
+            code(send(&store, alice, chat, "x").await),
+            "not_friends",
+            "{mode:?}"
+        );
+        assert_eq!(
+            code(send(&store, bob, chat, "x").await),
+            "not_friends",
+            "{mode:?}"
+        );
         store
             .remove_member(bob, group, bob)
             .await
             .expect("bob leaves");
-        assert_eq!(code(send(&store, bob, group, "x").await), "not_member", "{mode:?}");
+        assert_eq!(
+            code(send(&store, bob, group, "x").await),
+            "not_member",
+            "{mode:?}"
+        );
         assert_eq!(written(&db_client, chat).await, (1, 1), "{mode:?}");
         assert_eq!(written(&db_client, group).await, (0, 0), "{mode:?}");
 
         // The one connection is in no transaction: the next send commits on its own.
-        assert_eq!(send(&store, alice, group, "still here").await.expect("send"), 1);
+        assert_eq!(
+            send(&store, alice, group, "still here")
+                .await
+                .expect("send"),
+            1
+        );
         assert_eq!(written(&db_client, group).await, (1, 1), "{mode:?}");
         let idle: i64 = db_client
             .query_one(
@@ -129,7 +162,10 @@ async fn refused_sends_write_nothing_and_leave_the_connection_usable() {
             .await
             .expect("activity")
             .get(0);
-        assert_eq!(idle, 0, "{mode:?}: a connection was left inside a transaction");
+        assert_eq!(
+            idle, 0,
+            "{mode:?}: a connection was left inside a transaction"
+        );
     }
 }
 
@@ -197,7 +233,11 @@ async fn an_unfriend_committed_while_a_send_waits_refuses_the_send() {
         };
         until_a_send_waits(&client(&db).await).await;
         tx.commit().await.expect("commit the unfriend");
-        assert_eq!(code(sending.await.expect("join")), "not_friends", "{mode:?}");
+        assert_eq!(
+            code(sending.await.expect("join")),
+            "not_friends",
+            "{mode:?}"
+        );
         assert_eq!(written(&client(&db).await, chat).await, (0, 0), "{mode:?}");
     }
 }
