@@ -32,13 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use hermet_core::Lsn;
-use hermet_kafka::rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
-use hermet_kafka::rdkafka::message::{Header, OwnedHeaders};
-use hermet_kafka::rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use hermet_kafka::rdkafka::error::KafkaError as RdError;
+use hermet_kafka::rdkafka::producer::Producer;
 use hermet_kafka::KafkaError;
 use pgwire_replication::client::ReplicationEvent;
 use pgwire_replication::{FeedbackObserver, ReplicationClient, ReplicationConfig, TlsConfig};
@@ -56,9 +53,11 @@ use crate::pgoutput::{
 use crate::telemetry;
 
 mod catalog;
+mod sink;
 use catalog::{
     catalog_table, prepare, quote_ident, quote_literal, split_table, CatalogTable, SlotState,
 };
+use sink::{Done, Sink, Ticket};
 
 /// Settings of the relay.
 #[derive(Debug, Clone)]
@@ -199,67 +198,55 @@ async fn connect(url: &str) -> Result<Client, RelayError> {
 }
 
 /// Kafka side: producing with bounded retries on a full local queue.
-struct Sink {
-    producer: FutureProducer,
-}
-
-impl Sink {
-    async fn send(&self, topic: &str, rec: &Record) -> Result<DeliveryFuture, RelayError> {
-        self.send_to(topic, None, rec).await
-    }
-
-    async fn send_to(
-        &self,
-        topic: &str,
-        partition: Option<i32>,
-        rec: &Record,
-    ) -> Result<DeliveryFuture, RelayError> {
-        loop {
-            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
-            if let Some(p) = partition {
-                fr = fr.partition(p);
-            }
-            if let Some(k) = &rec.key {
-                fr = fr.key(k.as_slice());
-            }
-            if let Some(v) = &rec.value {
-                fr = fr.payload(v.as_slice());
-            }
-            if !rec.headers.is_empty() {
-                let mut h = OwnedHeaders::new();
-                for (name, value) in &rec.headers {
-                    h = h.insert(Header {
-                        key: name,
-                        value: Some(value.as_slice()),
-                    });
-                }
-                fr = fr.headers(h);
-            }
-            match self.producer.send_result(fr) {
-                Ok(f) => return Ok(f),
-                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-async fn delivered(futs: Vec<DeliveryFuture>) -> Result<(), RelayError> {
-    for f in futs {
-        match f.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(RelayError::Delivery(e.to_string())),
-            Err(_) => return Err(RelayError::Delivery("producer dropped the record".into())),
-        }
-    }
-    Ok(())
-}
-
 /// Runs the relay until `shutdown` resolves or an error stops it. On error nothing past the last
 /// acknowledged transaction has been confirmed, so a restart resumes safely.
-pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+///
+/// The relay runs on a thread of its own with a single-threaded runtime, whatever the caller's
+/// runtime is. Its work is one chain of hand-offs per transaction (the replication socket, the
+/// decoding loop, the producer, the acknowledgements); on a multi-threaded runtime each hand-off
+/// could wake another worker thread, and at a light load those wake-ups, not the work, were most
+/// of the relay's CPU (BENCHMARKS.md, "Relay CPU at light loads"). Everything the relay spawns
+/// (the replication worker, the control connection) runs on that thread and ends with it.
+pub async fn run(
+    cfg: RelayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    let (mut done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("hermet-relay".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let e = RelayError::Config(format!("starting the relay's runtime: {e}"));
+                    let _ = done_tx.send(Err(e));
+                    return;
+                }
+            };
+            // A caller that stops waiting (its future dropped, as an aborted task's is) stops
+            // the relay where it is, as dropping the relay's own future did: no fence, nothing
+            // more confirmed, and the runtime's end closes the connections.
+            let result = rt.block_on(async {
+                tokio::select! {
+                    r = run_here(cfg, shutdown) => Some(r),
+                    () = done_tx.closed() => None,
+                }
+            });
+            drop(rt);
+            if let Some(r) = result {
+                let _ = done_tx.send(r);
+            }
+        })
+        .map_err(|e| RelayError::Config(format!("starting the relay's thread: {e}")))?;
+    done_rx
+        .await
+        .unwrap_or_else(|_| Err(RelayError::Config("the relay's thread panicked".into())))
+}
+
+async fn run_here(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
     // The steps before streaming (topics, partition metadata, the snapshot) can take long and
     // confirm nothing, so a stop abandons them; a half-taken snapshot is redone on restart.
     let shutdown = shutdown.shared();
@@ -294,9 +281,7 @@ pub async fn run(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Result
         return Ok(());
     };
     made?;
-    let sink = Sink {
-        producer: hermet_kafka::producer(&cfg.brokers, "hermet-cdc")?,
-    };
+    let sink = Sink::new(&cfg.brokers, "hermet-cdc")?;
     let options = EnvelopeOptions::default();
     let Some(markers) =
         unless_stopped(shutdown.clone(), partitions_of(&sink, &catalog, &router)).await
@@ -399,7 +384,7 @@ async fn partitions_of(
     router: &TopicRouter,
 ) -> Result<Vec<(String, i32)>, RelayError> {
     let topics = topics_of(catalog, router);
-    let producer = sink.producer.clone();
+    let producer = sink.producer();
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for t in topics {
@@ -470,12 +455,9 @@ fn check_partition_counts(
     )))
 }
 
-/// Sends a watermark marker for `at` to every partition.
-async fn send_markers(
-    sink: &Sink,
-    markers: &[(String, i32)],
-    at: Lsn,
-) -> Result<Vec<DeliveryFuture>, RelayError> {
+/// Sends a watermark marker for `at` to every partition, under a ticket of its own that
+/// confirms `at` once Kafka has every marker. Returns the number of records sent.
+async fn mark(sink: &Sink, markers: &[(String, i32)], at: Lsn) -> Result<usize, RelayError> {
     let rec = Record {
         key: None,
         value: None,
@@ -484,24 +466,12 @@ async fn send_markers(
             at.0.to_string().into_bytes(),
         )],
     };
-    let mut futs = Vec::with_capacity(markers.len());
+    let ticket = sink.open();
     for (topic, p) in markers {
-        futs.push(sink.send_to(topic, Some(*p), &rec).await?);
+        sink.send_to(ticket, topic, Some(*p), &rec).await?;
     }
-    Ok(futs)
-}
-
-/// Sends markers for `at` and returns the acknowledgement of that position (resolved once Kafka
-/// has every marker) with the number of records it waits for.
-async fn mark(sink: &Sink, markers: &[(String, i32)], at: Lsn) -> Result<(Ack, usize), RelayError> {
-    let futs = send_markers(sink, markers, at).await?;
-    let n = futs.len();
-    let ack: Ack = async move {
-        delivered(futs).await?;
-        Ok((at, n, None))
-    }
-    .boxed();
-    Ok((ack, n))
+    sink.close(ticket, Some(at), None);
+    Ok(markers.len())
 }
 
 /// What the streaming loop reads but does not own.
@@ -556,7 +526,8 @@ async fn snapshot(
         let fetch = format!("FETCH {} FROM hermet_snap", cfg.snapshot_batch.max(1));
         loop {
             let msgs = client.simple_query(&fetch).await?;
-            let mut futs = Vec::new();
+            let ticket = sink.open();
+            let mut sent = 0u64;
             for m in &msgs {
                 if let SimpleQueryMessage::Row(r) = m {
                     let columns = (0..r.len())
@@ -581,15 +552,17 @@ async fn snapshot(
                     };
                     for rec in change_records(&table, &TupleChange::Read { row: &row }, &ctx, None)?
                     {
-                        futs.push(sink.send(&topic, &rec).await?);
+                        sink.send(ticket, &topic, &rec).await?;
+                        sent += 1;
                     }
                 }
             }
-            if futs.is_empty() {
+            sink.close(ticket, None, None);
+            sink.wait().await?;
+            if sent == 0 {
                 break;
             }
-            total += futs.len() as u64;
-            delivered(futs).await?;
+            total += sent;
         }
         client.batch_execute("CLOSE hermet_snap").await?;
     }
@@ -605,12 +578,34 @@ fn key_refs(v: &[String]) -> Vec<&str> {
 struct OpenTx {
     xid: u32,
     commit_ts_ms: i64,
-    deliveries: Vec<DeliveryFuture>,
+    /// The records of the transaction go under it; its commit closes it.
+    ticket: Ticket,
+    sent: usize,
     tracker: Option<TransactionTracker>,
 }
 
-/// Acknowledgement of one position: `(lsn, records, commit time)`, resolved when Kafka has them.
-type Ack = BoxFuture<'static, Result<(Lsn, usize, Option<i64>), RelayError>>;
+/// Confirms the positions of the tickets Kafka has completed since the last call (`sink`'s
+/// module docs) and takes their records off `in_flight`.
+fn confirm(sink: &Sink, repl: &ReplicationClient, in_flight: &mut usize) -> Result<(), RelayError> {
+    let mut upto = None;
+    for Done {
+        lsn,
+        records,
+        commit_ts,
+    } in sink.completed()?
+    {
+        *in_flight -= records;
+        upto = upto.max(lsn);
+        if let Some(ts) = commit_ts {
+            telemetry::commit_to_ack((now_ms() - ts).max(0) as f64 / 1000.0);
+        }
+    }
+    if let Some(lsn) = upto {
+        repl.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+        telemetry::confirmed(lsn);
+    }
+    Ok(())
+}
 
 /// The heartbeat (so an idle slot advances) and the slot-lag gauge, forever.
 async fn housekeeping(control: &Client, cfg: &RelayConfig) {
@@ -668,8 +663,10 @@ async fn stream(
     let mut last_commit_seen = Instant::now();
     let mut tables: HashMap<Oid, (Table, String)> = HashMap::new();
     let mut open: Option<OpenTx> = None;
-    let mut acks: FuturesOrdered<Ack> = FuturesOrdered::new();
     let mut in_flight = 0usize;
+    // Acknowledgements are read at every marker tick, and while transactions stream (the tick
+    // waits behind a busy stream) at least as often.
+    let mut last_confirm = Instant::now();
     let mut last_commit: Option<Lsn> = None;
     // Set once a stop was asked for: the position of the fence the loop reads up to.
     let mut fence_at: Option<Lsn> = None;
@@ -696,15 +693,6 @@ async fn stream(
                     }
                 }
             }
-            Some(done) = acks.next(), if !acks.is_empty() => {
-                let (lsn, records, commit_ts) = done?;
-                in_flight -= records;
-                repl.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
-                telemetry::confirmed(lsn);
-                if let Some(ts) = commit_ts {
-                    telemetry::commit_to_ack((now_ms() - ts).max(0) as f64 / 1000.0);
-                }
-            }
             ev = repl.recv(), if in_flight < cfg.max_in_flight => {
                 let Some(ev) = ev? else { return Err(RelayError::StreamEnded) };
                 match ev {
@@ -713,10 +701,10 @@ async fn stream(
                         let tracker = cfg.transaction_topic.then(|| {
                             TransactionTracker::begin(xid, Lsn(u64::from(final_lsn)), commit_ts_ms)
                         });
-                        let mut tx = OpenTx { xid, commit_ts_ms, deliveries: Vec::new(), tracker };
+                        let mut tx = OpenTx { xid, commit_ts_ms, ticket: sink.open(), sent: 0, tracker };
                         if let Some(t) = &tx.tracker {
-                            let f = sink.send(&router.transaction_topic(), &t.begin_record()?).await?;
-                            tx.deliveries.push(f);
+                            sink.send(tx.ticket, &router.transaction_topic(), &t.begin_record()?).await?;
+                            tx.sent += 1;
                         }
                         open = Some(tx);
                     }
@@ -761,36 +749,33 @@ async fn stream(
                             return Err(RelayError::Config("a row change arrived outside a transaction".into()));
                         };
                         for rec in change_records(table, &change, &ctx, tx.tracker.as_mut())? {
-                            tx.deliveries.push(sink.send(topic, &rec).await?);
+                            sink.send(tx.ticket, topic, &rec).await?;
+                            tx.sent += 1;
                         }
                         telemetry::event_relayed(table.name());
                     }
                     ReplicationEvent::Commit { end_lsn, .. } => {
                         let Some(mut tx) = open.take() else { continue };
                         if let Some(t) = &tx.tracker {
-                            let f = sink.send(&router.transaction_topic(), &t.end_record()?).await?;
-                            tx.deliveries.push(f);
+                            sink.send(tx.ticket, &router.transaction_topic(), &t.end_record()?).await?;
+                            tx.sent += 1;
                         }
                         let end = Lsn(u64::from(end_lsn));
                         last_commit = Some(end);
                         last_commit_seen = Instant::now();
-                        let n = tx.deliveries.len();
-                        in_flight += n;
-                        let commit_ts = Some(tx.commit_ts_ms);
-                        let futs = std::mem::take(&mut tx.deliveries);
-                        acks.push_back(async move {
-                            delivered(futs).await?;
-                            Ok((end, n, commit_ts))
-                        }.boxed());
+                        in_flight += tx.sent;
+                        sink.close(tx.ticket, Some(end), Some(tx.commit_ts_ms));
+                        if last_confirm.elapsed() >= cfg.watermark_interval {
+                            confirm(sink, &repl, &mut in_flight)?;
+                            last_confirm = Instant::now();
+                        }
                     }
                     ReplicationEvent::Message { transactional: false, lsn, .. } => {
                         // Heartbeats and other non-transactional messages: a position with
                         // nothing to deliver, confirmed once everything before it is.
                         let at = Lsn(u64::from(lsn));
-                        let (ack, n) = mark(sink, markers, at).await?;
+                        in_flight += mark(sink, markers, at).await?;
                         marked = Some(at);
-                        in_flight += n;
-                        acks.push_back(ack);
                         if fence_at.is_some_and(|f| at >= f) {
                             break;
                         }
@@ -800,20 +785,27 @@ async fn stream(
                         if open.is_none() {
                             let at = Lsn(u64::from(wal_end));
                             idle_at = idle_at.max(Some(at));
-                            acks.push_back(async move { Ok((at, 0, None)) }.boxed());
+                            // Nothing to deliver: confirmed once everything before it is.
+                            let ticket = sink.open();
+                            sink.close(ticket, Some(at), None);
                         }
                     }
                     ReplicationEvent::StoppedAt { .. } => return Err(RelayError::StreamEnded),
                 }
             }
+            // At the in-flight bound the stream is not read: only acknowledgements free it.
+            () = tokio::time::sleep(sink::ACK_POLL), if in_flight >= cfg.max_in_flight => {
+                confirm(sink, &repl, &mut in_flight)?;
+                last_confirm = Instant::now();
+            }
             _ = marker_tick.tick() => {
+                confirm(sink, &repl, &mut in_flight)?;
+                last_confirm = Instant::now();
                 let recent = last_commit_seen.elapsed() < KEEPALIVE_MARKERS_AFTER_COMMIT;
                 let at = if recent { last_commit.max(idle_at) } else { last_commit };
                 if let Some(at) = at.filter(|l| marked.is_none_or(|m| *l > m)) {
-                    let (ack, n) = mark(sink, markers, at).await?;
+                    in_flight += mark(sink, markers, at).await?;
                     marked = Some(at);
-                    in_flight += n;
-                    acks.push_back(ack);
                 }
             }
             () = &mut housekeeping => {}
@@ -821,10 +813,11 @@ async fn stream(
     }
     // Stopping: nothing more is read. What is in flight is acknowledged, then confirmed.
     let mut confirmed = None;
-    while let Some(done) = acks.next().await {
-        let (lsn, ..) = done?;
-        repl.update_applied_lsn(pgwire_replication::Lsn(lsn.0));
-        confirmed = confirmed.max(Some(lsn));
+    for Done { lsn, .. } in sink.wait().await? {
+        confirmed = confirmed.max(lsn);
+    }
+    if let Some(at) = confirmed {
+        repl.update_applied_lsn(pgwire_replication::Lsn(at.0));
     }
     if let Some(at) = confirmed {
         telemetry::confirmed(at);

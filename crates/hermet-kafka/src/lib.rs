@@ -48,16 +48,22 @@ pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
 /// process. Without the bound the relay's peak RSS followed how far Kafka lagged behind it
 /// (33–115 MiB draining a backlog); with it, 28–45 MiB at the same throughput (BENCHMARKS.md).
 pub fn producer(brokers: &str, client_id: &str) -> Result<FutureProducer, KafkaError> {
-    Ok(client_config(brokers, client_id)
-        .set("enable.idempotence", "true")
+    Ok(producer_config(brokers, client_id).create()?)
+}
+
+/// The settings of [`producer`], for a producer with a context of its own (the relay's, which
+/// counts acknowledgements instead of resolving a future per record).
+pub fn producer_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut c = client_config(brokers, client_id);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
         .set("queue.buffering.max.kbytes", "8192")
         .set("compression.type", "lz4")
-        .set("message.timeout.ms", "0")
-        .create()?)
+        .set("message.timeout.ms", "0");
+    c
 }
 
 /// Creates the topics that do not exist yet; existing ones are left as they are.
