@@ -482,6 +482,7 @@ impl Cdc {
             max_in_flight: 100_000,
             snapshot_batch: 5_000,
             watermark_interval: self.watermark,
+            linger: hermet_cdc::relay::DEFAULT_LINGER,
         };
         Task::spawn("relay".into(), |rx| {
             hermet_cdc::relay::run(cfg, shutdown(rx))

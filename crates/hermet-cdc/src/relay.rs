@@ -85,7 +85,18 @@ pub struct RelayConfig {
     pub snapshot_batch: usize,
     /// How often, while transactions flow, a watermark marker goes to every partition.
     pub watermark_interval: Duration,
+    /// How long a record may wait in the producer for others to share its Kafka request. Every
+    /// request costs the producer's thread a few wake-ups whatever it carries, so at light
+    /// loads this, more than the records, sets the relay's CPU; it also adds up to this much to
+    /// every change's latency (BENCHMARKS.md, "Relay CPU at light loads").
+    pub linger: Duration,
 }
+
+/// Default of [`RelayConfig::linger`].
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(10);
+
+/// Longest [`RelayConfig::linger`] accepted: every change may wait that long.
+pub const MAX_LINGER: Duration = Duration::from_millis(1000);
 
 /// Default of [`RelayConfig::watermark_interval`].
 pub const DEFAULT_WATERMARK_INTERVAL: Duration = Duration::from_millis(50);
@@ -281,7 +292,7 @@ async fn run_here(cfg: RelayConfig, shutdown: impl Future<Output = ()>) -> Resul
         return Ok(());
     };
     made?;
-    let sink = Sink::new(&cfg.brokers, "hermet-cdc")?;
+    let sink = Sink::new(&cfg.brokers, "hermet-cdc", cfg.linger)?;
     let options = EnvelopeOptions::default();
     let Some(markers) =
         unless_stopped(shutdown.clone(), partitions_of(&sink, &catalog, &router)).await

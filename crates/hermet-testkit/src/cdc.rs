@@ -194,6 +194,7 @@ impl Cdc {
             max_in_flight: 100_000,
             snapshot_batch: 1000,
             watermark_interval: Duration::from_millis(20),
+            linger: relay::DEFAULT_LINGER,
         };
         self.relay = Some(Task::spawn("cdc relay", |stop| async move {
             relay::run(cfg, stop).await.map_err(|e| e.to_string())

@@ -330,6 +330,9 @@ pub struct CdcConfig {
     /// While transactions flow, how often every partition gets a watermark marker (bounds how
     /// long a read with `X-Hermet-Min-Lsn` waits on a quiet partition).
     pub watermark_ms: u64,
+    /// How long a record may wait in the relay's producer for others to share its Kafka
+    /// request: fewer requests (less CPU at light loads) against up to this much latency.
+    pub linger_ms: u64,
 }
 
 impl Default for CdcConfig {
@@ -348,6 +351,7 @@ impl Default for CdcConfig {
             max_in_flight: 100_000,
             snapshot_batch: 5_000,
             watermark_ms: hermet_cdc::relay::DEFAULT_WATERMARK_INTERVAL.as_millis() as u64,
+            linger_ms: hermet_cdc::relay::DEFAULT_LINGER.as_millis() as u64,
         }
     }
 }
@@ -721,6 +725,12 @@ impl Config {
                     .into(),
             );
         }
+        if u128::from(c.linger_ms) > hermet_cdc::relay::MAX_LINGER.as_millis() {
+            return bad(format!(
+                "cdc.linger_ms must be at most {} (every change may wait that long)",
+                hermet_cdc::relay::MAX_LINGER.as_millis()
+            ));
+        }
         if !c.topic_template.contains("{table}") {
             return bad("cdc.topic_template must contain {table}".into());
         }
@@ -814,6 +824,7 @@ impl Config {
             max_in_flight: c.max_in_flight,
             snapshot_batch: c.snapshot_batch,
             watermark_interval: std::time::Duration::from_millis(c.watermark_ms),
+            linger: std::time::Duration::from_millis(c.linger_ms),
         }
     }
 

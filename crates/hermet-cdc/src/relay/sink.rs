@@ -115,8 +115,15 @@ pub(super) struct Sink {
 }
 
 impl Sink {
-    pub(super) fn new(brokers: &str, client_id: &str) -> Result<Sink, RelayError> {
+    /// A producer with the settings of [`hermet_kafka::producer`] except its linger: how long
+    /// a record may wait for others to share its request (see [`super::RelayConfig::linger`]).
+    pub(super) fn new(
+        brokers: &str,
+        client_id: &str,
+        linger: Duration,
+    ) -> Result<Sink, RelayError> {
         let producer = hermet_kafka::producer_config(brokers, client_id)
+            .set("linger.ms", linger.as_millis().to_string())
             .create_with_context(AckContext::default())?;
         Ok(Sink {
             producer: Arc::new(producer),

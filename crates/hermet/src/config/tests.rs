@@ -30,6 +30,9 @@ fn bad_values_are_refused() {
     assert!(validated(|c| c.projector.max_attempts = 0).is_err());
     assert!(validated(|c| c.database.read_pool_size = 0).is_err());
     assert!(validated(|c| c.cdc.watermark_ms = 4).is_err());
+    assert!(validated(|c| c.cdc.linger_ms = 0).is_ok());
+    assert!(validated(|c| c.cdc.linger_ms = 1000).is_ok());
+    assert!(validated(|c| c.cdc.linger_ms = 1001).is_err());
     let e = validated(|c| c.projector.batch_wait_ms = u64::MAX);
     assert!(
         e.as_ref()
