@@ -276,6 +276,10 @@ pub struct BenchOptions {
     /// `peers`: seconds of each offered load.
     #[arg(long, default_value_t = 10)]
     pub live_secs: u64,
+    /// `peers`: seconds each peer is watched with nothing written, once caught up (its idle
+    /// CPU); 0 leaves the idle measurement out.
+    #[arg(long, default_value_t = 60)]
+    pub idle_secs: u64,
     /// `peers`: changes per second while each peer is killed (SIGKILL) and restarted.
     #[arg(long, default_value_t = 1000.0)]
     pub crash_rate: f64,
@@ -371,6 +375,7 @@ impl Default for BenchOptions {
             backlog: 20_000,
             rates: vec![200.0, 2000.0],
             live_secs: 10,
+            idle_secs: 60,
             crash_rate: 1000.0,
             crash_secs: 10,
             debezium_script: None,

@@ -28,6 +28,7 @@ pub struct PeersParams {
     pub runs: usize,
     pub rates: Vec<f64>,
     pub live_secs: u64,
+    pub idle_secs: u64,
     pub crash_rate: f64,
     pub crash_secs: u64,
     pub server_version: String,
@@ -106,6 +107,9 @@ pub struct PeerStats {
     /// Order-independent digest of (table, key, LSN) of the drained records.
     pub drain_digest: u64,
     pub latency: Vec<LatencyStat>,
+    /// CPU (user + system) of the peer's process over `--idle-secs` with nothing written, once
+    /// it had caught up (`None` with `--idle-secs 0`).
+    pub idle_cpu_secs: Option<f64>,
     pub crash: CrashStat,
 }
 
@@ -239,6 +243,12 @@ impl fmt::Display for PeersReport {
                 false,
             );
         }
+        row(
+            "idle CPU s (nothing written, --idle-secs)",
+            Box::new(|s| s.idle_cpu_secs),
+            2,
+            false,
+        );
         row("peak RSS MiB", Box::new(|s| Some(s.peak_rss_mib)), 1, false);
         row(
             "CPU s per 100k changes (drain, incl. start)",

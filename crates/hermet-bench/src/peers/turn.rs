@@ -164,6 +164,20 @@ pub(super) async fn peer_turn(
     );
     read_back(brokers, &pr.topics, &from, STALL, all_found(&barrier)).await?;
 
+    // ---- idle: what the process costs while nothing is written
+    if s.opts.idle_secs > 0 {
+        let cpu0 = cpu_secs(p.pid);
+        tokio::time::sleep(Duration::from_secs(s.opts.idle_secs)).await;
+        stats.idle_cpu_secs = cpu0.zip(cpu_secs(p.pid)).map(|(a, b)| b - a);
+        eprintln!(
+            "bench peers: round {}: {} idle for {} s: CPU {:.2} s",
+            pr.round,
+            pr.peer,
+            s.opts.idle_secs,
+            stats.idle_cpu_secs.unwrap_or(0.0)
+        );
+    }
+
     // ---- latency at fixed offered loads
     for &rate in &s.opts.rates {
         let from = offsets_now(brokers, &pr.topics).await?;

@@ -74,6 +74,59 @@ impl Book {
         t.checked_sub(self.first)
             .and_then(|i| self.entries.get_mut(i))
     }
+
+    fn open(&mut self) -> Ticket {
+        self.entries.push_back(Entry::default());
+        self.first + self.entries.len() - 1
+    }
+
+    fn close(&mut self, t: Ticket, lsn: Option<Lsn>, commit_ts: Option<i64>) {
+        if let Some(e) = self.entry(t) {
+            e.closed = Some((lsn, commit_ts));
+        }
+    }
+
+    fn report(&mut self, t: Ticket, result: Result<(), String>) {
+        self.reports += 1;
+        match result {
+            Ok(()) => {
+                if let Some(e) = self.entry(t) {
+                    e.acked += 1;
+                }
+            }
+            Err(e) => {
+                self.failed.get_or_insert(e);
+            }
+        }
+    }
+
+    /// The complete tickets at the front, taken off the book, in order.
+    fn completed(&mut self) -> Result<Vec<Done>, RelayError> {
+        if let Some(e) = &self.failed {
+            return Err(RelayError::Delivery(e.clone()));
+        }
+        let mut done = Vec::new();
+        while let Some(e) = self.entries.front() {
+            match e.closed {
+                Some((lsn, commit_ts)) if e.acked >= e.sent => {
+                    done.push(Done {
+                        lsn,
+                        records: e.sent,
+                        commit_ts,
+                    });
+                    self.entries.pop_front();
+                    self.first += 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(done)
+    }
+
+    /// Whether every closed ticket has been handed out.
+    fn settled(&self) -> bool {
+        self.entries.iter().all(|e| e.closed.is_none())
+    }
 }
 
 /// Counts acknowledgements into the book; runs inside [`BaseProducer::poll`], on the relay's
@@ -95,18 +148,8 @@ impl ProducerContext for AckContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Ticket) {
-        let mut book = self.book();
-        book.reports += 1;
-        match result {
-            Ok(_) => {
-                if let Some(e) = book.entry(ticket) {
-                    e.acked += 1;
-                }
-            }
-            Err((e, _)) => {
-                book.failed.get_or_insert_with(|| e.to_string());
-            }
-        }
+        let result = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
+        self.book().report(ticket, result);
     }
 }
 
@@ -137,17 +180,13 @@ impl Sink {
 
     /// Opens a ticket; the records of one transaction (or one marker batch) go under it.
     pub(super) fn open(&self) -> Ticket {
-        let mut book = self.producer.context().book();
-        book.entries.push_back(Entry::default());
-        book.first + book.entries.len() - 1
+        self.producer.context().book().open()
     }
 
     /// Closes `ticket`: nothing more is sent under it, and once its records are acknowledged it
     /// confirms `lsn`.
     pub(super) fn close(&self, ticket: Ticket, lsn: Option<Lsn>, commit_ts: Option<i64>) {
-        if let Some(e) = self.producer.context().book().entry(ticket) {
-            e.closed = Some((lsn, commit_ts));
-        }
+        self.producer.context().book().close(ticket, lsn, commit_ts);
     }
 
     pub(super) async fn send(
@@ -227,26 +266,7 @@ impl Sink {
     /// call, in order; a failed delivery is an error.
     pub(super) fn completed(&self) -> Result<Vec<Done>, RelayError> {
         self.poll();
-        let mut book = self.producer.context().book();
-        if let Some(e) = &book.failed {
-            return Err(RelayError::Delivery(e.clone()));
-        }
-        let mut done = Vec::new();
-        while let Some(e) = book.entries.front() {
-            match e.closed {
-                Some((lsn, commit_ts)) if e.acked >= e.sent => {
-                    done.push(Done {
-                        lsn,
-                        records: e.sent,
-                        commit_ts,
-                    });
-                    book.entries.pop_front();
-                    book.first += 1;
-                }
-                _ => break,
-            }
-        }
-        Ok(done)
+        self.producer.context().book().completed()
     }
 
     /// Polls until every ticket closed so far is complete and hands them out.
@@ -254,12 +274,80 @@ impl Sink {
         let mut all = Vec::new();
         loop {
             all.extend(self.completed()?);
-            let book = self.producer.context().book();
-            if book.entries.iter().all(|e| e.closed.is_none()) {
+            if self.producer.context().book().settled() {
                 return Ok(all);
             }
-            drop(book);
             tokio::time::sleep(ACK_POLL).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lsns(done: &[Done]) -> Vec<Option<Lsn>> {
+        done.iter().map(|d| d.lsn).collect()
+    }
+
+    #[test]
+    fn tickets_complete_in_the_order_they_were_opened() {
+        let mut b = Book::default();
+        let (t1, t2, t3) = (b.open(), b.open(), b.open());
+        for t in [t1, t1, t2, t3] {
+            b.entry(t).expect("open").sent += 1;
+        }
+        b.close(t1, Some(Lsn(10)), Some(5));
+        b.close(t2, Some(Lsn(20)), None);
+        b.close(t3, Some(Lsn(30)), None);
+        // The later tickets are acknowledged first: nothing may be handed out before t1.
+        b.report(t3, Ok(()));
+        b.report(t2, Ok(()));
+        b.report(t1, Ok(()));
+        assert_eq!(b.completed().expect("no failure"), vec![]);
+        b.report(t1, Ok(()));
+        let done = b.completed().expect("no failure");
+        assert_eq!(lsns(&done), vec![Some(Lsn(10)), Some(Lsn(20)), Some(Lsn(30))]);
+        assert_eq!(done[0].records, 2);
+        assert_eq!(done[0].commit_ts, Some(5));
+        assert!(b.settled());
+        assert_eq!(b.reports, 4);
+    }
+
+    #[test]
+    fn an_open_ticket_holds_back_the_ones_after_it() {
+        let mut b = Book::default();
+        let (open, empty) = (b.open(), b.open());
+        b.close(empty, Some(Lsn(7)), None);
+        // A ticket with no records completes as soon as it is closed, but only in its turn.
+        assert_eq!(b.completed().expect("no failure"), vec![]);
+        assert!(!b.settled());
+        b.close(open, Some(Lsn(3)), None);
+        assert_eq!(
+            lsns(&b.completed().expect("no failure")),
+            vec![Some(Lsn(3)), Some(Lsn(7))]
+        );
+        // Tickets keep their numbers after the front was taken off.
+        let next = b.open();
+        assert_eq!(next, 2);
+        b.entry(next).expect("open").sent += 1;
+        b.close(next, None, None);
+        assert_eq!(b.completed().expect("no failure"), vec![]);
+        b.report(next, Ok(()));
+        assert_eq!(lsns(&b.completed().expect("no failure")), vec![None]);
+    }
+
+    #[test]
+    fn a_failed_delivery_is_an_error_and_confirms_nothing() {
+        let mut b = Book::default();
+        let t = b.open();
+        b.entry(t).expect("open").sent += 2;
+        b.close(t, Some(Lsn(1)), None);
+        b.report(t, Ok(()));
+        b.report(t, Err("broker said no".into()));
+        match b.completed() {
+            Err(RelayError::Delivery(e)) => assert_eq!(e, "broker said no"),
+            other => panic!("expected a delivery error, got {other:?}"),
         }
     }
 }
