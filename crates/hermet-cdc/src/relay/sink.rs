@@ -307,7 +307,10 @@ mod tests {
         assert_eq!(b.completed().expect("no failure"), vec![]);
         b.report(t1, Ok(()));
         let done = b.completed().expect("no failure");
-        assert_eq!(lsns(&done), vec![Some(Lsn(10)), Some(Lsn(20)), Some(Lsn(30))]);
+        assert_eq!(
+            lsns(&done),
+            vec![Some(Lsn(10)), Some(Lsn(20)), Some(Lsn(30))]
+        );
         assert_eq!(done[0].records, 2);
         assert_eq!(done[0].commit_ts, Some(5));
         assert!(b.settled());
