@@ -293,12 +293,7 @@ async fn run_mode(
             t.elapsed().as_secs_f64()
         );
     }
-    let secret = format!(
-        "{:016x}{:016x}{:016x}",
-        rand::random::<u64>(),
-        rand::random::<u64>(),
-        rand::random::<u64>()
-    );
+    let secret = server::random_secret();
     let spec = ServerSpec {
         bin,
         env,

@@ -49,7 +49,7 @@ use hermet_store::{Store, SyncMode};
 use rand::{Rng, SeedableRng};
 
 use crate::cdc::db_err;
-use crate::fanout::server::{Server, ServerSpec};
+use crate::fanout::server::{random_secret, Server, ServerSpec};
 use crate::report::histogram;
 use crate::{admin_connect, drop_database, BenchEnv, BenchError, BenchOptions, Scenario};
 use pgbench::{Layout, Pgbench, PgbenchRun};
@@ -121,12 +121,7 @@ async fn run_in(
             .map_err(db_err("read the server version"))?
             .get(0)
     };
-    let secret = format!(
-        "{:016x}{:016x}{:016x}",
-        rand::random::<u64>(),
-        rand::random::<u64>(),
-        rand::random::<u64>()
-    );
+    let secret = random_secret();
     let spec = ServerSpec {
         bin,
         env,

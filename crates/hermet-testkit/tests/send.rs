@@ -169,6 +169,33 @@ async fn refused_sends_write_nothing_and_leave_the_connection_usable() {
     }
 }
 
+/// Runs `hold` (statements that lock what a send needs) in a transaction of another session,
+/// starts a send of `from` into `ch`, waits until that send is blocked on a lock, then commits
+/// the other transaction and returns what the send answered.
+async fn send_while_held(
+    db: &TestDb,
+    store: &Store,
+    (from, ch): (UserId, ChannelId),
+    hold: &[(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])],
+) -> Result<i64, StoreError> {
+    let mut other = client(db).await;
+    let tx = other.transaction().await.expect("begin");
+    for (sql, params) in hold {
+        tx.execute(*sql, params)
+            .await
+            .expect("the other transaction");
+    }
+    let sending = {
+        let store = store.clone();
+        tokio::spawn(async move { send(&store, from, ch, "raced").await })
+    };
+    until_a_send_waits(&client(db).await).await;
+    tx.commit().await.expect("commit the other transaction");
+    sending.await.expect("join")
+}
+
+const LOCK_CHANNEL: &str = "SELECT 1 FROM channels WHERE id = $1 FOR UPDATE";
+
 /// A member leaves (the channel locked, the member row marked left) while a send of theirs
 /// waits for the channel: once the leave commits, the send is refused and writes nothing.
 #[tokio::test]
@@ -184,25 +211,15 @@ async fn a_leave_committed_while_a_send_waits_refuses_the_send() {
             .await
             .expect("group")
             .value;
-        let mut leaver = client(&db).await;
-        let tx = leaver.transaction().await.expect("begin");
-        tx.execute("SELECT 1 FROM channels WHERE id = $1 FOR UPDATE", &[&group])
-            .await
-            .expect("lock");
-        tx.execute(
-            "UPDATE channel_members SET left_at = 1, left_seq = 0
-              WHERE channel_id = $1 AND user_id = $2",
-            &[&group, &bob],
+        let leave = "UPDATE channel_members SET left_at = 1, left_seq = 0
+                      WHERE channel_id = $1 AND user_id = $2";
+        let r = send_while_held(
+            &db,
+            &store,
+            (bob, group),
+            &[(LOCK_CHANNEL, &[&group]), (leave, &[&group, &bob])],
         )
-        .await
-        .expect("leave");
-        let sending = {
-            let store = store.clone();
-            tokio::spawn(async move { send(&store, bob, group, "after I left").await })
-        };
-        until_a_send_waits(&client(&db).await).await;
-        tx.commit().await.expect("commit the leave");
-        let r = sending.await.expect("join");
+        .await;
         assert_eq!(code(r), "not_member", "{mode:?}");
         assert_eq!(written(&client(&db).await, group).await, (0, 0), "{mode:?}");
     }
@@ -216,28 +233,16 @@ async fn an_unfriend_committed_while_a_send_waits_refuses_the_send() {
         let store = db.store_with(store_config(mode, 40));
         let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
         let chat = store.add_friend(alice, bob).await.expect("befriend").value;
-        let mut other = client(&db).await;
-        let tx = other.transaction().await.expect("begin");
-        tx.execute("SELECT 1 FROM channels WHERE id = $1 FOR UPDATE", &[&chat])
-            .await
-            .expect("lock");
-        tx.execute(
-            "UPDATE friendships SET status = 'deleted' WHERE user_id = $1 AND friend_id = $2",
-            &[&alice, &bob],
+        let unfriend =
+            "UPDATE friendships SET status = 'deleted' WHERE user_id = $1 AND friend_id = $2";
+        let r = send_while_held(
+            &db,
+            &store,
+            (alice, chat),
+            &[(LOCK_CHANNEL, &[&chat]), (unfriend, &[&alice, &bob])],
         )
-        .await
-        .expect("unfriend");
-        let sending = {
-            let store = store.clone();
-            tokio::spawn(async move { send(&store, alice, chat, "too late").await })
-        };
-        until_a_send_waits(&client(&db).await).await;
-        tx.commit().await.expect("commit the unfriend");
-        assert_eq!(
-            code(sending.await.expect("join")),
-            "not_friends",
-            "{mode:?}"
-        );
+        .await;
+        assert_eq!(code(r), "not_friends", "{mode:?}");
         assert_eq!(written(&client(&db).await, chat).await, (0, 0), "{mode:?}");
     }
 }
@@ -251,21 +256,9 @@ async fn a_rename_committed_while_a_send_waits_names_the_message() {
         let store = db.store_with(store_config(mode, 40));
         let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
         let chat = store.add_friend(alice, bob).await.expect("befriend").value;
-        let mut other = client(&db).await;
-        let tx = other.transaction().await.expect("begin");
-        tx.execute(
-            "UPDATE users SET nickname = 'alicia' WHERE id = $1",
-            &[&alice],
-        )
-        .await
-        .expect("rename");
-        let sending = {
-            let store = store.clone();
-            tokio::spawn(async move { send(&store, alice, chat, "hello").await })
-        };
-        until_a_send_waits(&client(&db).await).await;
-        tx.commit().await.expect("commit the rename");
-        assert_eq!(sending.await.expect("join").expect("send"), 1, "{mode:?}");
+        let rename = "UPDATE users SET nickname = 'alicia' WHERE id = $1";
+        let r = send_while_held(&db, &store, (alice, chat), &[(rename, &[&alice])]).await;
+        assert_eq!(r.expect("send"), 1, "{mode:?}");
         let name: String = client(&db)
             .await
             .query_one(

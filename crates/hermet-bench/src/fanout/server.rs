@@ -43,6 +43,16 @@ impl ServerSpec<'_> {
     }
 }
 
+/// A fresh JWT secret for the servers of one run (the benchmark signs their tokens with it).
+pub(crate) fn random_secret() -> String {
+    format!(
+        "{:016x}{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}
+
 /// A running `hermet serve`.
 pub(crate) struct Server {
     proc: RelayProc,
