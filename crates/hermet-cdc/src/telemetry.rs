@@ -24,7 +24,7 @@ const TRUNCATES_IGNORED: Metric = Metric::counter(
 /// Public for `hermet-bench modes --stage-metrics`, which keeps this series.
 pub const COMMIT_TO_ACK: Metric = Metric::histogram(
     "hermet_cdc_commit_to_ack_seconds",
-    "Transaction commit to Kafka acknowledgement of its last change.",
+    "Transaction commit to the relay reading Kafka's acknowledgement of its last change (read at each watermark tick: up to cdc.watermark_ms after Kafka's).",
 )
 .unit(Unit::Seconds);
 
