@@ -38,6 +38,25 @@ fn code(r: Result<i64, StoreError>) -> &'static str {
     }
 }
 
+/// A database of its own, a store in `mode` on it, and users alice and bob.
+async fn two_users(mode: SyncMode) -> (TestDb, Store, UserId, UserId) {
+    let db = TestDb::new().await;
+    let store = db.store_with(store_config(mode, 40));
+    let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+    (db, store, alice, bob)
+}
+
+/// A group of `owner` and `member`.
+async fn group_of(store: &Store, owner: UserId, member: UserId) -> ChannelId {
+    let name = Name::parse("name", "g", &Limits::default()).expect("name");
+    let avatar = Avatar::parse("", &Limits::default()).expect("avatar");
+    store
+        .create_group(owner, &name, &avatar, &[member])
+        .await
+        .expect("group")
+        .value
+}
+
 /// Messages stored in `ch` and its `last_seq`.
 async fn written(db: &tokio_postgres::Client, ch: ChannelId) -> (i64, i64) {
     let row = db
@@ -93,13 +112,7 @@ async fn refused_sends_write_nothing_and_leave_the_connection_usable() {
             user(&store, "carol").await,
         );
         let chat = store.add_friend(alice, bob).await.expect("befriend").value;
-        let name = Name::parse("name", "g", &Limits::default()).expect("name");
-        let avatar = Avatar::parse("", &Limits::default()).expect("avatar");
-        let group = store
-            .create_group(alice, &name, &avatar, &[bob])
-            .await
-            .expect("group")
-            .value;
+        let group = group_of(&store, alice, bob).await;
         let db_client = client(&db).await;
 
         assert_eq!(
@@ -201,16 +214,8 @@ const LOCK_CHANNEL: &str = "SELECT 1 FROM channels WHERE id = $1 FOR UPDATE";
 #[tokio::test]
 async fn a_leave_committed_while_a_send_waits_refuses_the_send() {
     for mode in MODES {
-        let db = TestDb::new().await;
-        let store = db.store_with(store_config(mode, 40));
-        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
-        let name = Name::parse("name", "g", &Limits::default()).expect("name");
-        let avatar = Avatar::parse("", &Limits::default()).expect("avatar");
-        let group = store
-            .create_group(alice, &name, &avatar, &[bob])
-            .await
-            .expect("group")
-            .value;
+        let (db, store, alice, bob) = two_users(mode).await;
+        let group = group_of(&store, alice, bob).await;
         let leave = "UPDATE channel_members SET left_at = 1, left_seq = 0
                       WHERE channel_id = $1 AND user_id = $2";
         let r = send_while_held(
@@ -229,9 +234,7 @@ async fn a_leave_committed_while_a_send_waits_refuses_the_send() {
 #[tokio::test]
 async fn an_unfriend_committed_while_a_send_waits_refuses_the_send() {
     for mode in MODES {
-        let db = TestDb::new().await;
-        let store = db.store_with(store_config(mode, 40));
-        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let (db, store, alice, bob) = two_users(mode).await;
         let chat = store.add_friend(alice, bob).await.expect("befriend").value;
         let unfriend =
             "UPDATE friendships SET status = 'deleted' WHERE user_id = $1 AND friend_id = $2";
@@ -252,9 +255,7 @@ async fn an_unfriend_committed_while_a_send_waits_refuses_the_send() {
 #[tokio::test]
 async fn a_rename_committed_while_a_send_waits_names_the_message() {
     for mode in MODES {
-        let db = TestDb::new().await;
-        let store = db.store_with(store_config(mode, 40));
-        let (alice, bob) = (user(&store, "alice").await, user(&store, "bob").await);
+        let (db, store, alice, bob) = two_users(mode).await;
         let chat = store.add_friend(alice, bob).await.expect("befriend").value;
         let rename = "UPDATE users SET nickname = 'alicia' WHERE id = $1";
         let r = send_while_held(&db, &store, (alice, chat), &[(rename, &[&alice])]).await;

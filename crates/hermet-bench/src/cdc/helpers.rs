@@ -175,21 +175,27 @@ pub(crate) fn send_sigterm(pid: u32) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// The newest `/usr/lib/postgresql/<major>/bin/pg_recvlogical`, else `pg_recvlogical` (PATH).
-pub(crate) fn find_recvlogical() -> PathBuf {
+/// The newest `/usr/lib/postgresql/<major>/bin/<tool>` of a PostgreSQL client tool, else `tool`
+/// (found on PATH when run).
+pub(crate) fn find_pg_tool(tool: &str) -> PathBuf {
     let mut best: Option<(u32, PathBuf)> = None;
     if let Ok(dir) = std::fs::read_dir("/usr/lib/postgresql") {
         for entry in dir.flatten() {
             let Ok(major) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            let bin = entry.path().join("bin/pg_recvlogical");
+            let bin = entry.path().join("bin").join(tool);
             if bin.is_file() && best.as_ref().is_none_or(|(m, _)| major > *m) {
                 best = Some((major, bin));
             }
         }
     }
-    best.map_or_else(|| PathBuf::from("pg_recvlogical"), |(_, p)| p)
+    best.map_or_else(|| PathBuf::from(tool), |(_, p)| p)
+}
+
+/// [`find_pg_tool`] for `pg_recvlogical`.
+pub(crate) fn find_recvlogical() -> PathBuf {
+    find_pg_tool("pg_recvlogical")
 }
 
 /// Keeps the last lines a child wrote (for error messages) and when it logged "streaming".

@@ -23,19 +23,7 @@ const VARS: [&str; 5] = ["ch", "now", "sender", "mtype", "content"];
 
 /// The newest `/usr/lib/postgresql/<major>/bin/pgbench`, else `pgbench` on PATH.
 pub(crate) fn find() -> PathBuf {
-    let mut best: Option<(u32, PathBuf)> = None;
-    if let Ok(dir) = std::fs::read_dir("/usr/lib/postgresql") {
-        for entry in dir.flatten() {
-            let Ok(major) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let bin = entry.path().join("bin/pgbench");
-            if bin.is_file() && best.as_ref().is_none_or(|(m, _)| major > *m) {
-                best = Some((major, bin));
-            }
-        }
-    }
-    best.map_or_else(|| PathBuf::from("pgbench"), |(_, p)| p)
+    crate::cdc::find_pg_tool("pgbench")
 }
 
 /// `sql` with `$1`..`$5` replaced by `:ch`, `:now`, … . Refuses any other `$n` and any `:name`
