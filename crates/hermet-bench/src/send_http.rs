@@ -15,8 +15,8 @@
 //!      bearer token (signed with the secret the server was given), back to back for
 //!      `--duration-secs` after `--warmup-secs`. Any answer but 201 fails the run.
 //!    - pgbench: `-n -M prepared -c C -j min(C, 2)`, a `--warmup-secs` run, then a `-T D -l` run
-//!      of the script of the `pgbench` submodule: the statements of one `cdc` send (`BEGIN`, the channel lock,
-//!      the send, `COMMIT`, the LSN query) in one pipeline, as the store sends them. Latency
+//!      of the script of the `pgbench` submodule: the statements of one `cdc` send (the call of
+//!      the send function, the LSN query) in one pipeline, as the store sends them. Latency
 //!      percentiles come from pgbench's per-transaction log.
 //!
 //!    Between the two the benchmark waits until the projectors covered the first load, so each
@@ -46,6 +46,7 @@ use hermet_core::validate::{Avatar, Name};
 use hermet_projector::consumer::GROUPS;
 use hermet_store::sync::Coverage;
 use hermet_store::{Store, SyncMode};
+use hyper::header::HeaderValue;
 use rand::{Rng, SeedableRng};
 
 use crate::cdc::db_err;
@@ -160,15 +161,18 @@ async fn run_in(
             &layout,
         )?;
         let keys = TokenKeys::new(secret.as_bytes(), 7 * 24 * 3600);
-        let tokens = (0..2 * layout.chats as i64)
+        let auth = (0..2 * layout.chats as i64)
             .map(|i| {
-                keys.issue(layout.first_user + i)
-                    .map_err(|e| BenchError::Internal(format!("sign a token: {e:?}")))
+                let token = keys
+                    .issue(layout.first_user + i)
+                    .map_err(|e| BenchError::Internal(format!("sign a token: {e:?}")))?;
+                HeaderValue::try_from(format!("Bearer {token}"))
+                    .map_err(|e| BenchError::Internal(format!("a token as a header: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let sender = HttpLoad {
             layout,
-            tokens: Arc::new(tokens),
+            auth: Arc::new(auth),
             concurrency,
         };
         let mut rounds = Vec::new();
@@ -410,8 +414,8 @@ async fn measure_pgbench(
 /// The HTTP load: workers with a connection each.
 struct HttpLoad {
     layout: Layout,
-    /// Bearer tokens of users `first_user..first_user + 2 * chats`.
-    tokens: Arc<Vec<String>>,
+    /// `Authorization` values (`Bearer …`) of users `first_user..first_user + 2 * chats`.
+    auth: Arc<Vec<HeaderValue>>,
     concurrency: usize,
 }
 
@@ -466,43 +470,33 @@ impl HttpLoad {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(secs);
         let mut workers = Vec::with_capacity(self.concurrency);
+        let addr = base
+            .strip_prefix("http://")
+            .ok_or_else(|| BenchError::Internal(format!("not an http:// address: {base}")))?
+            .to_owned();
+        let body = bytes::Bytes::from(serde_json::to_vec(
+            &serde_json::json!({ "content": CONTENT }),
+        )?);
         for w in 0..self.concurrency {
-            // A client per worker: one keep-alive connection each, as pgbench's clients.
-            let http = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(60))
-                .build()
-                .map_err(|e| BenchError::Scenario(format!("HTTP client: {e}")))?;
             let tally = Arc::clone(&tally);
-            let tokens = Arc::clone(&self.tokens);
+            let auth = Arc::clone(&self.auth);
             let (chats, ch0) = (self.layout.chats, self.layout.first_channel);
-            let base = base.to_owned();
+            let (addr, body) = (addr.clone(), body.clone());
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(w as u64));
             workers.push(tokio::spawn(async move {
                 let mut hist = histogram()?;
-                let body = serde_json::to_vec(&serde_json::json!({ "content": CONTENT }))?;
+                // One HTTP/1.1 connection per worker, as pgbench's clients, and no client pool
+                // or redirect layer: the load generator shares the cores with what it measures.
+                let mut conn = Http1::connect(&addr).await?;
                 while Instant::now() < deadline {
                     let k = rng.gen_range(0..chats);
                     let side = rng.gen_range(0..2);
-                    let token = &tokens[2 * k + side];
-                    let url = format!("{base}/v1/channels/{}/messages", ch0 + k as i64);
+                    let path = format!("/v1/channels/{}/messages", ch0 + k as i64);
                     let t = Instant::now();
-                    let r = http
-                        .post(&url)
-                        .bearer_auth(token)
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    let failure = match r {
-                        Ok(resp) => {
-                            let status = resp.status();
-                            let text = resp.text().await.unwrap_or_default();
-                            (status != reqwest::StatusCode::CREATED)
-                                .then(|| format!("POST {url}: {status}: {text}"))
-                        }
-                        Err(e) => Some(format!("POST {url}: {e}")),
-                    };
+                    let failure = conn
+                        .post(&path, &auth[2 * k + side], body.clone())
+                        .await
+                        .err();
                     match failure {
                         None => {
                             hist.saturating_record(micros(t.elapsed()));
@@ -514,6 +508,9 @@ impl HttpLoad {
                                 if s.len() < 10 {
                                     s.push(msg);
                                 }
+                            }
+                            if conn.is_closed() {
+                                break;
                             }
                         }
                     }
@@ -527,6 +524,77 @@ impl HttpLoad {
                 .map_err(|e| BenchError::Internal(format!("histogram: {e}")))?;
         }
         Ok((tally, hist, started.elapsed().as_secs_f64()))
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection to the API, sending one request at a time.
+struct Http1 {
+    addr: String,
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl Http1 {
+    async fn connect(addr: &str) -> Result<Self, BenchError> {
+        let failed = |e: &dyn std::fmt::Display| BenchError::Scenario(format!("HTTP {addr}: {e}"));
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| failed(&e))?;
+        tcp.set_nodelay(true).map_err(|e| failed(&e))?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| failed(&e))?;
+        // Drives the connection; ends when `sender` is dropped or the server closes it.
+        tokio::spawn(conn);
+        Ok(Http1 {
+            addr: addr.to_owned(),
+            sender,
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// POSTs a JSON body; `Err` says why it was not answered 201.
+    async fn post(
+        &mut self,
+        path: &str,
+        auth: &HeaderValue,
+        body: bytes::Bytes,
+    ) -> Result<(), String> {
+        use http_body_util::BodyExt;
+        use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+        let req = hyper::Request::post(path)
+            .header(HOST, self.addr.as_str())
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(body))
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        let status = resp.status();
+        let answer = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("POST {path}: reading the answer: {e}"))?
+            .to_bytes();
+        if status == hyper::StatusCode::CREATED {
+            Ok(())
+        } else {
+            Err(format!(
+                "POST {path}: {status}: {}",
+                String::from_utf8_lossy(&answer)
+            ))
+        }
     }
 }
 

@@ -41,7 +41,7 @@ pub mod visibility;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime};
 use hermet_core::cache::ListCache;
 use hermet_core::projection::ProjectionConfig;
 use hermet_core::validate::Limits;
@@ -121,6 +121,10 @@ pub fn connect_pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
     );
     Pool::builder(mgr)
         .max_size(max_size)
+        // The most recently used connection first: under a steady load the same few backends
+        // stay busy (their caches warm) and the rest stay idle, instead of every connection of
+        // the pool taking turns.
+        .queue_mode(QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(5)))
         .create_timeout(Some(Duration::from_secs(5)))

@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "identity",
         include_str!("../migrations/0009_identity.sql"),
     ),
+    (
+        10,
+        "send_function",
+        include_str!("../migrations/0010_send_function.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.

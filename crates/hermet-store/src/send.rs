@@ -1,36 +1,47 @@
-//! The send command, the write side's hot path, in as few round trips as its checks allow.
+//! The send command, the write side's hot path, in as few round trips and protocol messages as
+//! its checks allow.
 //!
-//! A send is two statements inside the transaction, sent back to back without waiting (a
-//! tokio-postgres pipeline: the requests go out in the order their futures are first polled, and
-//! the server runs them in that order):
+//! A send is one statement: the function `hermet_send` (`migrations/0010_send_function.sql`),
+//! which runs two statements on the server, in this order:
 //!
-//! 1. [`LOCK_CHANNEL`] locks the channel row (`FOR UPDATE`): sends and membership changes in one
-//!    channel are serialized, as for every command (see [`crate::commands`]).
-//! 2. [`SEND`] runs after the lock is granted, so under READ COMMITTED it reads membership and
-//!    friendship as they are once every earlier writer of the channel has committed: the same
-//!    checks, at the same point, as when they were separate statements. It locks the sender's user
-//!    row `FOR SHARE` (a rename waits, or the send waits for the rename and copies the new name),
-//!    and only if the sender is an active member and, in a single chat, still a friend of the
-//!    peer, it numbers the message, stores it and moves the sender's own read position past it.
-//!    It always answers one row: what the checks saw, and the written rows when they passed.
+//! 1. The channel lock (`FOR UPDATE`): sends and membership changes in one channel are
+//!    serialized, as for every command (see [`crate::commands`]).
+//! 2. The checks and the writes. A VOLATILE function takes a fresh snapshot for each statement
+//!    under READ COMMITTED, so this one reads membership and friendship as they are once every
+//!    earlier writer of the channel has committed: the same checks, at the same point, as when
+//!    they were separate statements from here. It locks the sender's user row `FOR SHARE` (a
+//!    rename waits, or the send waits for the rename and copies the new name), and only if the
+//!    sender is an active member and, in a single chat, still a friend of the peer, it numbers
+//!    the message, stores it and moves the sender's own read position past it.
 //!
-//! In `cdc`, where nothing else runs in the transaction, `BEGIN`, both statements, `COMMIT` and
-//! the LSN query are one pipeline: one round trip per send. A refused send commits an empty
-//! transaction, and a failing statement aborts the transaction, so the `COMMIT` after it rolls
-//! back; either way the answer is the refusal or the first error, never a half-applied send. In
-//! `dual_write` and `async` the projection or the outbox row joins the transaction before the
-//! commit, which needs the rows the send returned: `BEGIN`, the pipeline of the two statements,
-//! the sync path, `COMMIT`, and the LSN query.
+//! The function answers whole rows (the channel as locked, what the checks saw, the rows
+//! written); each caller selects the columns it decodes, so a column added to these tables needs
+//! no new function. A change to the checks or the writes needs a new migration that replaces
+//! `hermet_send` (an applied migration is never edited); one that changes its parameters or its
+//! answer adds a function under a new name, so servers of the previous version keep working
+//! during a rolling upgrade.
 //!
-//! Every statement is prepared (and cached per connection) before the pipeline starts: a
-//! statement that still needed a `Parse` round trip would be sent after the ones behind it.
+//! - **`cdc`**: nothing else joins the transaction, so the call runs on its own (PostgreSQL
+//!   commits it when the statement ends) and [`SEND_CDC`] selects only what the answer and the
+//!   refusals need. It is pipelined with the LSN query, which the server runs after the commit,
+//!   so `X-Hermet-Lsn` is past the send's commit: one round trip, and two protocol `Sync`s where
+//!   `BEGIN`, lock, send, `COMMIT` and LSN took five (each `Sync` is a flush on the server and a
+//!   wake-up here; tokio-postgres ends every statement with one).
+//! - **`dual_write`, `async`**: the projection or the outbox row joins the transaction before
+//!   the commit and needs the rows the send wrote: `BEGIN`, [`SEND_FULL`], the sync path,
+//!   `COMMIT`, the LSN query.
+//!
+//! A refused send writes nothing, and a failing statement rolls back the whole call: the answer
+//! is the refusal or the first error, never a half-applied send. Every statement is prepared
+//! (and cached per connection) before the pipeline starts: a statement that still needed a
+//! `Parse` round trip would be sent after the ones behind it.
 
 use std::sync::LazyLock;
 
 use hermet_core::change::{Change, Op, RowChange};
-use hermet_core::rows::{ChannelId, ChannelRow, ChannelType, MemberRow, UserId};
+use hermet_core::rows::{ChannelId, ChannelType, MemberRow, UserId};
 use hermet_core::validate::{Content, MessageType};
-use tokio_postgres::{Row, Statement};
+use tokio_postgres::Row;
 
 use crate::commands::{channel_not_found, not_member, user_not_found, Changes, SentMessage};
 use crate::rows::{
@@ -39,124 +50,132 @@ use crate::rows::{
 };
 use crate::{now_ms, Store, StoreError, SyncMode, Written};
 
-/// Statement 1 of a send: the channel lock, answering the row as it was before the send.
-static LOCK_CHANNEL: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {CHANNEL_COLS} FROM channels WHERE id = $1 FOR UPDATE"));
+/// The call of `hermet_send` in `cdc`: `$1` channel, `$2` now (ms), `$3` sender, `$4` type,
+/// `$5` content. Columns: the channel's type, the sender's nickname (`NULL`: no such user),
+/// whether the single-chat friendship holds, the sender's member key and `left_at` (`NULL`
+/// key: not a member), then the message's id, seq and time (`NULL`: nothing written). No row:
+/// no such channel.
+static SEND_CDC: &str = "SELECT (s.before_row).channel_type, s.sender_name, s.is_friend, \
+     (s.member_row).user_id, (s.member_row).left_at, \
+     (s.message_row).id, (s.message_row).seq, (s.message_row).created_at \
+     FROM hermet_send($1, $2, $3, $4, $5) AS s";
 
-/// Statement 2 of a send: the checks and, when they pass, the three writes. `$1` channel,
-/// `$2` now, `$3` sender, `$4` type, `$5` content.
-///
-/// The answer's columns: the sender's nickname (`NULL` if the user does not exist), whether the
-/// single-chat friendship holds (true in a group), the sender's member row (`NULL`s if none),
-/// then the channel row after the send, the message and the sender's updated member row (all
-/// `NULL` when nothing was written; the member row also when the read position did not move).
-static SEND: LazyLock<String> = LazyLock::new(|| {
+/// The call of `hermet_send` in `dual_write` and `async`, same parameters: the channel as
+/// locked, the nickname, the friendship, the sender's member row, then the channel after the
+/// send, the message and the sender's updated member row (each all `NULL` when not written).
+static SEND_FULL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH me AS (
-             SELECT nickname FROM users WHERE id = $3 FOR SHARE),
-         mem AS (
-             SELECT {MEMBER_COLS} FROM channel_members WHERE channel_id = $1 AND user_id = $3),
-         peer AS (
-             SELECT CASE WHEN pair_low = $3 THEN pair_high WHEN pair_high = $3 THEN pair_low END AS id
-               FROM channels WHERE id = $1 AND channel_type = 'single'),
-         gate AS (
-             SELECT (SELECT nickname FROM me) AS nickname,
-                    NOT EXISTS (SELECT 1 FROM peer WHERE peer.id IS NOT NULL)
-                    OR EXISTS (SELECT 1 FROM friendships f, peer
-                                WHERE f.user_id = $3 AND f.friend_id = peer.id
-                                  AND f.status = 'active') AS friends,
-                    EXISTS (SELECT 1 FROM mem WHERE mem.left_at IS NULL) AS active),
-         ch AS (
-             UPDATE channels SET last_seq = last_seq + 1, updated_at = $2
-              WHERE id = $1
-                AND (SELECT nickname IS NOT NULL AND friends AND active FROM gate)
-             RETURNING {CHANNEL_COLS}),
-         msg AS (
-             INSERT INTO messages (channel_id, seq, sender_id, sender_name, msg_type, content, created_at)
-             SELECT $1, ch.last_seq, $3, (SELECT nickname FROM gate), $4, $5, $2 FROM ch
-             RETURNING {MESSAGE_COLS}),
-         own AS (
-             UPDATE channel_members m SET read_seq = ch.last_seq FROM ch
-              WHERE m.channel_id = $1 AND m.user_id = $3 AND m.read_seq < ch.last_seq
-             RETURNING {own})
-         SELECT gate.nickname, gate.friends, mem.*, ch.*, msg.*, own.*
-           FROM gate LEFT JOIN mem ON true LEFT JOIN ch ON true LEFT JOIN msg ON true
-                LEFT JOIN own ON true",
-        own = prefixed("m", MEMBER_COLS),
+        "SELECT {before}, s.sender_name, s.is_friend, {member}, {after}, {message}, {own} \
+           FROM hermet_send($1, $2, $3, $4, $5) AS s",
+        before = prefixed("(s.before_row)", CHANNEL_COLS),
+        member = prefixed("(s.member_row)", MEMBER_COLS),
+        after = prefixed("(s.after_row)", CHANNEL_COLS),
+        message = prefixed("(s.message_row)", MESSAGE_COLS),
+        own = prefixed("(s.own_row)", MEMBER_COLS),
     )
 });
 
-/// The statements of one send in `cdc`, in the order the pipeline sends them: `BEGIN`,
-/// `LOCK_CHANNEL` (`$1` channel), `SEND` (`$1` channel, `$2` now in ms, `$3` sender, `$4` type,
-/// `$5` content), `COMMIT` and the LSN query.
+/// The statements of one send in `cdc`, in the order the pipeline sends them: the call of
+/// `hermet_send` (`$1` channel, `$2` now in ms, `$3` sender, `$4` type, `$5` content) and the LSN
+/// query.
 ///
 /// For benchmarks only (`hermet-bench send-http` runs them through pgbench next to the HTTP
 /// sends): the text is the store's own, so the comparison cannot drift from what a send runs.
-pub fn send_statements_for_benchmarks() -> [&'static str; 5] {
-    [
-        "BEGIN",
-        LOCK_CHANNEL.as_str(),
-        SEND.as_str(),
-        "COMMIT",
-        Store::CURRENT_LSN,
-    ]
+pub fn send_statements_for_benchmarks() -> [&'static str; 2] {
+    [SEND_CDC, Store::CURRENT_LSN]
 }
 
-/// Where each part of [`SEND`]'s answer starts.
-const AT_MEMBER: usize = 2;
+/// Where each part of [`SEND_FULL`]'s answer starts.
+const AT_NICKNAME: usize = CHANNEL_WIDTH;
+const AT_FRIENDS: usize = AT_NICKNAME + 1;
+const AT_MEMBER: usize = AT_FRIENDS + 1;
 const AT_CHANNEL: usize = AT_MEMBER + MEMBER_WIDTH;
 const AT_MESSAGE: usize = AT_CHANNEL + CHANNEL_WIDTH;
 const AT_OWN: usize = AT_MESSAGE + MESSAGE_WIDTH;
 
-/// A send's prepared statements, from the connection's cache.
-struct Statements {
-    lock: Statement,
-    send: Statement,
+/// What the checks of a send saw, in either shape of the answer.
+struct Gate {
+    channel_type: ChannelType,
+    nickname: Option<String>,
+    friends: bool,
+    /// `None`: never a member; `Some(false)`: left.
+    active: Option<bool>,
 }
 
-impl Statements {
-    async fn prepare(conn: &deadpool_postgres::Client) -> Result<Self, StoreError> {
-        Ok(Statements {
-            lock: conn.prepare_cached(&LOCK_CHANNEL).await?,
-            send: conn.prepare_cached(&SEND).await?,
-        })
+impl Gate {
+    /// The refusal, if any. The same order of refusals as every read of these rules:
+    /// membership first (a single chat's member row stays when the friendship ends, so it says
+    /// why), then the friendship, then the sender's existence.
+    fn check(&self, sender: UserId) -> Result<(), StoreError> {
+        match self.active {
+            Some(true) => {}
+            Some(false) if self.channel_type == ChannelType::Single => return Err(not_friends()),
+            _ => return Err(not_member()),
+        }
+        if !self.friends {
+            return Err(not_friends());
+        }
+        if self.nickname.is_none() {
+            return Err(user_not_found(sender));
+        }
+        Ok(())
     }
 }
 
-/// What a send wrote, decoded from its two answers, or why it was refused.
-fn outcome(
+/// The answer of [`SEND_CDC`]: the message, or why the send was refused.
+fn outcome_cdc(
     sender: UserId,
     channel_id: ChannelId,
-    locked: Option<Row>,
-    sent: &Row,
-) -> Result<(SentMessage, Changes), StoreError> {
-    let before: ChannelRow = match locked {
-        Some(row) => rows::channel(&row, 0)?,
-        None => return Err(channel_not_found(channel_id)),
+    sent: Option<Row>,
+) -> Result<SentMessage, StoreError> {
+    let Some(sent) = sent else {
+        return Err(channel_not_found(channel_id));
     };
-    let nickname: Option<String> = rows::get(sent, 0)?;
-    let friends: bool = rows::get(sent, 1)?;
-    let member = rows::member_opt(sent, AT_MEMBER)?;
-    // The same order of refusals as every read of these rules: membership first (a single
-    // chat's member row stays when the friendship ends, so it says why), then the friendship.
-    if !member.as_ref().is_some_and(MemberRow::is_active) {
-        return Err(
-            if before.channel_type == ChannelType::Single && member.is_some() {
-                not_friends()
-            } else {
-                not_member()
-            },
-        );
+    let member: Option<i64> = rows::get(&sent, 3)?;
+    let left_at: Option<i64> = rows::get(&sent, 4)?;
+    Gate {
+        channel_type: ChannelType::parse(&rows::get::<String>(&sent, 0)?)?,
+        nickname: rows::get(&sent, 1)?,
+        friends: rows::get(&sent, 2)?,
+        active: member.map(|_| left_at.is_none()),
     }
-    if !friends {
-        return Err(not_friends());
+    .check(sender)?;
+    let message_id: Option<i64> = rows::get(&sent, 5)?;
+    let (Some(message_id), Some(seq), Some(created_at)) =
+        (message_id, rows::get(&sent, 6)?, rows::get(&sent, 7)?)
+    else {
+        return Err(StoreError::Decode(
+            "hermet_send passed its checks but wrote no message".into(),
+        ));
+    };
+    Ok(SentMessage {
+        message_id,
+        seq,
+        created_at,
+    })
+}
+
+/// The answer of [`SEND_FULL`]: the message and the rows it changed, or why it was refused.
+fn outcome_full(
+    sender: UserId,
+    channel_id: ChannelId,
+    sent: Option<Row>,
+) -> Result<(SentMessage, Changes), StoreError> {
+    let Some(sent) = sent else {
+        return Err(channel_not_found(channel_id));
+    };
+    let before = rows::channel(&sent, 0)?;
+    let member = rows::member_opt(&sent, AT_MEMBER)?;
+    Gate {
+        channel_type: before.channel_type,
+        nickname: rows::get(&sent, AT_NICKNAME)?,
+        friends: rows::get(&sent, AT_FRIENDS)?,
+        active: member.as_ref().map(MemberRow::is_active),
     }
-    if nickname.is_none() {
-        return Err(user_not_found(sender));
-    }
-    let after = rows::channel(sent, AT_CHANNEL)?;
-    let msg = rows::message(sent, AT_MESSAGE)?;
-    let own: Vec<MemberRow> = rows::member_opt(sent, AT_OWN)?.into_iter().collect();
+    .check(sender)?;
+    let after = rows::channel(&sent, AT_CHANNEL)?;
+    let msg = rows::message(&sent, AT_MESSAGE)?;
+    let own: Vec<MemberRow> = rows::member_opt(&sent, AT_OWN)?.into_iter().collect();
     let value = SentMessage {
         message_id: msg.id,
         seq: after.last_seq,
@@ -184,44 +203,31 @@ impl Store {
         msg_type: &MessageType,
     ) -> Result<Written<SentMessage>, StoreError> {
         let mut conn = self.conn().await?;
-        let st = Statements::prepare(&conn).await?;
         let now = now_ms();
-        let send_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
             &channel_id,
             &now,
             &sender,
             &msg_type.as_str(),
             &content.as_str(),
         ];
-        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&channel_id];
         if self.config().sync_mode == SyncMode::Cdc {
-            let begin = conn.prepare_cached("BEGIN").await?;
-            let commit = conn.prepare_cached("COMMIT").await?;
+            let send = conn.prepare_cached(SEND_CDC).await?;
             let lsn = conn.prepare_cached(Self::CURRENT_LSN).await?;
             // `join!` polls in argument order, and each future sends its request on its first
-            // poll: the server receives them in this order.
-            let (began, locked, sent, committed, at) = tokio::join!(
-                conn.execute(&begin, &[]),
-                conn.query_opt(&st.lock, &lock_params),
-                conn.query_one(&st.send, &send_params),
-                conn.execute(&commit, &[]),
-                conn.query_one(&lsn, &[]),
-            );
-            began?;
-            let (locked, sent) = (locked?, sent?);
-            committed?;
-            let (value, _) = outcome(sender, channel_id, locked, &sent)?;
+            // poll: the server receives the send first and answers the LSN after its commit.
+            let (sent, at) =
+                tokio::join!(conn.query_opt(&send, &params), conn.query_one(&lsn, &[]));
+            let value = outcome_cdc(sender, channel_id, sent?)?;
             return Ok(Written {
                 value,
                 lsn: Self::decode_lsn(&at?)?,
             });
         }
+        let send = conn.prepare_cached(&SEND_FULL).await?;
         let tx = conn.transaction().await?;
-        let (locked, sent) = tokio::join!(
-            tx.query_opt(&st.lock, &lock_params),
-            tx.query_one(&st.send, &send_params),
-        );
-        let (value, changes) = outcome(sender, channel_id, locked?, &sent?)?;
+        let sent = tx.query_opt(&send, &params).await?;
+        let (value, changes) = outcome_full(sender, channel_id, sent)?;
         self.finish(tx, changes).await?;
         Ok(Written {
             value,

@@ -1,6 +1,7 @@
 //! `hermet serve` and `hermet migrate`.
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use hermet_api::{ApiConfig, AppState};
 use hermet_store::{connect_pool, migrate, Store};
 use std::net::SocketAddr;
@@ -210,9 +211,16 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
             hermet_api::rate_limit::sweep(state.clone(), hermet_api::rate_limit::SWEEP_EVERY),
         );
         let app = hermet_api::router(state);
+        // No Nagle delay on replies and pushed WebSocket frames: each is written whole, and a
+        // small frame right after another would otherwise wait for the peer's delayed ACK.
         let listener = TcpListener::bind(cfg.http.addr)
             .await
-            .with_context(|| format!("binding {}", cfg.http.addr))?;
+            .with_context(|| format!("binding {}", cfg.http.addr))?
+            .tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "TCP_NODELAY not set on an accepted connection");
+                }
+            });
         tracing::info!(addr = %cfg.http.addr, mode = ?cfg.sync.mode, relay = cdc, projectors = projector, "hermet is serving");
         let stop = http_stop.clone().cancelled_owned();
         Some(tasks.spawn("http api", async move {
