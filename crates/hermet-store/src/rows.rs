@@ -1,5 +1,7 @@
 //! Decoding write-side rows. Each `*_COLS` list and its decoder agree on column order; queries
-//! that join tables select the lists one after another and decode at offsets.
+//! that join tables select the lists one after another and decode at offsets. The channel,
+//! member and message decoders also read a whole row sent as one value ([`Record`]), through
+//! the same field list ([`Fields`]).
 
 use hermet_core::rows::{
     ChannelRow, ChannelType, Fanout, FriendshipRow, FriendshipStatus, MemberRole, MemberRow,
@@ -77,10 +79,27 @@ impl<'a> FromSql<'a> for Record<'a> {
     }
 }
 
-impl<'a> Record<'a> {
-    /// Field `i`, which must be of type `ty` (checked, so a column order that differs from the
-    /// decoder's fails loudly instead of decoding the wrong field).
-    fn get<T: FromSql<'a>>(&self, i: usize, ty: &Type) -> Result<T, StoreError> {
+/// Positional access to the fields of one table's row, wherever they come from: columns of a
+/// result row from an offset on, or the fields of a row value. Each table's decoder below is
+/// written once against it.
+pub(crate) trait Fields<'a> {
+    /// Field `i`, of type `ty`.
+    fn field<T: FromSql<'a>>(&self, i: usize, ty: &Type) -> Result<T, StoreError>;
+}
+
+/// Columns `at..` of a result row (their types are checked by tokio-postgres).
+struct At<'a>(&'a Row, usize);
+
+impl<'a> Fields<'a> for At<'a> {
+    fn field<T: FromSql<'a>>(&self, i: usize, _: &Type) -> Result<T, StoreError> {
+        get(self.0, self.1 + i)
+    }
+}
+
+impl<'a> Fields<'a> for Record<'a> {
+    /// Checks the type, so a column order that differs from the decoder's fails loudly
+    /// instead of decoding the wrong field.
+    fn field<T: FromSql<'a>>(&self, i: usize, ty: &Type) -> Result<T, StoreError> {
         let (oid, raw) = self
             .fields
             .get(i)
@@ -95,65 +114,16 @@ impl<'a> Record<'a> {
     }
 }
 
-/// A `channels` row sent whole, or `None` for NULL.
-pub(crate) fn channel_record(row: &Row, idx: usize) -> Result<Option<ChannelRow>, StoreError> {
-    let Some(r) = get::<Option<Record>>(row, idx)? else {
-        return Ok(None);
-    };
-    Ok(Some(ChannelRow {
-        id: r.get(0, &Type::INT8)?,
-        channel_type: ChannelType::parse(r.get(1, &Type::TEXT)?)?,
-        name: r.get(2, &Type::TEXT)?,
-        avatar: r.get(3, &Type::TEXT)?,
-        channel_status: r.get(4, &Type::TEXT)?,
-        channel_info_ver: r.get(5, &Type::INT8)?,
-        member_count: r.get(6, &Type::INT4)?,
-        creator_id: r.get(7, &Type::INT8)?,
-        last_seq: r.get(8, &Type::INT8)?,
-        pair_low: r.get(9, &Type::INT8)?,
-        pair_high: r.get(10, &Type::INT8)?,
-        created_at: r.get(11, &Type::INT8)?,
-        updated_at: r.get(12, &Type::INT8)?,
-        fanout: Fanout::parse(r.get(13, &Type::TEXT)?)?,
-        fanout_ver: r.get(14, &Type::INT8)?,
-    }))
-}
-
-/// A `channel_members` row sent whole, or `None` for NULL.
-pub(crate) fn member_record(row: &Row, idx: usize) -> Result<Option<MemberRow>, StoreError> {
-    let Some(r) = get::<Option<Record>>(row, idx)? else {
-        return Ok(None);
-    };
-    Ok(Some(MemberRow {
-        channel_id: r.get(0, &Type::INT8)?,
-        user_id: r.get(1, &Type::INT8)?,
-        role: MemberRole::parse(r.get(2, &Type::TEXT)?)?,
-        joined_at: r.get(3, &Type::INT8)?,
-        left_at: r.get(4, &Type::INT8)?,
-        left_seq: r.get(5, &Type::INT8)?,
-        read_seq: r.get(6, &Type::INT8)?,
-        pinned: r.get(7, &Type::BOOL)?,
-        muted: r.get(8, &Type::BOOL)?,
-        hidden_at_seq: r.get(9, &Type::INT8)?,
-        settings_ver: r.get(10, &Type::INT8)?,
-    }))
-}
-
-/// A `messages` row sent whole, or `None` for NULL.
-pub(crate) fn message_record(row: &Row, idx: usize) -> Result<Option<MessageRow>, StoreError> {
-    let Some(r) = get::<Option<Record>>(row, idx)? else {
-        return Ok(None);
-    };
-    Ok(Some(MessageRow {
-        id: r.get(0, &Type::INT8)?,
-        channel_id: r.get(1, &Type::INT8)?,
-        seq: r.get(2, &Type::INT8)?,
-        sender_id: r.get(3, &Type::INT8)?,
-        sender_name: r.get(4, &Type::TEXT)?,
-        msg_type: r.get(5, &Type::TEXT)?,
-        content: r.get(6, &Type::TEXT)?,
-        created_at: r.get(7, &Type::INT8)?,
-    }))
+/// The row value in column `idx`, decoded by `decode`; `None` for NULL.
+pub(crate) fn record<'a, T>(
+    row: &'a Row,
+    idx: usize,
+    decode: impl Fn(&Record<'a>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    get::<Option<Record>>(row, idx)?
+        .as_ref()
+        .map(decode)
+        .transpose()
 }
 
 pub(crate) fn user(row: &Row, at: usize) -> Result<UserRow, StoreError> {
@@ -168,38 +138,48 @@ pub(crate) fn user(row: &Row, at: usize) -> Result<UserRow, StoreError> {
 }
 
 pub(crate) fn channel(row: &Row, at: usize) -> Result<ChannelRow, StoreError> {
+    channel_fields(&At(row, at))
+}
+
+/// A `channels` row in [`CHANNEL_COLS`] order (also the table's column order).
+pub(crate) fn channel_fields<'a>(f: &impl Fields<'a>) -> Result<ChannelRow, StoreError> {
     Ok(ChannelRow {
-        id: get(row, at)?,
-        channel_type: ChannelType::parse(&get::<String>(row, at + 1)?)?,
-        name: get(row, at + 2)?,
-        avatar: get(row, at + 3)?,
-        channel_status: get(row, at + 4)?,
-        channel_info_ver: get(row, at + 5)?,
-        member_count: get(row, at + 6)?,
-        creator_id: get(row, at + 7)?,
-        last_seq: get(row, at + 8)?,
-        pair_low: get(row, at + 9)?,
-        pair_high: get(row, at + 10)?,
-        created_at: get(row, at + 11)?,
-        updated_at: get(row, at + 12)?,
-        fanout: Fanout::parse(&get::<String>(row, at + 13)?)?,
-        fanout_ver: get(row, at + 14)?,
+        id: f.field(0, &Type::INT8)?,
+        channel_type: ChannelType::parse(f.field(1, &Type::TEXT)?)?,
+        name: f.field(2, &Type::TEXT)?,
+        avatar: f.field(3, &Type::TEXT)?,
+        channel_status: f.field(4, &Type::TEXT)?,
+        channel_info_ver: f.field(5, &Type::INT8)?,
+        member_count: f.field(6, &Type::INT4)?,
+        creator_id: f.field(7, &Type::INT8)?,
+        last_seq: f.field(8, &Type::INT8)?,
+        pair_low: f.field(9, &Type::INT8)?,
+        pair_high: f.field(10, &Type::INT8)?,
+        created_at: f.field(11, &Type::INT8)?,
+        updated_at: f.field(12, &Type::INT8)?,
+        fanout: Fanout::parse(f.field(13, &Type::TEXT)?)?,
+        fanout_ver: f.field(14, &Type::INT8)?,
     })
 }
 
 pub(crate) fn member(row: &Row, at: usize) -> Result<MemberRow, StoreError> {
+    member_fields(&At(row, at))
+}
+
+/// A `channel_members` row in [`MEMBER_COLS`] order (also the table's column order).
+pub(crate) fn member_fields<'a>(f: &impl Fields<'a>) -> Result<MemberRow, StoreError> {
     Ok(MemberRow {
-        channel_id: get(row, at)?,
-        user_id: get(row, at + 1)?,
-        role: MemberRole::parse(&get::<String>(row, at + 2)?)?,
-        joined_at: get(row, at + 3)?,
-        left_at: get(row, at + 4)?,
-        left_seq: get(row, at + 5)?,
-        read_seq: get(row, at + 6)?,
-        pinned: get(row, at + 7)?,
-        muted: get(row, at + 8)?,
-        hidden_at_seq: get(row, at + 9)?,
-        settings_ver: get(row, at + 10)?,
+        channel_id: f.field(0, &Type::INT8)?,
+        user_id: f.field(1, &Type::INT8)?,
+        role: MemberRole::parse(f.field(2, &Type::TEXT)?)?,
+        joined_at: f.field(3, &Type::INT8)?,
+        left_at: f.field(4, &Type::INT8)?,
+        left_seq: f.field(5, &Type::INT8)?,
+        read_seq: f.field(6, &Type::INT8)?,
+        pinned: f.field(7, &Type::BOOL)?,
+        muted: f.field(8, &Type::BOOL)?,
+        hidden_at_seq: f.field(9, &Type::INT8)?,
+        settings_ver: f.field(10, &Type::INT8)?,
     })
 }
 
@@ -227,15 +207,20 @@ pub(crate) fn friendship(row: &Row, at: usize) -> Result<FriendshipRow, StoreErr
 }
 
 pub(crate) fn message(row: &Row, at: usize) -> Result<MessageRow, StoreError> {
+    message_fields(&At(row, at))
+}
+
+/// A `messages` row in [`MESSAGE_COLS`] order (also the table's column order).
+pub(crate) fn message_fields<'a>(f: &impl Fields<'a>) -> Result<MessageRow, StoreError> {
     Ok(MessageRow {
-        id: get(row, at)?,
-        channel_id: get(row, at + 1)?,
-        seq: get(row, at + 2)?,
-        sender_id: get(row, at + 3)?,
-        sender_name: get(row, at + 4)?,
-        msg_type: get(row, at + 5)?,
-        content: get(row, at + 6)?,
-        created_at: get(row, at + 7)?,
+        id: f.field(0, &Type::INT8)?,
+        channel_id: f.field(1, &Type::INT8)?,
+        seq: f.field(2, &Type::INT8)?,
+        sender_id: f.field(3, &Type::INT8)?,
+        sender_name: f.field(4, &Type::TEXT)?,
+        msg_type: f.field(5, &Type::TEXT)?,
+        content: f.field(6, &Type::TEXT)?,
+        created_at: f.field(7, &Type::INT8)?,
     })
 }
 
@@ -285,18 +270,24 @@ mod tests {
             (Type::TEXT.oid(), Some(b"single")),
         ]);
         let r = Record::from_sql(&Type::RECORD, &raw).expect("decodes");
-        assert_eq!(r.get::<i64>(0, &Type::INT8).expect("int8"), 5);
-        assert_eq!(r.get::<Option<String>>(1, &Type::TEXT).expect("null"), None);
-        assert_eq!(r.get::<&str>(2, &Type::TEXT).expect("text"), "single");
+        assert_eq!(r.field::<i64>(0, &Type::INT8).expect("int8"), 5);
+        assert_eq!(
+            r.field::<Option<String>>(1, &Type::TEXT).expect("null"),
+            None
+        );
+        assert_eq!(r.field::<&str>(2, &Type::TEXT).expect("text"), "single");
         assert!(
-            r.get::<i64>(1, &Type::TEXT).is_err(),
+            r.field::<i64>(1, &Type::TEXT).is_err(),
             "NULL into a non-Option"
         );
         assert!(
-            r.get::<i64>(2, &Type::INT8).is_err(),
+            r.field::<i64>(2, &Type::INT8).is_err(),
             "a text field read as int8"
         );
-        assert!(r.get::<i64>(3, &Type::INT8).is_err(), "past the last field");
+        assert!(
+            r.field::<i64>(3, &Type::INT8).is_err(),
+            "past the last field"
+        );
         let cut = &raw[..raw.len() - 2];
         assert!(
             Record::from_sql(&Type::RECORD, cut).is_err(),

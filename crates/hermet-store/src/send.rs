@@ -145,8 +145,8 @@ fn outcome_full(
         return Err(channel_not_found(channel_id));
     };
     let decoded = |what: &str| StoreError::Decode(format!("hermet_send answered no {what}"));
-    let before = rows::channel_record(&sent, 0)?.ok_or_else(|| decoded("channel"))?;
-    let member = rows::member_record(&sent, 3)?;
+    let before = rows::record(&sent, 0, rows::channel_fields)?.ok_or_else(|| decoded("channel"))?;
+    let member = rows::record(&sent, 3, rows::member_fields)?;
     Gate {
         channel_type: before.channel_type,
         nickname: rows::get(&sent, 1)?,
@@ -154,9 +154,12 @@ fn outcome_full(
         active: member.as_ref().map(MemberRow::is_active),
     }
     .check(sender)?;
-    let after = rows::channel_record(&sent, 4)?.ok_or_else(|| decoded("channel after the send"))?;
-    let msg = rows::message_record(&sent, 5)?.ok_or_else(|| decoded("message"))?;
-    let own: Vec<MemberRow> = rows::member_record(&sent, 6)?.into_iter().collect();
+    let after = rows::record(&sent, 4, rows::channel_fields)?
+        .ok_or_else(|| decoded("channel after the send"))?;
+    let msg = rows::record(&sent, 5, rows::message_fields)?.ok_or_else(|| decoded("message"))?;
+    let own: Vec<MemberRow> = rows::record(&sent, 6, rows::member_fields)?
+        .into_iter()
+        .collect();
     let value = SentMessage {
         message_id: msg.id,
         seq: after.last_seq,
