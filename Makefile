@@ -3,7 +3,7 @@
 
 .PHONY: run test services-up services-down services-status lint bench-build \
 	bench-send bench-list bench-cdc bench-modes bench-cache bench-rebuild bench-peers bench-fanout bench-auth \
-	bench-send-http
+	bench-send-http bench-web screenshots
 
 ## Runs hermet in the foreground on 127.0.0.1:8080 (set-up included).
 run:
@@ -34,6 +34,14 @@ bench-build:
 ## One benchmark scenario (BENCHMARKS.md) with the local services, e.g.
 ## `make bench-send ARGS="--users 1000 --duration-secs 5"`. bench-peers: hermet's relay side by
 ## side with Debezium (BENCHMARKS.md, "CDC relay vs Debezium").
-BENCH_SCENARIOS = send list cdc modes cache rebuild peers fanout auth send-http
+BENCH_SCENARIOS = send list cdc modes cache rebuild peers fanout auth send-http web
 $(BENCH_SCENARIOS:%=bench-%): bench-build
 	scripts/with-services.sh cargo run --release -p hermet-bench -- $(@:bench-%=%) $(ARGS)
+
+## The README's screenshots (docs/images/*.png), taken by the web client's browser test in `cdc`
+## (the same headless Chromium as the tests; `make test` itself writes nothing into the tree).
+screenshots:
+	scripts/install-deps.sh
+	mkdir -p docs/images
+	HERMET_SCREENSHOTS=$(CURDIR)/docs/images scripts/with-services.sh \
+		cargo test -p hermet --test web -- --exact web_client_cdc

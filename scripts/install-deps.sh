@@ -79,6 +79,11 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v jq >/dev/null || missing+=(jq)
 
+# The web client's browser tests and screenshots: Debian's Chromium, headless, driven through
+# its ChromeDriver (nothing is downloaded at test time).
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+
 # Debian's Python with venv/ensurepip, for the fuzzer's venv (below).
 for p in python3 python3-venv; do
     pkg_installed "$p" || missing+=("$p")
@@ -108,7 +113,7 @@ fi
 
 # Final checks, so a broken install is reported here and not later.
 (( $(newest_pg_major) >= 15 )) || die "no PostgreSQL >= 15 under /usr/lib/postgresql/*/bin after install"
-for c in psql pg_isready redis-server redis-cli promtool java mvn cmake pkg-config curl jq; do
+for c in psql pg_isready redis-server redis-cli promtool java mvn cmake pkg-config curl jq chromium chromedriver; do
     command -v "$c" >/dev/null || die "'$c' still missing after install"
 done
 

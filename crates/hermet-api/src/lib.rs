@@ -10,7 +10,10 @@
 //!   and call the store — no SQL here;
 //! - [`push`]: the hub of `GET /v1/ws` connections that the push notifier publishes to;
 //! - [`rate_limit`]: per-user and per-address limits answered with 429;
-//! - [`telemetry`]: the metrics this crate records.
+//! - [`ops`]: the port through which `GET /v1/ops/status` asks the process for its operational
+//!   status (what `hermet admin status --json` prints);
+//! - [`telemetry`]: the metrics this crate records;
+//! - [`web`]: the web client at `/` and the operations page at `/ops` (static files).
 //!
 //! Reads in `dual_write` mode are always fresh; `X-Hermet-Min-Lsn` is validated and, in the
 //! eventually consistent modes, waited on (see [`consistency`]).
@@ -20,10 +23,12 @@ pub mod consistency;
 pub mod error;
 pub mod extract;
 pub mod jwks;
+pub mod ops;
 pub mod push;
 pub mod rate_limit;
 mod routes;
 pub mod telemetry;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +75,11 @@ pub struct ApiConfig {
     /// `[auth.jwks]`: the verifier of user tokens signed by the product's identity provider,
     /// if one is configured (built, and its key set read, before the server starts).
     pub identity_provider: Option<Arc<jwks::JwksVerifier>>,
+    /// Where the web client and the operations page come from (`http.web_dir`).
+    pub web: web::Source,
+    /// The source of `GET /v1/ops/status` (the binary gives its status gathering); without
+    /// one that route answers 503.
+    pub ops: Option<Arc<dyn ops::OpsStatus>>,
 }
 
 impl Default for ApiConfig {
@@ -85,6 +95,8 @@ impl Default for ApiConfig {
             coverage: consistency::ViewCoverage::default(),
             rate_limits: RateLimits::default(),
             identity_provider: None,
+            web: web::Source::Embedded,
+            ops: None,
         }
     }
 }
@@ -109,6 +121,8 @@ pub(crate) struct Inner {
     /// Reads waiting for `X-Hermet-Min-Lsn`, and their poller.
     pub(crate) waits: consistency::Waits,
     pub(crate) limits: rate_limit::Limiters,
+    /// `GET /v1/ops/status`'s source with its last answer.
+    pub(crate) ops: Option<ops::Cached>,
 }
 
 impl AppState {
@@ -132,6 +146,7 @@ impl AppState {
         let auth = Arc::new(auth::states::AuthStates::new(store.clone(), hub.clone()));
         let external = auth::external::ExternalUsers::default();
         let listener = auth::states::spawn_listener(&auth);
+        let ops = cfg.ops.clone().map(ops::Cached::new);
         AppState {
             inner: Arc::new(Inner {
                 store,
@@ -144,6 +159,7 @@ impl AppState {
                 external,
                 waits,
                 limits,
+                ops,
             }),
         }
     }
@@ -178,6 +194,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.inner.cfg.max_body_bytes;
     Router::new()
         .merge(routes::router())
+        .merge(web::router(state.inner.cfg.web.clone()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -18,6 +18,7 @@ mod report;
 mod scenarios;
 pub mod send_http;
 pub mod stages;
+pub mod web;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -119,6 +120,9 @@ pub enum Scenario {
     /// running the same write-side statements (the store's own SQL, one pipeline per send), with
     /// the pipeline running and alone: sends/s, p50/p99 and their ratios.
     SendHttp,
+    /// The web client's weight and first render in headless Chromium under emulated networks
+    /// (loopback, slow 4G, slow 3G): bytes transferred, first contentful paint, list drawn.
+    Web,
 }
 
 impl std::fmt::Display for Scenario {
@@ -134,6 +138,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Auth => "auth",
             Scenario::SendHttp => "send-http",
+            Scenario::Web => "web",
         })
     }
 }
@@ -419,6 +424,7 @@ impl BenchOptions {
             Scenario::Fanout => 8,
             Scenario::Auth => 1,
             Scenario::SendHttp => 16,
+            Scenario::Web => 1,
         })
     }
 
@@ -563,9 +569,10 @@ pub async fn run(
             | Scenario::Fanout
             | Scenario::Auth
             | Scenario::SendHttp
+            | Scenario::Web
     ) {
         return Err(BenchError::InvalidOptions(
-            "`cdc`, `modes`, `cache`, `rebuild`, `peers`, `fanout`, `auth` and `send-http` have \
+            "`cdc`, `modes`, `cache`, `rebuild`, `peers`, `fanout`, `auth`, `send-http` and `web` have \
              their own reports: use run_and_print"
                 .to_owned(),
         ));
@@ -619,6 +626,7 @@ pub async fn run_and_print(
             opts.check(scenario)?;
             print_report(&send_http::run(env, opts).await?, opts.json)
         }
+        Scenario::Web => print_report(&web::run(env, opts).await?, opts.json),
         Scenario::Send | Scenario::List => {
             let report = run(env, scenario, opts).await?;
             if opts.json {
@@ -771,7 +779,8 @@ async fn measure_all(
             | Scenario::Peers
             | Scenario::Fanout
             | Scenario::Auth
-            | Scenario::SendHttp => Source::Send,
+            | Scenario::SendHttp
+            | Scenario::Web => Source::Send,
             Scenario::List => Source::List,
         },
         workers,

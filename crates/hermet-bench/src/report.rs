@@ -183,14 +183,14 @@ impl Report {
             p.concurrency,
             match self.scenario {
                 // `cdc` has its own report (`cdc::CdcReport`).
-                Scenario::Send | Scenario::Cdc | Scenario::Modes | Scenario::Cache | Scenario::Rebuild | Scenario::Peers | Scenario::Fanout | Scenario::Auth | Scenario::SendHttp => "senders",
+                Scenario::Send | Scenario::Cdc | Scenario::Modes | Scenario::Cache | Scenario::Rebuild | Scenario::Peers | Scenario::Fanout | Scenario::Auth | Scenario::SendHttp | Scenario::Web => "senders",
                 Scenario::List => "readers",
             },
             match self.scenario {
                 Scenario::List if p.writers > 0 =>
                     format!(" + {} background writers ({})", p.writers, p.mix),
                 Scenario::List => format!(", page {}", p.page_size),
-                Scenario::Send | Scenario::Cdc | Scenario::Modes | Scenario::Cache | Scenario::Rebuild | Scenario::Peers | Scenario::Fanout | Scenario::Auth | Scenario::SendHttp => String::new(),
+                Scenario::Send | Scenario::Cdc | Scenario::Modes | Scenario::Cache | Scenario::Rebuild | Scenario::Peers | Scenario::Fanout | Scenario::Auth | Scenario::SendHttp | Scenario::Web => String::new(),
             },
             p.duration_secs,
             p.runs,
@@ -213,7 +213,8 @@ impl Report {
             | Scenario::Peers
             | Scenario::Fanout
             | Scenario::Auth
-            | Scenario::SendHttp => {
+            | Scenario::SendHttp
+            | Scenario::Web => {
                 out.push_str(
                     "| scenario | run | messages/s | view rows/s | members/msg | p50 ms | p99 ms | p99.9 ms | max ms | errors | retries |\n\
                      |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",

@@ -5,6 +5,7 @@
 //! starting the project's private PostgreSQL. Each [`TestDb`] is a database with a random name,
 //! dropped when the value is dropped.
 
+pub mod browser;
 pub mod cdc;
 pub mod idp;
 pub mod pipeline;

@@ -197,6 +197,9 @@ pub struct HttpConfig {
     /// Where processes without the API role (relay, projectors) serve `/metrics`; none if unset
     /// (the API serves `/metrics` on `addr`).
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the web client and the operations page from this folder, read on every request,
+    /// instead of the copies built into the binary (for working on them without rebuilding).
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -205,6 +208,7 @@ impl Default for HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 64 * 1024,
             metrics_addr: None,
+            web_dir: None,
         }
     }
 }
@@ -803,6 +807,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "auth.jwt_secret must be set to at least 32 bytes (HERMET_JWT_SECRET)".into(),
             ));
+        }
+        if let Some(dir) = &self.http.web_dir {
+            if !dir.join("index.html").is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "http.web_dir {} has no index.html (leave it unset to serve the built-in client)",
+                    dir.display()
+                )));
+            }
         }
         Ok(())
     }

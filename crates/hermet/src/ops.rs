@@ -1,5 +1,10 @@
 //! `hermet admin rebuild | replay | status`: the operator's side of the recovery commands in
 //! `hermet-store::rebuild` and `hermet-projector::replay`, with progress and readable output.
+//!
+//! The status is gathered once ([`gather`]) for both of its readers: `hermet admin status`
+//! (text or `--json`) and `GET /v1/ops/status` of a serving process ([`ConfigStatus`], the
+//! `hermet_api::ops::OpsStatus` port), so the page at `/ops` shows exactly what the command
+//! prints.
 
 use std::time::Duration;
 
@@ -154,7 +159,7 @@ pub async fn replay(
 }
 
 #[derive(Debug, Serialize)]
-struct SlotStatus {
+pub(crate) struct SlotStatus {
     slot: String,
     active: bool,
     /// WAL between the server's position and what the slot's reader confirmed.
@@ -305,7 +310,7 @@ pub async fn sample_slots(pool: deadpool_postgres::Pool, configured: String) {
 }
 
 #[derive(Debug, Serialize)]
-struct GroupStatus {
+pub(crate) struct GroupStatus {
     group: String,
     members: usize,
     lag: i64,
@@ -313,7 +318,7 @@ struct GroupStatus {
 }
 
 #[derive(Debug, Serialize)]
-struct Watermark {
+pub(crate) struct Watermark {
     projector: String,
     partitions: i64,
     min_applied_lsn: String,
@@ -322,7 +327,7 @@ struct Watermark {
 }
 
 #[derive(Debug, Serialize)]
-struct AuditStatus {
+pub(crate) struct AuditStatus {
     source: String,
     finished_at_ms: i64,
     finished_at: String,
@@ -336,7 +341,7 @@ struct AuditStatus {
 }
 
 #[derive(Debug, Serialize)]
-struct Status {
+pub(crate) struct Status {
     sync_mode: &'static str,
     wal_lsn: String,
     /// `cdc.slot`, when it exists.
@@ -360,9 +365,52 @@ fn lsn_text(v: i64) -> String {
     format!("{:X}/{:X}", v >> 32, v & 0xffff_ffff)
 }
 
+/// Why the status could not be gathered. A Kafka that does not answer is none of these: it is
+/// reported inside the [`Status`] (`kafka_error`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StatusError {
+    #[error(transparent)]
+    Store(#[from] hermet_store::StoreError),
+    #[error("connecting to PostgreSQL: {0}")]
+    Connect(#[from] deadpool_postgres::PoolError),
+    #[error("querying PostgreSQL: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("asking Kafka: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl StatusError {
+    /// Whether retrying later may help: PostgreSQL could not be reached or went away.
+    fn unavailable(&self) -> bool {
+        match self {
+            StatusError::Connect(_) => true,
+            StatusError::Query(e) => e.is_closed(),
+            StatusError::Store(e) => matches!(e, hermet_store::StoreError::Unavailable(_)),
+            StatusError::Config(_) | StatusError::Task(_) => false,
+        }
+    }
+}
+
+/// `hermet admin status`: the [`Status`] as text, or as the JSON document of `--json` (the one
+/// `GET /v1/ops/status` answers).
 pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
+    let s = gather(cfg).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print_status(&s);
+    }
+    Ok(())
+}
+
+/// The status of the deployment `cfg` describes: sync mode, replication slots, consumer groups,
+/// watermarks, outbox and dead letters, the last audit. Opens one PostgreSQL connection for the
+/// call and asks Kafka (each broker request bounded by its timeout, about 10 s).
+pub(crate) async fn gather(cfg: &Config) -> Result<Status, StatusError> {
     let pool = hermet_store::connect_pool(&cfg.database.url, 1)?;
-    let conn = pool.get().await.context("connecting to PostgreSQL")?;
+    let conn = pool.get().await?;
     let wal: String = conn
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await?
@@ -458,7 +506,7 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
         Ok((g, d)) => (g, d, None),
         Err(e) => (Vec::new(), None, Some(e.to_string())),
     };
-    let s = Status {
+    Ok(Status {
         sync_mode: mode,
         wal_lsn: wal,
         slot,
@@ -472,13 +520,29 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
         dlq_topic,
         dlq_records,
         last_audit,
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else {
-        print_status(&s);
+    })
+}
+
+/// `GET /v1/ops/status` of a serving process: [`gather`] over the configuration it runs with
+/// (shared, not copied, by each gathering).
+pub(crate) struct ConfigStatus(pub std::sync::Arc<Config>);
+
+impl hermet_api::ops::OpsStatus for ConfigStatus {
+    fn status(&self) -> hermet_api::ops::StatusFuture {
+        let cfg = self.0.clone();
+        Box::pin(async move {
+            use hermet_api::ops::OpsError;
+            let s = gather(&cfg).await.map_err(|e| {
+                let detail = e.to_string();
+                if e.unavailable() {
+                    OpsError::Unavailable(detail)
+                } else {
+                    OpsError::Failed(detail)
+                }
+            })?;
+            serde_json::to_value(&s).map_err(|e| OpsError::Failed(e.to_string()))
+        })
     }
-    Ok(())
 }
 
 fn print_slot(sl: &SlotStatus) {

@@ -202,6 +202,12 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
             coverage: view_coverage(&cfg)?,
             rate_limits: cfg.rate_limits.api(),
             identity_provider: identity_provider.clone(),
+            web: match &cfg.http.web_dir {
+                Some(dir) => hermet_api::web::Source::Dir(dir.clone()),
+                None => hermet_api::web::Source::Embedded,
+            },
+            // `GET /v1/ops/status` gathers what `hermet admin status` prints, from this config.
+            ops: Some(Arc::new(crate::ops::ConfigStatus(Arc::new(cfg.clone())))),
         };
         // The state's auth listener (`LISTEN hermet_auth`) ends with it, when this server stops.
         let state = AppState::with_hub(store, api_cfg, Some(metrics), hub);

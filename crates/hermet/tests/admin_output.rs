@@ -6,6 +6,9 @@
 //!   and `--json`) and the gauges `hermet_cdc_slot_retained_wal_bytes` /
 //!   `hermet_cdc_slot_active` of `/metrics`.
 //!
+//! - `GET /v1/ops/status` of a serving process answers what `hermet admin status --json` prints,
+//!   to a server API key only.
+//!
 //! Needs `HERMET_DATABASE_URL` and `HERMET_KAFKA_BROKERS` (`eval "$(scripts/services.sh env)"`).
 
 mod common;
@@ -169,5 +172,91 @@ async fn an_inactive_slot_retaining_wal_is_reported() {
     .await;
     assert!(retained > 0.0, "retained {retained}");
     assert_eq!(active, 0.0);
+    serve.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_status_answers_the_status_to_a_server_key() {
+    let db = TestDb::new().await;
+    let name = hermet_core::validate::KeyName::parse("ops").expect("name");
+    let key = db
+        .store(PREVIEW)
+        .create_api_key(&name)
+        .await
+        .expect("key")
+        .key;
+    // Names of this test's own: no slot by that name exists, no group has committed.
+    let tag = format!("ops_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let addr = free_addr();
+    let env = vec![
+        ("HERMET_DATABASE_URL".to_owned(), db.url.clone()),
+        ("HERMET_KAFKA_BROKERS".to_owned(), brokers()),
+        ("HERMET_SHARDS".to_owned(), TEST_SHARDS.to_string()),
+        ("HERMET_SYNC_MODE".to_owned(), "dual_write".to_owned()),
+        ("HERMET_CDC__SLOT".to_owned(), tag.clone()),
+        (
+            "HERMET_PROJECTOR__GROUP_PREFIX".to_owned(),
+            format!("{tag}-"),
+        ),
+        ("HERMET_HTTP_ADDR".to_owned(), addr.clone()),
+        ("HERMET_JWT_SECRET".to_owned(), TEST_SECRET.to_owned()),
+        ("HERMET_AUTH__OPEN_SIGNUP".to_owned(), "true".to_owned()),
+        ("HERMET_AUDIT__INTERVAL_SECS".to_owned(), "0".to_owned()),
+        ("HERMET_REDIS__CACHE".to_owned(), "false".to_owned()),
+    ];
+    let log = std::env::temp_dir().join(format!("hermet-ao-test-{tag}-serve.log"));
+    let mut serve = Proc::spawn("serve", &["serve", "--role", "api"], &env, log);
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    wait_ready(&mut serve, &http, &base).await;
+    let url = format!("{base}/v1/ops/status");
+    let get = |auth: Option<String>| {
+        let mut req = http.get(&url);
+        if let Some(a) = auth {
+            req = req.bearer_auth(a);
+        }
+        async move {
+            let r = req.send().await.expect("request");
+            let status = r.status().as_u16();
+            let no_store = r
+                .headers()
+                .get("cache-control")
+                .is_some_and(|v| v == "no-store");
+            (
+                status,
+                no_store,
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+
+    let (status, _, body) = get(None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &"invalid_api_key".into()),
+        "{body}"
+    );
+    let r = http
+        .post(format!("{base}/v1/users"))
+        .json(&serde_json::json!({"nickname": "Ann"}))
+        .send()
+        .await
+        .expect("sign up");
+    let user: Value = r.json().await.expect("user");
+    let token = user["token"].as_str().expect("token").to_owned();
+    let (status, _, body) = get(Some(token)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &"invalid_api_key".into()),
+        "{body}"
+    );
+
+    let (status, no_store, s) = get(Some(key)).await;
+    assert_eq!(status, 200, "{s}\n{}", serve.tail());
+    assert!(no_store, "live figures are not to be cached");
+    assert_eq!(s["sync_mode"], "dual_write", "{s}");
+    assert_eq!(s["outbox_pending"], 0, "{s}");
+    assert!(s["slot"].is_null(), "{s}");
+    assert!(s["groups"].is_array() && s["warnings"].is_array(), "{s}");
     serve.stop().await;
 }

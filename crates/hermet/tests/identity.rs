@@ -727,3 +727,20 @@ async fn open_signup_off_refuses_post_users() {
     // The default is off.
     assert!(!ApiConfig::default().open_signup);
 }
+
+/// `GET /v1/ops/status` takes the server key like the server routes; a process without a status
+/// source (this in-process app: the binary gives it, see `admin_output.rs`) answers 503.
+#[tokio::test]
+async fn ops_status_without_a_source_is_unavailable() {
+    let app = TestApp::spawn().await;
+    let key = new_key(&app).await;
+    let user = app.new_user("Ann").await;
+    let r = app.call("GET", "/v1/ops/status", None, None).await;
+    assert_eq!((r.status, r.code()), (401, "invalid_api_key"), "{r:?}");
+    let r = app
+        .call("GET", "/v1/ops/status", Some(&user.token), None)
+        .await;
+    assert_eq!((r.status, r.code()), (401, "invalid_api_key"), "{r:?}");
+    let r = app.call("GET", "/v1/ops/status", Some(&key), None).await;
+    assert_eq!((r.status, r.code()), (503, "unavailable"), "{r:?}");
+}

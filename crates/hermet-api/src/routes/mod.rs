@@ -4,6 +4,7 @@ mod channels;
 pub(crate) mod conversations;
 mod friends;
 mod groups;
+mod ops;
 mod server;
 mod users;
 mod ws;
@@ -51,6 +52,7 @@ pub(crate) fn router() -> Router<AppState> {
             "/v1/server/users/{user_id}/tokens",
             post(server::mint_token).delete(server::revoke_tokens),
         )
+        .route("/v1/ops/status", get(ops::status))
 }
 
 /// A nickname or group name. The document's `maxLength` bounds the string as sent, so that is

@@ -1,0 +1,1023 @@
+// hermet web client. Plain DOM, no framework, no build step.
+// The ids/classes/data attributes used here are the DOM contract the browser tests rely on.
+// API data only ever reaches the page through textContent / attributes, never as HTML.
+'use strict';
+
+const TOKEN_KEY = 'hermet.token';
+const PAGE = 50; // messages per history page
+const SESSION_ENDED = 'Your session has ended. Please sign in again.';
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: null,
+  me: null,
+  lsn: null, // highest X-Hermet-Lsn of this tab's writes (text), sent back as X-Hermet-Min-Lsn
+  convs: [],
+  contacts: [],
+  peerChannel: new Map(), // peer user id -> single chat id, kept when the chat is hidden
+  open: null, // the open conversation: {id, type, name, avatar, pinned, muted}
+  gen: 0, // bumps on every open/close, so late answers for an earlier pane are dropped
+  low: 0, // lowest and highest seq shown in the open pane (0: none)
+  high: 0,
+  readSent: 0, // highest seq marked read for the open pane
+  loading: null, // the open pane's first page, which a catch-up waits for
+  sendQueue: Promise.resolve(), // sends go out one at a time, in the order typed
+};
+
+// ---------- small helpers ----------
+
+/** Builds an element: h('li', {class: 'x', text: 'y', 'data-a': 1}, child...). */
+function h(tag, props, ...kids) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k === 'class') el.className = v;
+    else if (k === 'text') el.textContent = v;
+    else if (k === 'hidden') el.hidden = v;
+    else el.setAttribute(k, v);
+  }
+  el.append(...kids);
+  return el;
+}
+
+const pad2 = (n) => String(n).padStart(2, '0');
+const hhmm = (d) => pad2(d.getHours()) + ':' + pad2(d.getMinutes());
+
+/** List time: HH:MM today, a short date otherwise. */
+function shortTime(ms) {
+  const d = new Date(ms);
+  if (d.toDateString() === new Date().toDateString()) return hhmm(d);
+  return d.toLocaleDateString(undefined, { day: 'numeric', month: 'short' });
+}
+
+function initials(name) {
+  const words = String(name || '').trim().split(/\s+/).filter(Boolean).slice(0, 2);
+  const first = (w) => (w.match(/[\p{L}\p{N}]/u) || [''])[0]; // skip "(", emoji and the like
+  return words.map(first).join('').toUpperCase() || '?';
+}
+
+/** A stable colour class per name, so initials avatars are told apart at a glance. */
+function hue(name) {
+  let n = 0;
+  for (const ch of String(name)) n = (n * 31 + ch.codePointAt(0)) >>> 0;
+  return 'av' + (n % 6);
+}
+
+/** Fills an avatar slot: the image when a URL is set (initials if it fails to load), else initials. */
+function setAvatar(slot, url, name) {
+  const key = (url || '') + '\n' + name;
+  if (slot.dataset.key === key) return; // unchanged: keep the loaded image
+  slot.dataset.key = key;
+  slot.className = 'avatar ' + hue(name);
+  const text = () => h('span', { 'aria-hidden': 'true', text: initials(name) });
+  if (!url) return slot.replaceChildren(text());
+  const img = h('img', { src: url, alt: 'Avatar of ' + name, width: 36, height: 36, loading: 'lazy', referrerpolicy: 'no-referrer' });
+  img.addEventListener('error', () => slot.replaceChildren(text()), { once: true });
+  slot.replaceChildren(img);
+}
+
+/** A numeric user id typed by hand. */
+function parseId(text) {
+  const t = String(text).trim();
+  if (!/^\d{1,16}$/.test(t) || Number(t) < 1) {
+    throw new Problem(t ? `“${t}” is not a user id: use digits only, like 42.` : 'Enter a user id (digits only).');
+  }
+  return Number(t);
+}
+
+/** Comma/space separated user ids; empty gives []. */
+function parseIds(text) {
+  return String(text).split(/[\s,]+/).filter(Boolean).map(parseId);
+}
+
+// ---------- errors ----------
+
+/** An error whose message is meant for people (the server's, or a client-side check). */
+class Problem extends Error {
+  constructor(message, status = 0, code = 'client') {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Shows an error in its alert element (an empty one takes no space). */
+function report(err, el) {
+  if (err && err.handled) return; // the session ended: the sign-in view already says so
+  if (!(err instanceof Problem)) console.error(err);
+  const msg = err instanceof Problem ? err.message : 'Something went wrong: ' + ((err && err.message) || err);
+  (el || fallbackErrorEl()).textContent = msg;
+}
+
+const fallbackErrorEl = () => ($('app').hidden ? $('signin-error') : $('app-error'));
+
+/** Runs a background promise; a failure is shown, never thrown. */
+function bg(promise, el) {
+  promise.catch((err) => report(err, el));
+}
+
+/** Wires a form: no reload, errors shown in errEl, the submit button idle while it runs. */
+function onSubmit(form, errEl, fn) {
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const btn = form.querySelector('[type=submit]');
+    errEl.textContent = '';
+    if (btn) btn.disabled = true;
+    try {
+      await fn(form);
+    } catch (err) {
+      report(err, errEl);
+    } finally {
+      if (btn) btn.disabled = false;
+    }
+  });
+}
+
+/** Wires a button the same way. */
+function onClick(btn, errEl, fn) {
+  btn.addEventListener('click', async (ev) => {
+    errEl.textContent = '';
+    try {
+      await fn(ev);
+    } catch (err) {
+      report(err, errEl);
+    }
+  });
+}
+
+// ---------- API ----------
+
+/** "hi/lo" hex LSN -> [hi, lo] numbers (each fits in 32 bits), or null. */
+function parseLsn(s) {
+  const m = /^([0-9a-f]{1,8})\/([0-9a-f]{1,8})$/i.exec(s || '');
+  return m ? [parseInt(m[1], 16), parseInt(m[2], 16)] : null;
+}
+
+/** Remembers the highest LSN of our writes, so later reads can ask to see them. */
+function noteLsn(s) {
+  const n = parseLsn(s);
+  if (!n) return;
+  const o = parseLsn(state.lsn);
+  if (!o || n[0] > o[0] || (n[0] === o[0] && n[1] > o[1])) state.lsn = s;
+}
+
+/**
+ * One API call. Answers the parsed JSON body ({} when none); throws a Problem with the server's
+ * error.message otherwise. A 401 ends the session (unless opts.keepSession, for checking a token).
+ */
+async function api(method, path, body, opts = {}) {
+  const token = opts.token || state.token;
+  const headers = {};
+  if (token) headers.Authorization = 'Bearer ' + token;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (method === 'GET' && state.lsn) headers['X-Hermet-Min-Lsn'] = state.lsn;
+  let res;
+  try {
+    res = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: 'no-store',
+    });
+  } catch {
+    throw new Problem('Cannot reach the server. Check your connection and try again.', 0, 'network');
+  }
+  if (token === state.token) noteLsn(res.headers.get('X-Hermet-Lsn'));
+  let data = null;
+  try {
+    const text = await res.text();
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null; // not JSON (a proxy's error page): the status text below still says what happened
+  }
+  // The read model did not catch up in time: show this answer, and read again shortly.
+  if (res.headers.get('X-Hermet-Stale') === 'true') recheck.later();
+  if (res.ok) return data || {};
+  const e = (data && data.error) || {};
+  const err = new Problem(e.message || `The server answered ${res.status} ${res.statusText}.`, res.status, e.code);
+  if (res.status === 401 && !opts.keepSession && token && token === state.token) {
+    endSession(SESSION_ENDED);
+    err.handled = true;
+  }
+  throw err;
+}
+
+/** Wraps fn so overlapping calls coalesce: one run in flight, at most one queued after it. */
+function coalesce(fn) {
+  let running = null;
+  let again = false;
+  return function run() {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await fn();
+        } while (again);
+      } finally {
+        running = null;
+      }
+    })();
+    return running;
+  };
+}
+
+// ---------- token storage ----------
+
+function storeGet() {
+  try {
+    return localStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null; // storage disabled: the session lasts as long as the tab
+  }
+}
+
+function storeSet(token) {
+  try {
+    if (token) localStorage.setItem(TOKEN_KEY, token);
+    else localStorage.removeItem(TOKEN_KEY);
+  } catch {
+    /* storage disabled: nothing to keep */
+  }
+}
+
+// ---------- session ----------
+
+function enter(token, me) {
+  state.token = token; // state.lsn carries over: a sign-up's own write counts
+  storeSet(token);
+  renderMe(me);
+  $('signin').hidden = true;
+  $('app').hidden = false;
+  $('signin-error').textContent = '';
+  ws.start(); // its open re-reads the lists
+  bg(refreshAll());
+}
+
+/** Back to the sign-in view, with a reason (empty for a plain sign-out). */
+function endSession(message) {
+  ws.stop();
+  recheck.reset();
+  storeSet(null);
+  closeConv();
+  Object.assign(state, { token: null, me: null, lsn: null, convs: [], contacts: [] });
+  state.peerChannel.clear();
+  $('conversations').replaceChildren();
+  $('contacts').replaceChildren();
+  for (const el of document.querySelectorAll('#app .error, #app .ok')) el.textContent = '';
+  document.title = 'hermet';
+  $('app').hidden = true;
+  $('signin').hidden = false;
+  $('signin-error').textContent = message || '';
+}
+
+function renderMe(me) {
+  state.me = me;
+  $('me-id').textContent = String(me.id);
+  $('me-nickname').textContent = me.nickname;
+  setAvatar($('me-avatar'), me.avatar, me.nickname);
+  $('profile-nickname').value = me.nickname;
+  $('profile-avatar').value = me.avatar || '';
+}
+
+// ---------- lists ----------
+
+const refreshConvs = coalesce(async () => {
+  const token = state.token;
+  if (!token) return; // a re-read queued just before signing out
+  const all = [];
+  let cursor = null;
+  for (let page = 0; page < 1000; page++) {
+    const q = 'limit=100' + (cursor != null ? '&cursor=' + encodeURIComponent(cursor) : '');
+    const r = await api('GET', '/v1/conversations?' + q);
+    all.push(...(r.conversations || []));
+    cursor = r.next_cursor;
+    if (cursor == null) break;
+  }
+  if (state.token !== token) return; // signed out (or in as someone else) meanwhile
+  state.convs = all;
+  for (const c of all) if (c.type === 'single' && c.peer_user_id != null) state.peerChannel.set(c.peer_user_id, c.channel_id);
+  renderConvs();
+  syncOpenPane();
+  recheck.afterRead();
+});
+
+const refreshContacts = coalesce(async () => {
+  const token = state.token;
+  if (!token) return;
+  const r = await api('GET', '/v1/contacts');
+  if (state.token !== token) return;
+  state.contacts = r.contacts || [];
+  renderContacts();
+});
+
+/** Re-reads both lists; a success clears an earlier "could not load" banner. */
+async function refreshAll() {
+  await Promise.all([refreshConvs(), refreshContacts()]);
+  $('app-error').textContent = '';
+}
+
+/** Keeps list items in place (focus survives a re-read) and only moves what changed order. */
+function reconcile(ul, items, keyOf, make, fill) {
+  const old = new Map();
+  for (const li of ul.children) old.set(li.dataset.key, li);
+  let ref = ul.firstElementChild;
+  for (const item of items) {
+    const key = String(keyOf(item));
+    let li = old.get(key);
+    if (li) old.delete(key);
+    else {
+      li = make();
+      li.dataset.key = key;
+    }
+    fill(li, item);
+    if (li === ref) ref = ref.nextElementSibling;
+    else ul.insertBefore(li, ref);
+  }
+  for (const li of old.values()) li.remove();
+}
+
+function convItem() {
+  return h('li', { class: 'conversation' },
+    h('button', { type: 'button', class: 'conv-open' },
+      h('span', { class: 'avatar' }),
+      h('span', { class: 'conv-body' },
+        h('span', { class: 'conv-line' },
+          h('span', { class: 'conv-name' }),
+          h('span', { class: 'conv-pinned tag', text: 'Pinned', hidden: true }),
+          h('span', { class: 'conv-muted tag', text: 'Muted', hidden: true }),
+          h('span', { class: 'conv-time' })),
+        h('span', { class: 'conv-line' },
+          h('span', { class: 'conv-snippet' },
+            h('span', { class: 'conv-sender' }),
+            h('span', { class: 'conv-preview' })),
+          h('span', { class: 'conv-unread', hidden: true }),
+          h('span', { class: 'sr-only conv-unread-label', text: ' unread', hidden: true })))));
+}
+
+function convName(c) {
+  return c.name || (c.type === 'group' ? 'Unnamed group' : 'User ' + c.peer_user_id);
+}
+
+function fillConv(li, c) {
+  const q = (sel) => li.querySelector(sel);
+  const unread = Number(c.unread_count) || 0;
+  const lm = c.last_message;
+  const name = convName(c);
+  li.dataset.channelId = String(c.channel_id);
+  li.dataset.type = c.type;
+  li.dataset.unread = String(unread);
+  li.dataset.pinned = String(!!c.pinned);
+  li.dataset.muted = String(!!c.muted);
+  li.classList.toggle('is-unread', unread > 0);
+  li.classList.toggle('is-muted', !!c.muted);
+  const current = !!state.open && state.open.id === c.channel_id;
+  li.classList.toggle('is-open', current);
+  const btn = q('.conv-open');
+  if (current) btn.setAttribute('aria-current', 'true');
+  else btn.removeAttribute('aria-current');
+  setAvatar(q('.avatar'), c.avatar, name);
+  q('.conv-name').textContent = name;
+  q('.conv-pinned').hidden = !c.pinned;
+  q('.conv-muted').hidden = !c.muted;
+  q('.conv-time').textContent = lm ? shortTime(lm.created_at) : '';
+  const mine = lm && state.me && lm.sender_id === state.me.id;
+  q('.conv-sender').textContent = !lm ? '' : mine ? 'You: ' : c.type === 'group' ? lm.sender_name + ': ' : '';
+  q('.conv-preview').textContent = lm ? lm.content : '';
+  q('.conv-unread').textContent = String(unread);
+  q('.conv-unread').hidden = unread === 0;
+  q('.conv-unread-label').hidden = unread === 0;
+}
+
+let listMarked = false;
+
+function renderConvs() {
+  reconcile($('conversations'), state.convs, (c) => c.channel_id, convItem, fillConv);
+  $('conversations-empty').hidden = state.convs.length > 0;
+  const total = state.convs.reduce((n, c) => n + (c.muted ? 0 : Number(c.unread_count) || 0), 0);
+  document.title = total ? `(${total}) hermet` : 'hermet';
+  // When the list was first on screen: `hermet-bench web` reads this mark.
+  if (!listMarked && state.convs.length) {
+    listMarked = true;
+    performance.mark('hermet-list-rendered');
+  }
+}
+
+function contactItem() {
+  const li = h('li', { class: 'contact' },
+    h('span', { class: 'avatar' }),
+    h('div', { class: 'contact-body' },
+      h('span', { class: 'contact-nickname' }),
+      h('span', { class: 'contact-remark' })),
+    h('div', { class: 'contact-actions' },
+      h('button', { type: 'button', class: 'contact-chat', text: 'Chat' }),
+      h('button', { type: 'button', class: 'contact-star', text: 'Star' }),
+      h('button', { type: 'button', class: 'contact-remove danger', text: 'Remove' })));
+  const input = h('input', { class: 'contact-remark-input', type: 'text', autocomplete: 'off' });
+  const label = h('label', { class: 'remark-label' }, h('span', { text: 'Remark' }), input);
+  li.append(h('form', { class: 'contact-remark-form row', novalidate: '' }, label,
+    h('button', { type: 'submit', class: 'contact-remark-save', text: 'Save' })));
+  return li;
+}
+
+function fillContact(li, c) {
+  const q = (sel) => li.querySelector(sel);
+  li.dataset.contactId = String(c.contact_id);
+  li.dataset.starred = String(!!c.starred);
+  setAvatar(q('.avatar'), c.avatar, c.nickname);
+  q('.contact-nickname').textContent = c.nickname;
+  q('.contact-remark').textContent = c.remark_name || '';
+  q('.contact-chat').setAttribute('aria-label', 'Chat with ' + c.nickname);
+  const star = q('.contact-star');
+  star.setAttribute('aria-pressed', String(!!c.starred)); // the label stays, the state changes
+  star.setAttribute('aria-label', 'Star ' + c.nickname);
+  q('.contact-remove').setAttribute('aria-label', 'Remove ' + c.nickname);
+  const input = q('.contact-remark-input');
+  input.setAttribute('aria-label', 'Remark for ' + c.nickname);
+  if (document.activeElement !== input) input.value = c.remark_name || ''; // don't clobber typing
+}
+
+function renderContacts() {
+  reconcile($('contacts'), state.contacts, (c) => c.contact_id, contactItem, fillContact);
+  $('contacts-empty').hidden = state.contacts.length > 0;
+}
+
+/** What a click in #contacts does: chat, star, remove. */
+async function contactAction(ev) {
+  const btn = ev.target.closest('button');
+  const li = ev.target.closest('li.contact');
+  if (!btn || !li || btn.type === 'submit') return;
+  const id = Number(li.dataset.contactId);
+  const c = state.contacts.find((x) => x.contact_id === id);
+  if (btn.classList.contains('contact-chat')) {
+    let channel = state.peerChannel.get(id);
+    if (channel == null) {
+      await refreshConvs();
+      channel = state.peerChannel.get(id);
+    }
+    if (channel == null) throw new Problem(`No chat with ${c ? c.nickname : 'user ' + id} is in your list.`);
+    await openConv(channel, { type: 'single', name: c ? c.remark_name || c.nickname : '', avatar: c && c.avatar });
+  } else if (btn.classList.contains('contact-star')) {
+    await api('PATCH', `/v1/friends/${id}`, { starred: li.dataset.starred !== 'true' });
+    await refreshContacts();
+  } else if (btn.classList.contains('contact-remove')) {
+    await api('DELETE', `/v1/friends/${id}`);
+    if (state.open && state.peerChannel.get(id) === state.open.id) closeConv();
+    await Promise.all([refreshContacts(), refreshConvs()]);
+  }
+}
+
+async function saveRemark(form) {
+  const li = form.closest('li.contact');
+  const remark = form.querySelector('.contact-remark-input').value.trim();
+  await api('PATCH', `/v1/friends/${li.dataset.contactId}`, { remark_name: remark });
+  await Promise.all([refreshContacts(), refreshConvs()]); // the remark is the chat's name too
+}
+
+// ---------- the open conversation ----------
+
+const pane = () => $('conversation');
+
+async function openConv(id, hint) {
+  const c = state.convs.find((x) => x.channel_id === id) || hint || {};
+  const gen = ++state.gen;
+  state.open = {
+    id,
+    listed: state.convs.includes(c),
+    type: c.type || 'single',
+    name: convName({ ...c, channel_id: id }),
+    avatar: c.avatar,
+    pinned: !!c.pinned,
+    muted: !!c.muted,
+  };
+  Object.assign(state, { low: 0, high: 0, readSent: 0 });
+  pane().dataset.channelId = String(id);
+  $('messages').replaceChildren();
+  $('messages-empty').hidden = true;
+  $('load-older').hidden = true;
+  for (const e of ['conv-error', 'send-error', 'group-error']) $(e).textContent = '';
+  $('group-panel').hidden = state.open.type !== 'group';
+  syncHeader();
+  pane().hidden = false;
+  $('placeholder').hidden = true;
+  $('app').classList.add('has-conv');
+  renderConvs(); // marks the open item
+  window.scrollTo(0, 0); // phones: the pane sits on top of the list
+  // Wide screens: ready to type. Phones: no keyboard popping up; the title tells where we are.
+  const wide = window.matchMedia('(min-width: 760px)').matches;
+  (wide ? $('send-input') : $('conv-title')).focus({ preventScroll: true });
+
+  state.loading = (async () => {
+    const r = await api('GET', `/v1/channels/${id}/messages?limit=${PAGE}`);
+    if (gen !== state.gen) return;
+    addMessages((r.messages || []).slice().reverse(), 'end');
+    syncMessageChrome(); // also when there are none yet
+    scrollToEnd();
+    await markRead();
+  })();
+  try {
+    await state.loading;
+  } catch (err) {
+    if (gen === state.gen) report(err, $('conv-error'));
+  }
+}
+
+function closeConv() {
+  const was = state.open;
+  state.gen++;
+  state.open = null;
+  state.loading = null;
+  pane().hidden = true;
+  pane().dataset.channelId = '';
+  $('placeholder').hidden = false;
+  $('app').classList.remove('has-conv');
+  renderConvs();
+  // Keyboard users land back on the item they came from.
+  const li = was && $('conversations').querySelector(`li[data-channel-id="${was.id}"] .conv-open`);
+  if (li && !$('app').hidden) li.focus();
+}
+
+/** Title, avatar and toggle states of the pane from state.open. */
+function syncHeader() {
+  const o = state.open;
+  $('conv-title').textContent = o.name;
+  setAvatar($('conv-avatar'), o.avatar, o.name);
+  // Toggle buttons keep their label; aria-pressed (and its style) says the state.
+  $('conv-pin').setAttribute('aria-pressed', String(o.pinned));
+  $('conv-mute').setAttribute('aria-pressed', String(o.muted));
+  $('group-panel').hidden = o.type !== 'group';
+}
+
+/**
+ * After a list re-read: the open conversation's name, avatar and flags follow it. One that
+ * left the list (hidden elsewhere, friendship ended, removed from the group) closes.
+ */
+function syncOpenPane() {
+  const o = state.open;
+  if (!o) return;
+  const c = state.convs.find((x) => x.channel_id === o.id);
+  if (!c) {
+    if (o.listed) closeConv(); // a chat opened while hidden (never listed) stays open
+    return;
+  }
+  Object.assign(o, { listed: true, type: c.type, name: convName(c), avatar: c.avatar, pinned: !!c.pinned, muted: !!c.muted });
+  syncHeader();
+}
+
+function messageItem(m) {
+  const mine = !!state.me && m.sender_id === state.me.id;
+  const d = new Date(Number(m.created_at) || 0);
+  return h('li', { class: 'message' + (mine ? ' mine' : ''), 'data-seq': m.seq, 'data-sender-id': m.sender_id },
+    h('span', { class: 'msg-sender', text: m.sender_name }),
+    h('p', { class: 'msg-content', text: m.content }),
+    h('time', { class: 'msg-time', datetime: d.toISOString(), title: d.toLocaleString(), text: hhmm(d) }));
+}
+
+/** Adds messages (oldest first) at the end or the start, skipping seqs already shown. */
+function addMessages(list, where) {
+  const fresh = list.filter((m) => (where === 'end' ? m.seq > state.high : state.low === 0 || m.seq < state.low));
+  if (!fresh.length) return;
+  const frag = document.createDocumentFragment();
+  for (const m of fresh) frag.append(messageItem(m));
+  if (where === 'end') $('messages').append(frag);
+  else $('messages').prepend(frag);
+  const seqs = fresh.map((m) => m.seq);
+  state.high = Math.max(state.high, ...seqs);
+  state.low = state.low === 0 ? Math.min(...seqs) : Math.min(state.low, ...seqs);
+  syncMessageChrome();
+}
+
+function syncMessageChrome() {
+  $('load-older').hidden = !(state.low > 1); // seq 1 shown: nothing older
+  $('messages-empty').hidden = state.high > 0;
+}
+
+const scroller = () => $('msg-scroll');
+const nearEnd = () => scroller().scrollHeight - scroller().scrollTop - scroller().clientHeight < 80;
+function scrollToEnd() {
+  scroller().scrollTop = scroller().scrollHeight;
+}
+
+/** Marks everything shown as read (once per seq), then lets the list show it. */
+async function markRead() {
+  const o = state.open;
+  if (!o || state.high <= state.readSent) return;
+  const seq = state.high;
+  const before = state.readSent;
+  state.readSent = seq;
+  try {
+    await api('POST', `/v1/channels/${o.id}/read`, { seq });
+  } catch (err) {
+    if (state.open === o && state.readSent === seq) state.readSent = before; // the next catch-up retries
+    throw err;
+  }
+  await refreshConvs();
+}
+
+/** Fetches what arrived after the newest shown message (oldest first), then marks it read. */
+const catchUp = coalesce(async () => {
+  const gen = state.gen;
+  if (state.loading) await state.loading.catch(() => {});
+  if (!state.open || gen !== state.gen) return;
+  const id = state.open.id;
+  for (;;) {
+    const r = await api('GET', `/v1/channels/${id}/messages?after_seq=${state.high}&limit=100`);
+    if (gen !== state.gen) return;
+    const list = r.messages || [];
+    const stick = nearEnd() || list.some((m) => state.me && m.sender_id === state.me.id);
+    addMessages(list, 'end');
+    announce(list.filter((m) => !state.me || m.sender_id !== state.me.id));
+    if (stick) scrollToEnd(); // don't yank someone reading history
+    if (list.length < 100) break;
+  }
+  await markRead();
+});
+
+/** Screen readers hear new messages from others (not whole pages of history). */
+function announce(list) {
+  if (!list.length) return;
+  const last = list[list.length - 1];
+  const more = list.length > 1 ? ` (${list.length} new)` : '';
+  $('announce').textContent = `${last.sender_name}: ${last.content}${more}`;
+}
+
+async function loadOlder() {
+  const gen = state.gen;
+  if (!state.open || state.low <= 1) return;
+  const r = await api('GET', `/v1/channels/${state.open.id}/messages?before_seq=${state.low}&limit=${PAGE}`);
+  if (gen !== state.gen) return;
+  const s = scroller();
+  const fromEnd = s.scrollHeight - s.scrollTop;
+  addMessages((r.messages || []).slice().reverse(), 'start');
+  s.scrollTop = s.scrollHeight - fromEnd; // the message being read stays put
+}
+
+/** Queues one send; sends leave in the order typed, and a failed one gives its text back. */
+function send(content) {
+  const o = state.open;
+  const job = async () => {
+    try {
+      await api('POST', `/v1/channels/${o.id}/messages`, { content });
+    } catch (err) {
+      const input = $('send-input');
+      if (state.open === o && !input.value) input.value = content;
+      throw err;
+    }
+    if (state.open === o) bg(catchUp(), $('conv-error'));
+    bg(refreshConvs());
+  };
+  // The chain never rejects, so one failure does not stop the sends queued after it.
+  state.sendQueue = state.sendQueue.then(job).catch((err) => report(err, $('send-error')));
+  return state.sendQueue;
+}
+
+async function setFlag(flag) {
+  const o = state.open;
+  if (!o) return;
+  const value = flag === 'hidden' ? true : !o[flag];
+  await api('PATCH', `/v1/conversations/${o.id}`, { [flag]: value });
+  if (flag === 'hidden') closeConv();
+  else if (state.open === o) {
+    o[flag] = value;
+    syncHeader();
+  }
+  await refreshConvs();
+}
+
+// ---------- live updates ----------
+
+function setWsState(s) {
+  const el = $('ws-status');
+  el.dataset.state = s;
+  el.textContent = { connecting: 'Connecting…', open: 'Live', closed: 'Offline' }[s];
+}
+
+/**
+ * In the eventual modes an event can arrive before the read model has applied the change it
+ * announces (both follow the same change stream). So: a `message` event's seq is remembered until
+ * the list shows it, re-reading with back-off meanwhile; other events get one later re-read.
+ */
+const recheck = {
+  seqs: new Map(), // channel id -> seq announced but not shown by the list yet
+  tries: 0,
+  timer: 0,
+  settle: 0,
+
+  expect(channel, seq) {
+    if (seq > (this.seqs.get(channel) || 0)) this.seqs.set(channel, seq);
+  },
+
+  afterRead() {
+    for (const [ch, seq] of this.seqs) {
+      const c = state.convs.find((x) => x.channel_id === ch);
+      if (c && c.last_message && c.last_message.seq >= seq) this.seqs.delete(ch);
+    }
+    clearTimeout(this.timer);
+    if (!this.seqs.size || this.tries >= 6 || !state.token) {
+      this.seqs.clear(); // done, or given up: the 30 s re-read is the next chance
+      this.tries = 0;
+      return;
+    }
+    this.timer = setTimeout(() => bg(refreshConvs()), 200 * 2 ** this.tries++);
+  },
+
+  later() {
+    clearTimeout(this.settle);
+    this.settle = setTimeout(() => state.token && bg(refreshAll()), 1000);
+  },
+
+  reset() {
+    clearTimeout(this.timer);
+    clearTimeout(this.settle);
+    this.seqs.clear();
+    this.tries = 0;
+  },
+};
+
+function onEvent(ev) {
+  if (!ev || typeof ev !== 'object') return;
+  if (ev.type === 'message') {
+    recheck.expect(ev.channel_id, ev.seq);
+    bg(refreshConvs());
+    if (state.open && ev.channel_id === state.open.id) bg(catchUp(), $('conv-error'));
+  } else if (ev.type === 'conversation_changed') {
+    bg(refreshConvs());
+    recheck.later();
+  } else if (ev.type === 'contact_changed') {
+    bg(refreshContacts());
+    bg(refreshConvs()); // nicknames and remarks show in the list too
+    recheck.later();
+  }
+}
+
+/** The push connection: reconnects with exponential back-off and jitter; 1008 ends the session. */
+const ws = {
+  sock: null,
+  attempt: 0,
+  timer: 0,
+  active: false,
+
+  start() {
+    this.active = true;
+    this.attempt = 0;
+    this.connect();
+  },
+
+  stop() {
+    this.active = false;
+    clearTimeout(this.timer);
+    const s = this.sock;
+    this.sock = null;
+    if (s) {
+      s.onopen = s.onmessage = s.onclose = s.onerror = null;
+      s.close(1000);
+    }
+    setWsState('closed');
+  },
+
+  connect() {
+    clearTimeout(this.timer);
+    if (!this.active || this.sock) return;
+    setWsState('connecting');
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    let s;
+    try {
+      s = new WebSocket(`${proto}//${location.host}/v1/ws?token=${encodeURIComponent(state.token)}`);
+    } catch {
+      this.retry(false);
+      return;
+    }
+    let opened = false;
+    this.sock = s;
+    s.onopen = () => {
+      opened = true;
+      this.attempt = 0;
+      setWsState('open');
+      bg(refreshAll()); // events sent while away are not replayed
+      if (state.open) bg(catchUp(), $('conv-error'));
+    };
+    s.onmessage = (m) => {
+      let ev;
+      try {
+        ev = JSON.parse(m.data);
+      } catch {
+        return; // not an event: ignore
+      }
+      onEvent(ev);
+    };
+    s.onclose = (e) => {
+      if (this.sock !== s) return;
+      this.sock = null;
+      setWsState('closed');
+      if (!this.active) return;
+      if (e.code === 1008) endSession(SESSION_ENDED);
+      else this.retry(!opened);
+    };
+  },
+
+  /** 0.5 s doubling to 15 s, ±25 % jitter so many clients don't reconnect in step. */
+  retry(neverOpened) {
+    const base = Math.min(15000, 500 * 2 ** this.attempt);
+    this.attempt = Math.min(this.attempt + 1, 10);
+    const delay = base * (0.75 + Math.random() * 0.5);
+    this.timer = setTimeout(async () => {
+      // A refused upgrade (bad token) closes as 1006, not 1008: ask the API whether the token still holds.
+      if (neverOpened) {
+        try {
+          await api('GET', '/v1/me');
+        } catch (err) {
+          if (err.handled) return; // 401: the session ended
+        }
+      }
+      this.connect();
+    }, delay);
+  },
+
+  /** Back online, or the tab shown again: try now instead of waiting out the back-off. */
+  nudge() {
+    if (this.active && !this.sock) {
+      this.attempt = 0;
+      this.connect();
+    }
+  },
+};
+
+// ---------- wiring ----------
+
+function wire() {
+  onSubmit($('signup-form'), $('signin-error'), async () => {
+    const nickname = $('signup-nickname').value.trim();
+    const avatar = $('signup-avatar').value.trim();
+    if (!nickname) throw new Problem('Enter a nickname.');
+    const body = { nickname };
+    if (avatar) body.avatar = avatar;
+    const u = await api('POST', '/v1/users', body);
+    enter(u.token, u);
+  });
+
+  onSubmit($('token-form'), $('signin-error'), async () => {
+    const token = $('token-input').value.trim();
+    if (!token) throw new Problem('Paste a token first.');
+    const me = await api('GET', '/v1/me', undefined, { token, keepSession: true });
+    $('token-input').value = '';
+    enter(token, me);
+  });
+
+  onClick($('signout'), $('app-error'), () => endSession(''));
+
+  onSubmit($('profile-form'), $('profile-error'), async () => {
+    $('profile-ok').textContent = '';
+    const nickname = $('profile-nickname').value.trim();
+    if (!nickname) throw new Problem('Enter a nickname.');
+    const avatar = $('profile-avatar').value.trim();
+    // Only what changed: a profile change is copied into every row that shows it.
+    const body = {};
+    if (nickname !== state.me.nickname) body.nickname = nickname;
+    if (avatar !== (state.me.avatar || '')) body.avatar = avatar;
+    if (!Object.keys(body).length) {
+      $('profile-ok').textContent = 'Nothing to change.';
+      return;
+    }
+    const me = await api('PATCH', '/v1/me', body);
+    renderMe(me);
+    $('profile-ok').textContent = 'Profile saved.';
+  });
+
+  onSubmit($('friend-form'), $('friend-error'), async () => {
+    const friendId = parseId($('friend-id').value);
+    const r = await api('POST', '/v1/friends', { friend_id: friendId });
+    if (r.channel_id != null) state.peerChannel.set(friendId, r.channel_id);
+    $('friend-id').value = '';
+    await refreshAll();
+  });
+
+  onSubmit($('group-form'), $('group-create-error'), async () => {
+    const name = $('group-name').value.trim();
+    if (!name) throw new Problem('Enter a group name.');
+    const memberIds = parseIds($('group-members').value);
+    const r = await api('POST', '/v1/groups', { name, member_ids: memberIds });
+    $('group-name').value = '';
+    $('group-members').value = '';
+    await refreshConvs();
+    if (r.channel_id != null) await openConv(r.channel_id, { type: 'group', name });
+  });
+
+  // Conversation list: the whole item opens it (the button inside handles Enter/Space).
+  $('conversations').addEventListener('click', (ev) => {
+    const li = ev.target.closest('li.conversation');
+    if (li) bg(openConv(Number(li.dataset.channelId)), $('app-error'));
+  });
+
+  $('contacts').addEventListener('click', (ev) => {
+    if (ev.target.closest('button')) $('contacts-error').textContent = '';
+    bg(contactAction(ev), $('contacts-error'));
+  });
+  $('contacts').addEventListener('submit', (ev) => {
+    const form = ev.target.closest('form.contact-remark-form');
+    if (!form) return;
+    ev.preventDefault();
+    $('contacts-error').textContent = '';
+    bg(saveRemark(form), $('contacts-error'));
+  });
+
+  onClick($('back'), $('conv-error'), () => closeConv());
+  onClick($('conv-pin'), $('conv-error'), () => setFlag('pinned'));
+  onClick($('conv-mute'), $('conv-error'), () => setFlag('muted'));
+  onClick($('conv-hide'), $('conv-error'), () => setFlag('hidden'));
+  onClick($('load-older'), $('conv-error'), loadOlder);
+
+  onSubmit($('send-form'), $('send-error'), async () => {
+    const input = $('send-input');
+    const content = input.value;
+    if (!content.trim()) throw new Problem('Type a message first.');
+    if (!state.open) throw new Problem('Open a conversation first.');
+    input.value = ''; // ready for the next one while this one is on its way
+    send(content);
+  });
+  // The box grows with its text (up to the CSS max-height), and shrinks back once sent.
+  const fit = () => {
+    const el = $('send-input');
+    el.style.height = 'auto';
+    el.style.height = el.value ? el.scrollHeight + 2 + 'px' : '';
+  };
+  $('send-input').addEventListener('input', fit);
+  $('send-form').addEventListener('submit', () => setTimeout(fit));
+  // Enter sends; Shift+Enter is a new line; an IME composing text keeps its Enter.
+  $('send-input').addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      $('send-form').requestSubmit();
+    }
+  });
+
+  const groupId = () => state.open && state.open.id;
+  onSubmit($('group-rename-form'), $('group-error'), async () => {
+    const name = $('group-rename-input').value.trim();
+    if (!name) throw new Problem('Enter the new group name.');
+    await api('PATCH', `/v1/groups/${groupId()}`, { name });
+    $('group-rename-input').value = '';
+    await refreshConvs();
+  });
+  onSubmit($('group-add-form'), $('group-error'), async () => {
+    const ids = parseIds($('group-add-ids').value);
+    if (!ids.length) throw new Problem('Enter at least one user id.');
+    await api('POST', `/v1/groups/${groupId()}/members`, { user_ids: ids });
+    $('group-add-ids').value = '';
+  });
+  onSubmit($('group-remove-form'), $('group-error'), async () => {
+    const id = parseId($('group-remove-id').value);
+    await api('DELETE', `/v1/groups/${groupId()}/members/${id}`);
+    $('group-remove-id').value = '';
+  });
+  onClick($('group-leave'), $('group-error'), async () => {
+    await api('DELETE', `/v1/groups/${groupId()}/members/${state.me.id}`);
+    closeConv();
+    await refreshConvs();
+  });
+
+  // Safety nets: a missed event costs at most 30 s; coming back online reconnects at once.
+  setInterval(() => {
+    if (!state.token) return;
+    bg(refreshAll());
+    if (state.open) bg(catchUp(), $('conv-error'));
+  }, 30000);
+  window.addEventListener('online', () => ws.nudge());
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible') ws.nudge();
+  });
+  // Signed out in another tab: follow.
+  window.addEventListener('storage', (ev) => {
+    if (ev.key === TOKEN_KEY && !ev.newValue && state.token) endSession('You signed out in another tab.');
+  });
+  // Last resort: nothing fails silently or leaves a blank screen.
+  window.addEventListener('error', (ev) => report(ev.error || new Error(ev.message)));
+  window.addEventListener('unhandledrejection', (ev) => report(ev.reason));
+}
+
+async function boot() {
+  wire();
+  $('boot').hidden = true;
+  const token = storeGet();
+  if (!token) {
+    $('signin').hidden = false;
+    return;
+  }
+  try {
+    const me = await api('GET', '/v1/me', undefined, { token, keepSession: true });
+    enter(token, me);
+  } catch (err) {
+    if (err.status === 401 || err.status === 404) endSession(SESSION_ENDED);
+    else {
+      $('signin').hidden = false; // token kept: a reload retries once the server answers
+      report(err, $('signin-error'));
+    }
+  }
+}
+
+boot().catch((err) => {
+  $('boot').hidden = true;
+  $('signin').hidden = false;
+  report(err, $('signin-error'));
+});
