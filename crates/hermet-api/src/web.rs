@@ -58,7 +58,9 @@ const FILES: &[File] = &[
     web_file!("/ops.css", "ops.css", CSS),
 ];
 
-const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src * data:; \
+/// Avatars are URLs of the users' choosing: `https:` only (and `data:`), so a page never
+/// fetches plain-text URLs; `'self'` covers this origin's WebSocket too.
+const CSP: &str = "default-src 'self'; connect-src 'self'; img-src https: data:; \
                    style-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Where the files come from.
@@ -96,15 +98,24 @@ async fn serve(source: Source, index: usize, headers: HeaderMap) -> Response {
             }
         },
     };
-    let etag = format!("\"{:016x}\"", fnv1a(&bytes));
+    // Weak: the gzip and the plain answer share it (and a proxy that compresses keeps it).
+    let etag = format!("W/\"{:016x}\"", fnv1a(&bytes));
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+        .is_some_and(|v| {
+            v.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == "*" || t == &etag[2..])
+        });
     let mut resp = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut r = bytes.into_owned().into_response();
+        let body = match bytes {
+            std::borrow::Cow::Borrowed(b) => axum::body::Body::from(b),
+            std::borrow::Cow::Owned(v) => axum::body::Body::from(v),
+        };
+        let mut r = body.into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(file.content_type),

@@ -9,6 +9,7 @@
 //! - [`Page`] reads and drives the page by CSS selector. Its `wait_*` helpers poll through
 //!   [`crate::eventually`], so a failure names what was awaited and what the page showed last.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -40,7 +41,10 @@ impl Driver {
             l.local_addr().expect("addr").port()
         };
         let exe = binary("HERMET_CHROMEDRIVER", "/usr/bin/chromedriver");
-        let child = Command::new(&exe)
+        // A process group of its own: dropping the driver kills the browsers it started too,
+        // also those of sessions a failed assertion never closed.
+        let mut child = Command::new(&exe)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -53,6 +57,9 @@ impl Driver {
         let http = reqwest::Client::new();
         let status = format!("{url}/status");
         eventually("chromedriver answers", PAGE_WAIT, async || {
+            if let Ok(Some(exit)) = child.try_wait() {
+                panic!("{exe} exited at start: {exit}");
+            }
             http.get(&status)
                 .send()
                 .await
@@ -100,6 +107,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The whole group: chromedriver and every chromium it started.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -642,3 +642,42 @@ async fn me_and_service_endpoints() {
     assert_eq!(r.status, 200);
     assert!(r.body["openapi"].as_str().unwrap_or("").starts_with("3."));
 }
+
+/// A long list is gzipped for a client that accepts it (what a phone on a slow link downloads),
+/// the same bytes otherwise; a small answer is never compressed.
+#[tokio::test]
+async fn long_lists_are_gzipped_when_accepted() {
+    let app = TestApp::spawn().await;
+    let ann = app.new_user("Ann").await;
+    for i in 0..12 {
+        let friend = app.new_user(&format!("friend number {i}")).await;
+        app.befriend(&ann, &friend).await;
+    }
+    let http = reqwest::Client::new();
+    let get = async |path: &str, encoding: &str| {
+        let r = http
+            .get(app.url(path))
+            .bearer_auth(&ann.token)
+            .header("accept-encoding", encoding)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200, "{path}");
+        let enc = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        (enc, r.bytes().await.expect("body").len())
+    };
+    let (plain_enc, plain) = get("/v1/conversations?limit=100", "identity").await;
+    let (gz_enc, gz) = get("/v1/conversations?limit=100", "gzip").await;
+    assert!(
+        plain > 1024,
+        "the list is long enough to compress: {plain} bytes"
+    );
+    assert_eq!(plain_enc, None);
+    assert_eq!(gz_enc.as_deref(), Some("gzip"));
+    assert!(gz * 2 < plain, "gzip {gz} bytes against {plain}");
+    let (me_enc, _) = get("/v1/me", "gzip").await;
+    assert_eq!(me_enc, None, "small answers are not compressed");
+}
