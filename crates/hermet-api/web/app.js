@@ -6,6 +6,7 @@
 const TOKEN_KEY = 'hermet.token';
 const PAGE = 50; // messages per history page
 const SESSION_ENDED = 'Your session has ended. Please sign in again.';
+const API_TIMEOUT_MS = 30000; // a request still unanswered after this fails (and can be retried)
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -70,7 +71,8 @@ function setAvatar(slot, url, name) {
   slot.className = 'avatar ' + hue(name);
   const text = () => h('span', { 'aria-hidden': 'true', text: initials(name) });
   if (!url) return slot.replaceChildren(text());
-  const img = h('img', { src: url, alt: 'Avatar of ' + name, width: 36, height: 36, loading: 'lazy', referrerpolicy: 'no-referrer' });
+  // Decorative: the name is always shown next to it.
+  const img = h('img', { src: url, alt: '', width: 36, height: 36, loading: 'lazy', referrerpolicy: 'no-referrer' });
   img.addEventListener('error', () => slot.replaceChildren(text()), { once: true });
   slot.replaceChildren(img);
 }
@@ -78,9 +80,11 @@ function setAvatar(slot, url, name) {
 /** A numeric user id typed by hand. */
 function parseId(text) {
   const t = String(text).trim();
-  if (!/^\d{1,16}$/.test(t) || Number(t) < 1) {
+  if (!/^\d+$/.test(t) || Number(t) < 1) {
     throw new Problem(t ? `“${t}” is not a user id: use digits only, like 42.` : 'Enter a user id (digits only).');
   }
+  // Larger ids would silently lose digits as JavaScript numbers.
+  if (Number(t) > Number.MAX_SAFE_INTEGER) throw new Problem(`“${t}” is too large to be a user id.`);
   return Number(t);
 }
 
@@ -171,26 +175,32 @@ async function api(method, path, body, opts = {}) {
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method === 'GET' && state.lsn) headers['X-Hermet-Min-Lsn'] = state.lsn;
   let res;
+  let text;
   try {
     res = await fetch(path, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: 'no-store',
+      // A stalled request must not hold up the (coalesced) re-reads queued behind it.
+      signal: timeoutSignal(API_TIMEOUT_MS),
     });
-  } catch {
+    text = await res.text();
+  } catch (err) {
+    if (err && (err.name === 'TimeoutError' || err.name === 'AbortError')) {
+      throw new Problem('The server took too long to answer. Try again in a moment.', 0, 'timeout');
+    }
     throw new Problem('Cannot reach the server. Check your connection and try again.', 0, 'network');
   }
   if (token === state.token) noteLsn(res.headers.get('X-Hermet-Lsn'));
   let data = null;
   try {
-    const text = await res.text();
     data = text ? JSON.parse(text) : null;
   } catch {
     data = null; // not JSON (a proxy's error page): the status text below still says what happened
   }
-  // The read model did not catch up in time: show this answer, and read again shortly.
-  if (res.headers.get('X-Hermet-Stale') === 'true') recheck.later();
+  // The read model did not catch up in time: show this answer, and read again a little later.
+  if (res.headers.get('X-Hermet-Stale') === 'true') recheck.stale();
   if (res.ok) return data || {};
   const e = (data && data.error) || {};
   const err = new Problem(e.message || `The server answered ${res.status} ${res.statusText}.`, res.status, e.code);
@@ -201,7 +211,19 @@ async function api(method, path, body, opts = {}) {
   throw err;
 }
 
-/** Wraps fn so overlapping calls coalesce: one run in flight, at most one queued after it. */
+/** An AbortSignal that fires after ms (AbortSignal.timeout where the browser has it). */
+function timeoutSignal(ms) {
+  if (typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function') return AbortSignal.timeout(ms);
+  if (typeof AbortController === 'undefined') return undefined;
+  const c = new AbortController();
+  setTimeout(() => c.abort(), ms);
+  return c.signal;
+}
+
+/**
+ * Wraps fn so overlapping calls coalesce: one run in flight, at most one queued after it.
+ * A failed run does not drop the queued one; the caller sees only the last run's error.
+ */
 function coalesce(fn) {
   let running = null;
   let again = false;
@@ -212,10 +234,17 @@ function coalesce(fn) {
     }
     running = (async () => {
       try {
+        let error = null;
         do {
           again = false;
-          await fn();
+          error = null;
+          try {
+            await fn();
+          } catch (err) {
+            error = err || new Error('failed');
+          }
         } while (again);
+        if (error) throw error;
       } finally {
         running = null;
       }
@@ -252,8 +281,14 @@ function enter(token, me) {
   $('signin').hidden = true;
   $('app').hidden = false;
   $('signin-error').textContent = '';
-  ws.start(); // its open re-reads the lists
-  bg(refreshAll());
+  ws.start(); // its first open re-reads only if this read was done before it (see ws.connect)
+  const initial = (ws.initialRead = refreshAll());
+  ws.initialDone = false;
+  initial.then(
+    () => ws.initialRead === initial && (ws.initialDone = true),
+    () => ws.initialRead === initial && (ws.initialDone = true),
+  );
+  bg(initial);
 }
 
 /** Back to the sign-in view, with a reason (empty for a plain sign-out). */
@@ -262,15 +297,28 @@ function endSession(message) {
   recheck.reset();
   storeSet(null);
   closeConv();
-  Object.assign(state, { token: null, me: null, lsn: null, convs: [], contacts: [] });
+  // Sends still queued were typed by this user: they must not go out as the next one.
+  Object.assign(state, { token: null, me: null, lsn: null, convs: [], contacts: [], sendQueue: Promise.resolve() });
   state.peerChannel.clear();
+  // Nothing of this user stays in the page for the next one.
   $('conversations').replaceChildren();
   $('contacts').replaceChildren();
+  $('messages').replaceChildren();
+  $('announce').textContent = '';
+  $('conv-title').textContent = '';
+  for (const id of ['me-id', 'me-nickname']) $(id).textContent = '';
+  for (const id of ['me-avatar', 'conv-avatar']) {
+    $(id).replaceChildren();
+    delete $(id).dataset.key;
+  }
+  for (const el of $('app').querySelectorAll('input, textarea')) el.value = '';
+  $('send-input').style.height = '';
   for (const el of document.querySelectorAll('#app .error, #app .ok')) el.textContent = '';
   document.title = 'hermet';
   $('app').hidden = true;
   $('signin').hidden = false;
   $('signin-error').textContent = message || '';
+  $('signup-nickname').focus({ preventScroll: true });
 }
 
 function renderMe(me) {
@@ -289,18 +337,28 @@ const refreshConvs = coalesce(async () => {
   if (!token) return; // a re-read queued just before signing out
   const all = [];
   let cursor = null;
+  let pages = 0;
   for (let page = 0; page < 1000; page++) {
+    pages++;
     const q = 'limit=100' + (cursor != null ? '&cursor=' + encodeURIComponent(cursor) : '');
     const r = await api('GET', '/v1/conversations?' + q);
     all.push(...(r.conversations || []));
     cursor = r.next_cursor;
+    // The first read after signing in draws the first page at once (it is the top of the
+    // list); later reads replace the list whole, so it never shows a mix of two reads.
+    if (page === 0 && cursor != null && state.convs.length === 0 && state.token === token) {
+      state.convs = all.slice();
+      renderConvs();
+    }
     if (cursor == null) break;
   }
   if (state.token !== token) return; // signed out (or in as someone else) meanwhile
-  state.convs = all;
-  for (const c of all) if (c.type === 'single' && c.peer_user_id != null) state.peerChannel.set(c.peer_user_id, c.channel_id);
+  // The list can change order between two pages: one that moved up shows twice (keep the first).
+  const seen = new Set();
+  state.convs = all.filter((c) => !seen.has(c.channel_id) && seen.add(c.channel_id));
+  for (const c of state.convs) if (c.type === 'single' && c.peer_user_id != null) state.peerChannel.set(c.peer_user_id, c.channel_id);
   renderConvs();
-  syncOpenPane();
+  syncOpenPane(pages);
   recheck.afterRead();
 });
 
@@ -319,24 +377,31 @@ async function refreshAll() {
   $('app-error').textContent = '';
 }
 
-/** Keeps list items in place (focus survives a re-read) and only moves what changed order. */
+/**
+ * Keeps list items in place (focus survives a re-read) and only moves what changed order.
+ * Every child not claimed by an item (gone, or a duplicate key) is removed.
+ */
 function reconcile(ul, items, keyOf, make, fill) {
   const old = new Map();
-  for (const li of ul.children) old.set(li.dataset.key, li);
+  for (const li of ul.children) if (li.dataset.key != null && !old.has(li.dataset.key)) old.set(li.dataset.key, li);
+  const keys = new Set(); // keys placed so far
+  const claimed = new Set(); // elements placed so far
   let ref = ul.firstElementChild;
   for (const item of items) {
     const key = String(keyOf(item));
+    if (keys.has(key)) continue; // the same key twice: the first one stands
+    keys.add(key);
     let li = old.get(key);
-    if (li) old.delete(key);
-    else {
+    if (!li) {
       li = make();
       li.dataset.key = key;
     }
+    claimed.add(li);
     fill(li, item);
     if (li === ref) ref = ref.nextElementSibling;
     else ul.insertBefore(li, ref);
   }
-  for (const li of old.values()) li.remove();
+  for (const li of [...ul.children]) if (!claimed.has(li)) li.remove();
 }
 
 function convItem() {
@@ -361,9 +426,20 @@ function convName(c) {
   return c.name || (c.type === 'group' ? 'Unnamed group' : 'User ' + c.peer_user_id);
 }
 
+/**
+ * The unread count to show. The open conversation, on screen, with everything the list knows of
+ * shown in the pane, counts as read even before the server has the read mark: no badge flicker.
+ */
+function unreadOf(c) {
+  const lm = c.last_message;
+  const o = state.open;
+  if (o && o.id === c.channel_id && !document.hidden && lm && lm.seq <= state.high) return 0;
+  return Number(c.unread_count) || 0;
+}
+
 function fillConv(li, c) {
   const q = (sel) => li.querySelector(sel);
-  const unread = Number(c.unread_count) || 0;
+  const unread = unreadOf(c);
   const lm = c.last_message;
   const name = convName(c);
   li.dataset.channelId = String(c.channel_id);
@@ -396,12 +472,13 @@ let listMarked = false;
 function renderConvs() {
   reconcile($('conversations'), state.convs, (c) => c.channel_id, convItem, fillConv);
   $('conversations-empty').hidden = state.convs.length > 0;
-  const total = state.convs.reduce((n, c) => n + (c.muted ? 0 : Number(c.unread_count) || 0), 0);
+  const total = state.convs.reduce((n, c) => n + (c.muted ? 0 : unreadOf(c)), 0);
   document.title = total ? `(${total}) hermet` : 'hermet';
-  // When the list was first on screen: `hermet-bench web` reads this mark.
+  // When the list was first on screen (painted, not just in the DOM): `hermet-bench web` reads
+  // this mark.
   if (!listMarked && state.convs.length) {
     listMarked = true;
-    performance.mark('hermet-list-rendered');
+    requestAnimationFrame(() => setTimeout(() => performance.mark('hermet-list-rendered'), 0));
   }
 }
 
@@ -465,7 +542,11 @@ async function contactAction(ev) {
   } else if (btn.classList.contains('contact-remove')) {
     await api('DELETE', `/v1/friends/${id}`);
     if (state.open && state.peerChannel.get(id) === state.open.id) closeConv();
-    await Promise.all([refreshContacts(), refreshConvs()]);
+    try {
+      await Promise.all([refreshContacts(), refreshConvs()]);
+    } finally {
+      refocusList('contacts', '.contact-chat', 'contacts-h');
+    }
   }
 }
 
@@ -509,19 +590,23 @@ async function openConv(id, hint) {
   const wide = window.matchMedia('(min-width: 760px)').matches;
   (wide ? $('send-input') : $('conv-title')).focus({ preventScroll: true });
 
-  state.loading = (async () => {
-    const r = await api('GET', `/v1/channels/${id}/messages?limit=${PAGE}`);
-    if (gen !== state.gen) return;
-    addMessages((r.messages || []).slice().reverse(), 'end');
-    syncMessageChrome(); // also when there are none yet
-    scrollToEnd();
-    await markRead();
-  })();
+  state.loading = loadNewest(id, gen);
   try {
     await state.loading;
   } catch (err) {
     if (gen === state.gen) report(err, $('conv-error'));
   }
+}
+
+/** The open pane's first page: the newest messages, then the read mark. */
+async function loadNewest(id, gen) {
+  const r = await api('GET', `/v1/channels/${id}/messages?limit=${PAGE}`);
+  if (gen !== state.gen) return;
+  addMessages((r.messages || []).slice().reverse(), 'end');
+  syncMessageChrome(); // also when there are none yet
+  scrollToEnd();
+  renderConvs(); // its badge goes as soon as the messages are on screen
+  await markRead();
 }
 
 function closeConv() {
@@ -539,6 +624,17 @@ function closeConv() {
   if (li && !$('app').hidden) li.focus();
 }
 
+/**
+ * After what had the keyboard focus went away (a conversation hidden or left, a contact removed):
+ * focus goes to the list's first item, or its heading when it is empty.
+ */
+function refocusList(ul = 'conversations', item = '.conv-open', heading = 'conversations-h') {
+  const a = document.activeElement;
+  if ($('app').hidden || (a && a !== document.body && a.isConnected && !a.closest('[hidden]'))) return;
+  const first = $(ul).querySelector(item);
+  (first || $(heading)).focus({ preventScroll: true });
+}
+
 /** Title, avatar and toggle states of the pane from state.open. */
 function syncHeader() {
   const o = state.open;
@@ -554,14 +650,23 @@ function syncHeader() {
  * After a list re-read: the open conversation's name, avatar and flags follow it. One that
  * left the list (hidden elsewhere, friendship ended, removed from the group) closes.
  */
-function syncOpenPane() {
+function syncOpenPane(pages = 1) {
   const o = state.open;
   if (!o) return;
   const c = state.convs.find((x) => x.channel_id === o.id);
   if (!c) {
-    if (o.listed) closeConv(); // a chat opened while hidden (never listed) stays open
+    if (!o.listed) return; // a chat opened while hidden (never listed) stays open
+    // A read over several pages can miss an item that moved between two of them: read once
+    // more before closing.
+    if (pages > 1 && !o.missing) {
+      o.missing = true;
+      setTimeout(() => state.open === o && bg(refreshConvs()), 0);
+      return;
+    }
+    closeConv();
     return;
   }
+  o.missing = false;
   Object.assign(o, { listed: true, type: c.type, name: convName(c), avatar: c.avatar, pinned: !!c.pinned, muted: !!c.muted });
   syncHeader();
 }
@@ -590,7 +695,14 @@ function addMessages(list, where) {
 }
 
 function syncMessageChrome() {
-  $('load-older').hidden = !(state.low > 1); // seq 1 shown: nothing older
+  const older = $('load-older');
+  const hide = !(state.low > 1); // seq 1 shown: nothing older
+  // The button hiding itself under the keyboard focus: focus goes on to the messages.
+  if (hide && !older.hidden && document.activeElement === older) {
+    older.hidden = true;
+    $('messages').focus({ preventScroll: true });
+  }
+  older.hidden = hide;
   $('messages-empty').hidden = state.high > 0;
 }
 
@@ -603,7 +715,8 @@ function scrollToEnd() {
 /** Marks everything shown as read (once per seq), then lets the list show it. */
 async function markRead() {
   const o = state.open;
-  if (!o || state.high <= state.readSent) return;
+  // Nobody is looking at a hidden tab: becoming visible marks what is shown then.
+  if (!o || state.high <= state.readSent || document.hidden) return;
   const seq = state.high;
   const before = state.readSent;
   state.readSent = seq;
@@ -619,9 +732,17 @@ async function markRead() {
 /** Fetches what arrived after the newest shown message (oldest first), then marks it read. */
 const catchUp = coalesce(async () => {
   const gen = state.gen;
-  if (state.loading) await state.loading.catch(() => {});
+  let firstFailed = false;
+  if (state.loading) await state.loading.catch(() => (firstFailed = true));
   if (!state.open || gen !== state.gen) return;
   const id = state.open.id;
+  // The first page never arrived: load the newest page again, not the whole history after seq 0.
+  if (firstFailed && state.high === 0) {
+    state.loading = loadNewest(id, gen);
+    await state.loading;
+    if (gen === state.gen) $('conv-error').textContent = '';
+    return;
+  }
   for (;;) {
     const r = await api('GET', `/v1/channels/${id}/messages?after_seq=${state.high}&limit=100`);
     if (gen !== state.gen) return;
@@ -632,6 +753,7 @@ const catchUp = coalesce(async () => {
     if (stick) scrollToEnd(); // don't yank someone reading history
     if (list.length < 100) break;
   }
+  renderConvs();
   await markRead();
 });
 
@@ -657,9 +779,11 @@ async function loadOlder() {
 /** Queues one send; sends leave in the order typed, and a failed one gives its text back. */
 function send(content) {
   const o = state.open;
+  const token = state.token; // the sender: a queued send never goes out under another session
   const job = async () => {
+    if (!token || state.token !== token) return; // signed out (or in as someone else) meanwhile
     try {
-      await api('POST', `/v1/channels/${o.id}/messages`, { content });
+      await api('POST', `/v1/channels/${o.id}/messages`, { content }, { token });
     } catch (err) {
       const input = $('send-input');
       if (state.open === o && !input.value) input.value = content;
@@ -669,7 +793,9 @@ function send(content) {
     bg(refreshConvs());
   };
   // The chain never rejects, so one failure does not stop the sends queued after it.
-  state.sendQueue = state.sendQueue.then(job).catch((err) => report(err, $('send-error')));
+  state.sendQueue = state.sendQueue.then(job).catch((err) => {
+    if (state.token === token) report(err, $('send-error'));
+  });
   return state.sendQueue;
 }
 
@@ -683,7 +809,11 @@ async function setFlag(flag) {
     o[flag] = value;
     syncHeader();
   }
-  await refreshConvs();
+  try {
+    await refreshConvs();
+  } finally {
+    if (flag === 'hidden') refocusList();
+  }
 }
 
 // ---------- live updates ----------
@@ -723,16 +853,46 @@ const recheck = {
     this.timer = setTimeout(() => bg(refreshConvs()), 200 * 2 ** this.tries++);
   },
 
+  /** One re-read a second after an event that the read model may not show yet. */
   later() {
     clearTimeout(this.settle);
-    this.settle = setTimeout(() => state.token && bg(refreshAll()), 1000);
+    this.settle = setTimeout(() => this.reread(), 1000);
   },
+
+  /**
+   * An answer said the read model lags (X-Hermet-Stale): read again, backing off from 1 s
+   * doubling to 15 s while answers stay stale; a re-read with no stale answer resets the delay.
+   */
+  stale() {
+    this.sawStale = true;
+    if (this.settle) return; // a re-read is already planned
+    const delay = this.staleDelay;
+    this.staleDelay = Math.min(15000, this.staleDelay * 2);
+    this.settle = setTimeout(() => this.reread(), delay);
+  },
+
+  async reread() {
+    this.settle = 0;
+    if (!state.token) return;
+    this.sawStale = false;
+    try {
+      await refreshAll();
+      if (!this.sawStale) this.staleDelay = 1000; // fresh again
+    } catch (err) {
+      report(err);
+    }
+  },
+
+  sawStale: false,
+  staleDelay: 1000,
 
   reset() {
     clearTimeout(this.timer);
     clearTimeout(this.settle);
+    this.settle = 0;
     this.seqs.clear();
     this.tries = 0;
+    this.staleDelay = 1000;
   },
 };
 
@@ -758,10 +918,14 @@ const ws = {
   attempt: 0,
   timer: 0,
   active: false,
+  opens: 0, // connections opened this session
+  initialRead: null, // the list read made when the session began (see onopen)
+  initialDone: false,
 
   start() {
     this.active = true;
     this.attempt = 0;
+    this.opens = 0;
     this.connect();
   },
 
@@ -795,7 +959,12 @@ const ws = {
       opened = true;
       this.attempt = 0;
       setWsState('open');
-      bg(refreshAll()); // events sent while away are not replayed
+      // Events sent while away are not replayed: re-read after every re-connect. The first
+      // connection follows the session's first read; that read covers it while still on its way
+      // (re-reading then would fetch the whole list twice), not once it finished before we were
+      // listening.
+      const first = this.opens++ === 0;
+      if (!first || !this.initialRead || this.initialDone) bg(refreshAll());
       if (state.open) bg(catchUp(), $('conv-error'));
     };
     s.onmessage = (m) => {
@@ -974,7 +1143,11 @@ function wire() {
   onClick($('group-leave'), $('group-error'), async () => {
     await api('DELETE', `/v1/groups/${groupId()}/members/${state.me.id}`);
     closeConv();
-    await refreshConvs();
+    try {
+      await refreshConvs();
+    } finally {
+      refocusList();
+    }
   });
 
   // Safety nets: a missed event costs at most 30 s; coming back online reconnects at once.
@@ -985,7 +1158,12 @@ function wire() {
   }, 30000);
   window.addEventListener('online', () => ws.nudge());
   document.addEventListener('visibilitychange', () => {
-    if (document.visibilityState === 'visible') ws.nudge();
+    if (document.visibilityState !== 'visible') return;
+    ws.nudge();
+    if (!state.token) return;
+    renderConvs(); // the open conversation's badge counts it read again
+    // What arrived while the tab was hidden was not marked read: it is now.
+    if (state.open) bg(catchUp(), $('conv-error'));
   });
   // Signed out in another tab: follow.
   window.addEventListener('storage', (ev) => {
@@ -998,6 +1176,9 @@ function wire() {
 
 async function boot() {
   wire();
+  // Group settings start folded on narrow screens (the two-column layout starts at 760 px, see
+  // app.css), where they would push the messages off screen.
+  if (!window.matchMedia('(min-width: 760px)').matches) $('group-panel').open = false;
   $('boot').hidden = true;
   const token = storeGet();
   if (!token) {

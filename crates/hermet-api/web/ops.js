@@ -496,6 +496,9 @@
     // The "n s ago" texts move on between refreshes.
     setInterval(renderUpdated, 1000);
 
+    // The page ships the button disabled so the form can't be sent before this handler is on.
+    $("ops-key-submit").disabled = false;
+
     const saved = sessionStorage.getItem(KEY_STORAGE);
     if (saved) start(saved);
   }

@@ -622,6 +622,19 @@ async fn web_client(mode: &'static str) {
             .is_some_and(|c| c["unread_count"] == 2)
     })
     .await;
+    // The owner removes Cy and adds Cy back, from the group's panel.
+    ann.page.fill("#group-remove-id", &cy_id.to_string()).await;
+    ann.page.click("#group-remove-submit").await;
+    site.api_until("Cy removed", &tc, async |s, t| {
+        s.conversation(t, group).await.is_none()
+    })
+    .await;
+    ann.page.fill("#group-add-ids", &cy_id.to_string()).await;
+    ann.page.click("#group-add-submit").await;
+    site.api_until("Cy added back", &tc, async |s, t| {
+        s.conversation(t, group).await.is_some()
+    })
+    .await;
     // Bob's page may not have re-read its list since: reload it (a fresh read), then check
     // the page and the API.
     bob.page.goto(&format!("{}/", site.base)).await;
@@ -683,6 +696,20 @@ async fn web_client(mode: &'static str) {
     ann.page.wait_gone(&Person::conv(chat)).await;
     site.api_until("the chat hidden", &ta, async |s, t| {
         s.conversation(t, chat).await.is_none()
+    })
+    .await;
+
+    // Unfriending: gone from both contact lists, in the pages and the API.
+    ann.page
+        .click(&format!("{bob_contact} .contact-remove"))
+        .await;
+    ann.page.wait_gone(&bob_contact).await;
+    bob.page.wait_gone(&Person::contact(ann.id)).await;
+    site.api_until("Ann and Bob no longer friends", &tb, async |s, t| {
+        !s.contacts(t)
+            .await
+            .iter()
+            .any(|c| c["contact_id"] == ann.id)
     })
     .await;
 
