@@ -652,6 +652,43 @@ fn print_report<R: Serialize + std::fmt::Display>(
     Ok(())
 }
 
+/// An API router serving on a free local port in this process until the [`InProcess`] is
+/// dropped (also on error): the scenarios that measure the API without child processes.
+pub(crate) struct InProcess {
+    pub base: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    pub(crate) async fn serve(app: axum::Router, what: &'static str) -> Result<Self, BenchError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|source| BenchError::Io {
+                what: "binding the API's port".into(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| BenchError::Io {
+            what: "the API's address".into(),
+            source,
+        })?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = hermet_testkit::axum_serve(listener, app).await {
+                tracing::error!(error = %e, scenario = what, "the in-process API stopped");
+            }
+        });
+        Ok(InProcess {
+            base: format!("http://{addr}"),
+            task,
+        })
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Creates a scratch database with a random name on the server of `env`; returns its name and
 /// URL. The caller drops it (unless `--keep-database`).
 pub(crate) async fn create_scratch_database(

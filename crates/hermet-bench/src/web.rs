@@ -142,15 +142,6 @@ pub async fn run(env: &BenchEnv, opts: &BenchOptions) -> Result<WebReport, Bench
     r
 }
 
-/// Aborts the in-process server when the scenario ends (also on error).
-struct Serving(tokio::task::JoinHandle<()>);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn run_in(env: &BenchEnv, opts: &BenchOptions, url: &str) -> Result<WebReport, BenchError> {
     {
         let mut client = admin_connect(url).await?;
@@ -168,22 +159,8 @@ async fn run_in(env: &BenchEnv, opts: &BenchOptions, url: &str) -> Result<WebRep
         ..ApiConfig::default()
     };
     let app = hermet_api::router(AppState::new(store, cfg, None));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|source| BenchError::Io {
-            what: "binding the API's port".into(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| BenchError::Io {
-        what: "the API's address".into(),
-        source,
-    })?;
-    let _serving = Serving(tokio::spawn(async move {
-        if let Err(e) = hermet_testkit::axum_serve(listener, app).await {
-            tracing::error!(error = %e, "bench web: the API stopped");
-        }
-    }));
-    let base = format!("http://{addr}");
+    let serving = crate::InProcess::serve(app, "web").await?;
+    let base = serving.base.clone();
     let http = reqwest::Client::new();
 
     eprintln!("bench web: {} chats", opts.chats);
