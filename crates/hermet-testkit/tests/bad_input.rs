@@ -1201,7 +1201,9 @@ fn cases(ctx: &Ctx) -> Vec<Case> {
     // Routing: unknown routes and wrong methods answer in the error shape too.
     for path in [
         "/v1/nope",
-        "/",
+        // `/` is the web client; only its own files are served.
+        "/index.html",
+        "/app.js/x",
         "/v1/me/",
         "/v2/me",
         "/v1/users/1",
@@ -1226,6 +1228,8 @@ fn cases(ctx: &Ctx) -> Vec<Case> {
         ("PUT", msgs(ch)),
         ("GET", read(ch)),
         ("POST", "/healthz".to_owned()),
+        ("POST", "/".to_owned()),
+        ("DELETE", "/ops".to_owned()),
     ] {
         v.push(
             c(&format!("wrong method {method} {path}"), method, &path)
