@@ -9,7 +9,7 @@
 //! - **Cost**: each call opens a PostgreSQL connection and asks Kafka for the consumer groups'
 //!   offsets and the dead-letter topic's size (a broker that does not answer costs its timeout,
 //!   about 10 s). Callers poll at most every second or so; the route keeps the last answer for
-//!   [`CACHE_FOR`], so any number of open pages costs one gathering per second.
+//!   [`CACHE_FOR`] (a failure too), so any number of open pages costs one gathering per second.
 //! - **Failure**: it never fails the process. A database that cannot be reached is an
 //!   [`OpsError::Unavailable`] (503); a Kafka that does not answer is not an error at all, it is
 //!   reported inside the document (`kafka_error`, groups empty, `dlq_records` null), as
@@ -48,12 +48,18 @@ pub const CACHE_FOR: Duration = Duration::from_secs(1);
 /// already ends within about 10 s, reported inside the document).
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A gathering's outcome, shared by every caller it answers.
+pub(crate) type Answer = Result<Arc<serde_json::Value>, Arc<OpsError>>;
+
 /// The configured port with its last answer.
 pub(crate) struct Cached {
     source: Arc<dyn OpsStatus>,
     /// Held across the gathering, so concurrent callers wait for one gathering instead of each
     /// starting their own.
-    last: Mutex<Option<(Instant, Arc<serde_json::Value>)>>,
+    /// A failure is kept too: callers queued behind a gathering that failed (a database that
+    /// does not answer costs up to [`GATHER_TIMEOUT`]) get its answer instead of each waiting
+    /// out a gathering of their own.
+    last: Mutex<Option<(Instant, Answer)>>,
 }
 
 impl Cached {
@@ -65,24 +71,22 @@ impl Cached {
     }
 
     /// The last answer if younger than [`CACHE_FOR`], else a new one.
-    pub(crate) async fn status(&self) -> Result<Arc<serde_json::Value>, OpsError> {
+    pub(crate) async fn status(&self) -> Answer {
         let mut last = self.last.lock().await;
-        if let Some((at, doc)) = last.as_ref() {
+        if let Some((at, answer)) = last.as_ref() {
             if at.elapsed() < CACHE_FOR {
-                return Ok(doc.clone());
+                return answer.clone();
             }
         }
-        let doc = match tokio::time::timeout(GATHER_TIMEOUT, self.source.status()).await {
-            Ok(r) => Arc::new(r?),
-            Err(_) => {
-                return Err(OpsError::Unavailable(format!(
-                    "gathering the status took over {}s",
-                    GATHER_TIMEOUT.as_secs()
-                )))
-            }
+        let answer = match tokio::time::timeout(GATHER_TIMEOUT, self.source.status()).await {
+            Ok(r) => r.map(Arc::new).map_err(Arc::new),
+            Err(_) => Err(Arc::new(OpsError::Unavailable(format!(
+                "gathering the status took over {}s",
+                GATHER_TIMEOUT.as_secs()
+            )))),
         };
-        *last = Some((Instant::now(), doc.clone()));
-        Ok(doc)
+        *last = Some((Instant::now(), answer.clone()));
+        answer
     }
 }
 
@@ -112,5 +116,29 @@ mod tests {
             *at = at.checked_sub(CACHE_FOR).expect("an instant a second ago");
         }
         assert_eq!(cached.status().await.unwrap()["call"], 2);
+    }
+
+    struct Failing(Arc<AtomicUsize>);
+
+    impl OpsStatus for Failing {
+        fn status(&self) -> StatusFuture {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err(OpsError::Unavailable("no database".into())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_reused_for_a_second_too() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let cached = Cached::new(Arc::new(Failing(calls.clone())));
+        for _ in 0..3 {
+            let e = cached.status().await.expect_err("the source fails");
+            assert!(matches!(*e, OpsError::Unavailable(_)), "{e}");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one gathering for the three callers"
+        );
     }
 }

@@ -23,7 +23,7 @@ pub(crate) async fn status(
             "this process does not report an operational status",
         ));
     };
-    let doc = ops.status().await.map_err(|e| match e {
+    let doc = ops.status().await.map_err(|e| match e.as_ref() {
         OpsError::Unavailable(detail) => {
             tracing::warn!(error = %detail, api_key = key, "operational status unavailable");
             ApiError::unavailable("the database is unavailable, retry later")
