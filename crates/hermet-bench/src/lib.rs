@@ -652,6 +652,32 @@ fn print_report<R: Serialize + std::fmt::Display>(
     Ok(())
 }
 
+/// `method url` with an optional bearer token and JSON body; the JSON answer, or an error
+/// naming the URL, the status and the body for anything but a 2xx.
+pub(crate) async fn api_call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, BenchError> {
+    let mut req = http.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let fail = |e: reqwest::Error| BenchError::Scenario(format!("{url}: {e}"));
+    let resp = req.send().await.map_err(fail)?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(fail)?;
+    if !status.is_success() {
+        return Err(BenchError::Scenario(format!("{url}: {status}: {text}")));
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
 /// An API router serving on a free local port in this process until the [`InProcess`] is
 /// dropped (also on error): the scenarios that measure the API without child processes.
 pub(crate) struct InProcess {

@@ -213,82 +213,49 @@ async fn run_in(env: &BenchEnv, opts: &BenchOptions, url: &str) -> Result<WebRep
 
 /// A user with `chats` single chats, one message each; returns the user's token.
 async fn populate(http: &reqwest::Client, base: &str, chats: usize) -> Result<String, BenchError> {
-    let me = call(
+    let me = crate::api_call(
         http,
-        "POST",
-        base,
-        "/v1/users",
+        reqwest::Method::POST,
+        &format!("{base}/v1/users"),
         None,
-        json!({"nickname": "Pat"}),
+        Some(json!({"nickname": "Pat"})),
     )
     .await?;
     let token = field_str(&me, "token")?;
     for i in 0..chats {
-        let peer = call(
+        let peer = crate::api_call(
             http,
-            "POST",
-            base,
-            "/v1/users",
+            reqwest::Method::POST,
+            &format!("{base}/v1/users"),
             None,
-            json!({"nickname": format!("friend {i}")}),
+            Some(json!({"nickname": format!("friend {i}")})),
         )
         .await?;
         let peer_id = peer["id"].as_i64().ok_or_else(|| unexpected(&peer))?;
         let peer_token = field_str(&peer, "token")?;
-        let friends = call(
+        let friends = crate::api_call(
             http,
-            "POST",
-            base,
-            "/v1/friends",
+            reqwest::Method::POST,
+            &format!("{base}/v1/friends"),
             Some(&token),
-            json!({"friend_id": peer_id}),
+            Some(json!({"friend_id": peer_id})),
         )
         .await?;
         let channel = friends["channel_id"]
             .as_i64()
             .ok_or_else(|| unexpected(&friends))?;
-        call(
+        crate::api_call(
             http,
-            "POST",
-            base,
-            &format!("/v1/channels/{channel}/messages"),
+            reqwest::Method::POST,
+            &format!("{base}/v1/channels/{channel}/messages"),
             Some(&peer_token),
-            json!({"content": format!("hello from friend {i}, a message of ordinary length")}),
+            Some(
+                json!({"content": format!("hello from friend {i}, a message of ordinary length")}),
+            ),
         )
         .await?;
     }
     Ok(token)
-}
-
-async fn call(
-    http: &reqwest::Client,
-    method: &str,
-    base: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Value,
-) -> Result<Value, BenchError> {
-    let method = reqwest::Method::from_bytes(method.as_bytes())
-        .map_err(|e| BenchError::Scenario(format!("method: {e}")))?;
-    let mut req = http.request(method, format!("{base}{path}")).json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| BenchError::Scenario(format!("{path}: {e}")))?;
-    let status = resp.status();
-    let v: Value = resp
-        .json()
-        .await
-        .map_err(|e| BenchError::Scenario(format!("{path}: {e}")))?;
-    if !status.is_success() {
-        return Err(BenchError::Scenario(format!(
-            "{path} answered {status}: {v}"
-        )));
-    }
-    Ok(v)
 }
 
 fn field_str(v: &Value, field: &str) -> Result<String, BenchError> {

@@ -183,6 +183,24 @@ pub struct TestApp {
     pub store: Store,
     /// The hub of the app's `GET /v1/ws` connections: give it to a push notifier.
     pub hub: hermet_api::Hub,
+    /// Its HTTP API ([`ApiClient`]'s methods are called on the app directly).
+    pub api: ApiClient,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
+}
+
+/// A client of one server's HTTP API (`TestApp`'s, or a `hermet serve` process's): requests,
+/// and the calls the tests make most, each asserting the documented success status.
+#[derive(Clone)]
+pub struct ApiClient {
+    /// `http://host:port`.
+    pub base: String,
     http: reqwest::Client,
 }
 
@@ -258,12 +276,25 @@ impl TestApp {
             db,
             store,
             hub,
+            api: ApiClient::new(format!("http://{addr}")),
+        }
+    }
+
+    pub async fn assert_converged(&self) {
+        self.db.assert_converged(&self.store).await;
+    }
+}
+
+impl ApiClient {
+    pub fn new(base: String) -> ApiClient {
+        ApiClient {
+            base,
             http: reqwest::Client::new(),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}{}", self.base, path)
     }
 
     /// Sends a request; `body` of `None` sends no body.
@@ -403,10 +434,6 @@ impl TestApp {
         let r = self.get("/v1/contacts", user).await;
         assert_eq!(r.status, 200, "contacts: {:?}", r.body);
         r.body["contacts"].as_array().cloned().unwrap_or_default()
-    }
-
-    pub async fn assert_converged(&self) {
-        self.db.assert_converged(&self.store).await;
     }
 }
 

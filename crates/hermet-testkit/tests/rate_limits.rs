@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use hermet_api::{Limit, RateLimits};
-use hermet_testkit::{eventually, Resp, TestApp, TestDb, User};
+use hermet_testkit::{eventually, ApiClient, Resp, TestApp, TestDb, User};
 use serde_json::{json, Value};
 
 /// Longest a bucket of 1 a second takes to have room again, with slack for a busy machine.
@@ -65,7 +65,7 @@ async fn call_from(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    TestApp::finish(req).await
+    ApiClient::finish(req).await
 }
 
 fn ip(s: &str) -> IpAddr {

@@ -396,7 +396,8 @@ impl StatusError {
 /// `hermet admin status`: the [`Status`] as text, or as the JSON document of `--json` (the one
 /// `GET /v1/ops/status` answers).
 pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
-    let s = gather(cfg).await?;
+    let pool = hermet_store::connect_pool(&cfg.database.url, 1)?;
+    let s = gather(cfg, &pool).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
@@ -406,10 +407,12 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
 }
 
 /// The status of the deployment `cfg` describes: sync mode, replication slots, consumer groups,
-/// watermarks, outbox and dead letters, the last audit. Opens one PostgreSQL connection for the
-/// call and asks Kafka (each broker request bounded by its timeout, about 10 s).
-pub(crate) async fn gather(cfg: &Config) -> Result<Status, StatusError> {
-    let pool = hermet_store::connect_pool(&cfg.database.url, 1)?;
+/// watermarks, outbox and dead letters, the last audit. Uses one connection of `pool` and asks
+/// Kafka (each broker request bounded by its timeout, about 10 s).
+pub(crate) async fn gather(
+    cfg: &Config,
+    pool: &deadpool_postgres::Pool,
+) -> Result<Status, StatusError> {
     let conn = pool.get().await?;
     let wal: String = conn
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -524,15 +527,29 @@ pub(crate) async fn gather(cfg: &Config) -> Result<Status, StatusError> {
 }
 
 /// `GET /v1/ops/status` of a serving process: [`gather`] over the configuration it runs with
-/// (shared, not copied, by each gathering).
-pub(crate) struct ConfigStatus(pub std::sync::Arc<Config>);
+/// (shared, not copied, by each gathering) and a one-connection pool of its own, kept between
+/// gatherings (made lazily: a server nobody asks never opens it).
+pub(crate) struct ConfigStatus {
+    cfg: std::sync::Arc<Config>,
+    pool: deadpool_postgres::Pool,
+}
+
+impl ConfigStatus {
+    pub(crate) fn new(cfg: Config) -> Result<ConfigStatus, hermet_store::StoreError> {
+        let pool = hermet_store::connect_pool(&cfg.database.url, 1)?;
+        Ok(ConfigStatus {
+            cfg: std::sync::Arc::new(cfg),
+            pool,
+        })
+    }
+}
 
 impl hermet_api::ops::OpsStatus for ConfigStatus {
     fn status(&self) -> hermet_api::ops::StatusFuture {
-        let cfg = self.0.clone();
+        let (cfg, pool) = (self.cfg.clone(), self.pool.clone());
         Box::pin(async move {
             use hermet_api::ops::OpsError;
-            let s = gather(&cfg).await.map_err(|e| {
+            let s = gather(&cfg, &pool).await.map_err(|e| {
                 let detail = e.to_string();
                 if e.unavailable() {
                     OpsError::Unavailable(detail)

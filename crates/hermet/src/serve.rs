@@ -207,7 +207,7 @@ pub async fn serve(cfg: Config, roles: &[Role]) -> anyhow::Result<()> {
                 None => hermet_api::web::Source::Embedded,
             },
             // `GET /v1/ops/status` gathers what `hermet admin status` prints, from this config.
-            ops: Some(Arc::new(crate::ops::ConfigStatus(Arc::new(cfg.clone())))),
+            ops: Some(Arc::new(crate::ops::ConfigStatus::new(cfg.clone())?)),
         };
         // The state's auth listener (`LISTEN hermet_auth`) ends with it, when this server stops.
         let state = AppState::with_hub(store, api_cfg, Some(metrics), hub);

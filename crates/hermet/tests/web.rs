@@ -18,17 +18,15 @@
 mod common;
 use common::*;
 
-use std::time::Duration;
-
 use hermet_testkit::browser::{Driver, Page, PAGE_WAIT};
+use hermet_testkit::{ApiClient, User};
 use serde_json::{json, Value};
 
 /// The processes of one mode and what the checks need to reach the API.
 struct Site {
     p: Pipeline,
     mode: &'static str,
-    base: String,
-    http: reqwest::Client,
+    api: ApiClient,
     /// A server API key (`hermet admin apikey create`): the operations page and token revocation.
     key: String,
     /// Index in `p.procs` of the projector process (none in `dual_write`).
@@ -71,11 +69,7 @@ impl Site {
             }
             _ => (p.start("all", &["serve"], &env), None),
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("client");
-        wait_ready(&mut p.procs[api], &http, &base).await;
+        wait_ready(&mut p.procs[api], &reqwest::Client::new(), &base).await;
         let mut key_env = p.env();
         key_env.push(("HERMET_SYNC_MODE".to_owned(), mode.to_owned()));
         let out = hermet(
@@ -90,92 +84,19 @@ impl Site {
         Site {
             p,
             mode,
-            base,
-            http,
+            api: ApiClient::new(base),
             key,
             projector,
         }
     }
 
-    /// `method path` with a bearer `token`; the status and the JSON body (`Null` if none).
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let body = resp.json().await.unwrap_or(Value::Null);
-        (status, body)
-    }
-
-    /// Every conversation of the token's user (all pages).
-    async fn conversations(&self, token: &str) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let path = match &cursor {
-                Some(c) => format!("/v1/conversations?limit=100&cursor={c}"),
-                None => "/v1/conversations?limit=100".to_owned(),
-            };
-            let (status, body) = self.call("GET", &path, token, None).await;
-            assert_eq!(status, 200, "conversations: {body}");
-            out.extend(
-                body["conversations"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default(),
-            );
-            match body["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_owned()),
-                None => return out,
-            }
-        }
-    }
-
-    /// The token's conversation `channel`, if listed.
-    async fn conversation(&self, token: &str, channel: i64) -> Option<Value> {
-        self.conversations(token)
-            .await
-            .into_iter()
-            .find(|c| c["channel_id"] == channel)
-    }
-
-    async fn contacts(&self, token: &str) -> Vec<Value> {
-        let (status, body) = self.call("GET", "/v1/contacts", token, None).await;
-        assert_eq!(status, 200, "contacts: {body}");
-        body["contacts"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// Waits until the API, asked with `token`, satisfies `check` (the read side catches up in
-    /// the eventually consistent modes).
-    async fn api_until(&self, what: &str, token: &str, check: impl AsyncFn(&Site, &str) -> bool) {
+    /// Waits until the API satisfies `check` (the read side catches up in the eventually
+    /// consistent modes).
+    async fn api_until(&self, what: &str, check: impl AsyncFn(&ApiClient) -> bool) {
         eventually(format!("the API shows {what}"), WAIT, async || {
-            check(self, token).await
+            check(&self.api).await
         })
         .await
-    }
-
-    async fn send(&self, token: &str, channel: i64, content: &str) {
-        let (status, body) = self
-            .call(
-                "POST",
-                &format!("/v1/channels/{channel}/messages"),
-                token,
-                Some(json!({"content": content})),
-            )
-            .await;
-        assert_eq!(status, 201, "send: {body}");
     }
 }
 
@@ -186,13 +107,16 @@ struct Person {
 }
 
 impl Person {
-    async fn token(&self) -> String {
-        self.page
+    /// The person as the API knows them: the id and the token the page stored.
+    async fn user(&self) -> User {
+        let token = self
+            .page
             .js("return localStorage.getItem('hermet.token');", vec![])
             .await
             .as_str()
             .expect("a stored token")
-            .to_owned()
+            .to_owned();
+        User { id: self.id, token }
     }
 
     fn conv(channel: i64) -> String {
@@ -276,7 +200,7 @@ impl Person {
 /// Signs up `nickname` in a new browser session, after trying bad input in the sign-in forms.
 async fn sign_up(driver: &Driver, site: &Site, nickname: &str) -> Person {
     let page = driver.page(1280, 900).await;
-    page.goto(&format!("{}/", site.base)).await;
+    page.goto(&format!("{}/", site.api.base)).await;
     page.wait_shown("#signin").await;
     let p = Person { page, id: 0 };
     // Blank, and longer than 64 characters: the client's check or the server's 400, shown.
@@ -333,7 +257,7 @@ async fn web_client(mode: &'static str) {
 
     let ann = sign_up(&driver, &site, "Ann").await;
     let bob = sign_up(&driver, &site, "Bob").await;
-    let (ta, tb) = (ann.token().await, bob.token().await);
+    let (ua, ub) = (ann.user().await, bob.user().await);
 
     // Befriending: bad ids first, then Bob; both contact lists show the other.
     ann.refused(&[("#friend-id", "abc")], "#friend-submit", "#friend-error")
@@ -359,8 +283,8 @@ async fn web_client(mode: &'static str) {
         again.contains("already friends"),
         "a second friend request shows the server's 409 message: {again:?}"
     );
-    site.api_until("Ann in Bob's contacts", &tb, async |s, t| {
-        s.contacts(t)
+    site.api_until("Ann in Bob's contacts", async |api| {
+        api.contacts(&ub)
             .await
             .iter()
             .any(|c| c["contact_id"] == ann.id)
@@ -404,8 +328,8 @@ async fn web_client(mode: &'static str) {
             },
         )
         .await;
-    site.api_until("Bob's unread count 3", &tb, async |s, t| {
-        s.conversation(t, chat)
+    site.api_until("Bob's unread count 3", async |api| {
+        api.conversation(&ub, chat)
             .await
             .is_some_and(|c| c["unread_count"] == 3)
     })
@@ -419,8 +343,8 @@ async fn web_client(mode: &'static str) {
         .wait_attr(&Person::conv(chat), "data-unread", "0")
         .await;
     assert!(!bob.page.shown(&badge).await, "a cleared badge is hidden");
-    site.api_until("Bob's unread count 0", &tb, async |s, t| {
-        s.conversation(t, chat)
+    site.api_until("Bob's unread count 0", async |api| {
+        api.conversation(&ub, chat)
             .await
             .is_some_and(|c| c["unread_count"] == 0)
     })
@@ -429,8 +353,8 @@ async fn web_client(mode: &'static str) {
     // Bob answers; Ann, who has the chat open, sees it arrive and stays at 0 unread.
     bob.send("hi ann").await;
     ann.wait_message("hi ann").await;
-    site.api_until("Ann read Bob's answer", &ta, async |s, t| {
-        s.conversation(t, chat)
+    site.api_until("Ann read Bob's answer", async |api| {
+        api.conversation(&ua, chat)
             .await
             .is_some_and(|c| c["unread_count"] == 0 && c["last_message"]["sender_id"] == bob.id)
     })
@@ -438,9 +362,9 @@ async fn web_client(mode: &'static str) {
 
     // History: 55 more from Bob; Ann reopens the page and pages back to the first message.
     for i in 0..55 {
-        site.send(&tb, chat, &format!("bulk {i}")).await;
+        site.api.send(&ub, chat, &format!("bulk {i}")).await;
     }
-    ann.page.goto(&format!("{}/", site.base)).await;
+    ann.page.goto(&format!("{}/", site.api.base)).await;
     ann.page.wait_shown(&Person::conv(chat)).await;
     ann.open(chat).await;
     ann.wait_message("bulk 54").await;
@@ -485,8 +409,8 @@ async fn web_client(mode: &'static str) {
             |t| t == "Robert",
         )
         .await;
-    site.api_until("Robert in Ann's contacts", &ta, async |s, t| {
-        s.contacts(t).await.iter().any(|c| {
+    site.api_until("Robert in Ann's contacts", async |api| {
+        api.contacts(&ua).await.iter().any(|c| {
             c["contact_id"] == bob.id
                 && c["nickname"] == "Robert"
                 && c["avatar"] == "https://example.com/robert.png"
@@ -523,22 +447,16 @@ async fn web_client(mode: &'static str) {
     ann.page
         .wait_attr(&bob_contact, "data-starred", "true")
         .await;
-    site.api_until("the remark and star", &ta, async |s, t| {
-        s.contacts(t).await.iter().any(|c| {
+    site.api_until("the remark and star", async |api| {
+        api.contacts(&ua).await.iter().any(|c| {
             c["contact_id"] == bob.id && c["remark_name"] == "Bobby" && c["starred"] == true
         })
     })
     .await;
 
     // A group of three (Cy is made through the API), renamed, that Bob leaves.
-    let (status, cy) = site
-        .call("POST", "/v1/users", "", Some(json!({"nickname": "Cy"})))
-        .await;
-    assert_eq!(status, 201, "{cy}");
-    let (cy_id, tc) = (
-        cy["id"].as_i64().expect("id"),
-        cy["token"].as_str().expect("token").to_owned(),
-    );
+    let uc = site.api.new_user("Cy").await;
+    let cy_id = uc.id;
     ann.refused(
         &[("#group-name", ""), ("#group-members", &bob.id.to_string())],
         "#group-submit",
@@ -569,8 +487,8 @@ async fn web_client(mode: &'static str) {
     bob.page
         .wait_attr(&Person::conv(group), "data-unread", "1")
         .await;
-    site.api_until("Cy's unread 1", &tc, async |s, t| {
-        s.conversation(t, group)
+    site.api_until("Cy's unread 1", async |api| {
+        api.conversation(&uc, group)
             .await
             .is_some_and(|c| c["unread_count"] == 1)
     })
@@ -602,8 +520,8 @@ async fn web_client(mode: &'static str) {
             |t| t == "Trio 2",
         )
         .await;
-    site.api_until("the group's new name for Cy", &tc, async |s, t| {
-        s.conversation(t, group)
+    site.api_until("the group's new name for Cy", async |api| {
+        api.conversation(&uc, group)
             .await
             .is_some_and(|c| c["name"] == "Trio 2")
     })
@@ -611,13 +529,13 @@ async fn web_client(mode: &'static str) {
     bob.open(group).await;
     bob.page.click("#group-leave").await;
     bob.page.wait_gone(&Person::conv(group)).await;
-    site.api_until("Bob out of the group", &tb, async |s, t| {
-        s.conversation(t, group).await.is_none()
+    site.api_until("Bob out of the group", async |api| {
+        api.conversation(&ub, group).await.is_none()
     })
     .await;
     ann.send("after bob left").await;
-    site.api_until("Cy's unread 2", &tc, async |s, t| {
-        s.conversation(t, group)
+    site.api_until("Cy's unread 2", async |api| {
+        api.conversation(&uc, group)
             .await
             .is_some_and(|c| c["unread_count"] == 2)
     })
@@ -625,26 +543,26 @@ async fn web_client(mode: &'static str) {
     // The owner removes Cy and adds Cy back, from the group's panel.
     ann.page.fill("#group-remove-id", &cy_id.to_string()).await;
     ann.page.click("#group-remove-submit").await;
-    site.api_until("Cy removed", &tc, async |s, t| {
-        s.conversation(t, group).await.is_none()
+    site.api_until("Cy removed", async |api| {
+        api.conversation(&uc, group).await.is_none()
     })
     .await;
     ann.page.fill("#group-add-ids", &cy_id.to_string()).await;
     ann.page.click("#group-add-submit").await;
-    site.api_until("Cy added back", &tc, async |s, t| {
-        s.conversation(t, group).await.is_some()
+    site.api_until("Cy added back", async |api| {
+        api.conversation(&uc, group).await.is_some()
     })
     .await;
     // Bob's page may not have re-read its list since: reload it (a fresh read), then check
     // the page and the API.
-    bob.page.goto(&format!("{}/", site.base)).await;
+    bob.page.goto(&format!("{}/", site.api.base)).await;
     bob.page.wait_shown(&Person::conv(chat)).await;
     assert!(
         !bob.page.shown(&Person::conv(group)).await,
         "a message after leaving does not bring the group back"
     );
     assert!(
-        site.conversation(&tb, group).await.is_none(),
+        site.api.conversation(&ub, group).await.is_none(),
         "nor does the API list it for Bob"
     );
     screenshot(&ann.page, "client.png").await;
@@ -671,8 +589,8 @@ async fn web_client(mode: &'static str) {
     ann.page
         .wait_attr(&Person::conv(chat), "data-muted", "true")
         .await;
-    site.api_until("pinned and muted", &ta, async |s, t| {
-        s.conversation(t, chat)
+    site.api_until("pinned and muted", async |api| {
+        api.conversation(&ua, chat)
             .await
             .is_some_and(|c| c["pinned"] == true && c["muted"] == true)
     })
@@ -694,8 +612,8 @@ async fn web_client(mode: &'static str) {
     ann.page.set_size(1280, 900).await;
     ann.page.click("#conv-hide").await;
     ann.page.wait_gone(&Person::conv(chat)).await;
-    site.api_until("the chat hidden", &ta, async |s, t| {
-        s.conversation(t, chat).await.is_none()
+    site.api_until("the chat hidden", async |api| {
+        api.conversation(&ua, chat).await.is_none()
     })
     .await;
 
@@ -705,8 +623,8 @@ async fn web_client(mode: &'static str) {
         .await;
     ann.page.wait_gone(&bob_contact).await;
     bob.page.wait_gone(&Person::contact(ann.id)).await;
-    site.api_until("Ann and Bob no longer friends", &tb, async |s, t| {
-        !s.contacts(t)
+    site.api_until("Ann and Bob no longer friends", async |api| {
+        !api.contacts(&ub)
             .await
             .iter()
             .any(|c| c["contact_id"] == ann.id)
@@ -715,7 +633,7 @@ async fn web_client(mode: &'static str) {
 
     // The operations page: a wrong key is refused; the right one shows the mode, and in the
     // eventually consistent modes a lag that rises while the projectors are stopped.
-    ann.page.goto(&format!("{}/ops", site.base)).await;
+    ann.page.goto(&format!("{}/ops", site.api.base)).await;
     ann.page.wait_shown("#ops-key-form").await;
     ann.refused(
         &[("#ops-key", "hmk_wrong")],
@@ -738,7 +656,9 @@ async fn web_client(mode: &'static str) {
         ann.page.wait_attr(field, "data-value", "0").await;
         site.p.procs[pr].kill();
         for i in 0..5 {
-            site.send(&tc, group, &format!("while stopped {i}")).await;
+            site.api
+                .send(&uc, group, &format!("while stopped {i}"))
+                .await;
         }
         let risen = eventually(format!("{field} rises"), PAGE_WAIT, async || {
             ann.page
@@ -762,15 +682,16 @@ async fn web_client(mode: &'static str) {
     }
 
     // Revoked: Bob's page returns to sign-in with a message.
-    let (status, body) = site
+    let r = site
+        .api
         .call(
             "DELETE",
             &format!("/v1/server/users/{}/tokens", bob.id),
-            &site.key,
+            Some(&site.key),
             None,
         )
         .await;
-    assert_eq!(status, 204, "revoke: {body}");
+    assert_eq!(r.status, 204, "revoke: {:?}", r.body);
     bob.page.wait_shown("#signin").await;
     bob.page
         .wait_text("#signin-error", "why Bob is signed out", |t| {
@@ -779,28 +700,33 @@ async fn web_client(mode: &'static str) {
         .await;
 
     // Expired: a one-second token from the app server, stored, then the page reloaded.
-    let (status, minted) = site
+    let minted = site
+        .api
         .call(
             "POST",
             &format!("/v1/server/users/{}/tokens", ann.id),
-            &site.key,
+            Some(&site.key),
             Some(json!({"ttl_secs": 1})),
         )
         .await;
-    assert_eq!(status, 201, "mint: {minted}");
-    let short = minted["token"].as_str().expect("token").to_owned();
+    assert_eq!(minted.status, 201, "mint: {:?}", minted.body);
+    let short = minted.body["token"].as_str().expect("token").to_owned();
     eventually("the short token expires", WAIT, async || {
-        site.call("GET", "/v1/me", &short, None).await.0 == 401
+        site.api
+            .call("GET", "/v1/me", Some(&short), None)
+            .await
+            .status
+            == 401
     })
     .await;
-    ann.page.goto(&format!("{}/", site.base)).await;
+    ann.page.goto(&format!("{}/", site.api.base)).await;
     ann.page
         .js(
             "localStorage.setItem('hermet.token', arguments[0]);",
             vec![json!(short)],
         )
         .await;
-    ann.page.goto(&format!("{}/", site.base)).await;
+    ann.page.goto(&format!("{}/", site.api.base)).await;
     ann.page.wait_shown("#signin").await;
     ann.page
         .wait_text("#signin-error", "why Ann is signed out", |t| {

@@ -22,7 +22,7 @@ use hermet_api::{ApiConfig, AppState};
 use hermet_store::{Store, SyncMode};
 use hermet_testkit::idp::{self, Signer};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{first_seen, TOKEN_TTL_SECS};
 use crate::report::{histogram, median, quantile_ms};
@@ -221,7 +221,7 @@ async fn run_in(
         .map_err(|e| BenchError::Scenario(format!("http client: {e}")))?;
 
     let me = format!("{base}/v1/me");
-    let signup = call(
+    let signup = crate::api_call(
         &http,
         reqwest::Method::POST,
         &format!("{base}/v1/users"),
@@ -249,7 +249,7 @@ async fn run_in(
     let mut provider_user = None;
     for (s, name) in signers.iter().zip(["RS256", "ES256", "EdDSA"]) {
         let token = s.sign(&idp::claims_valid_for(SUB, TOKEN_TTL_SECS));
-        let body = call(&http, reqwest::Method::GET, &me, Some(&token), None).await?;
+        let body = crate::api_call(&http, reqwest::Method::GET, &me, Some(&token), None).await?;
         let id = body["id"].as_i64();
         if id.is_none() || (provider_user.is_some() && provider_user != id) {
             return Err(BenchError::Scenario(format!(
@@ -294,31 +294,6 @@ async fn run_in(
         summary: summarize(&rows),
         rows,
     })
-}
-
-/// One setup request that must answer 2xx with a JSON body.
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Result<Value, BenchError> {
-    let mut req = http.request(method, url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let fail = |e: reqwest::Error| BenchError::Scenario(format!("{url}: {e}"));
-    let resp = req.send().await.map_err(fail)?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(fail)?;
-    if !status.is_success() {
-        return Err(BenchError::Scenario(format!("{url}: {status}: {text}")));
-    }
-    Ok(serde_json::from_str(&text)?)
 }
 
 /// `connections` workers requesting `kind` in a closed loop for `duration`.
