@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use hermet_core::cache::{ChannelStamps, ListCache, Lookup};
 use hermet_redis::{RedisCacheConfig, RedisListCache};
 use hermet_testkit::eventually;
+use hermet_testkit::signal::{self, Signal};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// How long a test keeps its private Redis away: several failed calls and retries.
@@ -334,30 +335,25 @@ impl PrivateRedis {
         self.kill();
     }
 
-    fn signal(&self, sig: &str) -> bool {
-        let Some(c) = &self.child else {
-            return false;
-        };
-        Command::new("kill")
-            .arg(sig)
-            .arg(c.id().to_string())
-            .status()
-            .is_ok_and(|s| s.success())
+    fn signal(&self, sig: Signal) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|c| signal::process(c.id(), sig).is_ok())
     }
 
     fn freeze(&mut self) {
-        assert!(self.signal("-STOP"), "SIGSTOP redis-server");
+        assert!(self.signal(Signal::Stop), "SIGSTOP redis-server");
         self.frozen = true;
     }
 
     fn thaw(&mut self) {
-        assert!(self.signal("-CONT"), "SIGCONT redis-server");
+        assert!(self.signal(Signal::Cont), "SIGCONT redis-server");
         self.frozen = false;
     }
 
     fn kill(&mut self) {
         if self.frozen {
-            self.signal("-CONT");
+            self.signal(Signal::Cont);
             self.frozen = false;
         }
         if let Some(mut c) = self.child.take() {

@@ -108,10 +108,7 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         // The whole group: chromedriver and every chromium it started.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
+        let _ = crate::signal::group(self.child.id(), crate::signal::Signal::Kill);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

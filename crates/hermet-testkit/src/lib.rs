@@ -10,6 +10,7 @@ pub mod cdc;
 pub mod idp;
 pub mod pipeline;
 pub mod seed;
+pub mod signal;
 pub mod workload;
 
 use std::net::SocketAddr;

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hermet_core::Lsn;
+use hermet_testkit::signal::Signal;
 use hermet_testkit::{eventually, TestDb, TEST_SECRET};
 use serde_json::{json, Value};
 
@@ -199,11 +200,7 @@ async fn stops_cleanly_under_load(mode: &str) {
     let in_flight_at_signal = seen.in_flight.load(Ordering::SeqCst);
     let pid = p.procs[serve].pid().expect("running");
     let signalled = Instant::now();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success());
+    hermet_testkit::signal::process(pid, Signal::Term).expect("SIGTERM");
     let status = eventually(
         "serve exits after SIGTERM",
         Duration::from_secs(DEADLINE_SECS + 30),

@@ -21,6 +21,7 @@ use hermet_core::validate::Limits;
 use hermet_core::Lsn;
 use hermet_store::{Store, StoreConfig, SyncMode};
 pub use hermet_testkit::pipeline::{brokers, cleanup_blocking, connect, snapshot_done, wal_lsn};
+use hermet_testkit::signal::Signal;
 use hermet_testkit::workload;
 pub use hermet_testkit::{eventually, Probe, TestDb, TEST_SECRET, TEST_SHARDS};
 
@@ -142,11 +143,7 @@ impl Proc {
         let Some(pid) = self.child.as_ref().map(Child::id) else {
             return;
         };
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
+        hermet_testkit::signal::process(pid, Signal::Term).expect("SIGTERM");
         let what = self.noting(format!("{} exits on SIGTERM", self.what));
         let exited = hermet_testkit::within(WAIT, async || self.exited()).await;
         let Ok(status) = exited else {
