@@ -182,7 +182,12 @@ impl Store {
 
     /// The answer of [`Self::CURRENT_LSN`].
     pub(crate) fn decode_lsn(row: &Row) -> Result<Lsn, StoreError> {
-        let s: String = rows::get(row, 0)?;
+        Self::decode_lsn_at(row, 0)
+    }
+
+    /// An LSN answered as text in column `idx`.
+    pub(crate) fn decode_lsn_at(row: &Row, idx: usize) -> Result<Lsn, StoreError> {
+        let s: String = rows::get(row, idx)?;
         s.parse().map_err(|e| StoreError::Decode(format!("{e}")))
     }
 

@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "send_function",
         include_str!("../migrations/0010_send_function.sql"),
     ),
+    (
+        11,
+        "send_procedure",
+        include_str!("../migrations/0011_send_procedure.sql"),
+    ),
 ];
 
 /// An arbitrary constant: the advisory lock key that serializes migrators.

@@ -1,8 +1,8 @@
 //! The send command, the write side's hot path, in as few round trips and protocol messages as
 //! its checks allow.
 //!
-//! A send is one statement: the function `hermet_send` (`migrations/0010_send_function.sql`),
-//! which runs two statements on the server, in this order:
+//! The send's checks and writes are one function, `hermet_send`
+//! (`migrations/0010_send_function.sql`), which runs two statements on the server, in this order:
 //!
 //! 1. The channel lock (`FOR UPDATE`): sends and membership changes in one channel are
 //!    serialized, as for every command (see [`crate::commands`]).
@@ -21,20 +21,24 @@
 //! answer adds a function under a new name, so servers of the previous version keep working
 //! during a rolling upgrade.
 //!
-//! - **`cdc`**: nothing else joins the transaction, so the call runs on its own (PostgreSQL
-//!   commits it when the statement ends) and [`SEND_CDC`] selects only what the answer and the
-//!   refusals need. It is pipelined with the LSN query, which the server runs after the commit,
-//!   so `X-Hermet-Lsn` is past the send's commit: one round trip, and two protocol `Sync`s where
-//!   `BEGIN`, lock, send, `COMMIT` and LSN took five (each `Sync` is a flush on the server and a
-//!   wake-up here; tokio-postgres ends every statement with one).
+//! - **`cdc`**: nothing else joins the transaction, so the send is the procedure
+//!   `hermet_send_committed` (`migrations/0011_send_procedure.sql`): it calls `hermet_send`,
+//!   keeps only what the answer and the refusals need ([`SEND_CDC`]), commits, and then reads
+//!   the WAL insert position, which is past the commit record: `X-Hermet-Lsn`. One statement,
+//!   one round trip and one protocol `Sync`. Before, the function call and a separate LSN query
+//!   were pipelined: one round trip but two `Sync`s, two transactions and two answers flushed
+//!   by the server (tokio-postgres ends every statement with a `Sync`), and the LSN query could
+//!   not join the send's transaction, since it must read the position after the commit. A
+//!   procedure commits only when called on its own, outside any transaction block: the pooled
+//!   connection is idle when the call starts, and nothing shares its `Sync`.
 //! - **`dual_write`, `async`**: the projection or the outbox row joins the transaction before
 //!   the commit and needs the rows the send wrote: `BEGIN`, [`SEND_FULL`], the sync path,
 //!   `COMMIT`, the LSN query.
 //!
 //! A refused send writes nothing, and a failing statement rolls back the whole call: the answer
-//! is the refusal or the first error, never a half-applied send. Every statement is prepared
-//! (and cached per connection) before the pipeline starts: a statement that still needed a
-//! `Parse` round trip would be sent after the ones behind it.
+//! is the refusal or the first error, never a half-applied send (in `cdc`, nothing before the
+//! procedure's `COMMIT` survives an error). Statements are prepared once per connection and
+//! cached.
 
 use hermet_core::change::{Change, Op, RowChange};
 use hermet_core::rows::{ChannelId, ChannelType, MemberRow, UserId};
@@ -45,15 +49,13 @@ use crate::commands::{channel_not_found, not_member, user_not_found, Changes, Se
 use crate::rows;
 use crate::{now_ms, Store, StoreError, SyncMode, Written};
 
-/// The call of `hermet_send` in `cdc`: `$1` channel, `$2` now (ms), `$3` sender, `$4` type,
-/// `$5` content. Columns: the channel's type, the sender's nickname (`NULL`: no such user),
-/// whether the single-chat friendship holds, the sender's member key and `left_at` (`NULL`
-/// key: not a member), then the message's id, seq and time (`NULL`: nothing written). No row:
-/// no such channel.
-static SEND_CDC: &str = "SELECT (s.before_row).channel_type, s.sender_name, s.is_friend, \
-     (s.member_row).user_id, (s.member_row).left_at, \
-     (s.message_row).id, (s.message_row).seq, (s.message_row).created_at \
-     FROM hermet_send($1, $2, $3, $4, $5) AS s";
+/// The send in `cdc`: `$1` channel, `$2` now (ms), `$3` sender, `$4` type, `$5` content; the
+/// procedure's `OUT` arguments are passed as `NULL`. One row: the channel's type (`NULL`: no
+/// such channel), the sender's nickname (`NULL`: no such user), whether the single-chat
+/// friendship holds, the sender's member key and `left_at` (`NULL` key: not a member), the
+/// message's id, seq and time (`NULL`: nothing written), and the LSN after the commit.
+static SEND_CDC: &str = "CALL hermet_send_committed($1, $2, $3, $4, $5, \
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
 
 /// The call of `hermet_send` in `dual_write` and `async`, same parameters: the channel as
 /// locked, the nickname, the friendship, the sender's member row, then the channel after the
@@ -63,14 +65,15 @@ static SEND_CDC: &str = "SELECT (s.before_row).channel_type, s.sender_name, s.is
 static SEND_FULL: &str = "SELECT s.before_row, s.sender_name, s.is_friend, s.member_row, \
      s.after_row, s.message_row, s.own_row FROM hermet_send($1, $2, $3, $4, $5) AS s";
 
-/// The statements of one send in `cdc`, in the order the pipeline sends them: the call of
-/// `hermet_send` (`$1` channel, `$2` now in ms, `$3` sender, `$4` type, `$5` content) and the LSN
-/// query.
+/// The statements of one send in `cdc`, in order: the call of `hermet_send_committed`
+/// (`$1` channel, `$2` now in ms, `$3` sender, `$4` type, `$5` content), which also answers the
+/// LSN.
 ///
 /// For benchmarks only (`hermet-bench send-http` runs them through pgbench next to the HTTP
 /// sends): the text is the store's own, so the comparison cannot drift from what a send runs.
-pub fn send_statements_for_benchmarks() -> [&'static str; 2] {
-    [SEND_CDC, Store::CURRENT_LSN]
+pub fn send_statements_for_benchmarks() -> &'static [&'static str] {
+    static STATEMENTS: [&str; 1] = [SEND_CDC];
+    &STATEMENTS
 }
 
 /// What the checks of a send saw, in either shape of the answer.
@@ -102,36 +105,40 @@ impl Gate {
     }
 }
 
-/// The answer of [`SEND_CDC`]: the message, or why the send was refused.
+/// The answer of [`SEND_CDC`]: the message and the LSN after its commit, or why the send was
+/// refused.
 fn outcome_cdc(
     sender: UserId,
     channel_id: ChannelId,
-    sent: Option<Row>,
-) -> Result<SentMessage, StoreError> {
-    let Some(sent) = sent else {
+    sent: &Row,
+) -> Result<Written<SentMessage>, StoreError> {
+    let Some(channel_type) = rows::get::<Option<String>>(sent, 0)? else {
         return Err(channel_not_found(channel_id));
     };
-    let member: Option<i64> = rows::get(&sent, 3)?;
-    let left_at: Option<i64> = rows::get(&sent, 4)?;
+    let member: Option<i64> = rows::get(sent, 3)?;
+    let left_at: Option<i64> = rows::get(sent, 4)?;
     Gate {
-        channel_type: ChannelType::parse(&rows::get::<String>(&sent, 0)?)?,
-        nickname: rows::get(&sent, 1)?,
-        friends: rows::get(&sent, 2)?,
+        channel_type: ChannelType::parse(&channel_type)?,
+        nickname: rows::get(sent, 1)?,
+        friends: rows::get(sent, 2)?,
         active: member.map(|_| left_at.is_none()),
     }
     .check(sender)?;
-    let message_id: Option<i64> = rows::get(&sent, 5)?;
+    let message_id: Option<i64> = rows::get(sent, 5)?;
     let (Some(message_id), Some(seq), Some(created_at)) =
-        (message_id, rows::get(&sent, 6)?, rows::get(&sent, 7)?)
+        (message_id, rows::get(sent, 6)?, rows::get(sent, 7)?)
     else {
         return Err(StoreError::Decode(
-            "hermet_send passed its checks but wrote no message".into(),
+            "hermet_send_committed passed its checks but wrote no message".into(),
         ));
     };
-    Ok(SentMessage {
-        message_id,
-        seq,
-        created_at,
+    Ok(Written {
+        value: SentMessage {
+            message_id,
+            seq,
+            created_at,
+        },
+        lsn: Store::decode_lsn_at(sent, 8)?,
     })
 }
 
@@ -178,7 +185,7 @@ fn not_friends() -> StoreError {
 
 impl Store {
     /// Sends a message as `sender`: refused unless the sender is an active member and, in a
-    /// single chat, still the peer's friend. One round trip in `cdc` (module docs).
+    /// single chat, still the peer's friend. One statement in `cdc` (module docs).
     pub async fn send_message(
         &self,
         sender: UserId,
@@ -197,16 +204,8 @@ impl Store {
         ];
         if self.config().sync_mode == SyncMode::Cdc {
             let send = conn.prepare_cached(SEND_CDC).await?;
-            let lsn = conn.prepare_cached(Self::CURRENT_LSN).await?;
-            // `join!` polls in argument order, and each future sends its request on its first
-            // poll: the server receives the send first and answers the LSN after its commit.
-            let (sent, at) =
-                tokio::join!(conn.query_opt(&send, &params), conn.query_one(&lsn, &[]));
-            let value = outcome_cdc(sender, channel_id, sent?)?;
-            return Ok(Written {
-                value,
-                lsn: Self::decode_lsn(&at?)?,
-            });
+            let sent = conn.query_one(&send, &params).await?;
+            return outcome_cdc(sender, channel_id, &sent);
         }
         let send = conn.prepare_cached(SEND_FULL).await?;
         let tx = conn.transaction().await?;

@@ -272,3 +272,62 @@ async fn a_rename_committed_while_a_send_waits_names_the_message() {
         assert_eq!(name, "alicia", "{mode:?}");
     }
 }
+
+/// In `cdc` the LSN a send answers (`X-Hermet-Lsn`, what read-your-writes waits for) is past
+/// the send's commit record: read from the WAL itself (`pg_walinspect`), the commit of the
+/// transaction that wrote the message ends at or before it. An LSN read inside the transaction
+/// would end before the commit, and a reader could be told the write is visible too early.
+#[tokio::test]
+async fn a_cdc_send_answers_an_lsn_past_its_commit() {
+    let (db, store, alice, bob) = two_users(SyncMode::Cdc).await;
+    let chat = store.add_friend(alice, bob).await.expect("befriend").value;
+    let db_client = client(&db).await;
+    db_client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        .await
+        .expect("pg_walinspect (PostgreSQL's contrib, installed with the server)");
+    let lsn_now = async || -> String {
+        db_client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .expect("lsn")
+            .get(0)
+    };
+    for text in ["one", "two", "three"] {
+        let from = lsn_now().await;
+        let content = Content::parse(text, &Limits::default()).expect("content");
+        let sent = store
+            .send_message(alice, chat, &content, &MessageType::text())
+            .await
+            .expect("send");
+        let answered = sent.lsn.to_string();
+        let row = db_client
+            .query_one(
+                "WITH x AS (SELECT xmin::text AS xid FROM messages
+                             WHERE channel_id = $1 AND seq = $2)
+                 SELECT (SELECT x.xid FROM x),
+                        (SELECT w.end_lsn::text
+                           FROM pg_get_wal_records_info($3::text::pg_lsn,
+                                                        pg_current_wal_flush_lsn()) w, x
+                          WHERE w.resource_manager = 'Transaction'
+                            AND w.record_type = 'COMMIT' AND w.xid::text = x.xid),
+                        (SELECT w.end_lsn <= $4::text::pg_lsn
+                           FROM pg_get_wal_records_info($3::text::pg_lsn,
+                                                        pg_current_wal_flush_lsn()) w, x
+                          WHERE w.resource_manager = 'Transaction'
+                            AND w.record_type = 'COMMIT' AND w.xid::text = x.xid)",
+                &[&chat, &sent.value.seq, &from, &answered],
+            )
+            .await
+            .expect("the send's commit record");
+        let xid: Option<String> = row.get(0);
+        let commit_end: Option<String> = row.get(1);
+        let covered: Option<bool> = row.get(2);
+        assert!(xid.is_some(), "the message of seq {}", sent.value.seq);
+        assert_eq!(
+            covered,
+            Some(true),
+            "transaction {xid:?}: commit record ends at {commit_end:?}, the send answered {answered}"
+        );
+    }
+}

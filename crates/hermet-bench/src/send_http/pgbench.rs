@@ -1,12 +1,14 @@
 //! `bench send-http`: pgbench running the statements of one `cdc` send.
 //!
 //! The script is built from [`hermet_store::send_statements_for_benchmarks`], so it runs the
-//! store's own SQL text: the call of the send function and the LSN query between `\startpipeline`
-//! and `\endpipeline` (one round trip, as the store sends them), with `-M prepared`. pgbench
-//! names parameters `:var`, so `$1`..`$5` become pgbench variables; pgbench binds every
-//! occurrence as a parameter of its own (the same value each time), so the server sees the same
-//! statement with more parameters, each inferred from where it stands. One difference stays:
-//! pgbench ends the pipeline with one `Sync`, tokio-postgres ends each statement with one.
+//! store's own SQL text with `-M prepared`: today one statement, the call of the procedure
+//! `hermet_send_committed`, which sends, commits and answers the LSN after the commit (one round
+//! trip and one `Sync`, as the store sends it). Were there several, they would go between
+//! `\startpipeline` and `\endpipeline` (one round trip; pgbench ends the pipeline with one
+//! `Sync`, tokio-postgres ends each statement with one). pgbench names parameters `:var`, so
+//! `$1`..`$5` become pgbench variables; pgbench binds every occurrence as a parameter of its own
+//! (the same value each time), so the server sees the same statement with more parameters, each
+//! inferred from where it stands.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -86,16 +88,21 @@ pub(crate) struct Layout {
     pub(crate) first_user: i64,
 }
 
-/// The script: a random chat and side, then one send in a pipeline.
+/// The script: a random chat and side, then one send (its statements pipelined if several).
 pub(crate) fn script(layout: &Layout) -> Result<String, BenchError> {
     let mut s = format!(
         "\\set k random(0, {last})\n\\set side random(0, 1)\n\\set ch {ch0} + :k\n\
-         \\set sender {u0} + 2 * :k + :side\n\\startpipeline\n",
+         \\set sender {u0} + 2 * :k + :side\n",
         last = layout.chats.saturating_sub(1),
         ch0 = layout.first_channel,
         u0 = layout.first_user,
     );
-    for stmt in hermet_store::send_statements_for_benchmarks() {
+    let statements = hermet_store::send_statements_for_benchmarks();
+    let pipelined = statements.len() > 1;
+    if pipelined {
+        s.push_str("\\startpipeline\n");
+    }
+    for stmt in statements {
         if stmt.contains(';') {
             return Err(BenchError::Internal(
                 "pgbench script: a statement with `;` would be split".into(),
@@ -104,7 +111,9 @@ pub(crate) fn script(layout: &Layout) -> Result<String, BenchError> {
         s.push_str(&translate(stmt)?);
         s.push_str(";\n");
     }
-    s.push_str("\\endpipeline\n");
+    if pipelined {
+        s.push_str("\\endpipeline\n");
+    }
     Ok(s)
 }
 
@@ -300,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn the_script_runs_the_store_statements_in_a_pipeline() {
+    fn the_script_runs_the_store_statement() {
         let s = script(&Layout {
             chats: 200,
             first_channel: 3,
@@ -309,16 +318,15 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(s.contains("\\set k random(0, 199)"));
         assert!(s.contains("\\set ch 3 + :k"));
+        assert!(!s.contains("pipeline"), "one statement needs no pipeline");
         let body: Vec<&str> = s
-            .split("\\startpipeline\n")
-            .nth(1)
-            .and_then(|b| b.split("\\endpipeline").next())
-            .map(|b| b.split(";\n").filter(|x| !x.trim().is_empty()).collect())
-            .unwrap_or_default();
-        assert_eq!(body.len(), 2);
-        assert!(body[0].contains("hermet_send(:ch, :now, :sender, :mtype, :content)"));
+            .lines()
+            .filter(|l| !l.starts_with('\\') && !l.trim().is_empty())
+            .collect();
+        assert_eq!(body.len(), 1, "{s}");
+        assert!(body[0].contains("hermet_send_committed(:ch, :now, :sender, :mtype, :content,"));
+        assert!(body[0].ends_with(';'));
         assert!(!body[0].contains('$'));
-        assert!(body[1].contains("pg_current_wal_insert_lsn"));
     }
 
     #[test]
