@@ -51,6 +51,7 @@ const CSS: &str = "text/css; charset=utf-8";
 /// Everything served, by URL path.
 const FILES: &[File] = &[
     web_file!("/", "index.html", HTML),
+    web_file!("/base.js", "base.js", JS),
     web_file!("/app.js", "app.js", JS),
     web_file!("/app.css", "app.css", CSS),
     web_file!("/ops", "ops.html", HTML),
@@ -170,7 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn pages_carry_the_policy_and_revalidate_by_etag() {
-        for path in ["/", "/app.js", "/ops"] {
+        for path in ["/", "/base.js", "/app.js", "/ops"] {
             let resp = app()
                 .oneshot(Request::get(path).body(Body::empty()).unwrap())
                 .await

@@ -107,7 +107,7 @@ pub struct WebReport {
     pub summary: Vec<Summary>,
 }
 
-const ASSETS: [&str; 3] = ["/", "/app.js", "/app.css"];
+const ASSETS: [&str; 4] = ["/", "/base.js", "/app.js", "/app.css"];
 
 /// What one page load cost, read from the page's performance entries.
 const MEASURE: &str = "

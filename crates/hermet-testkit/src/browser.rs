@@ -159,16 +159,37 @@ impl Page {
         .unwrap_or(false)
     }
 
-    /// Waits until `css` is shown, and returns it.
+    /// Waits until `css` is shown, and returns it. On failure the panic says what the page
+    /// showed instead ([`Page::describe`]).
     pub async fn wait_shown(&self, css: &str) -> Element {
         eventually(format!("{css} is shown"), PAGE_WAIT, async || {
             if self.shown(css).await {
-                self.find(css).await
-            } else {
-                None
+                if let Some(e) = self.find(css).await {
+                    return Ok(e);
+                }
             }
+            Err(self.describe().await)
         })
         .await
+    }
+
+    /// What the page shows, for failure messages: its address and load state, the ids of the
+    /// body's shown children, and the text of every non-empty alert. (Not the console: reading
+    /// ChromeDriver's log empties it, and the tests check it at the end.)
+    pub async fn describe(&self) -> String {
+        let v = self
+            .js(
+                "const shown = [...document.body.children]
+                   .filter(e => e.id && e.getClientRects().length > 0).map(e => '#' + e.id);
+                 const alerts = [...document.querySelectorAll('[role=alert]')]
+                   .map(e => e.textContent.trim()).filter(t => t);
+                 return location.href + ' (' + document.readyState + '); shown: ' +
+                   (shown.join(' ') || 'nothing') + '; alerts: ' + (alerts.join(' | ') || 'none');",
+                vec![],
+            )
+            .await;
+        v.as_str()
+            .map_or_else(|| format!("unreadable page: {v}"), str::to_owned)
     }
 
     /// Waits until no element matching `css` is shown.
