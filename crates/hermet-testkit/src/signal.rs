@@ -41,11 +41,7 @@ fn target(id: u32) -> io::Result<libc::pid_t> {
 pub fn process(pid: u32, sig: Signal) -> io::Result<()> {
     let pid = target(pid)?;
     // SAFETY: kill(2) takes plain integers; `target` keeps the id positive and above 1.
-    if unsafe { libc::kill(pid, sig.raw()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    answered(unsafe { libc::kill(pid, sig.raw()) })
 }
 
 /// Sends `sig` to every process of the group `pgid` (a child started with `process_group(0)`
@@ -53,7 +49,12 @@ pub fn process(pid: u32, sig: Signal) -> io::Result<()> {
 pub fn group(pgid: u32, sig: Signal) -> io::Result<()> {
     let pgid = target(pgid)?;
     // SAFETY: as above; killpg never takes a negative id here.
-    if unsafe { libc::killpg(pgid, sig.raw()) } == 0 {
+    answered(unsafe { libc::killpg(pgid, sig.raw()) })
+}
+
+/// A system call's `0` or `-1` as a `Result`.
+fn answered(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
